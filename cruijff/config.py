@@ -1,0 +1,203 @@
+"""The composed config: validation with one-line errors, run names, config hashes, hardware.
+
+Everything here runs before any job starts and writes nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+# Config groups a user picks from on the command line (`group=option`).
+GROUPS = ("model", "dataset", "peft", "optimizer", "training", "eval")
+
+# Keys that decide what a fine-tuning run computes; they make up its config hash. Eval settings are
+# left out on purpose: re-evaluating a finished run with other tasks must not invalidate it.
+RUN_KEYS = ("model", "dataset", "peft", "optimizer", "training", "seed")
+
+# Short names for the run directory, so `peft.lora_rank=8 optimizer.lr=3e-3` -> `rank8_lr3e-3`.
+ABBREVIATIONS = {
+    "lora_rank": "rank",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "batch_size": "bs",
+    "gradient_accumulation_steps": "ga",
+    "weight_decay": "wd",
+    "num_warmup_steps": "warmup",
+    "max_steps_per_epoch": "steps",
+}
+# Overrides that do not change what a run computes, so they do not change its directory.
+NOT_IN_RUN_NAME = re.compile(r"^(hydra|eval|experiment|overwrite|cluster|dry_run|detach)([./=]|$)")
+
+
+class CruijffError(Exception):
+    """A user-facing error: printed as one line, no traceback."""
+
+
+class ConfigError(CruijffError):
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r}: {allowed}")
+
+
+# ----------------------------------------------------------------------------------------------
+# run names
+
+
+def run_name(overrides: Iterable[str]) -> str:
+    """Directory name of a run, derived from its command-line overrides (never from the clock)."""
+    parts = []
+    for ov in overrides:
+        ov = str(ov).lstrip("+~")
+        if "=" not in ov or NOT_IN_RUN_NAME.match(ov):
+            continue
+        key, value = ov.split("=", 1)
+        leaf = key.split(".")[-1] if "." in key else key
+        if key.endswith("path"):
+            value = Path(value.strip("'\"")).name
+        value = _slug(value)
+        sep = "" if value[:1].isdigit() or value[:1] == "." else "-"
+        parts.append(f"{ABBREVIATIONS.get(leaf, leaf)}{sep}{value}")
+    return "_".join(parts) or "default"
+
+
+def _slug(value: str) -> str:
+    value = value.strip().strip("'\"").replace("/", "-")
+    return re.sub(r"[^A-Za-z0-9.+\-]+", "-", value).strip("-") or "x"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("cruijff_run_name"):
+        OmegaConf.register_new_resolver(
+            "cruijff_run_name", lambda overrides: run_name(list(overrides or []))
+        )
+
+
+def config_hash(cfg: DictConfig, *inputs: Path) -> str:
+    """Hash of everything that decides what a fine-tuning run computes (and its input paths)."""
+    sub = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig)
+           else cfg[k] for k in RUN_KEYS if k in cfg}
+    sub["inputs"] = [str(p) for p in inputs]
+    blob = json.dumps(sub, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# command-line group names (checked before Hydra composes, so the error is one line)
+
+
+def check_group_overrides(argv: list[str]) -> None:
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key not in GROUPS:
+            continue
+        options = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+        for v in value.split(","):
+            if v not in options:
+                hint = difflib.get_close_matches(v, options, n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ConfigError(key, v, f"no such {key}{extra}; choose one of: {', '.join(options)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# hardware
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "fp32"
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+
+def _positive(cfg: DictConfig, key: str, *, integer: bool, minimum: float = 0, strict=True) -> None:
+    value = OmegaConf.select(cfg, key)
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or (value <= minimum if strict else value < minimum):
+        kind = "an integer" if integer else "a number"
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        raise ConfigError(key, value, f"must be {kind} {bound}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the composed config; raise ConfigError naming the first bad key."""
+    _positive(cfg, "peft.lora_rank", integer=True, minimum=1, strict=False)
+    _positive(cfg, "peft.lora_alpha", integer=False)
+    dropout = cfg.peft.lora_dropout
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError("peft.lora_dropout", dropout, "must be a number with 0 <= dropout < 1")
+    _positive(cfg, "optimizer.lr", integer=False)
+    _positive(cfg, "training.epochs", integer=True, minimum=1, strict=False)
+    _positive(cfg, "training.batch_size", integer=True, minimum=1, strict=False)
+    _positive(cfg, "training.gradient_accumulation_steps", integer=True, minimum=1, strict=False)
+    if cfg.training.device not in ("auto", "cpu", "cuda", "mps") and not str(
+        cfg.training.device
+    ).startswith("cuda:"):
+        raise ConfigError("training.device", cfg.training.device, "one of auto, cpu, cuda, cuda:N, mps")
+    if cfg.training.dtype not in ("auto", "fp32", "bf16"):
+        raise ConfigError("training.dtype", cfg.training.dtype, "one of auto, fp32, bf16")
+    if cfg.model.path is not None:
+        path = Path(cfg.model.path)
+        if not path.is_dir():
+            raise ConfigError("model.path", cfg.model.path, "must be an existing local model directory")
+        for f in list(cfg.model.checkpoint_files) + [cfg.model.tokenizer.path]:
+            if not (path / f).exists():
+                raise ConfigError("model.path", cfg.model.path, f"lacks {f}, named by model {cfg.model.name}")
+    if cfg.dataset.path is not None:
+        validate_dataset(cfg.dataset.path, cfg.dataset.input_key, cfg.dataset.output_key)
+    epochs = cfg.eval.epochs
+    if epochs != "all":
+        if not OmegaConf.is_list(epochs) or not all(isinstance(e, int) for e in epochs):
+            raise ConfigError("eval.epochs", epochs, "'all' or a list of epoch indices like [0, 1]")
+        bad = [e for e in epochs if not 0 <= e < cfg.training.epochs]
+        if bad:
+            raise ConfigError(
+                "eval.epochs", list(epochs), f"epochs are 0..{cfg.training.epochs - 1} (training.epochs={cfg.training.epochs})"
+            )
+
+
+def validate_dataset(path: str, input_key: str, output_key: str) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("dataset.path", path, "must be an existing JSON file")
+    try:
+        data = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError("dataset.path", path, f"is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError("dataset.path", path, 'must hold {"train": [...], "validation": [...], "test": [...]}')
+    for split in ("train", "test"):
+        rows = data.get(split)
+        if not isinstance(rows, list) or not rows:
+            raise ConfigError("dataset.path", path, f"lacks a non-empty {split!r} split")
+        for key in (input_key, output_key):
+            if not all(isinstance(r, dict) and isinstance(r.get(key), str) for r in rows):
+                raise ConfigError("dataset.path", path, f"every {split!r} record needs a string {key!r}")

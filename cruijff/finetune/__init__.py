@@ -1,0 +1,255 @@
+"""torchtune backend: render a torchtune-native ``finetune.yaml`` and run the stock recipe.
+
+The recipe is torchtune's own ``lora_finetune_single_device`` (no forked copy), loaded from the
+installed ``recipes/`` folder and run in this process, so the launcher adds no second Python start-up.
+``tune run lora_finetune_single_device --config finetune.yaml`` runs the very same thing.
+
+One fix is applied at run time: on CPU, torchtune 0.6.1 merges the LoRA delta *in place* into the
+live base weights at each epoch save (``.cpu()`` returns the same tensor there), so ``epoch_1``
+would hold base + Δ0 + Δ1. We clone the weights to be merged first; on GPU nothing changes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import resolve_device, resolve_dtype
+
+RECIPE = "lora_finetune_single_device"
+
+HEADER = """\
+# torchtune config rendered by cruijff for run {name!r}.
+#
+# Reproduce this run with torchtune alone:
+#   tune run {recipe} --config {path}
+#
+# Override any key on the command line, e.g. to write elsewhere:
+#   tune run {recipe} --config {path} output_dir=/tmp/rerun
+"""
+
+SECTIONS = [
+    ("output_dir", None),
+    ("model", "# Model Arguments"),
+    ("tokenizer", "# Tokenizer"),
+    ("checkpointer", "# Checkpointer"),
+    ("resume_from_checkpoint", None),
+    ("save_adapter_weights_only", None),
+    ("dataset", "# Dataset and Sampler"),
+    ("seed", None),
+    ("shuffle", None),
+    ("batch_size", None),
+    ("optimizer", "# Optimizer and Scheduler"),
+    ("lr_scheduler", None),
+    ("loss", None),
+    ("epochs", "# Training"),
+    ("max_steps_per_epoch", None),
+    ("gradient_accumulation_steps", None),
+    ("clip_grad_norm", None),
+    ("compile", None),
+    ("metric_logger", "# Logging"),
+    ("log_every_n_steps", None),
+    ("log_peak_memory_stats", None),
+    ("device", "# Environment"),
+    ("dtype", None),
+    ("enable_activation_checkpointing", "# Activations Memory"),
+    ("enable_activation_offloading", None),
+    ("profiler", "# Profiler (disabled)"),
+]
+
+
+def render(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path) -> dict[str, Any]:
+    """The torchtune config of one run, as a plain dict in torchtune's own layout."""
+    m, peft, opt, tr = cfg.model, cfg.peft, cfg.optimizer, cfg.training
+    device = resolve_device(tr.device)
+    dtype = resolve_dtype(tr.dtype, device)
+    model = {"_component_": m.component, **OmegaConf.to_container(m.args or {}, resolve=True)}
+    model.update(
+        lora_attn_modules=list(peft.lora_attn_modules),
+        apply_lora_to_mlp=bool(peft.apply_lora_to_mlp),
+        apply_lora_to_output=bool(peft.apply_lora_to_output),
+        lora_rank=int(peft.lora_rank),
+        lora_alpha=float(peft.lora_alpha),
+        lora_dropout=float(peft.lora_dropout),
+    )
+    tokenizer = {
+        "_component_": m.tokenizer.component,
+        "path": str(model_dir / m.tokenizer.path),
+        "max_seq_len": m.tokenizer.max_seq_len,
+    }
+    if m.tokenizer.get("prompt_template") is not None:
+        tokenizer["prompt_template"] = OmegaConf.to_container(m.tokenizer.prompt_template, resolve=True)
+    return {
+        "output_dir": str(run_dir),
+        "model": model,
+        "tokenizer": tokenizer,
+        "checkpointer": {
+            "_component_": "torchtune.training.FullModelHFCheckpointer",
+            "checkpoint_dir": str(model_dir),
+            "checkpoint_files": list(m.checkpoint_files),
+            "recipe_checkpoint": None,
+            "output_dir": "${output_dir}",
+            "model_type": m.model_type,
+        },
+        "resume_from_checkpoint": False,
+        "save_adapter_weights_only": False,
+        "dataset": {
+            "_component_": "torchtune.datasets.instruct_dataset",
+            "source": "json",
+            "data_files": str(data_file),
+            "field": "train",
+            "split": "train",
+            "column_map": {"input": cfg.dataset.input_key, "output": cfg.dataset.output_key},
+            "train_on_input": bool(cfg.dataset.train_on_input),
+            "packed": False,
+        },
+        "seed": int(cfg.seed),
+        "shuffle": True,
+        "batch_size": int(tr.batch_size),
+        "optimizer": {
+            "_component_": "torch.optim.AdamW",
+            "fused": device.startswith("cuda"),
+            "weight_decay": float(opt.weight_decay),
+            "lr": float(opt.lr),
+        },
+        "lr_scheduler": {
+            "_component_": "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup",
+            "num_warmup_steps": int(opt.num_warmup_steps),
+        },
+        "loss": {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss"},
+        "epochs": int(tr.epochs),
+        "max_steps_per_epoch": tr.max_steps_per_epoch,
+        "gradient_accumulation_steps": int(tr.gradient_accumulation_steps),
+        "clip_grad_norm": tr.clip_grad_norm,
+        "compile": bool(tr.compile),
+        "metric_logger": {
+            "_component_": "torchtune.training.metric_logging.DiskLogger",
+            "log_dir": "${output_dir}/logs",
+        },
+        "log_every_n_steps": int(tr.log_every_n_steps),
+        "log_peak_memory_stats": device.startswith("cuda"),
+        "device": device,
+        "dtype": dtype,
+        "enable_activation_checkpointing": bool(tr.enable_activation_checkpointing),
+        "enable_activation_offloading": False,
+        "profiler": {"_component_": "torchtune.training.setup_torch_profiler", "enabled": False},
+    }
+
+
+def write_config(conf: dict[str, Any], path: Path, run_name: str) -> None:
+    """Write ``finetune.yaml`` laid out like torchtune's own configs (sections, header)."""
+    out = [HEADER.format(name=run_name, recipe=RECIPE, path=path)]
+    for key, section in SECTIONS:
+        if key not in conf:
+            continue
+        if section:
+            out.append(f"\n{section}\n")
+        out.append(yaml.safe_dump({key: conf[key]}, sort_keys=False, default_flow_style=False, width=100))
+    path.write_text("".join(out))
+
+
+def recipe_path(name: str = RECIPE) -> Path:
+    spec = importlib.util.find_spec("torchtune")
+    assert spec and spec.origin
+    path = Path(spec.origin).parent.parent / "recipes" / f"{name}.py"
+    if not path.exists():
+        raise FileNotFoundError(f"torchtune recipe {name} not found at {path}")
+    return path
+
+
+def _load_recipe_module(name: str = RECIPE):
+    spec = importlib.util.spec_from_file_location(f"cruijff_torchtune_{name}", recipe_path(name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _clone_before_merge(merge: Callable) -> Callable:
+    """Wrap ``get_merged_lora_ckpt`` so it never writes into the live model's weights."""
+
+    def merged(state_dict: dict, rank: int, alpha: float):
+        for key in [k for k in state_dict if k.endswith(".lora_a.weight")]:
+            base = key[: -len(".lora_a.weight")] + ".weight"
+            if base in state_dict:
+                state_dict[base] = state_dict[base].clone()
+        return merge(state_dict, rank=rank, alpha=alpha)
+
+    return merged
+
+
+class _LossTap:
+    """Forwards to torchtune's metric logger and keeps (epoch, step, loss, lr) for run.json."""
+
+    def __init__(self, inner, recipe, on_step: Callable[[dict], None] | None):
+        self._inner, self._recipe, self._on_step = inner, recipe, on_step
+        self.rows: list[dict] = []
+
+    def log_dict(self, payload, step):
+        if "loss" in payload:
+            row = {
+                "epoch": int(self._recipe.epochs_run),
+                "step": int(step),
+                "loss": float(payload["loss"]),
+                "lr": float(payload.get("lr", 0.0)),
+            }
+            self.rows.append(row)
+            if self._on_step:
+                self._on_step(row)
+        return self._inner.log_dict(payload, step)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def run(finetune_yaml: Path, on_step: Callable[[dict], None] | None = None) -> list[dict]:
+    """Run the stock LoRA recipe on ``finetune.yaml`` in this process; return per-step losses."""
+    from torchtune import config as tt_config
+
+    cfg = OmegaConf.load(finetune_yaml)
+    module = _load_recipe_module()
+    tt_config.log_config(recipe_name=RECIPE, cfg=cfg)
+    recipe = module.LoRAFinetuneRecipeSingleDevice(cfg=cfg)
+    if recipe._device.type == "cpu":
+        module.get_merged_lora_ckpt = _clone_before_merge(module.get_merged_lora_ckpt)
+    recipe.setup(cfg=cfg)
+    tap = _LossTap(recipe._metric_logger, recipe, on_step)
+    recipe._metric_logger = tap
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    return tap.rows
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Finished epoch checkpoints of a run, in epoch order (a dir counts once its weights are there)."""
+    found = []
+    for d in run_dir.glob("epoch_*"):
+        if d.name[6:].isdigit() and (d / "adapter_model.safetensors").exists() and any(
+            d.glob("model-*.safetensors")
+        ):
+            found.append(d)
+    return sorted(found, key=lambda d: int(d.name[6:]))
+
+
+def epoch_summary(rows: list[dict]) -> list[dict]:
+    """Mean and final loss per epoch."""
+    out: dict[int, list[float]] = {}
+    for r in rows:
+        out.setdefault(r["epoch"], []).append(r["loss"])
+    return [
+        {"epoch": e, "mean_loss": sum(v) / len(v), "final_loss": v[-1], "steps": len(v)}
+        for e, v in sorted(out.items())
+    ]
+
+
+def write_losses(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")

@@ -1,0 +1,293 @@
+"""The Hydra job: one fine-tuning run in its own directory, then its evaluation and results table.
+
+``launch.py`` calls :func:`main` with the composed config. Stages, each usable on its own on an
+existing run dir (``python -m cruijff eval|report <run dir>``):
+
+1. validate the config (one-line errors, nothing written)
+2. fine-tune with torchtune's stock recipe -> ``epoch_N/``, ``run.json``
+3. evaluate the base model and each epoch checkpoint with inspect-ai -> ``eval/``
+4. results table -> printed, ``results.csv``, ``results.md``
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from . import assets
+from .config import ConfigError, CruijffError, check_group_overrides, config_hash, resolve_device, validate
+from .evaluate import TaskSpec, cell_complete, check_task, evaluate_cell, task_specs
+from .record import ActionLog, finish_manifest, read_json, write_json, write_manifest
+
+log = logging.getLogger("cruijff")
+
+
+def precheck(argv: list[str]) -> None:
+    """Checks that need no composed config (bad group names), before Hydra prints a wall of text."""
+    try:
+        check_group_overrides(argv)
+    except CruijffError as e:
+        print(f"cruijff: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(cfg: DictConfig) -> int:
+    """Run one grid point; in a single run, exit non-zero when it failed."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    fresh = not any(run_dir.iterdir()) if run_dir.exists() else True
+    try:
+        code = run(cfg, run_dir, overrides=list(hc.overrides.task))
+    except CruijffError as e:
+        print(f"cruijff: error: {e}", file=sys.stderr)
+        if fresh:
+            _remove_empty(run_dir)
+        code = 2
+    if hc.mode == RunMode.RUN and code:
+        sys.exit(code)
+    return code
+
+
+def _remove_empty(path: Path) -> None:
+    """Remove a dir Hydra created for a job that never started, and its empty parents."""
+    while path.exists() and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        if path.parent == path or path.parent == Path.cwd():
+            break
+        path = path.parent
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def resolve_paths(cfg: DictConfig) -> tuple[Path, Path]:
+    """The model dir and dataset file of a config (building the embedded ones on first use)."""
+    if cfg.model.path is None:
+        if cfg.model.name != "tiny_llama":
+            raise ConfigError("model.path", None, f"model {cfg.model.name} needs model.path=<local model directory>")
+        model_dir = assets.tiny_model_dir()
+    else:
+        model_dir = Path(cfg.model.path).resolve()
+    if cfg.dataset.path is None:
+        if cfg.dataset.name != "capitalization":
+            raise ConfigError("dataset.path", None, f"dataset {cfg.dataset.name} needs dataset.path=<JSON file>")
+        data_file = assets.capitalization_file()
+    else:
+        data_file = Path(cfg.dataset.path).resolve()
+    return model_dir, data_file
+
+
+def check(cfg: DictConfig) -> list[TaskSpec]:
+    validate(cfg)
+    specs = task_specs(cfg.eval.tasks)
+    for i, spec in enumerate(specs):
+        check_task(spec, f"eval.tasks[{i}].name")
+    return specs
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> int:
+    specs = check(cfg)
+    exp_dir = run_dir.parent
+    act = ActionLog(exp_dir / "run-experiment.log")
+    state_file = run_dir / "run.json"
+    state = read_json(state_file)
+    model_dir, data_file = resolve_paths(cfg)
+    chash = config_hash(cfg, model_dir, data_file)
+    if state and state.get("config_hash") != chash:
+        if not cfg.overwrite:
+            raise ConfigError(
+                "overwrite", False,
+                f"{run_dir} holds a run of a different config (hash {state.get('config_hash')} != {chash}); "
+                "pass overwrite=true to replace it, or change experiment.name",
+            )
+        act("Overwrite run", f"{run_dir.name}: config hash {state.get('config_hash')} -> {chash}")
+        for child in run_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        state = {}
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml", resolve=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        "".join(f"- {o}\n" for o in overrides) if overrides else "[]\n"
+    )
+    _log_to_file(run_dir / "logs" / "launch.log")
+
+    ok = finetune_run(cfg, run_dir, model_dir, data_file, chash, act)
+    if ok and cfg.eval.enabled:
+        evaluate_run(cfg, run_dir, model_dir, data_file, specs, act)
+    report_run(cfg, run_dir, specs)
+    return 0 if ok else 1
+
+
+def _log_to_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
+def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path, chash: str,
+                 act: ActionLog) -> bool:
+    from . import finetune
+
+    state_file = run_dir / "run.json"
+    state = read_json(state_file)
+    epochs = int(cfg.training.epochs)
+    done = finetune.checkpoints(run_dir)
+    if state.get("status") == "finished" and len(done) == epochs:
+        act("Skip fine-tune", f"{run_dir.name}: finished earlier, {len(done)} checkpoints intact")
+        print(f"cruijff: {run_dir.name}: fine-tuning finished earlier; skipped")
+        return True
+
+    conf = finetune.render(cfg, run_dir, model_dir, data_file)
+    finetune.write_config(conf, run_dir / "finetune.yaml", run_dir.name)
+    write_manifest(run_dir, seed=int(cfg.seed), config_hash=chash,
+                   extra={"model_dir": str(model_dir), "data_file": str(data_file)})
+    attempts = int(state.get("attempts", 0)) + 1
+    state = {
+        "name": run_dir.name,
+        "status": "running",
+        "config_hash": chash,
+        "attempts": attempts,
+        "error": None,
+        "started": time.time(),
+        "device": conf["device"],
+        "dtype": conf["dtype"],
+    }
+    write_json(state_file, state)
+    act("Fine-tune", f"{run_dir.name}: {finetune.RECIPE}, {epochs} epochs, device {conf['device']}, "
+        f"attempt {attempts}")
+    t0 = time.time()
+    rows: list[dict] = []
+    try:
+        rows = finetune.run(run_dir / "finetune.yaml")
+        status, error = "finished", None
+        if rows and any(r["loss"] != r["loss"] for r in rows):  # NaN
+            status, error = "failed", "loss became NaN"
+    except Exception as e:  # an ordinary failure is recorded, not raised
+        status, error = "failed", f"{type(e).__name__}: {e}"
+        (run_dir / "logs").mkdir(exist_ok=True)
+        (run_dir / "logs" / "error.txt").write_text(traceback.format_exc())
+    finetune.write_losses(rows, run_dir / "logs" / "loss.jsonl")
+    state.update(
+        status=status,
+        error=error,
+        ended=time.time(),
+        duration_s=round(time.time() - t0, 1),
+        checkpoints=[d.name for d in finetune.checkpoints(run_dir)],
+        epochs=finetune.epoch_summary(rows),
+    )
+    write_json(state_file, state)
+    finish_manifest(run_dir)
+    act("Fine-tune done", f"{run_dir.name}", f"{status} in {state['duration_s']} s" + (f": {error}" if error else ""))
+    if error:
+        print(f"cruijff: {run_dir.name}: fine-tuning failed: {error}", file=sys.stderr)
+    return status == "finished"
+
+
+def cells(cfg: DictConfig, run_dir: Path, model_dir: Path) -> list[tuple[str, Path, Path]]:
+    """(label, model dir, log dir) of every checkpoint to evaluate: base first, then epochs."""
+    from . import finetune
+
+    out = []
+    if cfg.eval.base_model:
+        out.append(("base", model_dir, run_dir.parent / "base" / cfg.model.name))
+    wanted = None if cfg.eval.epochs == "all" else set(cfg.eval.epochs)
+    for ckpt in finetune.checkpoints(run_dir):
+        epoch = int(ckpt.name[6:])
+        if wanted is None or epoch in wanted:
+            out.append((ckpt.name, ckpt, run_dir / "eval" / ckpt.name))
+    return out
+
+
+def evaluate_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path,
+                 specs: list[TaskSpec], act: ActionLog) -> None:
+    device = resolve_device(cfg.training.device)
+    todo = cells(cfg, run_dir, model_dir)
+    for i, (label, ckpt, log_dir) in enumerate(todo, 1):
+        if cell_complete(log_dir, specs):
+            act("Skip eval", f"{run_dir.name}/{label}: complete")
+            continue
+        print(f"cruijff: evaluating {label} ({i}/{len(todo)}) on {', '.join(s.label for s in specs)}")
+        t0 = time.time()
+        results = evaluate_cell(
+            ckpt, specs, log_dir,
+            data_file=data_file, input_key=cfg.dataset.input_key, output_key=cfg.dataset.output_key,
+            device=device, gpus=int(cfg.model.resources.gpus),
+            max_tokens=int(cfg.eval.max_tokens), batch_size=int(cfg.eval.batch_size),
+            limit=cfg.eval.limit,
+            tags=[cfg.experiment.name, run_dir.name if label != "base" else "base", label],
+            metadata={"experiment": cfg.experiment.name, "run": run_dir.name if label != "base" else None,
+                      "checkpoint": label, "config_hash": read_json(run_dir / "run.json").get("config_hash")},
+        )
+        summary = ", ".join(f"{k}={v.get('value', v['status'])}" for k, v in results.items())
+        act("Evaluate", f"{run_dir.name}/{label}: {len(specs)} tasks, one model load",
+            f"{summary} in {time.time() - t0:.1f} s")
+
+
+def results_table(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec]):
+    """Rows (checkpoint, task scores..., train loss) as a pandas DataFrame."""
+    import pandas as pd
+
+    from .evaluate import read_cell
+
+    state = read_json(run_dir / "run.json")
+    losses = {e["epoch"]: e for e in state.get("epochs", [])}
+    rows = []
+    base_dir = run_dir.parent / "base" / cfg.model.name
+    labels = [("base", base_dir)] if cfg.eval.base_model else []
+    labels += [(c, run_dir / "eval" / c) for c in state.get("checkpoints", [])]
+    for label, log_dir in labels:
+        res = read_cell(log_dir)
+        row = {"checkpoint": label}
+        for s in specs:
+            row[s.label] = res.get(s.label, {}).get("value")
+        epoch = int(label[6:]) if label.startswith("epoch_") else None
+        row["train_loss"] = losses[epoch]["mean_loss"] if epoch in losses else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def report_run(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    df = results_table(cfg, run_dir, specs)
+    state = read_json(run_dir / "run.json")
+    if df.empty:
+        return
+    df.to_csv(run_dir / "results.csv", index=False)
+    md = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    for _, r in df.iterrows():
+        md.append("| " + " | ".join(_fmt(v) for v in r.values) + " |")
+    (run_dir / "results.md").write_text(
+        f"# {cfg.experiment.name} / {run_dir.name}\n\nStatus: {state.get('status')}"
+        + (f" ({state.get('error')})" if state.get("error") else "")
+        + "\n\n" + "\n".join(md) + "\n"
+    )
+    table = Table(title=f"{cfg.experiment.name} / {run_dir.name} — {state.get('status', '?')}")
+    for c in df.columns:
+        table.add_column(c, justify="left" if c == "checkpoint" else "right")
+    for _, r in df.iterrows():
+        table.add_row(*(_fmt(v) for v in r.values))
+    Console().print(table)
+    print(f"cruijff: run dir {run_dir}")
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)

@@ -1,0 +1,26 @@
+"""cruijff: fine-tune with torchtune, evaluate with inspect-ai, from composed Hydra configs.
+
+    python launch.py                 # the demo (tiny model, this machine)
+    python launch.py -m              # the experiment's sweep
+    python launch.py --help          # groups and keys
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from cruijff.config import register_resolvers
+from cruijff.launch import main, precheck
+
+register_resolvers()
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def app(cfg: DictConfig) -> int:
+    return main(cfg)
+
+
+if __name__ == "__main__":
+    precheck(sys.argv[1:])
+    app()

@@ -1,0 +1,72 @@
+"""Config composition, run names, and one-line errors for bad input (nothing written)."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT, launch
+from cruijff.config import config_hash, register_resolvers, run_name, validate
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return compose(config_name="config")
+
+
+def test_default_config_is_tiny_lora_demo(cfg):
+    assert cfg.model.name == "tiny_llama" and cfg.dataset.name == "capitalization"
+    assert cfg.peft.lora_rank == 16 and cfg.training.device == "auto"
+    validate(cfg)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ([], "default"),
+        (["peft.lora_rank=8", "optimizer.lr=3e-3"], "rank8_lr3e-3"),
+        (["model=tiny_llama", "training.epochs=3"], "model-tiny_llama_epochs3"),
+        (["eval=none", "overwrite=true", "hydra.verbose=true"], "default"),
+        (["dataset.path=/data/my set.json"], "path-my-set.json"),
+    ],
+)
+def test_run_name_comes_from_overrides(overrides, expected):
+    assert run_name(overrides) == expected
+
+
+def test_config_hash_ignores_eval_but_not_training(cfg):
+    other = cfg.copy()
+    other.eval.max_tokens = 99
+    assert config_hash(other) == config_hash(cfg)
+    other.optimizer.lr = 1.0
+    assert config_hash(other) != config_hash(cfg)
+
+
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["model=llama9000"], "model="),
+        (["dataset=capitalisation"], "dataset="),
+        (["peft.lora_rank=0"], "peft.lora_rank"),
+        (["optimizer.lr=-1"], "optimizer.lr"),
+        (["training.epochs=0"], "training.epochs"),
+        (["peft.lora_dropout=1.5"], "peft.lora_dropout"),
+        (["model.path=/nonexistent/model"], "model.path"),
+        (["dataset.path=/nonexistent.json"], "dataset.path"),
+        (["eval.tasks=[{name: nope}]"], "eval.tasks[0].name"),
+        (["eval.epochs=[5]"], "eval.epochs"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, key):
+    proc = launch(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cruijff: error: ") and key in lines[0], proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_did_you_mean_for_group_names(tmp_path):
+    proc = launch("dataset=capitalisation", cwd=tmp_path)
+    assert "did you mean 'capitalization'" in proc.stderr

@@ -1,0 +1,126 @@
+"""End to end on the tiny model: real torchtune, real inspect-ai, the launcher as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import launch
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_dir_holds_everything_needed_to_reproduce(demo):
+    _, run_dir, _ = demo
+    for rel in [".hydra/config.yaml", ".hydra/overrides.yaml", "finetune.yaml", "manifest.json",
+                "run.json", "logs/launch.log", "logs/loss.jsonl", "results.csv", "results.md",
+                "epoch_0/adapter_model.safetensors", "epoch_1/model-00001-of-00001.safetensors",
+                "eval/epoch_0/results.json", "eval/epoch_1/results.json"]:
+        assert (run_dir / rel).exists(), rel
+    assert list((run_dir / "eval" / "epoch_1").glob("*.eval")), "inspect log missing"
+    assert (run_dir.parent / "base" / "tiny_llama" / "results.json").exists()
+    state = json.loads((run_dir / "run.json").read_text())
+    assert state["status"] == "finished" and state["error"] is None
+    assert state["checkpoints"] == ["epoch_0", "epoch_1"]
+    log = (run_dir.parent / "run-experiment.log").read_text()
+    assert re.search(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] ACTION: Fine-tune", log, re.M)
+
+
+def test_manifest_records_git_seed_versions_command(demo):
+    work, run_dir, _ = demo
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["git"]["dirty"] is True and len(m["git"]["commit"]) == 40 and m["git"]["branch"] == "main"
+    assert "edited" in (run_dir / m["git"]["diff_file"]).read_text()
+    assert m["seed"] == 42
+    for pkg in ("python", "torch", "torchtune", "inspect_ai", "transformers", "hydra-core"):
+        assert m["versions"][pkg], pkg
+    assert m["command"].startswith("python launch.py")
+    assert m["host"] and m["start"] and m["end"]
+
+
+def test_loss_falls_and_last_epoch_beats_base_on_held_out_test(demo):
+    _, run_dir, proc = demo
+    epochs = json.loads((run_dir / "run.json").read_text())["epochs"]
+    assert epochs[-1]["mean_loss"] < 0.5 * epochs[0]["mean_loss"]
+    base = json.loads((run_dir.parent / "base" / "tiny_llama" / "results.json").read_text())
+    last = json.loads((run_dir / "eval" / "epoch_1" / "results.json").read_text())
+    b, e = base["tasks"]["exact_match"]["value"], last["tasks"]["exact_match"]["value"]
+    assert base["tasks"]["exact_match"]["samples"] == 100
+    assert e >= b + 0.3, (b, e)
+    # the printed table has a row per checkpoint
+    for label in ("base", "epoch_0", "epoch_1"):
+        assert label in proc.stdout
+
+
+def test_inspect_reads_our_logs(demo):
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    _, run_dir, _ = demo
+    logs = list_eval_logs(str(run_dir / "eval"))
+    assert len(logs) == 2
+    header = read_eval_log(logs[0], header_only=True)
+    assert header.status == "success" and header.eval.metadata["run"] == "default"
+
+
+def test_tune_run_on_rendered_config_reproduces_first_step_loss(demo, tmp_path):
+    """`tune run lora_finetune_single_device --config finetune.yaml` is the same run."""
+    _, run_dir, _ = demo
+    out = tmp_path / "rerun"
+    subprocess.run(
+        ["tune", "run", "lora_finetune_single_device", "--config", str(run_dir / "finetune.yaml"),
+         f"output_dir={out}", "max_steps_per_epoch=2", "epochs=1"],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
+    logged = next((out / "logs").glob("log_*.txt")).read_text()
+    first = float(re.search(r"Step 1 \| loss:([0-9.]+)", logged).group(1))
+    ours = json.loads((run_dir / "logs" / "loss.jsonl").read_text().splitlines()[0])
+    assert ours["step"] == 1
+    assert first == pytest.approx(ours["loss"], rel=1e-4)
+
+
+def test_each_epoch_checkpoint_is_base_plus_its_own_adapter(demo, tiny_model_dir):
+    """torchtune 0.6.1 on CPU merged LoRA into the live weights; cruijff's fix keeps epochs apart."""
+    from safetensors.torch import load_file
+
+    _, run_dir, _ = demo
+    base = load_file(tiny_model_dir / "model.safetensors")
+    cfg = yaml.safe_load((run_dir / "finetune.yaml").read_text())
+    scale = cfg["model"]["lora_alpha"] / cfg["model"]["lora_rank"]
+    checked = 0
+    for epoch in (0, 1):
+        d = run_dir / f"epoch_{epoch}"
+        merged = load_file(d / "model-00001-of-00001.safetensors")
+        adapter = load_file(d / "adapter_model.safetensors")
+        for key, a in adapter.items():
+            if ".lora_A." not in key:
+                continue
+            b = adapter[key.replace(".lora_A.", ".lora_B.")]
+            w = key.replace("base_model.model.", "").replace(".lora_A.weight", ".weight")
+            expected = base[w] + scale * (b @ a)
+            assert (merged[w] - expected).abs().max() < 1e-5, (epoch, w)
+            checked += 1
+    assert checked >= 2 * 14
+
+
+def test_rerun_of_finished_run_skips_finetune_and_eval(demo):
+    work, run_dir, _ = demo
+    before = (run_dir / "epoch_1" / "model-00001-of-00001.safetensors").stat().st_mtime
+    proc = launch(cwd=work, check=True)
+    assert "skipped" in proc.stdout
+    assert (run_dir / "epoch_1" / "model-00001-of-00001.safetensors").stat().st_mtime == before
+    assert "ACTION: Skip eval" in (run_dir.parent / "run-experiment.log").read_text()
+
+
+def test_changed_config_in_same_dir_is_refused(demo):
+    work, run_dir, _ = demo
+    # same run name ("default") but another seed through the experiment's own config is refused
+    proc = launch("seed=7", "hydra.run.dir=outputs/demo/default", cwd=work)
+    assert proc.returncode == 2
+    assert "overwrite=true" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"

@@ -1,0 +1,90 @@
+"""Evaluation: prompt parity with training, one model load per checkpoint, user tasks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+TASK_FILE = Path(__file__).parent / "tasks" / "letters.py"
+
+
+def test_training_and_evaluation_see_the_same_token_ids(tiny_model_dir):
+    """torchtune tokenizes a record for training exactly as inspect's hf provider prompts the model."""
+    from inspect_ai.model import ChatMessageUser
+    from inspect_ai.model._providers.hf import HuggingFaceAPI
+    from omegaconf import OmegaConf
+    from torchtune import config as tt_config
+    from torchtune.data import Message
+
+    from cruijff import assets
+
+    cfg = OmegaConf.load(ROOT / "conf" / "model" / "tiny_llama.yaml")
+    tt_tok = tt_config.instantiate(OmegaConf.create({
+        "_component_": cfg.tokenizer.component,
+        "path": str(tiny_model_dir / cfg.tokenizer.path),
+        "max_seq_len": cfg.tokenizer.max_seq_len,
+        "prompt_template": OmegaConf.to_container(cfg.tokenizer.prompt_template),
+    }))
+    api = HuggingFaceAPI(f"{tiny_model_dir}", device="cpu", do_sample=False)
+    records = json.loads(assets.capitalization_file().read_text())["test"][:50]
+    records.append({"input": "Capitalize: a b  c", "output": "A b  c"})
+    for r in records:
+        tokens, mask = tt_tok.tokenize_messages(
+            [Message(role="user", content=r["input"], masked=True),
+             Message(role="assistant", content=r["output"])]
+        )
+        prompt = [t for t, m in zip(tokens, mask) if m]
+        chat = api.hf_chat([ChatMessageUser(content=r["input"])], [])
+        assert api.tokenizer(chat)["input_ids"] == prompt, r
+        full = api.tokenizer.apply_chat_template(
+            [{"role": "user", "content": r["input"]}, {"role": "assistant", "content": r["output"]}],
+            tokenize=False,
+        )
+        assert api.tokenizer(full)["input_ids"] == tokens, r
+
+
+def test_one_model_load_per_checkpoint_for_all_tasks(tmp_path, tiny_model_dir, monkeypatch):
+    import transformers
+
+    from cruijff import assets
+    from cruijff.evaluate import TaskSpec, cell_complete, evaluate_cell
+
+    loads = []
+    real = transformers.AutoModelForCausalLM.from_pretrained.__func__
+
+    def counting(cls, *a, **kw):
+        loads.append(a[0] if a else kw.get("pretrained_model_name_or_path"))
+        return real(cls, *a, **kw)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(counting))
+    specs = [TaskSpec("exact_match", {"split": "validation"}), TaskSpec(f"{TASK_FILE}@first_letter", {"n": 5})]
+    results = evaluate_cell(
+        tiny_model_dir, specs, tmp_path / "cell", data_file=assets.capitalization_file(),
+        input_key="input", output_key="output", device="cpu", limit=10, display="none",
+    )
+    assert len(loads) == 1, loads
+    assert set(results) == {"exact_match", "first_letter"}
+    assert results["first_letter"]["samples"] == 5 and results["exact_match"]["samples"] == 10
+    assert cell_complete(tmp_path / "cell", specs)
+    # a lost log file makes the cell incomplete again
+    Path(results["first_letter"]["log"]).unlink()
+    assert not cell_complete(tmp_path / "cell", specs)
+
+
+def test_merged_checkpoint_is_read_without_its_adapter_files(tmp_path):
+    from cruijff.evaluate import _weights_view
+
+    ckpt = tmp_path / "epoch_0"
+    ckpt.mkdir()
+    for name in ["model-00001-of-00001.safetensors", "config.json", "adapter_config.json",
+                 "adapter_model.safetensors", "tokenizer.model"]:
+        (ckpt / name).write_text("x")
+    view = _weights_view(ckpt)
+    assert sorted(p.name for p in view.iterdir()) == ["config.json", "model-00001-of-00001.safetensors",
+                                                      "tokenizer.model"]
+    assert all(p.is_symlink() for p in view.iterdir())
+    assert _weights_view(view) is None  # nothing to hide: the dir is used as it is

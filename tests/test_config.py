@@ -27,7 +27,7 @@ def test_default_config_is_tiny_lora_demo(cfg):
     [
         ([], "default"),
         (["peft.lora_rank=8", "optimizer.lr=3e-3"], "rank8_lr3e-3"),
-        (["model=tiny_llama", "training.epochs=3"], "model-tiny_llama_epochs3"),
+        (["model=tiny_llama", "training.epochs=3"], "model-tiny-llama_epochs3"),
         (["eval=none", "overwrite=true", "hydra.verbose=true"], "default"),
         (["dataset.path=/data/my set.json"], "path-my-set.json"),
     ],

@@ -162,7 +162,7 @@ def evaluate_cell(
     """Evaluate one model dir on all tasks with one model load; write ``results.json``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from inspect_ai import eval as inspect_eval
-    from inspect_ai.model import GenerateConfig, get_model
+    from inspect_ai.model import GenerateConfig, ModelInfo, get_model, set_model_info
 
     log_dir.mkdir(parents=True, exist_ok=True)
     view = _weights_view(model_dir)
@@ -176,6 +176,11 @@ def evaluate_cell(
             memoize=False,
             **model_args,
         )
+        # inspect looks up model info by name while it runs; for an unknown "hf/<path>" it would
+        # build the provider (and load the weights) a second time. Register the info instead.
+        info = ModelInfo(organization="local", context_length=_context_length(model_dir))
+        for name in {str(model), model.name, f"hf/{model_dir.resolve()}"}:
+            set_model_info(name, info)
         built = [build_task(t, data_file, input_key, output_key) for t in tasks]
         logs = inspect_eval(
             built,
@@ -207,6 +212,13 @@ def evaluate_cell(
         json.dumps({"model": str(model_dir), "tasks": results, "metadata": metadata or {}}, indent=2) + "\n"
     )
     return results
+
+
+def _context_length(model_dir: Path) -> int | None:
+    try:
+        return int(json.loads((model_dir / "config.json").read_text())["max_position_embeddings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def read_cell(log_dir: Path) -> dict[str, dict]:

@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from . import assets
 from .config import ConfigError, CruijffError, check_group_overrides, config_hash, resolve_device, validate
@@ -48,14 +49,22 @@ def main(cfg: DictConfig) -> int:
     fresh = not any(run_dir.iterdir()) if run_dir.exists() else True
     try:
         code = run(cfg, run_dir, overrides=list(hc.overrides.task))
-    except CruijffError as e:
-        print(f"cruijff: error: {e}", file=sys.stderr)
+    except (CruijffError, OmegaConfBaseException) as e:
+        msg = str(e).splitlines()[0] if isinstance(e, CruijffError) else _omegaconf_message(e)
+        print(f"cruijff: error: {msg}", file=sys.stderr)
         if fresh:
             _remove_empty(run_dir)
         code = 2
     if hc.mode == RunMode.RUN and code:
         sys.exit(code)
     return code
+
+
+def _omegaconf_message(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None) or "config"
+    if isinstance(e, MissingMandatoryValue):
+        return f"{key}=???: a value is required"
+    return f"{key}: {str(e).splitlines()[0]}"
 
 
 def _remove_empty(path: Path) -> None:

@@ -57,6 +57,9 @@ def test_config_hash_ignores_eval_but_not_training(cfg):
         (["dataset.path=/nonexistent.json"], "dataset.path"),
         (["eval.tasks=[{name: nope}]"], "eval.tasks[0].name"),
         (["eval.epochs=[5]"], "eval.epochs"),
+        (["dataset=json"], "dataset.path"),
+        (["training.batch_size=two"], "training.batch_size"),
+        (["training.dtype=fp8"], "training.dtype"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, key):
@@ -64,6 +67,22 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, key):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cruijff: error: ") and key in lines[0], proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("not json {", "not valid JSON"),
+        ('{"train": [{"input": "a", "output": "b"}]}', "'test'"),
+        ('{"train": [{"question": "a", "output": "b"}], "test": [{"input": "a", "output": "b"}]}', "'input'"),
+    ],
+)
+def test_bad_dataset_file_is_named(tmp_path, content, problem):
+    data = tmp_path / "data.json"
+    data.write_text(content)
+    proc = launch("dataset=json", f"dataset.path={data}", cwd=tmp_path)
+    assert proc.returncode == 2 and problem in proc.stderr and "dataset.path" in proc.stderr, proc.stderr
     assert not (tmp_path / "outputs").exists()
 
 

@@ -124,3 +124,18 @@ def test_changed_config_in_same_dir_is_refused(demo):
     assert proc.returncode == 2
     assert "overwrite=true" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+
+
+def test_eval_stage_runs_alone_on_an_existing_run_dir(demo):
+    """`python -m cruijff eval <run dir>` redoes only the missing cell."""
+    import shutil
+
+    work, run_dir, _ = demo
+    shutil.rmtree(run_dir / "eval" / "epoch_0")
+    proc = subprocess.run([sys.executable, "-m", "cruijff", "eval", str(run_dir)], cwd=work,
+                          capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "INSPECT_DISPLAY": "none"})
+    assert proc.returncode == 0, proc.stderr
+    assert "evaluating epoch_0" in proc.stdout and "evaluating epoch_1" not in proc.stdout
+    res = json.loads((run_dir / "eval" / "epoch_0" / "results.json").read_text())
+    assert res["tasks"]["exact_match"]["status"] == "success"

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 # Config groups a user picks from on the command line (`group=option`).
-GROUPS = ("model", "dataset", "peft", "optimizer", "training", "eval")
+GROUPS = ("model", "dataset", "peft", "optimizer", "training", "eval", "cluster", "experiment")
 
 # Keys that decide what a fine-tuning run computes; they make up its config hash. Eval settings are
 # left out on purpose: re-evaluating a finished run with other tasks must not invalidate it.
@@ -69,8 +69,23 @@ def run_name(overrides: Iterable[str]) -> str:
     return "_".join(parts) or "default"
 
 
+def _number(value: str) -> str | None:
+    """Floats spelled the same whatever the input (`1e-3`, `0.001` -> `1e-3`; `0.5` stays)."""
+    try:
+        f = float(value)
+    except ValueError:
+        return None
+    if "." not in value and "e" not in value.lower():
+        return None  # an integer, or inf/nan: keep as written
+    mantissa, exponent = f"{f:e}".split("e")
+    sci = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    plain = f"{f:g}"
+    return sci if len(sci) < len(plain) else plain
+
+
 def _slug(value: str) -> str:
-    value = value.strip().strip("'\"").replace("/", "-")
+    value = value.strip().strip("'\"")
+    value = _number(value) or value.replace("/", "-")
     return re.sub(r"[^A-Za-z0-9.+\-]+", "-", value).strip("-") or "x"
 
 
@@ -79,6 +94,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(
             "cruijff_run_name", lambda overrides: run_name(list(overrides or []))
         )
+    if not OmegaConf.has_resolver("cruijff_parallel"):
+        from .sweep import local_parallel
+
+        OmegaConf.register_new_resolver("cruijff_parallel", local_parallel)
 
 
 def config_hash(cfg: DictConfig, *inputs: Path) -> str:

@@ -46,18 +46,38 @@ def main(cfg: DictConfig) -> int:
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    sweep = hc.mode == RunMode.MULTIRUN
     fresh = not any(run_dir.iterdir()) if run_dir.exists() else True
+    if sweep:
+        _pin_gpu(cfg, int(hc.job.num))
     try:
-        code = run(cfg, run_dir, overrides=list(hc.overrides.task))
+        # in a sweep, evaluation waits for the grid (the sweep callback), so a job only fine-tunes
+        code = run(cfg, run_dir, overrides=list(hc.overrides.task), evaluate=not sweep)
     except (CruijffError, OmegaConfBaseException) as e:
         msg = str(e).splitlines()[0] if isinstance(e, CruijffError) else _omegaconf_message(e)
         print(f"cruijff: error: {msg}", file=sys.stderr)
         if fresh:
             _remove_empty(run_dir)
         code = 2
-    if hc.mode == RunMode.RUN and code:
+    except Exception as e:  # never raise into Hydra: the sweep must complete and report
+        if not sweep:
+            raise
+        print(f"cruijff: {run_dir.name}: {type(e).__name__}: {e}", file=sys.stderr)
+        code = 1
+    if not sweep and code:
         sys.exit(code)
     return code
+
+
+def _pin_gpu(cfg: DictConfig, job_num: int) -> None:
+    """Local sweeps on a K-GPU machine: job n uses GPU n mod K only (set before CUDA starts)."""
+    from .sweep import gpu_count
+
+    if cfg.cluster.name != "local" or "CUDA_VISIBLE_DEVICES" in os.environ:
+        return
+    k = gpu_count()
+    if k > 1:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(job_num % k)
 
 
 def _omegaconf_message(e: OmegaConfBaseException) -> str:
@@ -104,7 +124,7 @@ def check(cfg: DictConfig) -> list[TaskSpec]:
     return specs
 
 
-def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> int:
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: bool = True) -> int:
     specs = check(cfg)
     exp_dir = run_dir.parent
     act = ActionLog(exp_dir / "run-experiment.log")
@@ -133,6 +153,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> int:
     _log_to_file(run_dir / "logs" / "launch.log")
 
     ok = finetune_run(cfg, run_dir, model_dir, data_file, chash, act)
+    if not evaluate:
+        return 0 if ok else 1
     if ok and cfg.eval.enabled:
         evaluate_run(cfg, run_dir, model_dir, data_file, specs, act)
     report_run(cfg, run_dir, specs)

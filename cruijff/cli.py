@@ -10,16 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from .config import CruijffError
-
-
-def _load(run_dir: Path):
-    saved = run_dir / ".hydra" / "config.yaml"
-    if not saved.exists():
-        raise CruijffError(f"{run_dir}: not a cruijff run dir (no .hydra/config.yaml)")
-    return OmegaConf.load(saved)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,17 +22,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
 
-    from .launch import check, evaluate_run, report_run, resolve_paths
-    from .record import ActionLog
+    from .launch import check, evaluate_saved, load_run, report_run
 
     try:
         run_dir = args.run_dir.resolve()
-        cfg = _load(run_dir)
-        specs = check(cfg)
         if args.command == "eval":
-            model_dir, data_file = resolve_paths(cfg)
-            evaluate_run(cfg, run_dir, model_dir, data_file, specs, ActionLog(run_dir.parent / "run-experiment.log"))
-        report_run(cfg, run_dir, specs)
+            evaluate_saved(run_dir)
+        cfg = load_run(run_dir)
+        report_run(cfg, run_dir, check(cfg))
     except CruijffError as e:
         print(f"cruijff: error: {e}", file=sys.stderr)
         return 2

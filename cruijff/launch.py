@@ -124,6 +124,22 @@ def check(cfg: DictConfig) -> list[TaskSpec]:
     return specs
 
 
+def load_run(run_dir: Path) -> DictConfig:
+    """The resolved config a run dir was launched with."""
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.exists():
+        raise CruijffError(f"{run_dir}: not a cruijff run dir (no .hydra/config.yaml)")
+    return OmegaConf.load(saved)
+
+
+def evaluate_saved(run_dir: Path) -> None:
+    """Evaluate an existing run dir with its own saved config (skips complete cells)."""
+    cfg = load_run(run_dir)
+    specs = check(cfg)
+    model_dir, data_file = resolve_paths(cfg)
+    evaluate_run(cfg, run_dir, model_dir, data_file, specs, ActionLog(run_dir.parent / "run-experiment.log"))
+
+
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: bool = True) -> int:
     specs = check(cfg)
     exp_dir = run_dir.parent
@@ -294,31 +310,23 @@ def report_run(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from .report import fmt, markdown_table
+
     df = results_table(cfg, run_dir, specs)
     state = read_json(run_dir / "run.json")
     if df.empty:
         return
     df.to_csv(run_dir / "results.csv", index=False)
-    md = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    for _, r in df.iterrows():
-        md.append("| " + " | ".join(_fmt(v) for v in r.values) + " |")
     (run_dir / "results.md").write_text(
         f"# {cfg.experiment.name} / {run_dir.name}\n\nStatus: {state.get('status')}"
         + (f" ({state.get('error')})" if state.get("error") else "")
-        + "\n\n" + "\n".join(md) + "\n"
+        + "\n\n" + markdown_table(df) + "\n"
     )
     table = Table(title=f"{cfg.experiment.name} / {run_dir.name} — {state.get('status', '?')}")
     for c in df.columns:
         table.add_column(c, justify="left" if c == "checkpoint" else "right")
     for _, r in df.iterrows():
-        table.add_row(*(_fmt(v) for v in r.values))
+        table.add_row(*(fmt(v) for v in r.values))
     Console().print(table)
     print(f"cruijff: run dir {run_dir}")
 
-
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and v != v):
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    return str(v)

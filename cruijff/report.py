@@ -34,9 +34,8 @@ def _cell_scores(log_dir: Path) -> dict[str, float]:
     return scores
 
 
-def collect(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
-    """(scores, losses, failures) of a sweep dir."""
-    plan = read_json(sweep_dir / "sweep.json").get("runs", [])
+def collect(sweep_dir: Path, plan: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+    """(scores, losses, failures) of a sweep dir, for the runs of its plan (or every run dir)."""
     names = [r["name"] for r in plan] or sorted(p.parent.name for p in sweep_dir.glob("*/run.json"))
     overrides = {r["name"]: r["overrides"] for r in plan}
     rows, losses, failures = [], [], {}
@@ -66,9 +65,10 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]
     return pd.DataFrame(rows), pd.DataFrame(losses), failures
 
 
-def report_sweep(sweep_dir: Path) -> pd.DataFrame:
-    scores, losses, failures = collect(sweep_dir)
-    plan = read_json(sweep_dir / "sweep.json").get("runs", [])
+def report_sweep(sweep_dir: Path, plan: list[dict] | None = None) -> pd.DataFrame:
+    if plan is None:
+        plan = read_json(sweep_dir / "sweep.json").get("runs", [])
+    scores, losses, failures = collect(sweep_dir, plan)
     axes = sorted({o.split("=", 1)[0] for r in plan for o in r["overrides"]})
     scores.to_csv(sweep_dir / "summary.csv", index=False)
     _write_markdown(sweep_dir, scores, failures, len(plan) or None)
@@ -91,23 +91,32 @@ def _write_markdown(sweep_dir: Path, scores: pd.DataFrame, failures: dict[str, s
     lines.append("")
     if not scores.empty:
         table = scores.pivot_table(index=["run", "checkpoint"], columns="task", values="score", sort=False)
-        lines += ["## Scores (run x checkpoint x task)", "", _md(table.reset_index()), ""]
+        lines += ["## Scores (run x checkpoint x task)", "", markdown_table(table.reset_index()), ""]
         last = scores[scores["run"] != "base"].sort_values("epoch").groupby(["run", "task"]).tail(1)
         if not last.empty:
             lines += ["## Best run per task (last epoch)", ""]
             best = last.loc[last.groupby("task")["score"].idxmax(), ["task", "run", "checkpoint", "score"]]
-            lines += [_md(best), ""]
+            lines += [markdown_table(best), ""]
     if failures:
         lines += ["## Failed runs", ""] + [f"- `{n}`: {why}" for n, why in failures.items()] + [""]
     lines += ["Plots: `plots/accuracy_vs_epoch.png`, `plots/loss.png`, `plots/heatmap.png`.", ""]
     (sweep_dir / "summary.md").write_text("\n".join(lines))
 
 
-def _md(df: pd.DataFrame) -> str:
+def fmt(v) -> str:
+    """A table cell: floats to 3 decimals, missing values as a dash."""
+    if v is None or (isinstance(v, float) and v != v):
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
     cols = [str(c) for c in df.columns]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in df.itertuples(index=False):
-        out.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |")
+        out.append("| " + " | ".join(fmt(v) for v in row) + " |")
     return "\n".join(out)
 
 

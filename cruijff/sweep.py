@@ -13,7 +13,6 @@ from files. It runs in the launching process:
 from __future__ import annotations
 
 import fcntl
-import itertools
 import os
 import sys
 import time
@@ -44,16 +43,15 @@ def gpu_count() -> int:
 
 
 def grid(config: DictConfig) -> list[list[str]]:
-    """The job overrides Hydra's basic sweeper will produce (command line x experiment grid)."""
-    axes: dict[str, list[str]] = {}
+    """The job overrides Hydra's basic sweeper will produce (experiment grid, then command line)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    for key, values in params.items():
-        axes[str(key)] = [v.strip() for v in str(values).split(",")]
-    for ov in OmegaConf.select(config, "hydra.overrides.task") or []:
-        key, _, values = str(ov).partition("=")
-        axes[key] = [v.strip() for v in values.split(",")] if "," in values and "[" not in values else [values]
-    keys = list(axes)
-    return [[f"{k}={v}" for k, v in zip(keys, combo)] for combo in itertools.product(*axes.values())]
+    arguments = [f"{k}={v}" for k, v in params.items()]
+    arguments += list(OmegaConf.select(config, "hydra.overrides.task") or [])
+    overrides = OverridesParser.create().parse_overrides(arguments)
+    return BasicSweeper.split_arguments(overrides, max_batch_size=None)[0]
 
 
 def acquire_lock(sweep_dir: Path) -> None:
@@ -81,18 +79,6 @@ def release_lock(sweep_dir: Path) -> None:
         f.close()
 
 
-def _eval_job(run_dir: str) -> str:
-    """Evaluate one run dir (all its cells; base too when asked) — runs inside a submitit job."""
-    from .launch import check, evaluate_run, resolve_paths
-
-    path = Path(run_dir)
-    cfg = OmegaConf.load(path / ".hydra" / "config.yaml")
-    specs = check(cfg)
-    model_dir, data_file = resolve_paths(cfg)
-    evaluate_run(cfg, path, model_dir, data_file, specs, ActionLog(path.parent / "run-experiment.log"))
-    return run_dir
-
-
 class SweepCallback(Callback):
     """Hydra callback for ``python launch.py -m``; see the module docstring."""
 
@@ -101,15 +87,13 @@ class SweepCallback(Callback):
         acquire_lock(sweep_dir)
         self._t0 = time.time()
         runs = [{"name": run_name(ov), "overrides": ov} for ov in grid(config)]
-        state = {n["name"]: read_json(sweep_dir / n["name"] / "run.json").get("status") for n in runs}
+        evals = OmegaConf.to_container(config.eval, resolve=True)
         write_json(sweep_dir / "sweep.json", {
             "experiment": config.experiment.name,
             "runs": runs,
-            "eval": {"tasks": OmegaConf.to_container(config.eval.tasks, resolve=True),
-                     "epochs": OmegaConf.to_container(config.eval, resolve=True).get("epochs"),
-                     "base_model": bool(config.eval.base_model)},
+            "eval": {k: evals[k] for k in ("tasks", "epochs", "base_model")},
         })
-        done = sum(1 for s in state.values() if s == "finished")
+        done = sum(read_json(sweep_dir / r["name"] / "run.json").get("status") == "finished" for r in runs)
         ActionLog(sweep_dir / "run-experiment.log")(
             "Sweep start", f"{len(runs)} runs planned ({done} finished earlier, skipped): "
             + ", ".join(r["name"] for r in runs),
@@ -132,7 +116,7 @@ class SweepCallback(Callback):
                 self._evaluate(config, sweep_dir, finished, act)
             from .report import report_sweep
 
-            report_sweep(sweep_dir)
+            report_sweep(sweep_dir, plan)
             summary = f"{len(finished)}/{len(plan)} runs finished"
             if failed:
                 summary += f", {len(failed)} failed: " + "; ".join(f"{n}: {w}" for n, w in failed.items())
@@ -147,13 +131,15 @@ class SweepCallback(Callback):
     def _evaluate(self, config: DictConfig, sweep_dir: Path, runs: list[str], act: ActionLog) -> None:
         import submitit
 
+        from .launch import evaluate_saved
+
         executor = submitit.AutoExecutor(folder=str(sweep_dir / ".submitit" / "eval"), cluster="local")
         executor.update_parameters(timeout_min=int(config.hydra.launcher.timeout_min))
         parallel = local_parallel(config.cluster.max_parallel)
         # the first job also evaluates the shared base-model control; the rest wait for it
         batches = [runs[:1]] + [runs[i:i + parallel] for i in range(1, len(runs), parallel)]
         for batch in batches:
-            jobs = [executor.submit(_eval_job, str(sweep_dir / n)) for n in batch]
+            jobs = [executor.submit(evaluate_saved, sweep_dir / n) for n in batch]
             act("Submit eval", ", ".join(batch), "job ids " + ", ".join(j.job_id for j in jobs))
             for n, job in zip(batch, jobs):
                 try:

@@ -178,9 +178,7 @@ def evaluate_cell(
         )
         # inspect looks up model info by name while it runs; for an unknown "hf/<path>" it would
         # build the provider (and load the weights) a second time. Register the info instead.
-        info = ModelInfo(organization="local", context_length=_context_length(model_dir))
-        for name in {str(model), model.name, f"hf/{model_dir.resolve()}"}:
-            set_model_info(name, info)
+        set_model_info(str(model), ModelInfo(organization="local", context_length=_context_length(model_dir)))
         built = [build_task(t, data_file, input_key, output_key) for t in tasks]
         logs = inspect_eval(
             built,

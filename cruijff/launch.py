@@ -18,6 +18,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
@@ -39,20 +40,31 @@ def precheck(argv: list[str]) -> None:
         sys.exit(2)
 
 
-def main(cfg: DictConfig) -> int:
-    """Run one grid point; in a single run, exit non-zero when it failed."""
+def main(cfg: DictConfig) -> int | float:
+    """Run one grid point; in a single run, exit non-zero when it failed.
+
+    In a grid sweep a job only fine-tunes (evaluation waits for the grid, in the sweep callback).
+    Under an optimizing sweeper (Optuna) a job also evaluates its own checkpoints and returns the
+    objective: the last epoch's score on ``eval.objective`` (NaN when the run failed).
+    """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     sweep = hc.mode == RunMode.MULTIRUN
+    optimizing = sweep and not str(hc.sweeper._target_).endswith("GridSweeper")
     fresh = not any(run_dir.iterdir()) if run_dir.exists() else True
     if sweep:
         _pin_gpu(cfg, int(hc.job.num))
     try:
-        # in a sweep, evaluation waits for the grid (the sweep callback), so a job only fine-tunes
-        code = run(cfg, run_dir, overrides=list(hc.overrides.task), evaluate=not sweep)
+        if cfg.get("dry_run", False):
+            code = dry_run(cfg, run_dir, list(hc.overrides.task))
+            if fresh:
+                _remove_empty(run_dir)
+            return code
+        mode = "epochs" if optimizing else "none" if sweep else "all"
+        code = run(cfg, run_dir, overrides=list(hc.overrides.task), evaluate=mode)
     except (CruijffError, OmegaConfBaseException) as e:
         msg = str(e).splitlines()[0] if isinstance(e, CruijffError) else _omegaconf_message(e)
         print(f"cruijff: error: {msg}", file=sys.stderr)
@@ -66,7 +78,33 @@ def main(cfg: DictConfig) -> int:
         code = 1
     if not sweep and code:
         sys.exit(code)
+    if optimizing:
+        return objective(cfg, run_dir) if code == 0 else float("nan")
     return code
+
+
+def objective(cfg: DictConfig, run_dir: Path) -> float:
+    """The score an optimizing sweeper maximizes: ``eval.objective`` at the last evaluated epoch."""
+    from .evaluate import read_cell
+
+    specs = task_specs(cfg.eval.tasks)
+    label = cfg.eval.get("objective") or (specs[0].label if specs else None)
+    evaluated = sorted((p for p in (run_dir / "eval").glob("epoch_*")), key=lambda p: int(p.name[6:]))
+    if label is None or not evaluated:
+        return float("nan")
+    value = read_cell(evaluated[-1]).get(label, {}).get("value")
+    return float(value) if value is not None else float("nan")
+
+
+def dry_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> int:
+    """Validate and show what a run would do; write nothing, start nothing."""
+    from .plan import PlannedRun, print_plan
+
+    check(cfg)
+    chash = config_hash(cfg, *resolve_paths(cfg, build=False))
+    state = read_json(run_dir / "run.json").get("status", "new")
+    print_plan([PlannedRun(run_dir.name, overrides, chash, state)], f"{cfg.experiment.name}: dry run")
+    return 0
 
 
 def _pin_gpu(cfg: DictConfig, job_num: int) -> None:
@@ -99,18 +137,18 @@ def _remove_empty(path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def resolve_paths(cfg: DictConfig) -> tuple[Path, Path]:
+def resolve_paths(cfg: DictConfig, build: bool = True) -> tuple[Path, Path]:
     """The model dir and dataset file of a config (building the embedded ones on first use)."""
     if cfg.model.path is None:
         if cfg.model.name != "tiny_llama":
             raise ConfigError("model.path", None, f"model {cfg.model.name} needs model.path=<local model directory>")
-        model_dir = assets.tiny_model_dir()
+        model_dir = assets.tiny_model_dir(build)
     else:
         model_dir = Path(cfg.model.path).resolve()
     if cfg.dataset.path is None:
         if cfg.dataset.name != "capitalization":
             raise ConfigError("dataset.path", None, f"dataset {cfg.dataset.name} needs dataset.path=<JSON file>")
-        data_file = assets.capitalization_file()
+        data_file = assets.capitalization_file(build)
     else:
         data_file = Path(cfg.dataset.path).resolve()
     return model_dir, data_file
@@ -132,15 +170,30 @@ def load_run(run_dir: Path) -> DictConfig:
     return OmegaConf.load(saved)
 
 
-def evaluate_saved(run_dir: Path) -> None:
-    """Evaluate an existing run dir with its own saved config (skips complete cells)."""
+def eval_config(run_dir: Path, eval_cfg: Any = None) -> DictConfig:
+    """A run's saved config, with the eval section of the current launch when given.
+
+    Eval settings are not part of a run's config hash: a finished run is evaluated with the tasks
+    asked for now, without fine-tuning it again.
+    """
     cfg = load_run(run_dir)
+    if eval_cfg is not None:
+        cfg.eval = OmegaConf.create(OmegaConf.to_container(eval_cfg, resolve=True)
+                                    if OmegaConf.is_config(eval_cfg) else eval_cfg)
+    return cfg
+
+
+def evaluate_saved(run_dir: Path, eval_cfg: Any = None, base: bool = True) -> None:
+    """Evaluate an existing run dir with its saved config (skips complete cells)."""
+    cfg = eval_config(run_dir, eval_cfg)
     specs = check(cfg)
     model_dir, data_file = resolve_paths(cfg)
-    evaluate_run(cfg, run_dir, model_dir, data_file, specs, ActionLog(run_dir.parent / "run-experiment.log"))
+    evaluate_run(cfg, run_dir, model_dir, data_file, specs, ActionLog(run_dir.parent / "run-experiment.log"),
+                 base=base)
 
 
-def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: bool = True) -> int:
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: str = "all") -> int:
+    """Fine-tune, then evaluate: "all" (base + epochs, then the table), "epochs" or "none"."""
     specs = check(cfg)
     exp_dir = run_dir.parent
     act = ActionLog(exp_dir / "run-experiment.log")
@@ -148,7 +201,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: bool = T
     state = read_json(state_file)
     model_dir, data_file = resolve_paths(cfg)
     chash = config_hash(cfg, model_dir, data_file)
-    if state and state.get("config_hash") != chash:
+    if state.get("config_hash") not in (None, chash):
         if not cfg.overwrite:
             raise ConfigError(
                 "overwrite", False,
@@ -169,11 +222,12 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: bool = T
     _log_to_file(run_dir / "logs" / "launch.log")
 
     ok = finetune_run(cfg, run_dir, model_dir, data_file, chash, act)
-    if not evaluate:
+    if evaluate == "none":
         return 0 if ok else 1
     if ok and cfg.eval.enabled:
-        evaluate_run(cfg, run_dir, model_dir, data_file, specs, act)
-    report_run(cfg, run_dir, specs)
+        evaluate_run(cfg, run_dir, model_dir, data_file, specs, act, base=evaluate == "all")
+    if evaluate == "all":
+        report_run(cfg, run_dir, specs)
     return 0 if ok else 1
 
 
@@ -259,9 +313,9 @@ def cells(cfg: DictConfig, run_dir: Path, model_dir: Path) -> list[tuple[str, Pa
 
 
 def evaluate_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path,
-                 specs: list[TaskSpec], act: ActionLog) -> None:
+                 specs: list[TaskSpec], act: ActionLog, base: bool = True) -> None:
     device = resolve_device(cfg.training.device)
-    todo = cells(cfg, run_dir, model_dir)
+    todo = [c for c in cells(cfg, run_dir, model_dir) if base or c[0] != "base"]
     for i, (label, ckpt, log_dir) in enumerate(todo, 1):
         if cell_complete(log_dir, specs):
             act("Skip eval", f"{run_dir.name}/{label}: complete")

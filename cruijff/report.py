@@ -65,6 +65,31 @@ def collect(sweep_dir: Path, plan: list[dict]) -> tuple[pd.DataFrame, pd.DataFra
     return pd.DataFrame(rows), pd.DataFrame(losses), failures
 
 
+def _report_inputs(sweep_dir: Path, plan: list[dict]) -> str:
+    """Fingerprint of everything the report reads (run states, cell summaries, the run list)."""
+    import hashlib
+
+    paths = [sweep_dir / r["name"] / "run.json" for r in plan]
+    paths += sorted(sweep_dir.glob("*/eval/*/results.json")) + sorted(sweep_dir.glob("base/*/results.json"))
+    parts = [",".join(r["name"] for r in plan)]
+    for p in paths:
+        try:
+            parts.append(f"{p}:{p.stat().st_mtime_ns}")
+        except FileNotFoundError:
+            parts.append(f"{p}:-")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def report_is_current(sweep_dir: Path, plan: list[dict]) -> bool:
+    key = sweep_dir / ".report-key"
+    return (sweep_dir / "summary.md").exists() and key.exists() and key.read_text().strip() == _report_inputs(
+        sweep_dir, plan)
+
+
+def write_report_key(sweep_dir: Path, plan: list[dict]) -> None:
+    (sweep_dir / ".report-key").write_text(_report_inputs(sweep_dir, plan) + "\n")
+
+
 def report_sweep(sweep_dir: Path, plan: list[dict] | None = None) -> pd.DataFrame:
     if plan is None:
         plan = read_json(sweep_dir / "sweep.json").get("runs", [])

@@ -1,13 +1,18 @@
-"""Sweeps: the Hydra callback that plans, locks, evaluates after the grid, and reports.
+"""Sweeps: ``python launch.py -m`` plans a grid, submits what is not done, evaluates, reports.
 
-Hydra gives ``on_multirun_end`` no job results, and skips it when a job raised; so jobs never raise
-for an ordinary failure, record their outcome in ``run.json``, and this callback finds everything
-from files. It runs in the launching process:
+Three Hydra plugins work together (``hydra_plugins/cruijff_plugins`` holds the thin plugin classes):
 
-- ``on_multirun_start``: take the sweep lock, write ``sweep.json`` (the plan), log the submission.
-- ``on_multirun_end``: evaluate the base model once, then every finished run's checkpoints (jobs
-  through submitit, the sweep's executor kind, at most ``cluster.max_parallel`` at once), write the
-  report, log the summary, exit non-zero if any run failed.
+- the grid sweeper (:func:`run_grid`) expands the grid exactly as Hydra's basic sweeper does, plans
+  every run without composing each job through Hydra (:mod:`cruijff.plan`), refuses a bad grid
+  point before submitting anything, takes the sweep lock, writes ``sweep.json`` and submits only
+  runs that are not finished, in batches of ``cluster.max_parallel``;
+- the launcher (:func:`submit`) submits a batch through submitit and records a job that died
+  without a result in its ``run.json`` instead of raising (which would abort the sweep);
+- the callback (:class:`SweepCallback`) evaluates every finished run's checkpoints that are not
+  evaluated yet and writes the report when something changed. Jobs never raise for an ordinary
+  failure; they record it in ``run.json``, and the callback reads files only.
+
+Any other sweeper (``hydra/sweeper=optuna``) works with the same launcher and callback.
 """
 
 from __future__ import annotations
@@ -17,12 +22,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .config import run_name
+from .config import CruijffError, run_name
 from .record import ActionLog, read_json, write_json
 
 _LOCKS: dict[str, Any] = {}
@@ -42,19 +47,10 @@ def gpu_count() -> int:
     return len([p for p in Path("/dev").glob("nvidia[0-9]*")])
 
 
-def grid(config: DictConfig) -> list[list[str]]:
-    """The job overrides Hydra's basic sweeper will produce (experiment grid, then command line)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    arguments = [f"{k}={v}" for k, v in params.items()]
-    arguments += list(OmegaConf.select(config, "hydra.overrides.task") or [])
-    overrides = OverridesParser.create().parse_overrides(arguments)
-    return BasicSweeper.split_arguments(overrides, max_batch_size=None)[0]
-
-
 def acquire_lock(sweep_dir: Path) -> None:
+    """Hold ``<sweep dir>/.lock`` for this process's lifetime; exit 2 if another launch holds it."""
+    if str(sweep_dir) in _LOCKS:
+        return
     sweep_dir.mkdir(parents=True, exist_ok=True)
     f = open(sweep_dir / ".lock", "a+")
     try:
@@ -79,70 +75,320 @@ def release_lock(sweep_dir: Path) -> None:
         f.close()
 
 
+
+
+def lock_holder(sweep_dir: Path) -> str | None:
+    """Who holds the sweep lock (a running launch), or None."""
+    path = sweep_dir / ".lock"
+    if not path.exists() or str(sweep_dir) in _LOCKS:
+        return None
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            return f.read().strip() or "another process"
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"cruijff: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+# ----------------------------------------------------------------------------------------------
+# the grid sweeper (hydra/sweeper=grid): plan everything, submit only what is not done
+
+
+def run_grid(sweeper: Any, arguments: list[str]) -> list:
+    """``GridSweeper.sweep``: Hydra's grid expansion, our plan, then batches to the launcher."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from .plan import FINISHED, Planner, print_plan
+
+    config = sweeper.config
+    loader = sweeper.hydra_context.config_loader
+    t0 = time.time()
+    try:
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(
+            sweeper._parse_config() + list(arguments))
+    except Exception as e:  # Hydra's override grammar errors
+        fail(f"{str(e).strip().splitlines()[0]}")
+    jobs = BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+    sweep_dir = Path(config.hydra.sweep.dir)
+    dry = bool(config.get("dry_run", False))
+    if sweep_dir.exists() and not dry:
+        acquire_lock(sweep_dir)
+
+    def compose(overrides: list[str]) -> DictConfig:
+        try:
+            return loader.load_sweep_config(config, overrides)
+        except Exception as e:
+            raise CruijffError(" ".join(overrides) + ": " + str(e).strip().splitlines()[0]) from None
+
+    try:
+        runs = Planner(config, sweep_dir, compose).plan(jobs)
+    except CruijffError as e:
+        fail(str(e))
+    todo = [r for r in runs if r.state != FINISHED]
+    if dry:
+        print_plan(runs, f"{config.experiment.name}: {len(runs)} runs, {len(todo)} to run "
+                         f"(dry run: nothing written, nothing submitted)")
+        print(f"cruijff: planned {len(runs)} runs in {time.time() - t0:.2f} s")
+        return []
+    acquire_lock(sweep_dir)
+    write_plan(sweep_dir, config, [r.record() for r in runs])
+    act = ActionLog(sweep_dir / "run-experiment.log")
+    act("Plan sweep", f"{len(runs)} runs: " + ", ".join(f"{r.name} ({r.state})" for r in runs),
+        f"{len(todo)} to run, {len(runs) - len(todo)} finished earlier (skipped), "
+        f"planned in {time.time() - t0:.2f} s")
+    if not todo:
+        print(f"cruijff: all {len(runs)} runs finished earlier; nothing to submit")
+        return []
+    size = int(sweeper.max_batch_size or len(todo))
+    returns, idx = [], 0
+    for i in range(0, len(todo), size):
+        batch = [r.overrides for r in todo[i:i + size]]
+        returns.append(sweeper.launcher.launch(batch, initial_job_idx=idx))
+        idx += len(batch)
+    return returns
+
+
+def write_plan(sweep_dir: Path, config: DictConfig, runs: list[dict]) -> None:
+    """``sweep.json``: the plan (runs, overrides, config hashes, eval matrix); job ids are kept."""
+    old = read_json(sweep_dir / "sweep.json")
+    evals = OmegaConf.to_container(config.eval, resolve=True)
+    tasks = [t["name"] if isinstance(t, dict) else t for t in evals["tasks"]] if evals["enabled"] else []
+    write_json(sweep_dir / "sweep.json", {
+        "experiment": config.experiment.name,
+        "sweeper": config.hydra.sweeper._target_.rsplit(".", 1)[-1],
+        "launcher": config.hydra.launcher._target_.rsplit(".", 1)[-1],
+        "runs": runs,
+        "eval": {k: evals[k] for k in ("tasks", "epochs", "base_model")},
+        "eval_matrix": {"checkpoints": (["base"] if evals["base_model"] else [])
+                        + [f"{r['name']}/epoch_*" for r in runs], "tasks": tasks},
+        "jobs": old.get("jobs", {}),
+    })
+
+
+def add_runs(sweep_dir: Path, config: DictConfig, runs: list[dict]) -> None:
+    """Add runs a sweeper decided on the fly (Optuna) to ``sweep.json``."""
+    plan = read_json(sweep_dir / "sweep.json")
+    known = {r["name"] for r in plan.get("runs", [])}
+    new = [r for r in runs if r["name"] not in known]
+    if new or not plan:
+        write_plan(sweep_dir, config, plan.get("runs", []) + new)
+
+
+def _record_jobs(sweep_dir: Path, jobs: dict[str, str]) -> None:
+    plan = read_json(sweep_dir / "sweep.json")
+    plan.setdefault("jobs", {}).update(jobs)
+    write_json(sweep_dir / "sweep.json", plan)
+
+
+# ----------------------------------------------------------------------------------------------
+# the launcher (hydra/launcher=local): submitit, with dead jobs recorded instead of raised
+
+
+def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+    """Submit one batch through submitit and wait; every job yields a JobReturn, dead ones too.
+
+    Hydra's stock submitit launcher raises when a job dies without a result (killed, out of
+    memory), which aborts the sweep and skips the post-sweep callback; here the death is written to
+    the run's ``run.json`` and the sweep goes on.
+    """
+    import submitit
+    from hydra.core.singleton import Singleton
+    from hydra_plugins.hydra_submitit_launcher import submitit_launcher as stock
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    config = launcher.config
+    kind = launcher._EXECUTOR
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    params = dict(launcher.params)
+    folder = params.pop("submitit_folder")
+    init = {f"{kind}_max_num_timeout": params.pop("max_num_timeout")} if "max_num_timeout" in params else {}
+    executor = submitit.AutoExecutor(folder=folder, cluster=kind, **init)
+    queue_keys = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in queue_keys else f"{kind}_{k}": v for k, v in params.items()})
+
+    # the job side is Hydra's own (compose the job's config, run the task function)
+    runner = {"local": stock.LocalLauncher, "slurm": stock.SlurmLauncher}[kind](**launcher.params)
+    runner.setup(hydra_context=launcher.hydra_context, task_function=launcher.task_function, config=config)
+
+    names = [run_name(o) for o in job_overrides]
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    add_runs(sweep_dir, config, [{"name": n, "overrides": list(o)} for n, o in zip(names, job_overrides)])
+    idx = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
+    jobs = executor.map_array(runner, [list(o) for o in job_overrides], ["hydra.sweep.dir"] * len(idx), idx,
+                              [f"job_id_for_{i}" for i in idx], [Singleton.get_state()] * len(idx))
+    ids = {n: j.job_id for n, j in zip(names, jobs)}
+    _record_jobs(sweep_dir, ids)
+    act = ActionLog(sweep_dir / "run-experiment.log")
+    act("Submit fine-tune", ", ".join(names), f"{kind} job ids " + ", ".join(ids.values()))
+    for n in names:
+        print(f"cruijff: {n}: submitted as {kind} job {ids[n]}")
+
+    from hydra.core.utils import JobReturn, JobStatus
+
+    returns = []
+    for name, job in zip(names, jobs):
+        try:
+            ret = job.results()[0]
+        except Exception as e:
+            reason = dead_reason(job, e)
+            record_death(sweep_dir / name, reason)
+            act("Job died", f"{name} (job {job.job_id})", reason)
+            print(f"cruijff: {name}: {reason}", file=sys.stderr)
+            ret = JobReturn(overrides=list(job_overrides[names.index(name)]), status=JobStatus.COMPLETED,
+                            _return_value=float("nan"))
+        returns.append(ret)
+    return returns
+
+
+def dead_reason(job: Any, error: Exception) -> str:
+    import signal
+
+    rc = getattr(getattr(job, "_process", None), "returncode", None)
+    if isinstance(rc, int) and rc < 0:
+        try:
+            return f"job process killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"job process killed by signal {-rc}"
+    try:
+        err = [ln for ln in (job.stderr() or "").splitlines() if ln.strip() and not ln.startswith(" ")]
+    except Exception:
+        err = []
+    last = err[-1] if err else ([ln for ln in str(error).splitlines() if ln.strip()] or [type(error).__name__])[-1]
+    return f"job ended without a result ({job.state}): {last.strip()[:300]}"
+
+
+def record_death(run_dir: Path, reason: str) -> None:
+    """Mark a run whose job died as failed (its run.json may say "running", or not exist)."""
+    state = read_json(run_dir / "run.json")
+    if state.get("status") == "finished":
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state.update(name=run_dir.name, status="failed", error=reason, ended=time.time())
+    write_json(run_dir / "run.json", state)
+
+
+# ----------------------------------------------------------------------------------------------
+# after the sweep: evaluate, report, summarise
+
+
 class SweepCallback(Callback):
-    """Hydra callback for ``python launch.py -m``; see the module docstring."""
+    """Hydra callback of ``python launch.py -m``: lock, then evals + report after the grid."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._t0 = time.time()
+        if config.get("dry_run", False) or _grid_sweeper(config):
+            return  # the grid sweeper plans first, then takes the lock itself
         sweep_dir = Path(config.hydra.sweep.dir)
         acquire_lock(sweep_dir)
-        self._t0 = time.time()
-        runs = [{"name": run_name(ov), "overrides": ov} for ov in grid(config)]
-        evals = OmegaConf.to_container(config.eval, resolve=True)
-        write_json(sweep_dir / "sweep.json", {
-            "experiment": config.experiment.name,
-            "runs": runs,
-            "eval": {k: evals[k] for k in ("tasks", "epochs", "base_model")},
-        })
-        done = sum(read_json(sweep_dir / r["name"] / "run.json").get("status") == "finished" for r in runs)
         ActionLog(sweep_dir / "run-experiment.log")(
-            "Sweep start", f"{len(runs)} runs planned ({done} finished earlier, skipped): "
-            + ", ".join(r["name"] for r in runs),
-            f"launcher {config.hydra.launcher._target_.rsplit('.', 1)[-1]}, "
-            f"{local_parallel(config.cluster.max_parallel)} at once",
-        )
+            "Sweep start", f"sweeper {config.hydra.sweeper._target_.rsplit('.', 1)[-1]}",
+            f"launcher {config.hydra.launcher._target_.rsplit('.', 1)[-1]}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("dry_run", False):
+            return
         sweep_dir = Path(config.hydra.sweep.dir)
+        if not (sweep_dir / "sweep.json").exists():
+            return
         act = ActionLog(sweep_dir / "run-experiment.log")
         try:
-            plan = read_json(sweep_dir / "sweep.json").get("runs", [])
-            states = {r["name"]: read_json(sweep_dir / r["name"] / "run.json") for r in plan}
-            finished = [n for n, s in states.items() if s.get("status") == "finished"]
-            failed = {n: (s.get("error") or s.get("status") or "did not start") for n, s in states.items()
-                      if s.get("status") != "finished"}
-            for n, why in failed.items():
-                act("Run failed", n, why)
-            if config.eval.enabled and finished:
-                self._evaluate(config, sweep_dir, finished, act)
-            from .report import report_sweep
-
-            report_sweep(sweep_dir, plan)
-            summary = f"{len(finished)}/{len(plan)} runs finished"
-            if failed:
-                summary += f", {len(failed)} failed: " + "; ".join(f"{n}: {w}" for n, w in failed.items())
-            act("Sweep done", f"{time.time() - self._t0:.1f} s", summary)
-            print(f"cruijff: {summary}")
-            print(f"cruijff: report {sweep_dir / 'summary.md'}")
+            failed = finish_sweep(config, sweep_dir, act, self._t0)
         finally:
             release_lock(sweep_dir)
         if failed:
             sys.exit(1)
 
-    def _evaluate(self, config: DictConfig, sweep_dir: Path, runs: list[str], act: ActionLog) -> None:
-        import submitit
 
-        from .launch import evaluate_saved
+def _grid_sweeper(config: DictConfig) -> bool:
+    return str(config.hydra.sweeper._target_).endswith("GridSweeper")
 
-        executor = submitit.AutoExecutor(folder=str(sweep_dir / ".submitit" / "eval"), cluster="local")
-        executor.update_parameters(timeout_min=int(config.hydra.launcher.timeout_min))
-        parallel = local_parallel(config.cluster.max_parallel)
-        # the first job also evaluates the shared base-model control; the rest wait for it
-        batches = [runs[:1]] + [runs[i:i + parallel] for i in range(1, len(runs), parallel)]
-        for batch in batches:
-            jobs = [executor.submit(evaluate_saved, sweep_dir / n) for n in batch]
-            act("Submit eval", ", ".join(batch), "job ids " + ", ".join(j.job_id for j in jobs))
-            for n, job in zip(batch, jobs):
-                try:
-                    job.result()
-                except Exception as e:  # an eval job failing is reported, not fatal to the sweep
-                    act("Eval failed", n, str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
+
+def finish_sweep(config: DictConfig, sweep_dir: Path, act: ActionLog, t0: float) -> dict[str, str]:
+    """Evaluate what is not evaluated yet, report if anything changed, summarise; returns failures."""
+    plan = read_json(sweep_dir / "sweep.json").get("runs", [])
+    states = {r["name"]: read_json(sweep_dir / r["name"] / "run.json") for r in plan}
+    finished = [n for n, s in states.items() if s.get("status") == "finished"]
+    failed = {n: (s.get("error") or s.get("status") or "did not start") for n, s in states.items()
+              if s.get("status") != "finished"}
+    for n, why in failed.items():
+        act("Run failed", n, why)
+    evaluated = False
+    if config.eval.enabled and finished:
+        todo = eval_todo(sweep_dir, finished, config.eval)
+        if todo:
+            evaluate_runs(config, sweep_dir, todo, act)
+            evaluated = True
+        else:
+            act("Skip eval", f"all cells of {len(finished)} finished runs complete")
+    from .report import report_is_current, write_report_key
+
+    if evaluated or not report_is_current(sweep_dir, plan):
+        from .report import report_sweep
+
+        report_sweep(sweep_dir, plan)
+        write_report_key(sweep_dir, plan)
+        act("Report", str(sweep_dir / "summary.md"))
+    else:
+        act("Skip report", "summary.md is current (no run or eval changed)")
+    summary = f"{len(finished)}/{len(plan)} runs finished"
+    if failed:
+        summary += f", {len(failed)} failed: " + "; ".join(f"{n}: {w}" for n, w in failed.items())
+    act("Sweep done", f"{time.time() - t0:.1f} s", summary)
+    print(f"cruijff: {summary}")
+    print(f"cruijff: report {sweep_dir / 'summary.md'}")
+    return failed
+
+
+def eval_todo(sweep_dir: Path, runs: list[str], eval_cfg: DictConfig) -> list[tuple[str, bool]]:
+    """(run, with base) for every finished run with an incomplete cell; checked in this process."""
+    from .evaluate import cell_complete, task_specs
+    from .launch import cells, eval_config, resolve_paths
+
+    out, base_done = [], None
+    for name in runs:
+        cfg = eval_config(sweep_dir / name, eval_cfg)
+        specs = task_specs(cfg.eval.tasks)
+        model_dir, _ = resolve_paths(cfg, build=False)
+        todo = [c for c in cells(cfg, sweep_dir / name, model_dir) if not cell_complete(c[2], specs)]
+        if base_done is None:
+            base_done = not any(label == "base" for label, _, _ in todo)
+        if any(label != "base" for label, _, _ in todo):
+            out.append(name)
+    if not base_done and runs:
+        first = out[0] if out else runs[0]
+        out = [first] + [n for n in out if n != first]
+    return [(n, i == 0 and not base_done) for i, n in enumerate(out)]
+
+
+def evaluate_runs(config: DictConfig, sweep_dir: Path, todo: list[tuple[str, bool]], act: ActionLog) -> None:
+    """One eval job per run (all its checkpoints, each loaded once for all tasks), through submitit."""
+    import submitit
+
+    from .launch import evaluate_saved
+
+    executor = submitit.AutoExecutor(folder=str(sweep_dir / ".submitit" / "eval"), cluster="local")
+    executor.update_parameters(timeout_min=int(config.hydra.launcher.timeout_min))
+    parallel = local_parallel(config.cluster.max_parallel)
+    eval_cfg = OmegaConf.to_container(config.eval, resolve=True)
+    # the job evaluating the shared base-model control goes first and alone; the rest follow
+    first = todo[:1] if todo and todo[0][1] else []
+    rest = todo[len(first):]
+    batches = ([first] if first else []) + [rest[i:i + parallel] for i in range(0, len(rest), parallel)]
+    for batch in batches:
+        jobs = [executor.submit(evaluate_saved, sweep_dir / n, eval_cfg, base) for n, base in batch]
+        names = [n for n, _ in batch]
+        act("Submit eval", ", ".join(names), "local job ids " + ", ".join(j.job_id for j in jobs))
+        for n, job in zip(names, jobs):
+            try:
+                job.result()
+            except Exception as e:  # an eval job failing is reported, not fatal to the sweep
+                lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+                act("Eval failed", n, lines[-1] if lines else type(e).__name__)

@@ -73,14 +73,19 @@ def cache_root() -> Path:
     return Path(os.environ.get("CRUIJFF_CACHE", Path.home() / ".cache" / "cruijff"))
 
 
-def tiny_model_dir() -> Path:
+TINY_MODEL = f"tiny_llama-{ASSET_VERSION}-seed{SEED}"
+CAPITALIZATION = f"capitalization-{ASSET_VERSION}-seed{SEED}"
+
+
+def tiny_model_dir(build: bool = True) -> Path:
     """Directory of the embedded tiny model in Hugging Face format (built on first use)."""
-    return _ensure(f"tiny_llama-{ASSET_VERSION}-seed{SEED}", _build_tiny_model)
+    return _ensure(TINY_MODEL, _build_tiny_model) if build else cache_root() / TINY_MODEL
 
 
-def capitalization_file() -> Path:
+def capitalization_file(build: bool = True) -> Path:
     """The capitalization dataset: one JSON file ``{"train", "validation", "test"}``."""
-    return _ensure(f"capitalization-{ASSET_VERSION}-seed{SEED}", _build_dataset) / "data.json"
+    root = _ensure(CAPITALIZATION, _build_dataset) if build else cache_root() / CAPITALIZATION
+    return root / "data.json"
 
 
 def _ensure(name: str, build) -> Path:

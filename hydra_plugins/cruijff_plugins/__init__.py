@@ -1,0 +1,34 @@
+"""Hydra plugins of cruijff (Hydra only loads plugins from the ``hydra_plugins`` package).
+
+Kept thin so Hydra's plugin discovery stays fast; the logic is in :mod:`cruijff.sweep`.
+"""
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
+
+
+class GridSweeper(BasicSweeper):
+    """Hydra's grid, planned without composing each job; finished runs are not submitted."""
+
+    def sweep(self, arguments):
+        from cruijff.sweep import run_grid
+
+        return run_grid(self, arguments)
+
+
+class CruijffLocalLauncher(LocalLauncher):
+    """submitit's local executor; a job that dies is recorded, not raised."""
+
+    def launch(self, job_overrides, initial_job_idx):
+        from cruijff.sweep import submit
+
+        return submit(self, job_overrides, initial_job_idx)
+
+
+class CruijffSlurmLauncher(SlurmLauncher):
+    """submitit's SLURM executor; a job that dies is recorded, not raised."""
+
+    def launch(self, job_overrides, initial_job_idx):
+        from cruijff.sweep import submit
+
+        return submit(self, job_overrides, initial_job_idx)

@@ -1,7 +1,9 @@
-"""``python -m cruijff eval|report <run dir>``: each stage on its own, on an existing run dir.
+"""``python -m cruijff eval|report|status <dir>``: each stage on its own, on an existing output dir.
 
-The run's own saved config (``<run dir>/.hydra/config.yaml``) drives it, so the result is what the
-launcher would have produced.
+A run dir's own saved config (``<run dir>/.hydra/config.yaml``) drives ``eval`` and ``report``, so
+the result is what the launcher would have produced. On a sweep dir (``outputs/<experiment>``),
+``eval`` evaluates every finished run, ``report`` writes the sweep's summary and plots, and
+``status`` shows the state of every run and eval cell (also while the sweep runs).
 """
 
 from __future__ import annotations
@@ -16,25 +18,56 @@ from .config import CruijffError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cruijff", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in [("eval", "evaluate the base model and every epoch checkpoint of a run"),
-                       ("report", "print and write the results table of a run")]:
+    for name, text in [("eval", "evaluate the base model and every epoch checkpoint (of a run, or of a sweep)"),
+                       ("report", "write the results table (of a run) or summary and plots (of a sweep)"),
+                       ("status", "state of every run and eval cell of a sweep")]:
         p = sub.add_parser(name, help=text)
-        p.add_argument("run_dir", type=Path)
+        p.add_argument("dir", type=Path, help="a run dir or a sweep dir (outputs/<experiment>)")
     args = parser.parse_args(argv)
 
-    from .launch import check, evaluate_saved, load_run, report_run
-
     try:
-        run_dir = args.run_dir.resolve()
-        if args.command == "eval":
-            evaluate_saved(run_dir)
-        cfg = load_run(run_dir)
-        report_run(cfg, run_dir, check(cfg))
+        target = args.dir.resolve()
+        if not target.is_dir():
+            raise CruijffError(f"{args.dir}: no such directory")
+        is_sweep = (target / "sweep.json").exists() or (
+            not (target / ".hydra").exists() and any(target.glob("*/run.json")))
+        if args.command == "status":
+            from .status import show
+
+            show(target)
+        elif is_sweep:
+            sweep_command(args.command, target)
+        else:
+            from .launch import check, evaluate_saved, load_run, report_run
+
+            if args.command == "eval":
+                evaluate_saved(target)
+            cfg = load_run(target)
+            report_run(cfg, target, check(cfg))
     except CruijffError as e:
         print(f"cruijff: error: {e}", file=sys.stderr)
         return 2
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def sweep_command(command: str, sweep_dir: Path) -> None:
+    from .record import ActionLog, read_json
+    from .report import report_sweep, write_report_key
+
+    plan = read_json(sweep_dir / "sweep.json").get("runs") or [
+        {"name": p.parent.name, "overrides": []} for p in sorted(sweep_dir.glob("*/run.json"))]
+    if command == "eval":
+        from .launch import evaluate_saved
+        from .sweep import acquire_lock
+
+        acquire_lock(sweep_dir)
+        act = ActionLog(sweep_dir / "run-experiment.log")
+        finished = [r["name"] for r in plan
+                    if read_json(sweep_dir / r["name"] / "run.json").get("status") == "finished"]
+        for i, name in enumerate(finished):
+            print(f"cruijff: evaluating {name} ({i + 1}/{len(finished)})")
+            evaluate_saved(sweep_dir / name, base=i == 0)
+        act("Evaluate sweep", f"{len(finished)} finished runs", "python -m cruijff eval")
+    report_sweep(sweep_dir, plan)
+    write_report_key(sweep_dir, plan)
+    print(f"cruijff: report {sweep_dir / 'summary.md'}")

@@ -64,7 +64,7 @@ def run_name(overrides: Iterable[str]) -> str:
         if key.endswith("path"):
             value = Path(value.strip("'\"")).name
         value = _slug(value)
-        sep = "" if value[:1].isdigit() or value[:1] == "." else "-"
+        sep = "" if value[:1].isdigit() or value[:1] in ".-" else "-"
         parts.append(f"{ABBREVIATIONS.get(leaf, leaf)}{sep}{value}")
     return "_".join(parts) or "default"
 
@@ -85,8 +85,10 @@ def _number(value: str) -> str | None:
 
 def _slug(value: str) -> str:
     value = value.strip().strip("'\"")
-    value = _number(value) or value.replace("/", "-")
-    return re.sub(r"[^A-Za-z0-9.+\-]+", "-", value).strip("-") or "x"
+    number = _number(value)
+    if number is not None or re.fullmatch(r"-?\d+", value):
+        return number or value  # keeps its sign: lr=-1e-3 and lr=1e-3 are different runs
+    return re.sub(r"[^A-Za-z0-9.+\-]+", "-", value.replace("/", "-")).strip("-") or "x"
 
 
 def register_resolvers() -> None:

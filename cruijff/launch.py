@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import sys
 import time
 import traceback
@@ -263,6 +264,8 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
         "attempts": attempts,
         "error": None,
         "started": time.time(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
         "device": conf["device"],
         "dtype": conf["dtype"],
     }
@@ -272,12 +275,12 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     t0 = time.time()
     rows: list[dict] = []
     try:
-        rows = finetune.run(run_dir / "finetune.yaml")
+        finetune.run(run_dir / "finetune.yaml", on_step=rows.append)
         status, error = "finished", None
         if rows and any(r["loss"] != r["loss"] for r in rows):  # NaN
             status, error = "failed", "loss became NaN"
     except Exception as e:  # an ordinary failure is recorded, not raised
-        status, error = "failed", f"{type(e).__name__}: {e}"
+        status, error = "failed", str(e) if isinstance(e, finetune.TrainingDiverged) else f"{type(e).__name__}: {e}"
         (run_dir / "logs").mkdir(exist_ok=True)
         (run_dir / "logs" / "error.txt").write_text(traceback.format_exc())
     finetune.write_losses(rows, run_dir / "logs" / "loss.jsonl")
@@ -361,7 +364,7 @@ def results_table(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec]):
 
 
 def report_run(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec]) -> None:
-    from rich.console import Console
+    from .ui import console
     from rich.table import Table
 
     from .report import fmt, markdown_table
@@ -381,6 +384,6 @@ def report_run(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec]) -> None:
         table.add_column(c, justify="left" if c == "checkpoint" else "right")
     for _, r in df.iterrows():
         table.add_row(*(fmt(v) for v in r.values))
-    Console().print(table)
+    console().print(table)
     print(f"cruijff: run dir {run_dir}")
 

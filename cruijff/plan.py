@@ -155,7 +155,7 @@ def _leaf_keys(d: dict, prefix: str = "") -> Iterable[str]:
 
 
 def print_plan(runs: list[PlannedRun], title: str) -> None:
-    from rich.console import Console
+    from .ui import console
     from rich.table import Table
 
     table = Table(title=title)
@@ -163,4 +163,4 @@ def print_plan(runs: list[PlannedRun], title: str) -> None:
         table.add_column(c)
     for i, r in enumerate(runs):
         table.add_row(str(i), r.name, r.state, " ".join(r.overrides), r.config_hash)
-    Console().print(table)
+    console().print(table)

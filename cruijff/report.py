@@ -94,7 +94,12 @@ def report_sweep(sweep_dir: Path, plan: list[dict] | None = None) -> pd.DataFram
     if plan is None:
         plan = read_json(sweep_dir / "sweep.json").get("runs", [])
     scores, losses, failures = collect(sweep_dir, plan)
-    axes = sorted({o.split("=", 1)[0] for r in plan for o in r["overrides"]})
+    values: dict[str, set[str]] = {}
+    for r in plan:
+        for o in r["overrides"]:
+            if "=" in o:
+                values.setdefault(o.split("=", 1)[0], set()).add(o.split("=", 1)[1])
+    axes = [k for k, v in values.items() if len(v) > 1]  # the swept keys, in grid order
     scores.to_csv(sweep_dir / "summary.csv", index=False)
     _write_markdown(sweep_dir, scores, failures, len(plan) or None)
     plots = sweep_dir / "plots"
@@ -198,12 +203,16 @@ def _plot_heatmap(scores: pd.DataFrame, axes: list[str], plots: Path) -> None:
     plt = _plt()
     task = sorted(scores["task"].unique())[0]
     df = scores[(scores["run"] != "base") & (scores["task"] == task)]
-    df = df.sort_values("epoch").groupby("run").tail(1)
+    df = df.sort_values("epoch").groupby("run").tail(1).copy()
+    for axis in axes:  # numbers in numeric order (1e-05 < 0.0001), not string order
+        numeric = pd.to_numeric(df[axis], errors="coerce")
+        if numeric.notna().all():
+            df[axis] = numeric
     grid = df.pivot_table(index=axes[0], columns=axes[1], values="score")
     fig, ax = plt.subplots(figsize=(5, 4))
     im = ax.imshow(grid.values, vmin=0, vmax=1, cmap="viridis")
-    ax.set_xticks(range(len(grid.columns)), [str(c) for c in grid.columns])
-    ax.set_yticks(range(len(grid.index)), [str(i) for i in grid.index])
+    ax.set_xticks(range(len(grid.columns)), [f"{c:g}" if isinstance(c, float) else str(c) for c in grid.columns])
+    ax.set_yticks(range(len(grid.index)), [f"{i:g}" if isinstance(i, float) else str(i) for i in grid.index])
     ax.set_xlabel(axes[1])
     ax.set_ylabel(axes[0])
     for i in range(grid.shape[0]):

@@ -238,7 +238,7 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         try:
             ret = job.results()[0]
         except Exception as e:
-            reason = dead_reason(job, e)
+            reason = dead_reason(job, e, read_json(sweep_dir / name / "run.json"))
             record_death(sweep_dir / name, reason)
             act("Job died", f"{name} (job {job.job_id})", reason)
             print(f"cruijff: {name}: {reason}", file=sys.stderr)
@@ -248,15 +248,19 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     return returns
 
 
-def dead_reason(job: Any, error: Exception) -> str:
+def dead_reason(job: Any, error: Exception, state: dict) -> str:
+    """Why a job ended without a result, from what is left: its process, its run.json, its log."""
     import signal
 
     rc = getattr(getattr(job, "_process", None), "returncode", None)
     if isinstance(rc, int) and rc < 0:
         try:
-            return f"job process killed by {signal.Signals(-rc).name}"
+            return f"job killed by {signal.Signals(-rc).name}"
         except ValueError:
-            return f"job process killed by signal {-rc}"
+            return f"job killed by signal {-rc}"
+    if state.get("status") == "running":  # the job's own record stops mid-training
+        return (f"job process {state.get('pid', '?')} on {state.get('host', '?')} died while fine-tuning "
+                "(killed by a signal or out of memory); it raised no error")
     try:
         err = [ln for ln in (job.stderr() or "").splitlines() if ln.strip() and not ln.startswith(" ")]
     except Exception:

@@ -6,16 +6,22 @@ Real torchtune, real inspect-ai, real submitit (local executor: the code path SL
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import launch
+from conftest import LAUNCH, launch
 
 pytestmark = pytest.mark.slow
 
-# the default experiment's grid (peft.lora_rank 8,16 x optimizer.lr 1e-3,3e-3), one epoch each
-GRID = ["-m", "experiment.name=grid", "training.epochs=1"]
+# a 2 x 2 grid, one epoch each
+GRID = ["-m", "experiment.name=grid", "training.epochs=1", "peft.lora_rank=8,16", "optimizer.lr=1e-3,3e-3"]
 RUNS = ["rank8_lr1e-3_epochs1", "rank8_lr3e-3_epochs1", "rank16_lr1e-3_epochs1", "rank16_lr3e-3_epochs1"]
 BAD = RUNS[3]
 
@@ -54,7 +60,7 @@ def test_report_has_three_runs_and_base_and_plots(sweep):
     for png in ("accuracy_vs_epoch.png", "loss.png"):
         assert (sweep_dir / "plots" / png).stat().st_size > 5000
     log = (sweep_dir / "run-experiment.log").read_text()
-    assert "ACTION: Sweep start" in log and "ACTION: Submit eval" in log and "ACTION: Sweep done" in log
+    assert "ACTION: Plan sweep" in log and "ACTION: Submit fine-tune" in log and "ACTION: Submit eval" in log and "ACTION: Sweep done" in log
 
 
 def test_rerun_redoes_only_the_failed_run(sweep):
@@ -71,6 +77,68 @@ def test_rerun_redoes_only_the_failed_run(sweep):
     assert set(df["run"]) == {"base", *RUNS}
 
 
+def _submissions(sweep_dir: Path) -> set[str]:
+    return {p.name for p in (sweep_dir / ".submitit").iterdir()}
+
+
+def test_noop_rerun_submits_nothing(sweep):
+    work, sweep_dir, _ = sweep
+    assert json.loads((sweep_dir / BAD / "run.json").read_text())["status"] == "finished"  # after the rerun
+    before, summary = _submissions(sweep_dir), (sweep_dir / "summary.md").stat().st_mtime_ns
+    proc = launch(*GRID, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "all 4 runs finished earlier; nothing to submit" in proc.stdout
+    assert _submissions(sweep_dir) == before  # no fine-tune job, no eval job
+    assert (sweep_dir / "summary.md").stat().st_mtime_ns == summary
+    last = (sweep_dir / "run-experiment.log").read_text().rsplit("ACTION: Plan sweep", 1)[1]
+    assert "ACTION: Submit" not in last and "ACTION: Skip eval" in last
+
+
+def test_status_shows_every_run_and_the_base_control(sweep):
+    _, sweep_dir, _ = sweep
+    proc = subprocess.run([sys.executable, "-m", "cruijff", "status", str(sweep_dir)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for name in RUNS:
+        [row] = [ln for ln in lines if f" {name} " in ln]
+        assert "finished" in row and "1/1" in row
+    assert any("base (tiny_llama)" in ln and "evaluated" in ln for ln in lines)
+    assert "4 finished" in proc.stdout and "no launch running" in proc.stdout
+
+
+def test_report_command_rebuilds_the_sweep_report(sweep):
+    _, sweep_dir, _ = sweep
+    (sweep_dir / "summary.md").unlink()
+    for png in (sweep_dir / "plots").glob("*.png"):
+        png.unlink()
+    proc = subprocess.run([sys.executable, "-m", "cruijff", "report", str(sweep_dir)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "4/4 runs finished" in (sweep_dir / "summary.md").read_text()
+    assert {p.name for p in (sweep_dir / "plots").glob("*.png")} == {
+        "accuracy_vs_epoch.png", "loss.png", "heatmap.png"}
+
+
+def test_changed_config_is_refused_before_anything_is_submitted(sweep):
+    work, sweep_dir, _ = sweep
+    state_file = sweep_dir / RUNS[0] / "run.json"
+    original = state_file.read_text()
+    state = json.loads(original)
+    state["config_hash"] = "0123456789abcdef"  # as if conf/ had changed since this run
+    state_file.write_text(json.dumps(state))
+    before = _submissions(sweep_dir)
+    try:
+        proc = launch(*GRID, cwd=work)
+        assert proc.returncode == 2
+        [line] = proc.stderr.strip().splitlines()
+        assert "overwrite=False:" in line and RUNS[0] in line and "different config" in line
+        assert _submissions(sweep_dir) == before
+        assert json.loads(state_file.read_text()) == state  # nothing on disk touched
+    finally:
+        state_file.write_text(original)
+
+
 def test_second_launch_on_a_busy_sweep_dir_is_refused(tmp_path):
     from cruijff.sweep import acquire_lock, release_lock
 
@@ -81,3 +149,38 @@ def test_second_launch_on_a_busy_sweep_dir_is_refused(tmp_path):
         release_lock(tmp_path)
     assert proc.returncode == 2
     assert "in use by a running launch" in proc.stderr
+
+
+def test_killed_job_is_recorded_the_others_finish_and_a_rerun_completes_it(tmp_path, tiny_model_dir):
+    """A job SIGKILLed mid-training (as the OOM killer would): recorded, not hung, then redone."""
+    args = ["-m", "experiment.name=kill", "training.epochs=2", "peft.lora_rank=8", "optimizer.lr=1e-3,3e-3",
+            "eval.limit=20"]
+    sweep_dir = tmp_path / "outputs" / "kill"
+    victim = "rank8_lr1e-3_epochs2"
+    env = {**os.environ, "INSPECT_DISPLAY": "none"}
+    proc = subprocess.Popen([sys.executable, str(LAUNCH), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait for its first training step
+        state = json.loads((sweep_dir / victim / "run.json").read_text()) if (
+            sweep_dir / victim / "run.json").exists() else {}
+        steps = list((sweep_dir / victim / "logs").glob("log_*.txt"))  # torchtune's per-step log
+        if state.get("status") == "running" and steps and "loss" in steps[0].read_text():
+            break
+        time.sleep(0.2)
+    os.kill(state["pid"], signal.SIGKILL)  # the training process, as the OOM killer would
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err[-2000:]
+    assert f"1/2 runs finished, 1 failed: {victim}: job process {state['pid']}" in out
+    state = json.loads((sweep_dir / victim / "run.json").read_text())
+    assert state["status"] == "failed" and "died while fine-tuning" in state["error"]
+    other = sweep_dir / "rank8_lr3e-3_epochs2"
+    assert json.loads((other / "eval" / "epoch_1" / "results.json").read_text())["tasks"]["exact_match"][
+        "status"] == "success"
+
+    again = launch(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "2/2 runs finished" in again.stdout
+    assert "rank8_lr3e-3_epochs2: submitted" not in again.stdout
+    state = json.loads((sweep_dir / victim / "run.json").read_text())
+    assert state["status"] == "finished" and state["attempts"] == 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -182,6 +183,10 @@ def _clone_before_merge(merge: Callable) -> Callable:
     return merged
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: training stops at once instead of burning the time limit."""
+
+
 class _LossTap:
     """Forwards to torchtune's metric logger and keeps (epoch, step, loss, lr) for run.json."""
 
@@ -200,6 +205,12 @@ class _LossTap:
             self.rows.append(row)
             if self._on_step:
                 self._on_step(row)
+            if not math.isfinite(row["loss"]):
+                self._inner.log_dict(payload, step)
+                raise TrainingDiverged(
+                    f"loss became {row['loss']} at epoch {row['epoch']} step {row['step']} "
+                    f"(lr {row['lr']:g}); lower optimizer.lr or set training.clip_grad_norm"
+                )
         return self._inner.log_dict(payload, step)
 
     def __getattr__(self, name):

@@ -10,6 +10,17 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLaunche
 class GridSweeper(BasicSweeper):
     """Hydra's grid, planned without composing each job; finished runs are not submitted."""
 
+    def __init__(self, max_batch_size=None, params=None, **unknown):
+        if unknown:
+            import sys
+
+            key = sorted(unknown)[0]
+            print(f"cruijff: error: hydra.sweeper.{key}: not a key of the grid sweeper (max_batch_size, "
+                  "params); an Optuna experiment needs hydra/sweeper=optuna on the command line",
+                  file=sys.stderr)
+            sys.exit(2)
+        super().__init__(max_batch_size=max_batch_size, params=params)
+
     def sweep(self, arguments):
         from cruijff.sweep import run_grid
 

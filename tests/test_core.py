@@ -139,3 +139,14 @@ def test_eval_stage_runs_alone_on_an_existing_run_dir(demo):
     assert "evaluating epoch_0" in proc.stdout and "evaluating epoch_1" not in proc.stdout
     res = json.loads((run_dir / "eval" / "epoch_0" / "results.json").read_text())
     assert res["tasks"]["exact_match"]["status"] == "success"
+
+
+@pytest.mark.slow
+def test_diverging_run_stops_at_the_first_nan_loss(tmp_path, tiny_model_dir):
+    proc = launch("optimizer.lr=1e6", "training.epochs=1", "eval=none", "experiment.name=nan", cwd=tmp_path)
+    assert proc.returncode == 1
+    state = json.loads((tmp_path / "outputs" / "nan" / "lr1e6_epochs1" / "run.json").read_text())
+    assert state["status"] == "failed"
+    assert state["error"].startswith("loss became nan at epoch 0 step ")
+    assert int(state["error"].split(" step ")[1].split()[0]) < 20  # stopped, not trained to the end
+    assert state["checkpoints"] == []

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 import pytest
 
 from conftest import LAUNCH, launch
@@ -184,3 +185,18 @@ def test_killed_job_is_recorded_the_others_finish_and_a_rerun_completes_it(tmp_p
     assert "rank8_lr3e-3_epochs2: submitted" not in again.stdout
     state = json.loads((sweep_dir / victim / "run.json").read_text())
     assert state["status"] == "finished" and state["attempts"] == 2
+
+
+def test_optuna_sweeper_tells_each_trial_its_score(tmp_path, tiny_model_dir):
+    proc = launch("-m", "experiment=lr_search", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+                  "training.epochs=1", "eval.limit=20", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sweep_dir = tmp_path / "outputs" / "lr_search"
+    trials = json.loads((sweep_dir / "sweep.json").read_text())["runs"]
+    assert len(trials) == 2 and all(r["name"].startswith("lr") for r in trials)
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    df = pd.read_csv(sweep_dir / "summary.csv")
+    runs = df[df["run"] != "base"]
+    assert set(runs["run"]) == {r["name"] for r in trials}
+    assert best["best_value"] == pytest.approx(runs["score"].max())  # the objective is the eval score
+    assert (df[df["run"] == "base"]["score"] == 0).all()  # the control, evaluated once after the trials

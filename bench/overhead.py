@@ -37,7 +37,7 @@ def main() -> None:
         work = Path(tmp)
         # warm-up: builds the embedded assets if needed, and gives us a rendered finetune.yaml
         timed(launch + ["eval=none", "experiment.name=warmup"], work)
-        rendered = work / "outputs" / "warmup" / "eval-none" / "finetune.yaml"
+        rendered = work / "outputs" / "warmup" / "default" / "finetune.yaml"
         if not rendered.exists():
             rendered = next((work / "outputs" / "warmup").glob("*/finetune.yaml"))
         ours, tune = [], []

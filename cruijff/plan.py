@@ -11,12 +11,13 @@ one bad value submits nothing.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,7 +35,6 @@ class PlannedRun:
     config_hash: str
     state: str  # new | finished | redo (failed, stopped or incomplete before) | overwrite
     previous: dict = field(default_factory=dict)  # run.json as found
-    cfg: DictConfig | None = field(default=None, repr=False)
 
     def record(self) -> dict[str, Any]:
         return {"name": self.name, "overrides": self.overrides, "config_hash": self.config_hash,
@@ -57,24 +57,44 @@ class Planner:
         self.compose = compose
         self._base = {k: v for k, v in OmegaConf.to_container(master, resolve=False).items() if k != "hydra"}
         self._keys: list[str] | None = None
+        self._shared: DictConfig | None = None
 
     # -- configs --------------------------------------------------------------------------------
 
     def job_config(self, overrides: Sequence[str]) -> DictConfig:
+        """The job's config, as a new object (see :meth:`_with_job` for the fast in-place form)."""
+        with self._with_job(overrides) as cfg:
+            return copy.deepcopy(cfg)
+
+    @contextlib.contextmanager
+    def _with_job(self, overrides: Sequence[str]) -> Iterator[DictConfig]:
+        """The job's config; plain value overrides are applied to one shared config and undone after.
+
+        Building a config object per job would cost ~4 ms each (4 s for a 1000-run grid).
+        """
         parsed = [_parse(o) for o in overrides]
         if any(self._needs_hydra(o) for o in parsed):
             if self.compose is None:
                 raise CruijffError(f"cannot plan {' '.join(overrides)} without Hydra's config loader")
-            return self.compose(list(overrides))
-        cfg = OmegaConf.create(copy.deepcopy(self._base))
-        for o in parsed:
-            if o.is_hydra_override():
-                continue
-            key = o.key_or_group
-            if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
-                raise self._unknown_key(key, o.input_line)
-            OmegaConf.update(cfg, key, o.value(), merge=True)
-        return cfg
+            yield self.compose(list(overrides))
+            return
+        if self._shared is None:
+            self._shared = OmegaConf.create(self._base)
+        cfg, undo = self._shared, []
+        try:
+            for o in parsed:
+                if o.is_hydra_override():
+                    continue
+                key = o.key_or_group
+                old = _raw(cfg, key)
+                if old is _MISSING:
+                    raise self._unknown_key(key, o.input_line)
+                undo.append((key, old))
+                OmegaConf.update(cfg, key, o.value(), merge=False)
+            yield cfg
+        finally:
+            for key, old in reversed(undo):
+                OmegaConf.update(cfg, key, old, merge=False)
 
     @staticmethod
     def _needs_hydra(o) -> bool:
@@ -105,25 +125,25 @@ class Planner:
                                   "make the swept values distinct")
             seen[name] = overrides
             try:
-                cfg = self.job_config(overrides)
-                validate(cfg)
-                chash = config_hash(cfg, *resolve_paths(cfg, build=False))
+                with self._with_job(overrides) as cfg:
+                    validate(cfg)
+                    chash = config_hash(cfg, *resolve_paths(cfg, build=False))
+                    epochs = int(cfg.training.epochs)
+                    force = bool(cfg.overwrite) if overwrite is None else overwrite
             except CruijffError as e:
                 raise CruijffError(f"run {name}: {e}") from None
-            runs.append(self._state(name, overrides, chash, cfg,
-                                    cfg.overwrite if overwrite is None else overwrite))
+            runs.append(self._state(name, overrides, chash, epochs, force))
         return runs
 
-    def _state(self, name: str, overrides: list[str], chash: str, cfg: DictConfig,
-               overwrite: bool) -> PlannedRun:
+    def _state(self, name: str, overrides: list[str], chash: str, epochs: int, overwrite: bool) -> PlannedRun:
         from .finetune import checkpoints
 
         run_dir = self.sweep_dir / name
         state = read_json(run_dir / "run.json")
-        run = PlannedRun(name, overrides, chash, NEW, state, cfg)
+        run = PlannedRun(name, overrides, chash, NEW, state)
         if not state:
             return run
-        if state.get("config_hash") != chash:
+        if state.get("config_hash") not in (None, chash):
             if not overwrite:
                 raise ConfigError(
                     "overwrite", False,
@@ -131,7 +151,7 @@ class Planner:
                     f"{chash}); pass overwrite=true to replace it, or change experiment.name",
                 )
             run.state = OVERWRITE
-        elif state.get("status") == "finished" and len(checkpoints(run_dir)) == int(cfg.training.epochs):
+        elif state.get("status") == "finished" and len(checkpoints(run_dir)) == epochs:
             run.state = FINISHED
         else:
             run.state = REDO
@@ -143,6 +163,15 @@ class _Missing:
 
 
 _MISSING = _Missing()
+
+
+def _raw(cfg: DictConfig, key: str) -> Any:
+    """The value at ``key`` as written (an interpolation stays an interpolation), or _MISSING."""
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=_MISSING) if parent_key else cfg
+    if not isinstance(parent, DictConfig) or leaf not in parent:
+        return _MISSING
+    return OmegaConf.to_container(parent, resolve=False)[leaf]
 
 
 def _leaf_keys(d: dict, prefix: str = "") -> Iterable[str]:

@@ -104,3 +104,11 @@ def test_optuna_keys_without_the_optuna_sweeper_get_one_line(tmp_path):
     proc = launch("-m", "experiment=lr_search", cwd=tmp_path)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "hydra/sweeper=optuna" in proc.stderr
+
+
+def test_planning_leaves_interpolations_of_the_sweep_config_intact(hydra_compose, tmp_path):
+    master = hydra_compose(["+peft.tag=r${peft.lora_rank}"])
+    planner = Planner(master, tmp_path)
+    assert planner.job_config(["peft.lora_rank=4"]).peft.tag == "r4"
+    assert planner.job_config(["peft.tag=fixed"]).peft.tag == "fixed"
+    assert planner.job_config(["peft.lora_rank=16"]).peft.tag == "r16"  # not "fixed", not "r4"

@@ -169,6 +169,11 @@ def test_killed_job_is_recorded_the_others_finish_and_a_rerun_completes_it(tmp_p
         if state.get("status") == "running" and steps and "loss" in steps[0].read_text():
             break
         time.sleep(0.2)
+    status = subprocess.run([sys.executable, "-m", "cruijff", "status", str(sweep_dir)],
+                            capture_output=True, text=True)  # mid-sweep, from files only
+    assert status.returncode == 0, status.stderr
+    assert any(f" {victim} " in ln and "running" in ln for ln in status.stdout.splitlines())
+    assert "launch running (pid" in status.stdout
     os.kill(state["pid"], signal.SIGKILL)  # the training process, as the OOM killer would
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, err[-2000:]

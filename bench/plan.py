@@ -1,0 +1,60 @@
+"""Planning a 1000-run sweep: `python launch.py -m dry_run=true <10 x 10 x 10 grid>`.
+
+    python bench/plan.py [--anchor-points 1000]
+
+Anchor, measured in the same run: Hydra's own basic sweeper and basic launcher on the same grid
+(`hydra/sweeper=basic hydra/launcher=basic`), which composes every job's config through Hydra and
+runs each job (here a dry run that validates and prints). With --anchor-points < 1000 the anchor
+runs a slice of the grid and is scaled to 1000 jobs. Goal: ours <= 5 s for 1000 runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+RANKS = "1,2,3,4,5,6,7,8,9,10"
+LRS = "1e-5,2e-5,5e-5,1e-4,2e-4,5e-4,1e-3,2e-3,5e-3,1e-2"
+SEEDS = "1,2,3,4,5,6,7,8,9,10"
+
+
+def timed(args: list[str], cwd: Path) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(args)}\n{proc.stderr[-2000:]}")
+    return elapsed, proc.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--anchor-points", type=int, default=1000, help="grid points for Hydra's sweeper")
+    args = parser.parse_args()
+    grid = [f"peft.lora_rank={RANKS}", f"optimizer.lr={LRS}", f"seed={SEEDS}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        ours, out = timed(["-m", "dry_run=true", *grid], work)
+        assert "1000 runs" in out, out[-500:]
+        assert not (work / "outputs").exists(), "a dry run wrote files"
+        n_seeds = max(1, min(10, args.anchor_points // 100))
+        anchor_grid = grid[:2] + [f"seed={','.join(SEEDS.split(',')[:n_seeds])}"]
+        anchor, _ = timed(["-m", "hydra/sweeper=basic", "hydra/launcher=basic", "dry_run=true",
+                           *anchor_grid], work)
+        anchor_1000 = anchor * 1000 / (100 * n_seeds)
+    print(f"plan 1000 runs, ours (grid sweeper, dry run):     {ours:7.2f} s   (goal <= 5 s)")
+    print(f"anchor: Hydra basic sweeper + launcher, {100 * n_seeds:4d} runs: {anchor:7.2f} s"
+          + (f" -> {anchor_1000:.1f} s per 1000" if n_seeds < 10 else ""))
+    print(f"ratio anchor / ours: {anchor_1000 / ours:.1f}x faster")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,13 +1,14 @@
 """Evaluating one run, 2 epochs x 3 tasks: ours vs one `inspect eval` process per (task, epoch).
 
-    python bench/eval.py
+    python bench/eval.py [--batch-size 32]
 
 Fine-tunes the tiny model for 2 epochs (not timed), then times
 - ours: `python -m cruijff eval`-style evaluation of both epochs (each checkpoint loaded once for
   all 3 tasks, one process), and
 - the anchor, measured in the same run: `inspect eval bench/tasks.py@<task> --model hf/<epoch dir>`
   once per cell, 6 processes, as users script it today.
-Goal: ours >= 3x faster.
+Both sides use the same generation settings (greedy, max 16 tokens, --batch-size prompts per
+batch, which is inspect's max_connections for the hf provider). Goal: ours >= 3x faster.
 """
 
 from __future__ import annotations
@@ -33,8 +34,13 @@ def run(cmd: list[str], cwd: Path) -> float:
 
 
 def main() -> None:
+    import argparse
+
     from cruijff import assets
 
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch-size", type=int, default=32)
+    bs = parser.parse_args().batch_size
     data = assets.capitalization_file()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -44,7 +50,7 @@ def main() -> None:
         code = ("import sys; from pathlib import Path; from omegaconf import OmegaConf; "
                 "from cruijff.launch import evaluate_saved; "
                 f"ev = OmegaConf.create(\"{{enabled: true, tasks: [{tasks}], epochs: all, base_model: false, "
-                "max_tokens: 16, batch_size: 32, limit: null}\"); "
+                f"max_tokens: 16, batch_size: {bs}, limit: null}}\"); "
                 f"evaluate_saved(Path('{run_dir}'), ev)")
         ours = run([sys.executable, "-c", code], work)
         anchor = 0.0
@@ -52,8 +58,9 @@ def main() -> None:
             for t in TASKS:
                 anchor += run(["inspect", "eval", f"{ROOT}/bench/tasks.py@{t}", "--model", f"hf/{run_dir / epoch}",
                                "-T", f"data_file={data}", "-M", "device=cpu", "-M", "do_sample=false",
-                               "--max-tokens", "16", "--max-connections", "32",
+                               "--max-tokens", "16", "--max-connections", str(bs),
                                "--log-dir", str(work / "anchor-logs"), "--display", "none"], work)
+    print(f"batch size {bs}")
     print(f"eval 2 epochs x 3 tasks, ours (one process, one load per checkpoint): {ours:6.1f} s")
     print(f"anchor: one `inspect eval` process per (task, epoch), 6 processes:   {anchor:6.1f} s")
     print(f"ratio anchor / ours: {anchor / ours:.1f}x faster   (goal >= 3x)")

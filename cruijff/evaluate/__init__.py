@@ -185,6 +185,8 @@ def evaluate_cell(
             model=model,
             log_dir=str(log_dir),
             limit=limit,
+            # all tasks at once: their samples share the model's generation batches
+            max_tasks=len(built),
             tags=tags or [],
             metadata=metadata or {},
             display=display or os.environ.get("INSPECT_DISPLAY") or "plain",

@@ -100,6 +100,10 @@ def register_resolvers() -> None:
         from .sweep import local_parallel
 
         OmegaConf.register_new_resolver("cruijff_parallel", local_parallel)
+    if not OmegaConf.has_resolver("cruijff_batch"):
+        from .sweep import sweep_batch
+
+        OmegaConf.register_new_resolver("cruijff_batch", sweep_batch)
 
 
 def config_hash(cfg: DictConfig, *inputs: Path) -> str:

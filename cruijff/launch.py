@@ -112,7 +112,7 @@ def _pin_gpu(cfg: DictConfig, job_num: int) -> None:
     """Local sweeps on a K-GPU machine: job n uses GPU n mod K only (set before CUDA starts)."""
     from .sweep import gpu_count
 
-    if cfg.cluster.name != "local" or "CUDA_VISIBLE_DEVICES" in os.environ:
+    if cfg.cluster.executor != "local" or "CUDA_VISIBLE_DEVICES" in os.environ:
         return
     k = gpu_count()
     if k > 1:

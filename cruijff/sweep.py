@@ -40,6 +40,12 @@ def local_parallel(value: Any) -> int:
     return max(1, gpu_count())
 
 
+def sweep_batch(executor: str, max_parallel: Any) -> int | None:
+    """Grid points handed to the launcher at once: local, the jobs that may run together; on
+    SLURM, all of them (one array, throttled by the scheduler)."""
+    return local_parallel(max_parallel) if executor == "local" else None
+
+
 def gpu_count() -> int:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
@@ -195,25 +201,50 @@ def _record_jobs(sweep_dir: Path, jobs: dict[str, str]) -> None:
 def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
     """Submit one batch through submitit and wait; every job yields a JobReturn, dead ones too.
 
-    Hydra's stock submitit launcher raises when a job dies without a result (killed, out of
-    memory), which aborts the sweep and skips the post-sweep callback; here the death is written to
-    the run's ``run.json`` and the sweep goes on.
+    Hydra's stock submitit launcher raises when a job dies without a result (killed, cancelled,
+    out of memory, over its time limit), which aborts the sweep and skips the post-sweep callback;
+    here the death is written to the run's ``run.json`` and the sweep goes on.
     """
-    import submitit
-    from hydra.core.singleton import Singleton
-    from hydra_plugins.hydra_submitit_launcher import submitit_launcher as stock
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from .cluster import watch
 
     config = launcher.config
-    kind = launcher._EXECUTOR
     sweep_dir = Path(str(config.hydra.sweep.dir))
-    params = dict(launcher.params)
-    folder = params.pop("submitit_folder")
-    init = {f"{kind}_max_num_timeout": params.pop("max_num_timeout")} if "max_num_timeout" in params else {}
-    executor = submitit.AutoExecutor(folder=folder, cluster=kind, **init)
-    queue_keys = set(OmegaConf.structured(BaseQueueConf).keys())
-    executor.update_parameters(**{k if k in queue_keys else f"{kind}_{k}": v for k, v in params.items()})
+    names, jobs = submit_jobs(launcher, job_overrides, initial_job_idx)
+    act = ActionLog(sweep_dir / "run-experiment.log")
+    by_job = {id(j): (n, list(o)) for n, j, o in zip(names, jobs, job_overrides)}
+    returns: dict[str, Any] = {}
 
+    def ended(job: Any) -> None:
+        name, overrides = by_job[id(job)]
+        try:
+            returns[name] = job.results()[0]
+            return
+        except Exception as e:
+            reason = dead_reason(job, e, read_json(sweep_dir / name / "run.json"))
+        record_death(sweep_dir / name, reason)
+        act("Job died", f"{name} (job {job.job_id})", reason)
+        print(f"cruijff: {name}: {reason}", file=sys.stderr)
+        returns[name] = JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=float("nan"))
+
+    watch(jobs, ended, str(config.cluster.executor))
+    return [returns[n] for n in names]
+
+
+def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> tuple[list, list]:
+    """Submit fine-tuning jobs (on SLURM: job arrays) without waiting; record and log their ids."""
+    from hydra.core.singleton import Singleton
+    from hydra_plugins.hydra_submitit_launcher import submitit_launcher as stock
+
+    from .cluster import job_name, make_executor, max_array_size, submit_array
+
+    config = launcher.config
+    cluster = config.cluster
+    kind = str(cluster.executor)
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    executor = make_executor(cluster, launcher.params["submitit_folder"],
+                             name=job_name(config.experiment.name, "train"))
     # the job side is Hydra's own (compose the job's config, run the task function)
     runner = {"local": stock.LocalLauncher, "slurm": stock.SlurmLauncher}[kind](**launcher.params)
     runner.setup(hydra_context=launcher.hydra_context, task_function=launcher.task_function, config=config)
@@ -222,36 +253,31 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     sweep_dir.mkdir(parents=True, exist_ok=True)
     add_runs(sweep_dir, config, [{"name": n, "overrides": list(o)} for n, o in zip(names, job_overrides)])
     idx = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
-    jobs = executor.map_array(runner, [list(o) for o in job_overrides], ["hydra.sweep.dir"] * len(idx), idx,
-                              [f"job_id_for_{i}" for i in idx], [Singleton.get_state()] * len(idx))
+    jobs = submit_array(executor, runner, [[list(o) for o in job_overrides], ["hydra.sweep.dir"] * len(idx), idx,
+                                           [f"job_id_for_{i}" for i in idx], [Singleton.get_state()] * len(idx)],
+                        max_array_size(cluster))
     ids = {n: j.job_id for n, j in zip(names, jobs)}
     _record_jobs(sweep_dir, ids)
-    act = ActionLog(sweep_dir / "run-experiment.log")
-    act("Submit fine-tune", ", ".join(names), f"{kind} job ids " + ", ".join(ids.values()))
+    arrays = sorted({str(j.job_id).split("_")[0] for j in jobs}, key=lambda x: (len(x), x))
+    ActionLog(sweep_dir / "run-experiment.log")(
+        "Submit fine-tune", ", ".join(names),
+        f"{kind} job ids " + ", ".join(ids.values())
+        + (f" (array{'s' if len(arrays) > 1 else ''} {', '.join(arrays)})" if kind == "slurm" else ""))
     for n in names:
         print(f"cruijff: {n}: submitted as {kind} job {ids[n]}")
-
-    from hydra.core.utils import JobReturn, JobStatus
-
-    returns = []
-    for name, job in zip(names, jobs):
-        try:
-            ret = job.results()[0]
-        except Exception as e:
-            reason = dead_reason(job, e, read_json(sweep_dir / name / "run.json"))
-            record_death(sweep_dir / name, reason)
-            act("Job died", f"{name} (job {job.job_id})", reason)
-            print(f"cruijff: {name}: {reason}", file=sys.stderr)
-            ret = JobReturn(overrides=list(job_overrides[names.index(name)]), status=JobStatus.COMPLETED,
-                            _return_value=float("nan"))
-        returns.append(ret)
-    return returns
+    return names, jobs
 
 
 def dead_reason(job: Any, error: Exception, state: dict) -> str:
     """Why a job ended without a result, from what is left: its process, its run.json, its log."""
     import signal
 
+    from .cluster import scheduler_state
+
+    sched = scheduler_state(job)
+    if sched and not sched.startswith(("COMPLETED", "RUNNING", "PENDING")):
+        where = f" while fine-tuning (epoch {len(state.get('checkpoints') or [])})" if state.get("status") == "running" else ""
+        return f"SLURM job {job.job_id} ended {sched}{where}"
     rc = getattr(getattr(job, "_process", None), "returncode", None)
     if isinstance(rc, int) and rc < 0:
         try:
@@ -374,13 +400,13 @@ def eval_todo(sweep_dir: Path, runs: list[str], eval_cfg: DictConfig) -> list[tu
 
 def evaluate_runs(config: DictConfig, sweep_dir: Path, todo: list[tuple[str, bool]], act: ActionLog) -> None:
     """One eval job per run (all its checkpoints, each loaded once for all tasks), through submitit."""
-    import submitit
-
+    from .cluster import job_name, make_executor, watch
     from .launch import evaluate_saved
 
-    executor = submitit.AutoExecutor(folder=str(sweep_dir / ".submitit" / "eval"), cluster="local")
-    executor.update_parameters(timeout_min=int(config.hydra.launcher.timeout_min))
-    parallel = local_parallel(config.cluster.max_parallel)
+    executor = make_executor(config.cluster, sweep_dir / ".submitit" / "%j",
+                             name=job_name(config.experiment.name, "eval"))
+    kind = str(config.cluster.executor)
+    parallel = local_parallel(config.cluster.max_parallel) if kind == "local" else len(todo)
     eval_cfg = OmegaConf.to_container(config.eval, resolve=True)
     # the job evaluating the shared base-model control goes first and alone; the rest follow
     first = todo[:1] if todo and todo[0][1] else []
@@ -388,11 +414,14 @@ def evaluate_runs(config: DictConfig, sweep_dir: Path, todo: list[tuple[str, boo
     batches = ([first] if first else []) + [rest[i:i + parallel] for i in range(0, len(rest), parallel)]
     for batch in batches:
         jobs = [executor.submit(evaluate_saved, sweep_dir / n, eval_cfg, base) for n, base in batch]
-        names = [n for n, _ in batch]
-        act("Submit eval", ", ".join(names), "local job ids " + ", ".join(j.job_id for j in jobs))
-        for n, job in zip(names, jobs):
+        names = {id(j): n for j, (n, _) in zip(jobs, batch)}
+        act("Submit eval", ", ".join(n for n, _ in batch), f"{kind} job ids " + ", ".join(j.job_id for j in jobs))
+
+        def ended(job: Any) -> None:
             try:
                 job.result()
             except Exception as e:  # an eval job failing is reported, not fatal to the sweep
                 lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-                act("Eval failed", n, lines[-1] if lines else type(e).__name__)
+                act("Eval failed", names[id(job)], lines[-1] if lines else type(e).__name__)
+
+        watch(jobs, ended, kind)

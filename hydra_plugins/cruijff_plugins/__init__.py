@@ -4,7 +4,7 @@ Kept thin so Hydra's plugin discovery stays fast; the logic is in :mod:`cruijff.
 """
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 
 
 class GridSweeper(BasicSweeper):
@@ -27,17 +27,10 @@ class GridSweeper(BasicSweeper):
         return run_grid(self, arguments)
 
 
-class CruijffLocalLauncher(LocalLauncher):
-    """submitit's local executor; a job that dies is recorded, not raised."""
+class CruijffLauncher(BaseSubmititLauncher):
+    """submitit, local or SLURM (from the `cluster` config); a job that dies is recorded, not raised."""
 
-    def launch(self, job_overrides, initial_job_idx):
-        from cruijff.sweep import submit
-
-        return submit(self, job_overrides, initial_job_idx)
-
-
-class CruijffSlurmLauncher(SlurmLauncher):
-    """submitit's SLURM executor; a job that dies is recorded, not raised."""
+    _EXECUTOR = "local"  # the executor actually used comes from cluster.executor
 
     def launch(self, job_overrides, initial_job_idx):
         from cruijff.sweep import submit

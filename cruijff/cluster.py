@@ -1,0 +1,125 @@
+"""Where jobs run: submitit executors built from the ``cluster`` config group, and watching them.
+
+``cluster.executor`` is ``local`` (this machine) or ``slurm``. Resources come from the cluster
+preset, which defaults them to the model's hint (``model.resources``). A grid goes to SLURM as job
+arrays of at most the cluster's MaxArraySize tasks, throttled by ``cluster.max_parallel``.
+
+Jobs are watched by polling every few seconds (one ``sacct`` call for all of them), so a job that
+dies is noticed in seconds; submitit's own watcher backs off to minutes.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+POLL_S = {"local": 0.5, "slurm": 3.0}
+
+
+def job_name(experiment: str, kind: str) -> str:
+    """A job name SLURM shows in squeue: no spaces or shell characters, whatever the experiment name."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", f"cruijff-{kind}-{experiment}")[:100]
+
+
+def make_executor(cluster: DictConfig, folder: Path | str, *, name: str, timeout_min: int | None = None,
+                  dependency: str | None = None):
+    import submitit
+
+    kind = str(cluster.executor)
+    timeout = int(timeout_min or cluster.timeout_min)
+    if kind == "local":
+        executor = submitit.AutoExecutor(folder=str(folder), cluster="local")
+        executor.update_parameters(timeout_min=timeout, name=name)
+        return executor
+    if kind != "slurm":
+        from .config import ConfigError
+
+        raise ConfigError("cluster.executor", kind, "one of local, slurm")
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm",
+                                     slurm_max_num_timeout=int(cluster.max_requeue))
+    extra = {str(k): v for k, v in (OmegaConf.to_container(cluster.sbatch, resolve=True) or {}).items()}
+    if dependency:
+        extra["dependency"] = dependency
+    params: dict[str, Any] = dict(
+        name=name,
+        timeout_min=timeout,
+        gpus_per_node=int(cluster.gpus_per_node),
+        cpus_per_task=int(cluster.cpus_per_task),
+        mem_gb=float(cluster.mem_gb),
+        slurm_array_parallelism=int(cluster.max_parallel),
+        slurm_setup=[str(line) for line in cluster.setup or []],
+        slurm_additional_parameters=extra,
+    )
+    for key in ("partition", "account", "qos", "constraint"):
+        if cluster.get(key) not in (None, ""):
+            params[f"slurm_{key}"] = str(cluster[key])
+    if params["gpus_per_node"] == 0:
+        del params["gpus_per_node"]
+    executor.update_parameters(**params)
+    return executor
+
+
+def max_array_size(cluster: DictConfig) -> int:
+    """Tasks per job array: ``cluster.max_array_size``, or the controller's MaxArraySize - 1."""
+    if str(cluster.executor) != "slurm":
+        return 1_000_000
+    value = cluster.get("max_array_size", "auto")
+    if value != "auto":
+        return max(1, int(value))
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+        match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
+        return int(match.group(1)) - 1 if match else 1000  # array indices run 0..MaxArraySize-1
+    except (OSError, subprocess.SubprocessError):
+        return 1000
+
+
+def submit_array(executor, fn: Callable, args: list[Iterable], limit: int) -> list:
+    """``executor.map_array`` in chunks of at most ``limit`` tasks (one array each)."""
+    columns = [list(a) for a in args]
+    jobs: list = []
+    for start in range(0, len(columns[0]), limit):
+        jobs += executor.map_array(fn, *[c[start:start + limit] for c in columns])
+    return jobs
+
+
+def watch(jobs: list, on_end: Callable[[Any], None], kind: str) -> None:
+    """Call ``on_end(job)`` for each job as it ends, polling every few seconds; returns when all ended."""
+    pending = list(jobs)
+    poll = POLL_S.get(kind, 3.0)
+    while pending:
+        if kind == "slurm" and pending:
+            pending[0].watcher.update()  # one sacct call for every job registered with the watcher
+        still = []
+        for job in pending:
+            if _ended(job, kind):
+                on_end(job)
+            else:
+                still.append(job)
+        pending = still
+        if pending:
+            time.sleep(poll)
+
+
+def _ended(job, kind: str) -> bool:
+    if job.paths.result_pickle.exists():
+        return True
+    if kind == "slurm":
+        state = job.watcher.get_state(job.job_id, mode="cache").upper()
+        return state not in ("", "READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING",
+                             "PREEMPTED", "CONFIGURING", "RESIZING", "SUSPENDED")
+    return job.done()
+
+
+def scheduler_state(job) -> str:
+    """The scheduler's word on a job (SLURM: sacct state, e.g. ``CANCELLED by 0``, ``TIMEOUT``)."""
+    try:
+        info = job.watcher.get_info(job.job_id, mode="cache")
+    except Exception:
+        return ""
+    return str(info.get("State", "")).strip()

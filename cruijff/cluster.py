@@ -123,3 +123,16 @@ def scheduler_state(job) -> str:
     except Exception:
         return ""
     return str(info.get("State", "")).strip()
+
+
+def active_slurm_jobs(job_ids: list[str]) -> set[str]:
+    """Which of these SLURM job ids (``12`` or array tasks ``12_3``) are pending or running now."""
+    if not job_ids:
+        return set()
+    bases = sorted({str(j).split("_")[0] for j in job_ids})
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-t", "PD,CF,R,S,RQ", "-o", "%i", "-j", ",".join(bases)],
+                             capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    return {line.strip() for line in out.splitlines() if line.strip()} & {str(j) for j in job_ids}

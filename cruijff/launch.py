@@ -58,6 +58,7 @@ def main(cfg: DictConfig) -> int | float:
     fresh = not any(run_dir.iterdir()) if run_dir.exists() else True
     if sweep:
         _pin_gpu(cfg, int(hc.job.num))
+        _limit_threads(cfg)
     try:
         if cfg.get("dry_run", False):
             code = dry_run(cfg, run_dir, list(hc.overrides.task))
@@ -117,6 +118,25 @@ def _pin_gpu(cfg: DictConfig, job_num: int) -> None:
     k = gpu_count()
     if k > 1:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(job_num % k)
+
+
+def _limit_threads(cfg: DictConfig) -> None:
+    """CPU threads for this job: the CPUs SLURM gave it, or this machine's share among local jobs.
+
+    torch otherwise starts one thread per core of the node in every job, and jobs sharing a node
+    slow each other down many times over.
+    """
+    from .sweep import local_parallel
+
+    n = os.environ.get("SLURM_CPUS_PER_TASK")
+    if n is None and cfg.cluster.executor == "local":
+        parallel = local_parallel(cfg.cluster.max_parallel)
+        n = str(max(1, (os.cpu_count() or 1) // parallel)) if parallel > 1 else None
+    if n:
+        os.environ.setdefault("OMP_NUM_THREADS", n)
+        import torch
+
+        torch.set_num_threads(int(n))
 
 
 def _omegaconf_message(e: OmegaConfBaseException) -> str:
@@ -187,6 +207,7 @@ def eval_config(run_dir: Path, eval_cfg: Any = None) -> DictConfig:
 def evaluate_saved(run_dir: Path, eval_cfg: Any = None, base: bool = True) -> None:
     """Evaluate an existing run dir with its saved config (skips complete cells)."""
     cfg = eval_config(run_dir, eval_cfg)
+    _limit_threads(cfg)
     specs = check(cfg)
     model_dir, data_file = resolve_paths(cfg)
     evaluate_run(cfg, run_dir, model_dir, data_file, specs, ActionLog(run_dir.parent / "run-experiment.log"),

@@ -25,7 +25,7 @@ from .config import GROUPS, ConfigError, CruijffError, config_hash, run_name, va
 from .record import read_json
 
 # states of a planned run
-NEW, FINISHED, REDO, OVERWRITE = "new", "finished", "redo", "overwrite"
+NEW, FINISHED, REDO, OVERWRITE, ACTIVE = "new", "finished", "redo", "overwrite", "active"
 
 
 @dataclass
@@ -33,7 +33,7 @@ class PlannedRun:
     name: str
     overrides: list[str]
     config_hash: str
-    state: str  # new | finished | redo (failed, stopped or incomplete before) | overwrite
+    state: str  # new | finished | redo (failed, stopped or incomplete before) | overwrite | active (a job runs it)
     previous: dict = field(default_factory=dict)  # run.json as found
 
     def record(self) -> dict[str, Any]:

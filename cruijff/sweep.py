@@ -112,7 +112,7 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from .plan import FINISHED, Planner, print_plan
+    from .plan import ACTIVE, FINISHED, Planner, print_plan
 
     config = sweeper.config
     loader = sweeper.hydra_context.config_loader
@@ -138,7 +138,19 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
         runs = Planner(config, sweep_dir, compose).plan(jobs)
     except CruijffError as e:
         fail(str(e))
-    todo = [r for r in runs if r.state != FINISHED]
+    if str(config.cluster.executor) == "slurm":
+        from .cluster import active_slurm_jobs
+
+        jobs = read_json(sweep_dir / "sweep.json").get("jobs", {})
+        maybe = [r for r in runs if r.state != FINISHED and r.name in jobs
+                 and r.previous.get("status") in (None, "running")]
+        alive = active_slurm_jobs([jobs[r.name] for r in maybe])
+        for r in maybe:
+            if jobs[r.name] in alive:
+                r.state = ACTIVE  # a detached or orphaned job still works on it: do not submit it twice
+    if config.get("detach", False) and str(config.cluster.executor) != "slurm":
+        fail("detach=True: detached sweeps need a scheduler that outlives this process; use cluster=slurm")
+    todo = [r for r in runs if r.state not in (FINISHED, ACTIVE)]
     if dry:
         print_plan(runs, f"{config.experiment.name}: {len(runs)} runs, {len(todo)} to run "
                          f"(dry run: nothing written, nothing submitted)")
@@ -150,8 +162,13 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
     act("Plan sweep", f"{len(runs)} runs: " + ", ".join(f"{r.name} ({r.state})" for r in runs),
         f"{len(todo)} to run, {len(runs) - len(todo)} finished earlier (skipped), "
         f"planned in {time.time() - t0:.2f} s")
+    if config.get("detach", False):
+        detach(sweeper, config, sweep_dir, [r.overrides for r in todo], act)
+        return []
     if not todo:
-        print(f"cruijff: all {len(runs)} runs finished earlier; nothing to submit")
+        active = [r.name for r in runs if r.state == ACTIVE]
+        print(f"cruijff: all {len(runs)} runs finished earlier; nothing to submit" if not active else
+              f"cruijff: nothing to submit; {len(active)} runs still run in earlier jobs: {', '.join(active)}")
         return []
     size = int(sweeper.max_batch_size or len(todo))
     returns, idx = [], 0
@@ -160,6 +177,59 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
         returns.append(sweeper.launcher.launch(batch, initial_job_idx=idx))
         idx += len(batch)
     return returns
+
+
+def detach(sweeper: Any, config: DictConfig, sweep_dir: Path, todo: list[list[str]], act: ActionLog) -> None:
+    """Submit the grid's arrays and an eval+report job that depends on them; do not wait for either."""
+    from .cluster import job_name, make_executor
+
+    ids: list[str] = []
+    if todo:
+        _, jobs = submit_jobs(sweeper.launcher, todo, 0)
+        ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
+    executor = make_executor(config.cluster, sweep_dir / ".submitit" / "%j",
+                             name=job_name(config.experiment.name, "eval"),
+                             dependency=f"afterany:{':'.join(ids)}" if ids else None)
+    finish = executor.submit(finish_detached, sweep_dir, OmegaConf.to_container(config.eval, resolve=True))
+    plan = read_json(sweep_dir / "sweep.json")
+    plan["detached"] = {"arrays": ids, "finish_job": finish.job_id, "submitted": time.time()}
+    write_json(sweep_dir / "sweep.json", plan)
+    act("Detach", f"fine-tune arrays {', '.join(ids) or '(none: all finished)'}; eval+report job "
+        f"{finish.job_id}" + (f" after them (afterany:{':'.join(ids)})" if ids else ""),
+        "the launcher returns; the jobs go on without it")
+    print(f"cruijff: detached: fine-tuning array{'s' if len(ids) > 1 else ''} {', '.join(ids) or '-'}, "
+          f"eval+report job {finish.job_id} after {'them' if len(ids) > 1 else 'it'}")
+    print(f"cruijff: follow with: python -m cruijff status {sweep_dir}")
+
+
+def finish_detached(sweep_dir: Path, eval_cfg: dict) -> None:
+    """The eval+report job of a detached sweep (runs on the cluster once the arrays ended)."""
+    from .launch import evaluate_saved
+
+    act = ActionLog(sweep_dir / "run-experiment.log")
+    t0 = time.time()
+    plan = read_json(sweep_dir / "sweep.json").get("runs", [])
+    states = {r["name"]: read_json(sweep_dir / r["name"] / "run.json") for r in plan}
+    for name, st in states.items():
+        if st.get("status") == "running":  # its job ended (afterany) without recording an end
+            record_death(sweep_dir / name, "job ended while fine-tuning (cancelled, timed out or killed)")
+    finished = [n for n, st in states.items() if st.get("status") == "finished"]
+    if eval_cfg.get("enabled", True) and finished:
+        for name, base in eval_todo(sweep_dir, finished, OmegaConf.create(eval_cfg)):
+            try:
+                evaluate_saved(sweep_dir / name, eval_cfg, base)
+            except Exception as e:  # one run's eval failing is reported, not fatal
+                act("Eval failed", name, f"{type(e).__name__}: {e}")
+    from .report import report_sweep, write_report_key
+
+    report_sweep(sweep_dir, plan)
+    write_report_key(sweep_dir, plan)
+    failed = {n: read_json(sweep_dir / n / "run.json").get("error") or "did not start"
+              for n in states if read_json(sweep_dir / n / "run.json").get("status") != "finished"}
+    summary = f"{len(plan) - len(failed)}/{len(plan)} runs finished"
+    if failed:
+        summary += f", {len(failed)} failed: " + "; ".join(f"{n}: {w}" for n, w in failed.items())
+    act("Sweep done (detached)", f"eval+report job {time.time() - t0:.1f} s", summary)
 
 
 def write_plan(sweep_dir: Path, config: DictConfig, runs: list[dict]) -> None:
@@ -328,6 +398,9 @@ class SweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not (sweep_dir / "sweep.json").exists():
             return
+        if config.get("detach", False):
+            release_lock(sweep_dir)
+            return
         act = ActionLog(sweep_dir / "run-experiment.log")
         try:
             failed = finish_sweep(config, sweep_dir, act, self._t0)
@@ -343,11 +416,20 @@ def _grid_sweeper(config: DictConfig) -> bool:
 
 def finish_sweep(config: DictConfig, sweep_dir: Path, act: ActionLog, t0: float) -> dict[str, str]:
     """Evaluate what is not evaluated yet, report if anything changed, summarise; returns failures."""
-    plan = read_json(sweep_dir / "sweep.json").get("runs", [])
+    sweep = read_json(sweep_dir / "sweep.json")
+    plan = sweep.get("runs", [])
     states = {r["name"]: read_json(sweep_dir / r["name"] / "run.json") for r in plan}
     finished = [n for n, s in states.items() if s.get("status") == "finished"]
+    active: set[str] = set()
+    if str(config.cluster.executor) == "slurm":  # runs an earlier (detached) launch's jobs still work on
+        from .cluster import active_slurm_jobs
+
+        jobs = sweep.get("jobs", {})
+        maybe = [n for n, st in states.items() if n in jobs and st.get("status") in (None, "running")]
+        alive = active_slurm_jobs([jobs[n] for n in maybe])
+        active = {n for n in maybe if jobs[n] in alive}
     failed = {n: (s.get("error") or s.get("status") or "did not start") for n, s in states.items()
-              if s.get("status") != "finished"}
+              if s.get("status") != "finished" and n not in active}
     for n, why in failed.items():
         act("Run failed", n, why)
     evaluated = False
@@ -369,6 +451,8 @@ def finish_sweep(config: DictConfig, sweep_dir: Path, act: ActionLog, t0: float)
     else:
         act("Skip report", "summary.md is current (no run or eval changed)")
     summary = f"{len(finished)}/{len(plan)} runs finished"
+    if active:
+        summary += f", {len(active)} still running in earlier jobs ({', '.join(sorted(active))})"
     if failed:
         summary += f", {len(failed)} failed: " + "; ".join(f"{n}: {w}" for n, w in failed.items())
     act("Sweep done", f"{time.time() - t0:.1f} s", summary)

@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "launch.py"
+SLURM_CLUSTER = ROOT / "scripts" / "slurm-cluster"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -51,3 +52,25 @@ def demo(tmp_path_factory, tiny_model_dir):
     (work / "notes.txt").write_text("experiment notes, edited\n")  # dirty
     proc = launch(cwd=work, check=True)
     return work, work / "outputs" / "demo" / "default", proc
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A real single-node SLURM cluster (scripts/slurm-cluster), started if it is not up.
+
+    Tests using it are skipped, with the reason, where it cannot start (not root, no packages).
+    """
+    conf = Path(os.environ.get("CRUIJFF_SLURM_DIR", "/tmp/cruijff-slurm")) / "etc" / "slurm.conf"
+    started = False
+    if subprocess.run([str(SLURM_CLUSTER), "status"], capture_output=True).returncode != 0:
+        if os.geteuid() != 0:
+            pytest.skip("SLURM: starting the single-node cluster needs root (scripts/slurm-cluster start)")
+        proc = subprocess.run([str(SLURM_CLUSTER), "start"], capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            lines = proc.stderr.strip().splitlines() or ["no output"]
+            pytest.skip(f"SLURM could not start here: {lines[-1]}")
+        started = True
+    os.environ["SLURM_CONF"] = str(conf)
+    yield conf
+    if started:
+        subprocess.run([str(SLURM_CLUSTER), "stop"], capture_output=True)

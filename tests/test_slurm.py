@@ -1,0 +1,150 @@
+"""`cluster=slurm` against a real single-node SLURM (slurmctld, slurmd, slurmdbd + MariaDB).
+
+Real torchtune, real inspect-ai, real submitit, real sbatch job arrays. The cluster has no GPU, so
+every sweep asks for `cluster.gpus_per_node=0`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import LAUNCH, launch
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+SLURM = ["cluster=slurm", "cluster.gpus_per_node=0", "cluster.cpus_per_task=1", "cluster.mem_gb=2",
+         "training.epochs=1", "eval.limit=10"]
+GRID = ["-m", "experiment.name=array", *SLURM, "peft.lora_rank=8,16", "optimizer.lr=1e-3,3e-3"]
+RUNS = ["rank8_lr1e-3_epochs1", "rank8_lr3e-3_epochs1", "rank16_lr1e-3_epochs1", "rank16_lr3e-3_epochs1"]
+BAD = RUNS[2]
+SECRET = "hf_do-not-write-me-anywhere"
+
+
+def _sacct(*job_ids: str) -> dict[str, str]:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
+                         capture_output=True, text=True, check=True).stdout
+    return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def array_sweep(slurm, tmp_path_factory, tiny_model_dir):
+    work = tmp_path_factory.mktemp("slurm")
+    sweep_dir = work / "outputs" / "array"
+    (sweep_dir / BAD).mkdir(parents=True)
+    (sweep_dir / BAD / "epoch_0").write_text("in the way\n")  # this run's checkpoint cannot be written
+    os.environ["HF_TOKEN"] = SECRET
+    try:
+        proc = launch(*GRID, cwd=work, timeout=900)
+    finally:
+        del os.environ["HF_TOKEN"]
+    return work, sweep_dir, proc
+
+
+def test_grid_is_one_job_array_and_evals_are_slurm_jobs(array_sweep):
+    _, sweep_dir, proc = array_sweep
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert f"3/4 runs finished, 1 failed: {BAD}:" in proc.stdout
+    jobs = json.loads((sweep_dir / "sweep.json").read_text())["jobs"]
+    arrays = {jobs[n].split("_")[0] for n in RUNS}
+    assert len(arrays) == 1 and all("_" in jobs[n] for n in RUNS)  # one sbatch, four array tasks
+    states = _sacct(*arrays)
+    assert all(states[jobs[n]] == "COMPLETED" for n in RUNS)  # the failure is recorded, the job ends cleanly
+    log = (sweep_dir / "run-experiment.log").read_text()
+    assert f"(array {arrays.pop()})" in log
+    eval_ids = [line.split("slurm job ids ")[1].split(",")[0].strip()
+                for line in log.splitlines() if "slurm job ids" in line and "Submit eval" not in line
+                and line.strip().startswith("Result: slurm job ids") and "_" not in line]
+    assert eval_ids and all(_sacct(i)[i] == "COMPLETED" for i in eval_ids)
+    df = pd.read_csv(sweep_dir / "summary.csv")
+    assert set(df["run"]) == {"base", *RUNS[:2], RUNS[3]}
+
+
+def test_no_secret_reaches_a_file(array_sweep):
+    work, _, _ = array_sweep
+    for path in (work / "outputs").rglob("*"):
+        if path.is_file() and path.stat().st_size < 5_000_000:
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_rerun_submits_only_the_failed_run(array_sweep):
+    work, sweep_dir, _ = array_sweep
+    (sweep_dir / BAD / "epoch_0").unlink()
+    proc = launch(*GRID, cwd=work, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "4/4 runs finished" in proc.stdout
+    submitted = [line for line in proc.stdout.splitlines() if "submitted as slurm job" in line]
+    assert len(submitted) == 1 and BAD in submitted[0]
+
+
+def test_detached_sweep_returns_at_once_and_its_eval_job_finishes_it(slurm, tmp_path, tiny_model_dir):
+    t0 = time.time()
+    proc = launch("-m", "experiment.name=detached", *SLURM, "peft.lora_rank=8", "optimizer.lr=1e-3,3e-3",
+                  "detach=true", cwd=tmp_path)
+    returned = time.time() - t0
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cruijff: detached:" in proc.stdout and returned < 30
+    sweep_dir = tmp_path / "outputs" / "detached"
+    detached = json.loads((sweep_dir / "sweep.json").read_text())["detached"]
+    finish = detached["finish_job"]
+    dependency = subprocess.run(["scontrol", "show", "job", finish], capture_output=True, text=True).stdout
+    assert f"afterany:{detached['arrays'][0]}" in dependency.replace("_*", "")
+    status = subprocess.run([sys.executable, "-m", "cruijff", "status", str(sweep_dir)],
+                            capture_output=True, text=True)
+    assert status.returncode == 0 and "no launch running" in status.stdout
+    _wait(lambda: _sacct(finish).get(finish) in ("COMPLETED", "FAILED", "CANCELLED"), 600, "the eval+report job")
+    assert _sacct(finish)[finish] == "COMPLETED"
+    assert "2/2 runs finished" in (sweep_dir / "summary.md").read_text()
+    df = pd.read_csv(sweep_dir / "summary.csv")
+    assert set(df["run"]) == {"base", "rank8_lr1e-3_epochs1", "rank8_lr3e-3_epochs1"}
+    assert "ACTION: Sweep done (detached)" in (sweep_dir / "run-experiment.log").read_text()
+
+
+def test_cancelled_and_killed_jobs_are_recorded_and_the_third_run_finishes(slurm, tmp_path, tiny_model_dir):
+    """scancel one array task and SIGKILL another's training process, mid-training."""
+    args = ["-m", "experiment.name=faults", *SLURM, "training.epochs=3", "peft.lora_rank=8",
+            "optimizer.lr=1e-3,2e-3,3e-3"]
+    sweep_dir = tmp_path / "outputs" / "faults"
+    cancelled, killed, survivor = "rank8_lr1e-3_epochs3", "rank8_lr2e-3_epochs3", "rank8_lr3e-3_epochs3"
+    env = {**os.environ, "INSPECT_DISPLAY": "none"}
+    proc = subprocess.Popen([sys.executable, str(LAUNCH), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def training(name: str) -> dict:
+        state_file = sweep_dir / name / "run.json"
+        state = json.loads(state_file.read_text()) if state_file.exists() else {}
+        steps = list((sweep_dir / name / "logs").glob("log_*.txt"))
+        return state if state.get("status") == "running" and steps and "loss" in steps[0].read_text() else {}
+
+    _wait(lambda: training(cancelled) and training(killed), 300, "two runs training")
+    job = json.loads((sweep_dir / "sweep.json").read_text())["jobs"][cancelled]
+    subprocess.run(["scancel", job], check=True)
+    os.kill(training(killed)["pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err[-2000:]
+    assert "1/3 runs finished, 2 failed" in out
+    reasons = {n: json.loads((sweep_dir / n / "run.json").read_text()) for n in (cancelled, killed, survivor)}
+    assert reasons[survivor]["status"] == "finished"
+    assert "CANCELLED" in reasons[cancelled]["error"]
+    assert reasons[killed]["status"] == "failed" and "while fine-tuning" in reasons[killed]["error"]
+    log = (sweep_dir / "run-experiment.log").read_text()
+    assert log.count("ACTION: Job died") == 2
+    df = pd.read_csv(sweep_dir / "summary.csv")
+    assert set(df["run"]) == {"base", survivor}

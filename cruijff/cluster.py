@@ -52,6 +52,7 @@ def make_executor(cluster: DictConfig, folder: Path | str, *, name: str, timeout
         cpus_per_task=int(cluster.cpus_per_task),
         mem_gb=float(cluster.mem_gb),
         slurm_array_parallelism=int(cluster.max_parallel),
+        slurm_signal_delay_s=int(cluster.get("signal_delay_s", 120)),
         slurm_setup=[str(line) for line in cluster.setup or []],
         slurm_additional_parameters=extra,
     )

@@ -273,7 +273,10 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
         print(f"cruijff: {run_dir.name}: fine-tuning finished earlier; skipped")
         return True
 
+    resume = _resume_point(state, chash, run_dir, done, epochs)
     conf = finetune.render(cfg, run_dir, model_dir, data_file)
+    if resume:  # torchtune's own resume: base weights + this adapter + optimizer/scheduler/epoch state
+        conf["resume_from_checkpoint"] = True
     finetune.write_config(conf, run_dir / "finetune.yaml", run_dir.name)
     write_manifest(run_dir, seed=int(cfg.seed), config_hash=chash,
                    extra={"model_dir": str(model_dir), "data_file": str(data_file)})
@@ -289,12 +292,18 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
         "pid": os.getpid(),
         "device": conf["device"],
         "dtype": conf["dtype"],
+        "resumed_from": resume,
     }
     write_json(state_file, state)
     act("Fine-tune", f"{run_dir.name}: {finetune.RECIPE}, {epochs} epochs, device {conf['device']}, "
         f"attempt {attempts}")
     t0 = time.time()
     rows: list[dict] = []
+    if resume:  # keep the losses of the epochs kept
+        kept = int(resume[6:]) + 1
+        rows = [r for r in finetune.read_losses(run_dir / "logs" / "loss.jsonl") if r["epoch"] < kept]
+        act("Resume", f"{run_dir.name}: from {resume} (epochs 0..{kept - 1} kept), attempt {attempts}")
+        print(f"cruijff: {run_dir.name}: resuming after {resume}")
     try:
         finetune.run(run_dir / "finetune.yaml", on_step=rows.append)
         status, error = "finished", None
@@ -319,6 +328,29 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     if error:
         print(f"cruijff: {run_dir.name}: fine-tuning failed: {error}", file=sys.stderr)
     return status == "finished"
+
+
+def _resume_point(state: dict, chash: str, run_dir: Path, done: list[Path], epochs: int) -> str | None:
+    """The epoch checkpoint an unfinished run of the same config can resume after, if any.
+
+    torchtune writes ``recipe_state/recipe_state.pt`` (optimizer, scheduler, epochs run) after
+    every epoch but the last, and ``adapter_model.pt`` in each epoch dir; both must match the newest
+    complete epoch.
+    """
+    if not done or len(done) >= epochs or state.get("config_hash") != chash:
+        return None
+    if state.get("status") not in ("running", "failed"):
+        return None
+    recipe_state = run_dir / "recipe_state" / "recipe_state.pt"
+    if not recipe_state.exists() or not (done[-1] / "adapter_model.pt").exists():
+        return None
+    import torch
+
+    try:
+        epochs_run = int(torch.load(recipe_state, map_location="cpu", weights_only=False)["epochs_run"])
+    except Exception:
+        return None
+    return done[-1].name if epochs_run == len(done) else None
 
 
 def cells(cfg: DictConfig, run_dir: Path, model_dir: Path) -> list[tuple[str, Path, Path]]:

@@ -148,3 +148,60 @@ def test_cancelled_and_killed_jobs_are_recorded_and_the_third_run_finishes(slurm
     assert log.count("ACTION: Job died") == 2
     df = pd.read_csv(sweep_dir / "summary.csv")
     assert set(df["run"]) == {"base", survivor}
+
+
+def test_names_with_shell_characters_reach_slurm_quoted(slurm, tmp_path, tiny_model_dir):
+    name = "it's a; $(touch PWNED) `touch PWNED2` test"
+    proc = launch("-m", f'experiment.name="{name}"', *SLURM, "eval=none", "peft.lora_rank=8,4", "optimizer.lr=1e-3",
+                  "cluster.max_array_size=1", "cluster.setup=[\"export CRUIJFF_NOTE='a b; c'\"]", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2/2 runs finished" in proc.stdout
+    sweep_dir = tmp_path / "outputs" / name
+    jobs = json.loads((sweep_dir / "sweep.json").read_text())["jobs"]
+    assert len({j.split("_")[0] for j in jobs.values()}) == 2  # max_array_size=1: split into two arrays
+    assert not list(tmp_path.rglob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
+    assert not list(Path.home().glob("PWNED*"))
+
+
+def test_launcher_killed_mid_sweep_then_reruns_complete_only_what_is_missing(slurm, tmp_path, tiny_model_dir):
+    args = ["-m", "experiment.name=orphans", *SLURM, "training.epochs=2", "peft.lora_rank=8",
+            "optimizer.lr=1e-3,3e-3"]
+    sweep_dir = tmp_path / "outputs" / "orphans"
+    env = {**os.environ, "INSPECT_DISPLAY": "none"}
+    proc = subprocess.Popen([sys.executable, str(LAUNCH), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait(lambda: (sweep_dir / "sweep.json").exists()
+          and len(json.loads((sweep_dir / "sweep.json").read_text()).get("jobs", {})) == 2, 120, "submission")
+    proc.kill()  # the launcher dies; its SLURM jobs do not
+    proc.communicate()
+    jobs = json.loads((sweep_dir / "sweep.json").read_text())["jobs"]
+
+    again = launch(*args, cwd=tmp_path)  # while the orphaned jobs still run: nothing submitted twice
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "submitted as slurm job" not in again.stdout
+    if "nothing to submit; 2 runs still run in earlier jobs" not in again.stdout:
+        assert "2/2 runs finished" in again.stdout  # (the jobs were quicker than this launch)
+
+    _wait(lambda: all(s in ("COMPLETED", "FAILED") for s in _sacct(*jobs.values()).values()), 300, "orphans")
+    final = launch(*args, cwd=tmp_path)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert "submitted as slurm job" not in final.stdout and "2/2 runs finished" in final.stdout
+    assert all(json.loads((sweep_dir / n / "run.json").read_text())["attempts"] == 1 for n in jobs)
+    df = pd.read_csv(sweep_dir / "summary.csv")
+    assert set(df["run"]) == {"base", *jobs}
+
+
+def test_job_told_of_its_time_limit_requeues_and_resumes_from_its_last_epoch(slurm, tmp_path, tiny_model_dir):
+    """--time=1 min, told 40 s before: submitit requeues the job; torchtune resumes after the last epoch."""
+    proc = launch("-m", "experiment.name=requeue", *SLURM, "eval=none", "training.epochs=12", "cluster.max_requeue=5",
+                  "peft.lora_rank=8", "optimizer.lr=1e-3", "cluster.timeout_min=1", "cluster.signal_delay_s=40", cwd=tmp_path,
+                  timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_dir = tmp_path / "outputs" / "requeue" / "rank8_lr1e-3_epochs12"
+    state = json.loads((run_dir / "run.json").read_text())
+    assert state["status"] == "finished" and state["attempts"] >= 2
+    assert state["resumed_from"].startswith("epoch_")  # resumed, not restarted
+    log = (tmp_path / "outputs" / "requeue" / "run-experiment.log").read_text()
+    assert "ACTION: Resume" in log
+    assert [e["epoch"] for e in state["epochs"]] == list(range(12))  # every epoch's losses, once
+    assert len(state["checkpoints"]) == 12

@@ -248,6 +248,12 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda d: int(d.name[6:]))
 
 
+def read_losses(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def epoch_summary(rows: list[dict]) -> list[dict]:
     """Mean and final loss per epoch."""
     out: dict[int, list[float]] = {}

@@ -11,6 +11,7 @@ existing run dir (``python -m cruijff eval|report <run dir>``):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -305,7 +306,15 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
         act("Resume", f"{run_dir.name}: from {resume} (epochs 0..{kept - 1} kept), attempt {attempts}")
         print(f"cruijff: {run_dir.name}: resuming after {resume}")
     try:
-        finetune.run(run_dir / "finetune.yaml", on_step=rows.append)
+        loss_file = run_dir / "logs" / "loss.jsonl"
+        finetune.write_losses(rows, loss_file)  # then one line per step, so a killed job keeps its losses
+        with loss_file.open("a") as sink:
+            def on_step(row: dict) -> None:
+                rows.append(row)
+                sink.write(json.dumps(row) + "\n")
+                sink.flush()
+
+            finetune.run(run_dir / "finetune.yaml", on_step=on_step)
         status, error = "finished", None
         if rows and any(r["loss"] != r["loss"] for r in rows):  # NaN
             status, error = "failed", "loss became NaN"

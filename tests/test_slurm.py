@@ -182,7 +182,11 @@ def test_launcher_killed_mid_sweep_then_reruns_complete_only_what_is_missing(slu
     if "nothing to submit; 2 runs still run in earlier jobs" not in again.stdout:
         assert "2/2 runs finished" in again.stdout  # (the jobs were quicker than this launch)
 
-    _wait(lambda: all(s in ("COMPLETED", "FAILED") for s in _sacct(*jobs.values()).values()), 300, "orphans")
+    def orphans_ended() -> bool:
+        states = _sacct(*jobs.values())
+        return len(states) == 2 and all(s in ("COMPLETED", "FAILED") for s in states.values())
+
+    _wait(orphans_ended, 300, "the orphaned jobs to end")
     final = launch(*args, cwd=tmp_path)
     assert final.returncode == 0, final.stderr[-2000:]
     assert "submitted as slurm job" not in final.stdout and "2/2 runs finished" in final.stdout

@@ -54,7 +54,7 @@ def main() -> None:
         name = "cruijff-train-bench"
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, str(ROOT / "launch.py"), *common, "experiment.name=bench",
-                               "detach=true", "cluster.sbatch={hold: true}"], cwd=work, env=ENV,
+                               "detach=true", "+cluster.sbatch.hold=true"], cwd=work, env=ENV,
                               capture_output=True, text=True)
         ours = time.perf_counter() - t0
         if proc.returncode != 0:

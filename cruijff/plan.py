@@ -48,6 +48,11 @@ def _parse(override: str):
     return OverridesParser.create().parse_overrides([override])[0]
 
 
+def _identity(o) -> tuple:
+    """An override as Hydra means it (``x=true`` and ``x=True`` are the same override)."""
+    return (o.type, o.key_or_group, o.package, repr(o.value()))
+
+
 class Planner:
     """Plans jobs of one sweep; ``compose`` is Hydra's slow path for overrides it cannot apply."""
 
@@ -56,6 +61,10 @@ class Planner:
         self.sweep_dir = sweep_dir
         self.compose = compose
         self._base = {k: v for k, v in OmegaConf.to_container(master, resolve=False).items() if k != "hydra"}
+        # command-line overrides every job shares are already part of the sweep's config
+        self._applied = {_identity(o) for o in map(_parse, OmegaConf.select(master, "hydra.overrides.task",
+                                                                            default=None) or [])
+                         if not o.is_sweep_override()}
         self._keys: list[str] | None = None
         self._shared: DictConfig | None = None
 
@@ -72,7 +81,7 @@ class Planner:
 
         Building a config object per job would cost ~4 ms each (4 s for a 1000-run grid).
         """
-        parsed = [_parse(o) for o in overrides]
+        parsed = [o for o in map(_parse, overrides) if _identity(o) not in self._applied]
         if any(self._needs_hydra(o) for o in parsed):
             if self.compose is None:
                 raise CruijffError(f"cannot plan {' '.join(overrides)} without Hydra's config loader")
@@ -86,7 +95,7 @@ class Planner:
                 if o.is_hydra_override():
                     continue
                 key = o.key_or_group
-                old = _raw(cfg, key)
+                old = _raw(self._base, key)  # the shared config equals the base between jobs
                 if old is _MISSING:
                     raise self._unknown_key(key, o.input_line)
                 undo.append((key, old))
@@ -165,13 +174,14 @@ class _Missing:
 _MISSING = _Missing()
 
 
-def _raw(cfg: DictConfig, key: str) -> Any:
+def _raw(base: dict, key: str) -> Any:
     """The value at ``key`` as written (an interpolation stays an interpolation), or _MISSING."""
-    parent_key, _, leaf = key.rpartition(".")
-    parent = OmegaConf.select(cfg, parent_key, default=_MISSING) if parent_key else cfg
-    if not isinstance(parent, DictConfig) or leaf not in parent:
-        return _MISSING
-    return OmegaConf.to_container(parent, resolve=False)[leaf]
+    node: Any = base
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
 
 
 def _leaf_keys(d: dict, prefix: str = "") -> Iterable[str]:

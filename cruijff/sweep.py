@@ -302,6 +302,40 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     return [returns[n] for n in names]
 
 
+class SharedRunner:
+    """Hydra's job runner (the sweep's config, the task function, Hydra's state), pickled once per
+    submission instead of once per array task; each task loads it and runs its own overrides.
+
+    submitit pickles the callable with every task: 1000 copies of the sweep's config took 9 s.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+
+    @classmethod
+    def save(cls, runner: Any, singletons: Any, folder: Path) -> "SharedRunner":
+        import cloudpickle
+
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"runner-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.pkl"
+        with open(path, "wb") as f:
+            cloudpickle.dump((runner, singletons), f)
+        return cls(str(path))
+
+    def __call__(self, overrides: list[str], job_num: int) -> Any:
+        import cloudpickle
+
+        with open(self.path, "rb") as f:
+            runner, singletons = cloudpickle.load(f)
+        return runner(overrides, "hydra.sweep.dir", job_num, f"job_id_for_{job_num}", singletons)
+
+    def checkpoint(self, *args: Any) -> Any:
+        """Told it will be stopped (time limit, preemption): requeue with the same arguments."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args)
+
+
 def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> tuple[list, list]:
     """Submit fine-tuning jobs (on SLURM: job arrays) without waiting; record and log their ids."""
     from hydra.core.singleton import Singleton
@@ -323,9 +357,8 @@ def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_j
     sweep_dir.mkdir(parents=True, exist_ok=True)
     add_runs(sweep_dir, config, [{"name": n, "overrides": list(o)} for n, o in zip(names, job_overrides)])
     idx = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
-    jobs = submit_array(executor, runner, [[list(o) for o in job_overrides], ["hydra.sweep.dir"] * len(idx), idx,
-                                           [f"job_id_for_{i}" for i in idx], [Singleton.get_state()] * len(idx)],
-                        max_array_size(cluster))
+    shared = SharedRunner.save(runner, Singleton.get_state(), sweep_dir / ".submitit")
+    jobs = submit_array(executor, shared, [[list(o) for o in job_overrides], idx], max_array_size(cluster))
     ids = {n: j.job_id for n, j in zip(names, jobs)}
     _record_jobs(sweep_dir, ids)
     arrays = sorted({str(j.job_id).split("_")[0] for j in jobs}, key=lambda x: (len(x), x))

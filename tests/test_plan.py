@@ -112,3 +112,11 @@ def test_planning_leaves_interpolations_of_the_sweep_config_intact(hydra_compose
     assert planner.job_config(["peft.lora_rank=4"]).peft.tag == "r4"
     assert planner.job_config(["peft.tag=fixed"]).peft.tag == "fixed"
     assert planner.job_config(["peft.lora_rank=16"]).peft.tag == "r16"  # not "fixed", not "r4"
+
+
+def test_shared_command_line_overrides_are_not_composed_again(hydra_compose, tmp_path):
+    shared = ["eval=none", "+peft.tag=x"]  # a group and an addition: each would need Hydra's loader
+    master = hydra_compose(shared)
+    planner = Planner(master, tmp_path, compose=lambda ov: pytest.fail("fast path expected"))
+    cfg = planner.job_config([*shared, "peft.lora_rank=4"])
+    assert _hash(cfg) == _hash(hydra_compose([*shared, "peft.lora_rank=4"]))

@@ -320,6 +320,10 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
             status, error = "failed", "loss became NaN"
     except Exception as e:  # an ordinary failure is recorded, not raised
         status, error = "failed", str(e) if isinstance(e, finetune.TrainingDiverged) else f"{type(e).__name__}: {e}"
+        if type(e).__name__ == "UncompletedJobError" and "timed-out" in str(e):  # submitit, at the time limit
+            error = (f"stopped at its time limit (cluster.timeout_min={cfg.cluster.get('timeout_min')}) with no "
+                     f"requeue left (cluster.max_requeue={cfg.cluster.get('max_requeue')}); a re-run resumes "
+                     "after its last complete epoch")
         (run_dir / "logs").mkdir(exist_ok=True)
         (run_dir / "logs" / "error.txt").write_text(traceback.format_exc())
     finetune.write_losses(rows, run_dir / "logs" / "loss.jsonl")

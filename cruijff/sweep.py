@@ -288,11 +288,15 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
 
     def ended(job: Any) -> None:
         name, overrides = by_job[id(job)]
-        try:
-            returns[name] = job.results()[0]
-            return
-        except Exception as e:
-            reason = dead_reason(job, e, read_json(sweep_dir / name / "run.json"))
+        reason = None
+        if job.paths.result_pickle.exists():
+            try:
+                returns[name] = job.results()[0]
+                return
+            except Exception as e:
+                reason = dead_reason(job, e, read_json(sweep_dir / name / "run.json"))
+        if reason is None:  # ended without a result; asking submitit would wait ~30 s for the file first
+            reason = dead_reason(job, None, read_json(sweep_dir / name / "run.json"))
         record_death(sweep_dir / name, reason)
         act("Job died", f"{name} (job {job.job_id})", reason)
         print(f"cruijff: {name}: {reason}", file=sys.stderr)
@@ -371,7 +375,7 @@ def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_j
     return names, jobs
 
 
-def dead_reason(job: Any, error: Exception, state: dict) -> str:
+def dead_reason(job: Any, error: Exception | None, state: dict) -> str:
     """Why a job ended without a result, from what is left: its process, its run.json, its log."""
     import signal
 
@@ -394,7 +398,8 @@ def dead_reason(job: Any, error: Exception, state: dict) -> str:
         err = [ln for ln in (job.stderr() or "").splitlines() if ln.strip() and not ln.startswith(" ")]
     except Exception:
         err = []
-    last = err[-1] if err else ([ln for ln in str(error).splitlines() if ln.strip()] or [type(error).__name__])[-1]
+    fallback = [ln for ln in str(error or "").splitlines() if ln.strip()] or [type(error).__name__ if error else "no output"]
+    last = err[-1] if err else fallback[-1]
     return f"job ended without a result ({job.state}): {last.strip()[:300]}"
 
 

@@ -132,8 +132,17 @@ def active_slurm_jobs(job_ids: list[str]) -> set[str]:
         return set()
     bases = sorted({str(j).split("_")[0] for j in job_ids})
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-t", "PD,CF,R,S,RQ", "-o", "%i", "-j", ",".join(bases)],
-                             capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return set()
-    return {line.strip() for line in out.splitlines() if line.strip()} & {str(j) for j in job_ids}
+        proc = subprocess.run(["squeue", "-h", "-r", "-t", "PD,CF,R,S,RQ,RH", "-o", "%i", "-j", ",".join(bases)],
+                              capture_output=True, text=True, timeout=60)
+        failure = None
+        if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
+            lines = proc.stderr.strip().splitlines()
+            failure = lines[-1] if lines else f"exit {proc.returncode}"
+    except (OSError, subprocess.SubprocessError) as e:
+        failure = str(e)
+    if failure is not None:
+        from .config import CruijffError
+
+        raise CruijffError(f"cannot ask SLURM which earlier jobs still run (squeue: {failure}); "
+                           "nothing submitted, try again")
+    return {line.strip() for line in proc.stdout.splitlines() if line.strip()} & {str(j) for j in job_ids}

@@ -302,6 +302,9 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     rows: list[dict] = []
     if resume:  # keep the losses of the epochs kept
         kept = int(resume[6:]) + 1
+        for partial in run_dir.glob("epoch_*"):  # torchtune resumes from the highest epoch_* dir
+            if partial.name[6:].isdigit() and int(partial.name[6:]) >= kept:
+                shutil.rmtree(partial)
         rows = [r for r in finetune.read_losses(run_dir / "logs" / "loss.jsonl") if r["epoch"] < kept]
         act("Resume", f"{run_dir.name}: from {resume} (epochs 0..{kept - 1} kept), attempt {attempts}")
         print(f"cruijff: {run_dir.name}: resuming after {resume}")

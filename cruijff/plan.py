@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .config import GROUPS, ConfigError, CruijffError, config_hash, run_name, validate
 from .record import read_json
@@ -141,6 +142,10 @@ class Planner:
                     force = bool(cfg.overwrite) if overwrite is None else overwrite
             except CruijffError as e:
                 raise CruijffError(f"run {name}: {e}") from None
+            except OmegaConfBaseException as e:  # e.g. a mandatory value left at ???
+                from .launch import _omegaconf_message
+
+                raise CruijffError(f"run {name}: {_omegaconf_message(e)}") from None
             runs.append(self._state(name, overrides, chash, epochs, force))
         return runs
 

@@ -142,9 +142,11 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
         from .cluster import active_slurm_jobs
 
         jobs = read_json(sweep_dir / "sweep.json").get("jobs", {})
-        maybe = [r for r in runs if r.state != FINISHED and r.name in jobs
-                 and r.previous.get("status") in (None, "running")]
-        alive = active_slurm_jobs([jobs[r.name] for r in maybe])
+        maybe = [r for r in runs if r.state != FINISHED and r.name in jobs]
+        try:
+            alive = active_slurm_jobs([jobs[r.name] for r in maybe])
+        except CruijffError as e:
+            fail(str(e))
         for r in maybe:
             if jobs[r.name] in alive:
                 r.state = ACTIVE  # a detached or orphaned job still works on it: do not submit it twice
@@ -383,7 +385,11 @@ def dead_reason(job: Any, error: Exception | None, state: dict) -> str:
 
     sched = scheduler_state(job)
     if sched and not sched.startswith(("COMPLETED", "RUNNING", "PENDING")):
-        where = f" while fine-tuning (epoch {len(state.get('checkpoints') or [])})" if state.get("status") == "running" else ""
+        from .finetune import checkpoints
+
+        run_dir = Path(str(job.paths.folder)).parent.parent / str(state.get("name", ""))
+        where = (f" while fine-tuning (epoch {len(checkpoints(run_dir))})"
+                 if state.get("status") == "running" and state.get("name") else "")
         return f"SLURM job {job.job_id} ended {sched}{where}"
     rc = getattr(getattr(job, "_process", None), "returncode", None)
     if isinstance(rc, int) and rc < 0:
@@ -463,8 +469,12 @@ def finish_sweep(config: DictConfig, sweep_dir: Path, act: ActionLog, t0: float)
         from .cluster import active_slurm_jobs
 
         jobs = sweep.get("jobs", {})
-        maybe = [n for n, st in states.items() if n in jobs and st.get("status") in (None, "running")]
-        alive = active_slurm_jobs([jobs[n] for n in maybe])
+        maybe = [n for n in states if n in jobs and n not in finished]
+        try:
+            alive = active_slurm_jobs([jobs[n] for n in maybe])
+        except CruijffError as e:  # the summary then counts those runs as not finished
+            act("squeue failed", str(e))
+            alive = set()
         active = {n for n in maybe if jobs[n] in alive}
     failed = {n: (s.get("error") or s.get("status") or "did not start") for n, s in states.items()
               if s.get("status") != "finished" and n not in active}

@@ -120,3 +120,11 @@ def test_shared_command_line_overrides_are_not_composed_again(hydra_compose, tmp
     planner = Planner(master, tmp_path, compose=lambda ov: pytest.fail("fast path expected"))
     cfg = planner.job_config([*shared, "peft.lora_rank=4"])
     assert _hash(cfg) == _hash(hydra_compose([*shared, "peft.lora_rank=4"]))
+
+
+def test_a_mandatory_value_left_open_in_a_sweep_is_one_line(tmp_path):
+    proc = launch("-m", "dataset=json", "optimizer.lr=1e-3,1e-4", cwd=tmp_path)
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("cruijff: error: run ") and "dataset.path" in line
+    assert not (tmp_path / "outputs").exists()

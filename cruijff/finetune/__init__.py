@@ -251,7 +251,13 @@ def checkpoints(run_dir: Path) -> list[Path]:
 def read_losses(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line cut short when the job was killed
+            continue
+    return rows
 
 
 def epoch_summary(rows: list[dict]) -> list[dict]:

@@ -142,7 +142,8 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
         from .cluster import active_slurm_jobs
 
         jobs = read_json(sweep_dir / "sweep.json").get("jobs", {})
-        maybe = [r for r in runs if r.state != FINISHED and r.name in jobs]
+        maybe = [r for r in runs if r.state != FINISHED and r.name in jobs
+                 and r.previous.get("status") in (None, "running")]
         try:
             alive = active_slurm_jobs([jobs[r.name] for r in maybe])
         except CruijffError as e:
@@ -469,7 +470,7 @@ def finish_sweep(config: DictConfig, sweep_dir: Path, act: ActionLog, t0: float)
         from .cluster import active_slurm_jobs
 
         jobs = sweep.get("jobs", {})
-        maybe = [n for n in states if n in jobs and n not in finished]
+        maybe = [n for n, st in states.items() if n in jobs and st.get("status") in (None, "running")]
         try:
             alive = active_slurm_jobs([jobs[n] for n in maybe])
         except CruijffError as e:  # the summary then counts those runs as not finished

@@ -97,9 +97,10 @@ def register_resolvers() -> None:
             "cruijff_run_name", lambda overrides: run_name(list(overrides or []))
         )
     if not OmegaConf.has_resolver("cruijff_parallel"):
-        from .sweep import local_parallel
+        from .sweep import gpus_per_run, local_parallel
 
-        OmegaConf.register_new_resolver("cruijff_parallel", local_parallel)
+        OmegaConf.register_new_resolver(
+            "cruijff_parallel", lambda value, nproc="auto", gpus=1: local_parallel(value, gpus_per_run(nproc, gpus)))
     if not OmegaConf.has_resolver("cruijff_batch"):
         from .sweep import sweep_batch
 
@@ -187,6 +188,8 @@ def validate(cfg: DictConfig) -> None:
         cfg.training.device
     ).startswith("cuda:"):
         raise ConfigError("training.device", cfg.training.device, "one of auto, cpu, cuda, cuda:N, mps")
+    if cfg.training.get("nproc", "auto") != "auto":
+        _positive(cfg, "training.nproc", integer=True, minimum=1, strict=False)
     if cfg.training.dtype not in ("auto", "fp32", "bf16"):
         raise ConfigError("training.dtype", cfg.training.dtype, "one of auto, fp32, bf16")
     if cfg.model.path is not None:

@@ -110,15 +110,13 @@ def dry_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> int:
     return 0
 
 
-def _pin_gpu(cfg: DictConfig, job_num: int) -> None:
-    """Local sweeps on a K-GPU machine: job n uses GPU n mod K only (set before CUDA starts)."""
-    from .sweep import gpu_count
+def _pin_gpu(cfg: DictConfig, slot: int) -> None:
+    """Local sweeps on a multi-GPU machine: each job in a batch uses its own GPUs only."""
+    from .sweep import gpus_per_run, pin_gpus
 
-    if cfg.cluster.executor != "local" or "CUDA_VISIBLE_DEVICES" in os.environ:
-        return
-    k = gpu_count()
-    if k > 1:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(job_num % k)
+    if cfg.cluster.executor == "local" and cfg.training.device != "cpu":
+        pin_gpus(slot, gpus_per_run(cfg.training.get("nproc", "auto"),
+                                    OmegaConf.select(cfg, "model.resources.gpus", default=1)))
 
 
 def _limit_threads(cfg: DictConfig) -> None:
@@ -127,11 +125,11 @@ def _limit_threads(cfg: DictConfig) -> None:
     torch otherwise starts one thread per core of the node in every job, and jobs sharing a node
     slow each other down many times over.
     """
-    from .sweep import local_parallel
+    from .sweep import local_jobs
 
     n = os.environ.get("SLURM_CPUS_PER_TASK")
     if n is None and cfg.cluster.executor == "local":
-        parallel = local_parallel(cfg.cluster.max_parallel)
+        parallel = local_jobs(cfg)
         n = str(max(1, (os.cpu_count() or 1) // parallel)) if parallel > 1 else None
     if n:
         os.environ.setdefault("OMP_NUM_THREADS", n)
@@ -205,9 +203,12 @@ def eval_config(run_dir: Path, eval_cfg: Any = None) -> DictConfig:
     return cfg
 
 
-def evaluate_saved(run_dir: Path, eval_cfg: Any = None, base: bool = True) -> None:
-    """Evaluate an existing run dir with its saved config (skips complete cells)."""
+def evaluate_saved(run_dir: Path, eval_cfg: Any = None, base: bool = True, slot: int | None = None) -> None:
+    """Evaluate an existing run dir with its saved config (skips complete cells). ``slot``: this
+    job's place among the local jobs running at once (it picks the job's GPUs)."""
     cfg = eval_config(run_dir, eval_cfg)
+    if slot is not None:
+        _pin_gpu(cfg, slot)
     _limit_threads(cfg)
     specs = check(cfg)
     model_dir, data_file = resolve_paths(cfg)
@@ -278,7 +279,8 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     conf = finetune.render(cfg, run_dir, model_dir, data_file)
     if resume:  # torchtune's own resume: base weights + this adapter + optimizer/scheduler/epoch state
         conf["resume_from_checkpoint"] = True
-    finetune.write_config(conf, run_dir / "finetune.yaml", run_dir.name)
+    nproc = finetune.processes(cfg)
+    finetune.write_config(conf, run_dir / "finetune.yaml", run_dir.name, nproc)
     write_manifest(run_dir, seed=int(cfg.seed), config_hash=chash,
                    extra={"model_dir": str(model_dir), "data_file": str(data_file)})
     attempts = int(state.get("attempts", 0)) + 1
@@ -296,8 +298,9 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
         "resumed_from": resume,
     }
     write_json(state_file, state)
-    act("Fine-tune", f"{run_dir.name}: {finetune.RECIPE}, {epochs} epochs, device {conf['device']}, "
-        f"attempt {attempts}")
+    act("Fine-tune", f"{run_dir.name}: {finetune.recipe_name(nproc)}"
+        + (f" on {nproc} processes" if nproc > 1 else "")
+        + f", {epochs} epochs, device {conf['device']}, attempt {attempts}")
     t0 = time.time()
     rows: list[dict] = []
     if resume:  # keep the losses of the epochs kept
@@ -308,8 +311,8 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
         rows = [r for r in finetune.read_losses(run_dir / "logs" / "loss.jsonl") if r["epoch"] < kept]
         act("Resume", f"{run_dir.name}: from {resume} (epochs 0..{kept - 1} kept), attempt {attempts}")
         print(f"cruijff: {run_dir.name}: resuming after {resume}")
+    loss_file = run_dir / "logs" / "loss.jsonl"
     try:
-        loss_file = run_dir / "logs" / "loss.jsonl"
         finetune.write_losses(rows, loss_file)  # then one line per step, so a killed job keeps its losses
         with loss_file.open("a") as sink:
             def on_step(row: dict) -> None:
@@ -317,7 +320,7 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
                 sink.write(json.dumps(row) + "\n")
                 sink.flush()
 
-            finetune.run(run_dir / "finetune.yaml", on_step=on_step)
+            finetune.run(run_dir / "finetune.yaml", on_step=on_step, nproc=nproc, loss_file=loss_file)
         status, error = "finished", None
         if rows and any(r["loss"] != r["loss"] for r in rows):  # NaN
             status, error = "failed", "loss became NaN"
@@ -329,7 +332,9 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
                      "after its last complete epoch")
         (run_dir / "logs").mkdir(exist_ok=True)
         (run_dir / "logs" / "error.txt").write_text(traceback.format_exc())
-    finetune.write_losses(rows, run_dir / "logs" / "loss.jsonl")
+    if nproc > 1:  # the recipe's rank 0 appended them
+        rows = finetune.read_losses(loss_file)
+    finetune.write_losses(rows, loss_file)
     state.update(
         status=status,
         error=error,

@@ -33,17 +33,40 @@ from .record import ActionLog, read_json, write_json
 _LOCKS: dict[str, Any] = {}
 
 
-def local_parallel(value: Any) -> int:
-    """Jobs at once on this machine: one per visible GPU, or 1 on a CPU-only machine."""
+def gpus_per_run(nproc: Any = "auto", hint: Any = 1) -> int:
+    """GPUs one local job uses: ``training.nproc``, else the model's ``resources.gpus`` hint."""
+    return max(1, int(hint or 1) if nproc in ("auto", None) else int(nproc))
+
+
+def local_parallel(value: Any, per_run: int = 1) -> int:
+    """Jobs at once on this machine: ``auto`` = as many as the visible GPUs hold (``per_run`` GPUs
+    each), or 1 on a CPU-only machine."""
     if value != "auto":
         return max(1, int(value))
-    return max(1, gpu_count())
+    return max(1, gpu_count() // max(1, int(per_run)))
 
 
-def sweep_batch(executor: str, max_parallel: Any) -> int | None:
+def local_jobs(cfg: DictConfig) -> int:
+    return local_parallel(cfg.cluster.max_parallel, gpus_per_run(
+        cfg.training.get("nproc", "auto"), OmegaConf.select(cfg, "model.resources.gpus", default=1)))
+
+
+def sweep_batch(executor: str, max_parallel: Any, nproc: Any = "auto", gpus: Any = 1) -> int | None:
     """Grid points handed to the launcher at once: local, the jobs that may run together; on
     SLURM, all of them (one array, throttled by the scheduler)."""
-    return local_parallel(max_parallel) if executor == "local" else None
+    return local_parallel(max_parallel, gpus_per_run(nproc, gpus)) if executor == "local" else None
+
+
+def pin_gpus(slot: int, per_run: int) -> None:
+    """A local job in ``slot`` on a machine with K GPUs uses only its own ``per_run`` of them
+    (set before CUDA starts): slot n gets GPUs [m*per_run, (m+1)*per_run) with m = n mod (K // per_run)."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return
+    k = gpu_count()
+    if k <= per_run:
+        return
+    first = (slot % (k // per_run)) * per_run
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(first, first + per_run))
 
 
 def gpu_count() -> int:
@@ -539,14 +562,15 @@ def evaluate_runs(config: DictConfig, sweep_dir: Path, todo: list[tuple[str, boo
     executor = make_executor(config.cluster, sweep_dir / ".submitit" / "%j",
                              name=job_name(config.experiment.name, "eval"))
     kind = str(config.cluster.executor)
-    parallel = local_parallel(config.cluster.max_parallel) if kind == "local" else len(todo)
+    parallel = local_jobs(config) if kind == "local" else len(todo)
     eval_cfg = OmegaConf.to_container(config.eval, resolve=True)
     # the job evaluating the shared base-model control goes first and alone; the rest follow
     first = todo[:1] if todo and todo[0][1] else []
     rest = todo[len(first):]
     batches = ([first] if first else []) + [rest[i:i + parallel] for i in range(0, len(rest), parallel)]
     for batch in batches:
-        jobs = [executor.submit(evaluate_saved, sweep_dir / n, eval_cfg, base) for n, base in batch]
+        jobs = [executor.submit(evaluate_saved, sweep_dir / n, eval_cfg, base, slot)
+                for slot, (n, base) in enumerate(batch)]
         names = {id(j): n for j, (n, _) in zip(jobs, batch)}
         act("Submit eval", ", ".join(n for n, _ in batch), f"{kind} job ids " + ", ".join(j.job_id for j in jobs))
 

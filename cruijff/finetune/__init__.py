@@ -1,8 +1,10 @@
 """torchtune backend: render a torchtune-native ``finetune.yaml`` and run the stock recipe.
 
-The recipe is torchtune's own ``lora_finetune_single_device`` (no forked copy), loaded from the
-installed ``recipes/`` folder and run in this process, so the launcher adds no second Python start-up.
-``tune run lora_finetune_single_device --config finetune.yaml`` runs the very same thing.
+The recipe is torchtune's own (no forked copy), loaded from the installed ``recipes/`` folder:
+``lora_finetune_single_device`` for a run on one device, run in this process so the launcher adds no
+second Python start-up; ``lora_finetune_distributed`` for a run on several GPUs, started through
+torchrun with one process per GPU (``distributed.py``). The header of ``finetune.yaml`` shows the
+``tune run`` command that runs the very same thing.
 
 One fix is applied at run time: on CPU, torchtune 0.6.1 merges the LoRA delta *in place* into the
 live base weights at each epoch save (``.cpu()`` returns the same tensor there), so ``epoch_1``
@@ -23,16 +25,45 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import resolve_device, resolve_dtype
 
 RECIPE = "lora_finetune_single_device"
+DISTRIBUTED = "lora_finetune_distributed"
 
 HEADER = """\
 # torchtune config rendered by cruijff for run {name!r}.
 #
 # Reproduce this run with torchtune alone:
-#   tune run {recipe} --config {path}
+#   {command}
 #
 # Override any key on the command line, e.g. to write elsewhere:
-#   tune run {recipe} --config {path} output_dir=/tmp/rerun
+#   {command} output_dir=/tmp/rerun
 """
+
+
+def processes(cfg: DictConfig) -> int:
+    """Training processes of one run: ``training.nproc``, or with ``auto`` the GPUs one run gets
+    (``cluster.gpus_per_node`` on SLURM, the model's ``resources.gpus`` hint otherwise), or 1 with
+    ``training.device=cpu``. It follows the config, not the machine it is read on, so a plan made on
+    a login node renders what the GPU node runs. More than one runs torchtune's distributed LoRA
+    recipe (FSDP)."""
+    n = cfg.training.get("nproc", "auto")
+    if n != "auto":
+        return int(n)
+    if cfg.training.device == "cpu":
+        return 1
+    gpus = cfg.cluster.get("gpus_per_node") if cfg.cluster.executor == "slurm" else None
+    if gpus is None:
+        gpus = cfg.model.get("resources", {}).get("gpus", 1)
+    return max(1, int(gpus))
+
+
+def recipe_name(nproc: int) -> str:
+    return DISTRIBUTED if nproc > 1 else RECIPE
+
+
+def tune_command(nproc: int, config: Path | str) -> str:
+    """The stock torchtune command that runs ``config`` like cruijff does."""
+    if nproc > 1:
+        return f"tune run --nproc_per_node {nproc} {DISTRIBUTED} --config {config}"
+    return f"tune run {RECIPE} --config {config}"
 
 SECTIONS = [
     ("output_dir", None),
@@ -142,9 +173,9 @@ def render(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path) -> 
     }
 
 
-def write_config(conf: dict[str, Any], path: Path, run_name: str) -> None:
+def write_config(conf: dict[str, Any], path: Path, run_name: str, nproc: int = 1) -> None:
     """Write ``finetune.yaml`` laid out like torchtune's own configs (sections, header)."""
-    out = [HEADER.format(name=run_name, recipe=RECIPE, path=path)]
+    out = [HEADER.format(name=run_name, command=tune_command(nproc, path))]
     for key, section in SECTIONS:
         if key not in conf:
             continue
@@ -217,8 +248,15 @@ class _LossTap:
         return getattr(self._inner, name)
 
 
-def run(finetune_yaml: Path, on_step: Callable[[dict], None] | None = None) -> list[dict]:
-    """Run the stock LoRA recipe on ``finetune.yaml`` in this process; return per-step losses."""
+def run(finetune_yaml: Path, on_step: Callable[[dict], None] | None = None, nproc: int = 1,
+        loss_file: Path | None = None) -> None:
+    """Run the stock LoRA recipe on ``finetune.yaml``: in this process on one device, or through
+    torchrun with ``nproc`` processes. Each logged step goes to ``on_step`` (one device) or is
+    appended to ``loss_file`` by rank 0 (several processes)."""
+    if nproc > 1:
+        from .distributed import launch
+
+        return launch(finetune_yaml, nproc, loss_file)
     from torchtune import config as tt_config
 
     cfg = OmegaConf.load(finetune_yaml)
@@ -234,7 +272,6 @@ def run(finetune_yaml: Path, on_step: Callable[[dict], None] | None = None) -> l
         recipe.train()
     finally:
         recipe.cleanup()
-    return tap.rows
 
 
 def checkpoints(run_dir: Path) -> list[Path]:

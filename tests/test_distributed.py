@@ -1,0 +1,99 @@
+"""Runs on several GPUs: torchtune's distributed LoRA recipe through torchrun.
+
+There is no GPU here, so the recipe runs for real with 2 CPU processes (gloo); what a GPU node adds
+(NCCL, one GPU per process) is checked as rendered text: the ``tune run`` command and the sbatch
+script a multi-GPU model gets.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT, launch
+from cruijff import finetune
+from cruijff.cluster import make_executor
+from cruijff.config import register_resolvers
+
+
+def _compose(*overrides: str):
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_gpus_of_a_slurm_run_become_torchrun_processes_and_sbatch_gpus(tmp_path):
+    cfg = _compose("cluster=slurm", "model.resources.gpus=8", "cluster.partition=gpu")
+    assert finetune.processes(cfg) == 8
+    finetune.write_config({"output_dir": "/o"}, tmp_path / "finetune.yaml", "r", finetune.processes(cfg))
+    header = (tmp_path / "finetune.yaml").read_text()
+    assert "tune run --nproc_per_node 8 lora_finetune_distributed --config" in header
+    script = make_executor(cfg.cluster, tmp_path / "%j", name="x")._executor._make_submission_file_text(
+        "python -m job", "uid")
+    assert "#SBATCH --gpus-per-node=8" in script and "#SBATCH --nodes=1" in script
+    assert "--ntasks" not in script  # one task: the job starts torchrun, torchrun starts the 8
+    # one GPU per run, or training forced onto the CPU: the single-device recipe in the job process
+    assert finetune.processes(_compose("cluster=slurm")) == 1
+    assert finetune.processes(_compose("model.resources.gpus=4", "training.device=cpu")) == 1
+    assert finetune.processes(_compose("training.nproc=2")) == 2
+
+
+def test_local_jobs_each_get_their_own_gpus(monkeypatch):
+    """No GPU here: the GPU count is set by hand; the test checks which devices each job is given."""
+    from cruijff import sweep
+
+    monkeypatch.setattr(sweep, "gpu_count", lambda: 8)
+    assert sweep.local_parallel("auto", 2) == 4 and sweep.local_parallel("auto", 1) == 8
+    assert sweep.local_parallel("auto", 16) == 1 and sweep.local_parallel(3, 2) == 3
+    seen = []
+    for slot in range(5):
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        sweep.pin_gpus(slot, 2)
+        seen.append(__import__("os").environ["CUDA_VISIBLE_DEVICES"])
+    assert seen == ["0,1", "2,3", "4,5", "6,7", "0,1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")  # SLURM or the user chose already: left alone
+    sweep.pin_gpus(1, 1)
+    assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == "5"
+
+
+@pytest.mark.slow
+def test_two_process_run_trains_checkpoints_and_evaluates(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    proc = launch("training.nproc=2", "training.epochs=2", "training.max_steps_per_epoch=3",
+                  "experiment.name=dist", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep_dir = tmp_path / "outputs" / "dist"
+    run_dir = sweep_dir / "nproc2_epochs2_steps3"
+    state = json.loads((run_dir / "run.json").read_text())
+    assert state["status"] == "finished" and state["checkpoints"] == ["epoch_0", "epoch_1"]
+    assert [e["steps"] for e in state["epochs"]] == [3, 3]
+    assert "tune run --nproc_per_node 2 lora_finetune_distributed" in (run_dir / "finetune.yaml").read_text()
+    assert "lora_finetune_distributed on 2 processes" in (sweep_dir / "run-experiment.log").read_text()
+    # each epoch's merged weights are the base plus that epoch's adapter, as on one device
+    base = load_file(tiny_model_dir / "model.safetensors")
+    cfg = yaml.safe_load((run_dir / "finetune.yaml").read_text())
+    scale = cfg["model"]["lora_alpha"] / cfg["model"]["lora_rank"]
+    for epoch in (0, 1):
+        merged = load_file(run_dir / f"epoch_{epoch}" / "model-00001-of-00001.safetensors")
+        adapter = load_file(run_dir / f"epoch_{epoch}" / "adapter_model.safetensors")
+        key = next(k for k in adapter if ".lora_A." in k)
+        w = key.replace("base_model.model.", "").replace(".lora_A.weight", ".weight")
+        b = adapter[key.replace(".lora_A.", ".lora_B.")]
+        assert (merged[w] - (base[w] + scale * (b @ adapter[key]))).abs().max() < 1e-5
+    for epoch in (0, 1):
+        cell = json.loads((run_dir / "eval" / f"epoch_{epoch}" / "results.json").read_text())
+        assert cell["tasks"]["exact_match"]["status"] == "success"
+
+
+@pytest.mark.slow
+def test_two_process_run_that_diverges_is_recorded_with_its_reason(tmp_path):
+    proc = launch("training.nproc=2", "optimizer.lr=1e6", "training.epochs=1", "eval=none",
+                  "experiment.name=distnan", cwd=tmp_path)
+    assert proc.returncode == 1
+    state = json.loads((tmp_path / "outputs" / "distnan" / "nproc2_lr1e6_epochs1" / "run.json").read_text())
+    assert state["status"] == "failed" and state["error"].startswith("loss became nan at epoch 0 step ")
+    assert state["checkpoints"] == []

@@ -89,8 +89,10 @@ def submit_array(executor, fn: Callable, args: list[Iterable], limit: int) -> li
     return jobs
 
 
-def watch(jobs: list, on_end: Callable[[Any], None], kind: str) -> None:
-    """Call ``on_end(job)`` for each job as it ends, polling every few seconds; returns when all ended."""
+def watch(jobs: list, on_end: Callable[[Any], list | None], kind: str) -> None:
+    """Call ``on_end(job)`` for each job as it ends, polling every few seconds; returns when all
+    ended. ``on_end`` may return new jobs (an eval job for a run that just finished): they are
+    watched too."""
     pending = list(jobs)
     poll = POLL_S.get(kind, 3.0)
     while pending:
@@ -99,7 +101,7 @@ def watch(jobs: list, on_end: Callable[[Any], None], kind: str) -> None:
         still = []
         for job in pending:
             if _ended(job, kind):
-                on_end(job)
+                still += on_end(job) or []
             else:
                 still.append(job)
         pending = still

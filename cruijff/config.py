@@ -192,6 +192,9 @@ def validate(cfg: DictConfig) -> None:
         _positive(cfg, "training.nproc", integer=True, minimum=1, strict=False)
     if cfg.training.dtype not in ("auto", "fp32", "bf16"):
         raise ConfigError("training.dtype", cfg.training.dtype, "one of auto, fp32, bf16")
+    if cfg.cluster.get("eval_after", "grid") not in ("run", "grid"):
+        raise ConfigError("cluster.eval_after", cfg.cluster.eval_after,
+                          "run (a run's evals start when it finishes) or grid (after the whole grid)")
     if cfg.model.path is not None:
         path = Path(cfg.model.path)
         if not path.is_dir():

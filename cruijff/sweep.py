@@ -311,25 +311,45 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     act = ActionLog(sweep_dir / "run-experiment.log")
     by_job = {id(j): (n, list(o)) for n, j, o in zip(names, jobs, job_overrides)}
     returns: dict[str, Any] = {}
+    evals = EvalJobs(config, sweep_dir, act) if _eval_per_run(config) else None
 
-    def ended(job: Any) -> None:
+    def ended(job: Any) -> list | None:
+        if evals and evals.owns(job):
+            return evals.ended(job)
         name, overrides = by_job[id(job)]
         reason = None
         if job.paths.result_pickle.exists():
             try:
                 returns[name] = job.results()[0]
-                return
             except Exception as e:
                 reason = dead_reason(job, e, read_json(sweep_dir / name / "run.json"))
+            else:  # evaluate this run now, while the rest of the grid trains
+                if evals and read_json(sweep_dir / name / "run.json").get("status") == "finished":
+                    _EVALUATED.setdefault(str(sweep_dir), set()).add(name)
+                    todo = eval_todo(sweep_dir, [name], config.eval)
+                    return evals.submit(todo) if todo else None
+                return None
         if reason is None:  # ended without a result; asking submitit would wait ~30 s for the file first
             reason = dead_reason(job, None, read_json(sweep_dir / name / "run.json"))
         record_death(sweep_dir / name, reason)
         act("Job died", f"{name} (job {job.job_id})", reason)
         print(f"cruijff: {name}: {reason}", file=sys.stderr)
         returns[name] = JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=float("nan"))
+        return None
 
     watch(jobs, ended, str(config.cluster.executor))
     return [returns[n] for n in names]
+
+
+_EVALUATED: dict[str, set[str]] = {}  # sweep dir -> runs whose eval job this launch submitted already
+
+
+def _eval_per_run(config: DictConfig) -> bool:
+    """On SLURM with ``cluster.eval_after=run`` (its default), a grid run's eval job is submitted
+    the moment its fine-tuning ends, while the rest of the grid still trains. Locally the jobs
+    already hold every GPU, so evals wait for the grid."""
+    return (str(config.cluster.executor) == "slurm" and config.cluster.get("eval_after", "grid") == "run"
+            and bool(config.eval.enabled) and _grid_sweeper(config))
 
 
 class SharedRunner:
@@ -412,9 +432,10 @@ def dead_reason(job: Any, error: Exception | None, state: dict) -> str:
         from .finetune import checkpoints
 
         run_dir = Path(str(job.paths.folder)).parent.parent / str(state.get("name", ""))
-        where = (f" while fine-tuning (epoch {len(checkpoints(run_dir))})"
-                 if state.get("status") == "running" and state.get("name") else "")
-        return f"SLURM job {job.job_id} ended {sched}{where}"
+        if state.get("status") == "running" and state.get("name"):
+            return f"SLURM job {job.job_id} ended {sched} while fine-tuning (epoch {len(checkpoints(run_dir))})"
+        last = _last_error_line(job)  # it never reached fine-tuning: the job's own last word says why
+        return f"SLURM job {job.job_id} ended {sched}" + (f": {last}" if last else "")
     rc = getattr(getattr(job, "_process", None), "returncode", None)
     if isinstance(rc, int) and rc < 0:
         try:
@@ -424,13 +445,19 @@ def dead_reason(job: Any, error: Exception | None, state: dict) -> str:
     if state.get("status") == "running":  # the job's own record stops mid-training
         return (f"job process {state.get('pid', '?')} on {state.get('host', '?')} died while fine-tuning "
                 "(killed by a signal or out of memory); it raised no error")
-    try:
-        err = [ln for ln in (job.stderr() or "").splitlines() if ln.strip() and not ln.startswith(" ")]
-    except Exception:
-        err = []
     fallback = [ln for ln in str(error or "").splitlines() if ln.strip()] or [type(error).__name__ if error else "no output"]
-    last = err[-1] if err else fallback[-1]
-    return f"job ended without a result ({job.state}): {last.strip()[:300]}"
+    last = _last_error_line(job) or fallback[-1].strip()[:300]
+    return f"job ended without a result ({job.state}): {last}"
+
+
+def _last_error_line(job: Any) -> str:
+    """The last line of a job's stderr that is not a traceback frame or srun's own epilogue."""
+    try:
+        lines = (job.stderr() or "").splitlines()
+    except Exception:
+        return ""
+    lines = [ln.strip() for ln in lines if ln.strip() and not ln.startswith(" ") and not ln.startswith("srun:")]
+    return lines[-1][:300] if lines else ""
 
 
 def record_death(run_dir: Path, reason: str) -> None:
@@ -506,7 +533,8 @@ def finish_sweep(config: DictConfig, sweep_dir: Path, act: ActionLog, t0: float)
         act("Run failed", n, why)
     evaluated = False
     if config.eval.enabled and finished:
-        todo = eval_todo(sweep_dir, finished, config.eval)
+        done_now = _EVALUATED.pop(str(sweep_dir), set())  # their jobs ran (and logged any failure)
+        todo = [t for t in eval_todo(sweep_dir, finished, config.eval) if t[0] not in done_now or t[1]]
         if todo:
             evaluate_runs(config, sweep_dir, todo, act)
             evaluated = True
@@ -554,31 +582,58 @@ def eval_todo(sweep_dir: Path, runs: list[str], eval_cfg: DictConfig) -> list[tu
     return [(n, i == 0 and not base_done) for i, n in enumerate(out)]
 
 
-def evaluate_runs(config: DictConfig, sweep_dir: Path, todo: list[tuple[str, bool]], act: ActionLog) -> None:
-    """One eval job per run (all its checkpoints, each loaded once for all tasks), through submitit."""
-    from .cluster import job_name, make_executor, watch
-    from .launch import evaluate_saved
+class EvalJobs:
+    """Eval jobs through submitit, one per run (all its checkpoints, each loaded once for all tasks).
 
-    executor = make_executor(config.cluster, sweep_dir / ".submitit" / "%j",
-                             name=job_name(config.experiment.name, "eval"))
-    kind = str(config.cluster.executor)
-    parallel = local_jobs(config) if kind == "local" else len(todo)
-    eval_cfg = OmegaConf.to_container(config.eval, resolve=True)
-    # the job evaluating the shared base-model control goes first and alone; the rest follow
-    first = todo[:1] if todo and todo[0][1] else []
-    rest = todo[len(first):]
-    batches = ([first] if first else []) + [rest[i:i + parallel] for i in range(0, len(rest), parallel)]
-    for batch in batches:
-        jobs = [executor.submit(evaluate_saved, sweep_dir / n, eval_cfg, base, slot)
+    The base-model control is shared by the sweep: only the first job that asks for it gets it.
+    """
+
+    def __init__(self, config: DictConfig, sweep_dir: Path, act: ActionLog):
+        from .cluster import job_name, make_executor
+
+        self.executor = make_executor(config.cluster, sweep_dir / ".submitit" / "%j",
+                                      name=job_name(config.experiment.name, "eval"))
+        self.kind = str(config.cluster.executor)
+        self.eval_cfg = OmegaConf.to_container(config.eval, resolve=True)
+        self.sweep_dir, self.act = sweep_dir, act
+        self.names: dict[int, str] = {}
+        self.base_taken = False
+
+    def submit(self, batch: list[tuple[str, bool]]) -> list:
+        from .launch import evaluate_saved
+
+        batch = [(n, base and not self.base_taken) for n, base in batch]
+        self.base_taken = self.base_taken or any(base for _, base in batch)
+        jobs = [self.executor.submit(evaluate_saved, self.sweep_dir / n, self.eval_cfg, base, slot)
                 for slot, (n, base) in enumerate(batch)]
-        names = {id(j): n for j, (n, _) in zip(jobs, batch)}
-        act("Submit eval", ", ".join(n for n, _ in batch), f"{kind} job ids " + ", ".join(j.job_id for j in jobs))
+        self.names.update({id(j): n for j, (n, _) in zip(jobs, batch)})
+        self.act("Submit eval", ", ".join(n + (" (+ base)" if base else "") for n, base in batch),
+                 f"{self.kind} job ids " + ", ".join(j.job_id for j in jobs))
+        return jobs
 
-        def ended(job: Any) -> None:
-            try:
-                job.result()
-            except Exception as e:  # an eval job failing is reported, not fatal to the sweep
-                lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-                act("Eval failed", names[id(job)], lines[-1] if lines else type(e).__name__)
+    def owns(self, job: Any) -> bool:
+        return id(job) in self.names
 
-        watch(jobs, ended, kind)
+    def ended(self, job: Any) -> None:
+        try:
+            job.result()
+        except Exception as e:  # an eval job failing is reported, not fatal to the sweep
+            lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+            self.act("Eval failed", self.names[id(job)], lines[-1] if lines else type(e).__name__)
+
+
+def evaluate_runs(config: DictConfig, sweep_dir: Path, todo: list[tuple[str, bool]], act: ActionLog) -> None:
+    """Evaluate these runs and wait. Locally the jobs go in batches of what the machine holds, the
+    one with the base control first and alone; on SLURM all at once (the scheduler queues them)."""
+    from .cluster import watch
+
+    evals = EvalJobs(config, sweep_dir, act)
+    if evals.kind == "local":
+        parallel = local_jobs(config)
+        first = todo[:1] if todo and todo[0][1] else []
+        rest = todo[len(first):]
+        batches = ([first] if first else []) + [rest[i:i + parallel] for i in range(0, len(rest), parallel)]
+    else:
+        batches = [todo]
+    for batch in batches:
+        watch(evals.submit(batch), evals.ended, evals.kind)

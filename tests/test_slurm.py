@@ -73,6 +73,10 @@ def test_grid_is_one_job_array_and_evals_are_slurm_jobs(array_sweep):
                 for line in log.splitlines() if "slurm job ids" in line and "Submit eval" not in line
                 and line.strip().startswith("Result: slurm job ids") and "_" not in line]
     assert eval_ids and all(_sacct(i)[i] == "COMPLETED" for i in eval_ids)
+    # cluster.eval_after=run: a run's eval job goes in when it finishes, while later tasks still train
+    first_launch = log.split("ACTION: Sweep done")[0]
+    assert first_launch.count("ACTION: Submit eval") == 3
+    assert first_launch.index("ACTION: Submit eval") < first_launch.rindex("ACTION: Fine-tune done")
     df = pd.read_csv(sweep_dir / "summary.csv")
     assert set(df["run"]) == {"base", *RUNS[:2], RUNS[3]}
 

@@ -85,9 +85,9 @@ def main() -> None:
         ours = [once(work, False, i) for i in range(n)]
         stock = [once(work, True, i) for i in range(n)]
     print(f"scancel of one of 2 running tasks until it is handled, {n} times each")
-    print(f"ours (run.json failed with the SLURM reason): " + ", ".join(f"{t:.1f}" for t in ours)
+    print("ours (run.json failed with the SLURM reason): " + ", ".join(f"{t:.1f}" for t in ours)
           + f" s; median {statistics.median(ours):.1f} s")
-    print(f"stock submitit launcher (gives up, exits):    " + ", ".join(f"{t:.1f}" for t in stock)
+    print("stock submitit launcher (gives up, exits):    " + ", ".join(f"{t:.1f}" for t in stock)
           + f" s; median {statistics.median(stock):.1f} s")
     print(f"ratio stock / ours: {statistics.median(stock) / statistics.median(ours):.1f}x")
 

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def sweep_command(command: str, sweep_dir: Path) -> None:
     from .record import ActionLog, read_json
-    from .report import report_sweep, write_report_key
+    from .report import report_sweep
 
     plan = read_json(sweep_dir / "sweep.json").get("runs") or [
         {"name": p.parent.name, "overrides": []} for p in sorted(sweep_dir.glob("*/run.json"))]
@@ -69,5 +69,4 @@ def sweep_command(command: str, sweep_dir: Path) -> None:
             evaluate_saved(sweep_dir / name, base=i == 0)
         act("Evaluate sweep", f"{len(finished)} finished runs", "python -m cruijff eval")
     report_sweep(sweep_dir, plan)
-    write_report_key(sweep_dir, plan)
     print(f"cruijff: report {sweep_dir / 'summary.md'}")

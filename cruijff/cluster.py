@@ -109,13 +109,29 @@ def watch(jobs: list, on_end: Callable[[Any], list | None], kind: str) -> None:
             time.sleep(poll)
 
 
+# States that may not be final, and how long one may last before the job counts as ended:
+# PREEMPTED is final where the cluster cancels preempted jobs (PreemptMode=CANCEL) but passes
+# where it requeues them; COMPLETED comes before the result file is visible on a slow shared
+# filesystem.
+GRACE_S = {"PREEMPTED": 60.0, "COMPLETED": 20.0}
+_seen: dict[str, tuple[str, float]] = {}
+
+
 def _ended(job, kind: str) -> bool:
     if job.paths.result_pickle.exists():
         return True
     if kind == "slurm":
         state = job.watcher.get_state(job.job_id, mode="cache").upper()
-        return state not in ("", "READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING",
-                             "PREEMPTED", "CONFIGURING", "RESIZING", "SUSPENDED")
+        if state in ("", "READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING",
+                     "CONFIGURING", "RESIZING", "SUSPENDED"):
+            return False
+        grace = next((g for s, g in GRACE_S.items() if state.startswith(s)), 0.0)
+        if grace:
+            since = _seen.get(job.job_id)
+            if since is None or since[0] != state:
+                _seen[job.job_id] = since = (state, time.time())
+            return time.time() - since[1] >= grace
+        return True
     return job.done()
 
 

@@ -28,7 +28,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from . import assets
 from .config import ConfigError, CruijffError, check_group_overrides, config_hash, resolve_device, validate
 from .evaluate import TaskSpec, cell_complete, check_task, evaluate_cell, task_specs
-from .record import ActionLog, finish_manifest, read_json, write_json, write_manifest
+from .record import ActionLog, finish_manifest, read_json, slurm_job_id, write_json, write_manifest
 
 log = logging.getLogger("cruijff")
 
@@ -293,6 +293,7 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
         "started": time.time(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "job_id": slurm_job_id(),
         "device": conf["device"],
         "dtype": conf["dtype"],
         "resumed_from": resume,

@@ -86,13 +86,12 @@ def report_is_current(sweep_dir: Path, plan: list[dict]) -> bool:
         sweep_dir, plan)
 
 
-def write_report_key(sweep_dir: Path, plan: list[dict]) -> None:
-    (sweep_dir / ".report-key").write_text(_report_inputs(sweep_dir, plan) + "\n")
-
-
 def report_sweep(sweep_dir: Path, plan: list[dict] | None = None) -> pd.DataFrame:
+    """summary.csv, summary.md and plots/ of a sweep; ``.report-key`` remembers their inputs, so
+    a re-run whose runs and evals did not change leaves them alone (``report_is_current``)."""
     if plan is None:
         plan = read_json(sweep_dir / "sweep.json").get("runs", [])
+    key = _report_inputs(sweep_dir, plan)
     scores, losses, failures = collect(sweep_dir, plan)
     values: dict[str, set[str]] = {}
     for r in plan:
@@ -109,6 +108,7 @@ def report_sweep(sweep_dir: Path, plan: list[dict] | None = None) -> pd.DataFram
         _plot_heatmap(scores, axes, plots)
     if not losses.empty:
         _plot_losses(losses, plots)
+    (sweep_dir / ".report-key").write_text(key + "\n")
     return scores
 
 

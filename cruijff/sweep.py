@@ -135,7 +135,7 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from .plan import ACTIVE, FINISHED, Planner, print_plan
+    from .plan import ACTIVE, FINISHED, OVERWRITE, Planner, print_plan
 
     config = sweeper.config
     loader = sweeper.hydra_context.config_loader
@@ -166,14 +166,18 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
 
         jobs = read_json(sweep_dir / "sweep.json").get("jobs", {})
         maybe = [r for r in runs if r.state != FINISHED and r.name in jobs
-                 and r.previous.get("status") in (None, "running")]
+                 and may_be_at_work(r.previous, jobs[r.name])]
         try:
             alive = active_slurm_jobs([jobs[r.name] for r in maybe])
         except CruijffError as e:
             fail(str(e))
         for r in maybe:
-            if jobs[r.name] in alive:
-                r.state = ACTIVE  # a detached or orphaned job still works on it: do not submit it twice
+            if jobs[r.name] not in alive:
+                continue
+            if r.state == OVERWRITE:
+                fail(f"{r.name}: overwrite=true, but its SLURM job {jobs[r.name]} is still pending or running; "
+                     f"scancel {jobs[r.name]} first, or wait for it")
+            r.state = ACTIVE  # a detached or orphaned job still works on it: do not submit it twice
     if config.get("detach", False) and str(config.cluster.executor) != "slurm":
         fail("detach=True: detached sweeps need a scheduler that outlives this process; use cluster=slurm")
     todo = [r for r in runs if r.state not in (FINISHED, ACTIVE)]
@@ -189,7 +193,9 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
         f"{len(todo)} to run, {len(runs) - len(todo)} finished earlier (skipped), "
         f"planned in {time.time() - t0:.2f} s")
     if config.get("detach", False):
-        detach(sweeper, config, sweep_dir, [r.overrides for r in todo], act)
+        jobs = read_json(sweep_dir / "sweep.json").get("jobs", {})
+        earlier = sorted({jobs[r.name].split("_")[0] for r in runs if r.state == ACTIVE})
+        detach(sweeper, config, sweep_dir, [r.overrides for r in todo], act, earlier)
         return []
     if not todo:
         active = [r.name for r in runs if r.state == ACTIVE]
@@ -205,14 +211,25 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
     return returns
 
 
-def detach(sweeper: Any, config: DictConfig, sweep_dir: Path, todo: list[list[str]], act: ActionLog) -> None:
-    """Submit the grid's arrays and an eval+report job that depends on them; do not wait for either."""
+def may_be_at_work(state: dict, job_id: str) -> bool:
+    """Whether the latest SLURM job submitted for a run may still be at work on it, so that the
+    run must not be submitted again: its record is missing or says running, or the record was
+    written by an earlier job (a failed run resubmitted and still queued). A failure its own latest
+    job wrote is final, even while that job is still winding down in the queue."""
+    return state.get("status") in (None, "running") or state.get("job_id") not in (None, str(job_id))
+
+
+def detach(sweeper: Any, config: DictConfig, sweep_dir: Path, todo: list[list[str]], act: ActionLog,
+           earlier: Sequence[str] = ()) -> None:
+    """Submit the grid's arrays and an eval+report job that depends on them, and on ``earlier``
+    jobs still at work on this sweep (a second detach while the first runs); wait for neither."""
     from .cluster import job_name, make_executor
 
     ids: list[str] = []
     if todo:
         _, jobs = submit_jobs(sweeper.launcher, todo, 0)
         ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
+    ids = sorted(set(ids) | set(earlier), key=lambda x: (len(x), x))
     executor = make_executor(config.cluster, sweep_dir / ".submitit" / "%j",
                              name=job_name(config.experiment.name, "eval"),
                              dependency=f"afterany:{':'.join(ids)}" if ids else None)
@@ -231,31 +248,21 @@ def detach(sweeper: Any, config: DictConfig, sweep_dir: Path, todo: list[list[st
 def finish_detached(sweep_dir: Path, eval_cfg: dict) -> None:
     """The eval+report job of a detached sweep (runs on the cluster once the arrays ended)."""
     from .launch import evaluate_saved
+    from .report import report_sweep
 
     act = ActionLog(sweep_dir / "run-experiment.log")
     t0 = time.time()
     plan = read_json(sweep_dir / "sweep.json").get("runs", [])
-    states = {r["name"]: read_json(sweep_dir / r["name"] / "run.json") for r in plan}
-    for name, st in states.items():
-        if st.get("status") == "running":  # its job ended (afterany) without recording an end
-            record_death(sweep_dir / name, "job ended while fine-tuning (cancelled, timed out or killed)")
-    finished = [n for n, st in states.items() if st.get("status") == "finished"]
+    finished, active, failed = settle(sweep_dir, True, act)
     if eval_cfg.get("enabled", True) and finished:
         for name, base in eval_todo(sweep_dir, finished, OmegaConf.create(eval_cfg)):
-            try:
+            try:  # in this job, one run after another
                 evaluate_saved(sweep_dir / name, eval_cfg, base)
             except Exception as e:  # one run's eval failing is reported, not fatal
                 act("Eval failed", name, f"{type(e).__name__}: {e}")
-    from .report import report_sweep, write_report_key
-
     report_sweep(sweep_dir, plan)
-    write_report_key(sweep_dir, plan)
-    failed = {n: read_json(sweep_dir / n / "run.json").get("error") or "did not start"
-              for n in states if read_json(sweep_dir / n / "run.json").get("status") != "finished"}
-    summary = f"{len(plan) - len(failed)}/{len(plan)} runs finished"
-    if failed:
-        summary += f", {len(failed)} failed: " + "; ".join(f"{n}: {w}" for n, w in failed.items())
-    act("Sweep done (detached)", f"eval+report job {time.time() - t0:.1f} s", summary)
+    act("Sweep done (detached)", f"eval+report job {time.time() - t0:.1f} s",
+        summary_line(len(plan), finished, active, failed))
 
 
 def write_plan(sweep_dir: Path, config: DictConfig, runs: list[dict]) -> None:
@@ -331,7 +338,7 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
                 return None
         if reason is None:  # ended without a result; asking submitit would wait ~30 s for the file first
             reason = dead_reason(job, None, read_json(sweep_dir / name / "run.json"))
-        record_death(sweep_dir / name, reason)
+        record_death(sweep_dir / name, reason, job.job_id)
         act("Job died", f"{name} (job {job.job_id})", reason)
         print(f"cruijff: {name}: {reason}", file=sys.stderr)
         returns[name] = JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=float("nan"))
@@ -460,13 +467,14 @@ def _last_error_line(job: Any) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def record_death(run_dir: Path, reason: str) -> None:
+def record_death(run_dir: Path, reason: str, job_id: str | None = None) -> None:
     """Mark a run whose job died as failed (its run.json may say "running", or not exist)."""
     state = read_json(run_dir / "run.json")
     if state.get("status") == "finished":
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    state.update(name=run_dir.name, status="failed", error=reason, ended=time.time())
+    state.update(name=run_dir.name, status="failed", error=reason, ended=time.time(),
+                 **({"job_id": str(job_id)} if job_id else {}))
     write_json(run_dir / "run.json", state)
 
 
@@ -511,24 +519,8 @@ def _grid_sweeper(config: DictConfig) -> bool:
 
 def finish_sweep(config: DictConfig, sweep_dir: Path, act: ActionLog, t0: float) -> dict[str, str]:
     """Evaluate what is not evaluated yet, report if anything changed, summarise; returns failures."""
-    sweep = read_json(sweep_dir / "sweep.json")
-    plan = sweep.get("runs", [])
-    states = {r["name"]: read_json(sweep_dir / r["name"] / "run.json") for r in plan}
-    finished = [n for n, s in states.items() if s.get("status") == "finished"]
-    active: set[str] = set()
-    if str(config.cluster.executor) == "slurm":  # runs an earlier (detached) launch's jobs still work on
-        from .cluster import active_slurm_jobs
-
-        jobs = sweep.get("jobs", {})
-        maybe = [n for n, st in states.items() if n in jobs and st.get("status") in (None, "running")]
-        try:
-            alive = active_slurm_jobs([jobs[n] for n in maybe])
-        except CruijffError as e:  # the summary then counts those runs as not finished
-            act("squeue failed", str(e))
-            alive = set()
-        active = {n for n in maybe if jobs[n] in alive}
-    failed = {n: (s.get("error") or s.get("status") or "did not start") for n, s in states.items()
-              if s.get("status") != "finished" and n not in active}
+    plan = read_json(sweep_dir / "sweep.json").get("runs", [])
+    finished, active, failed = settle(sweep_dir, str(config.cluster.executor) == "slurm", act)
     for n, why in failed.items():
         act("Run failed", n, why)
     evaluated = False
@@ -540,25 +532,57 @@ def finish_sweep(config: DictConfig, sweep_dir: Path, act: ActionLog, t0: float)
             evaluated = True
         else:
             act("Skip eval", f"all cells of {len(finished)} finished runs complete")
-    from .report import report_is_current, write_report_key
+    from .report import report_is_current, report_sweep
 
     if evaluated or not report_is_current(sweep_dir, plan):
-        from .report import report_sweep
-
         report_sweep(sweep_dir, plan)
-        write_report_key(sweep_dir, plan)
         act("Report", str(sweep_dir / "summary.md"))
     else:
         act("Skip report", "summary.md is current (no run or eval changed)")
-    summary = f"{len(finished)}/{len(plan)} runs finished"
-    if active:
-        summary += f", {len(active)} still running in earlier jobs ({', '.join(sorted(active))})"
-    if failed:
-        summary += f", {len(failed)} failed: " + "; ".join(f"{n}: {w}" for n, w in failed.items())
+    summary = summary_line(len(plan), finished, active, failed)
     act("Sweep done", f"{time.time() - t0:.1f} s", summary)
     print(f"cruijff: {summary}")
     print(f"cruijff: report {sweep_dir / 'summary.md'}")
     return failed
+
+
+def settle(sweep_dir: Path, slurm: bool, act: ActionLog) -> tuple[list[str], set[str], dict[str, str]]:
+    """Each planned run's standing from its ``run.json`` and, on SLURM, the queue: the finished
+    runs, the runs a job is still at work on (an earlier detached or orphaned launch's), and the
+    failed runs with their reasons. A run whose record says running but whose job is gone is
+    recorded as dead here."""
+    sweep = read_json(sweep_dir / "sweep.json")
+    jobs = sweep.get("jobs", {})
+    states = {r["name"]: read_json(sweep_dir / r["name"] / "run.json") for r in sweep.get("runs", [])}
+    active: set[str] = set()
+    if slurm:
+        from .cluster import active_slurm_jobs
+
+        maybe = [n for n, st in states.items() if n in jobs and may_be_at_work(st, jobs[n])]
+        try:
+            alive = active_slurm_jobs([jobs[n] for n in maybe])
+        except CruijffError as e:  # those runs then count as not finished
+            act("squeue failed", str(e))
+        else:
+            active = {n for n in maybe if jobs[n] in alive}
+            for name in maybe:
+                if states[name].get("status") == "running" and name not in active:
+                    record_death(sweep_dir / name, f"SLURM job {jobs[name]} ended while fine-tuning "
+                                 "(cancelled, timed out or killed)", jobs[name])
+                    states[name] = read_json(sweep_dir / name / "run.json")
+    finished = [n for n, st in states.items() if st.get("status") == "finished"]
+    failed = {n: (st.get("error") or st.get("status") or "did not start") for n, st in states.items()
+              if st.get("status") != "finished" and n not in active}
+    return finished, active, failed
+
+
+def summary_line(total: int, finished: list[str], active: set[str], failed: dict[str, str]) -> str:
+    summary = f"{len(finished)}/{total} runs finished"
+    if active:
+        summary += f", {len(active)} still running in earlier jobs ({', '.join(sorted(active))})"
+    if failed:
+        summary += f", {len(failed)} failed: " + "; ".join(f"{n}: {w}" for n, w in failed.items())
+    return summary
 
 
 def eval_todo(sweep_dir: Path, runs: list[str], eval_cfg: DictConfig) -> list[tuple[str, bool]]:

@@ -121,6 +121,42 @@ def test_detached_sweep_returns_at_once_and_its_eval_job_finishes_it(slurm, tmp_
     assert "ACTION: Sweep done (detached)" in (sweep_dir / "run-experiment.log").read_text()
 
 
+def test_a_queued_resubmission_is_neither_submitted_again_nor_overwritten(slurm, tmp_path, tiny_model_dir):
+    """A failed run is resubmitted (detached, held in the queue); launches after that leave it."""
+    args = ["-m", "experiment.name=queued", *SLURM, "peft.lora_rank=8", "optimizer.lr=1e-3", "eval=none"]
+    run_dir = tmp_path / "outputs" / "queued" / "rank8_lr1e-3_epochs1"
+    (run_dir / "epoch_0").parent.mkdir(parents=True)
+    (run_dir / "epoch_0").write_text("in the way\n")
+    assert launch(*args, cwd=tmp_path).returncode == 1
+    (run_dir / "epoch_0").unlink()
+    sweep_json = tmp_path / "outputs" / "queued" / "sweep.json"
+    first = json.loads(sweep_json.read_text())["jobs"][run_dir.name]
+    try:
+        held = launch(*args, "detach=true", "+cluster.sbatch.hold=true", cwd=tmp_path)
+        assert held.returncode == 0, held.stderr[-2000:]
+        queued = json.loads(sweep_json.read_text())["jobs"][run_dir.name]
+        assert queued != first and json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+        again = launch(*args, cwd=tmp_path)  # its record still says failed, but a newer job is queued
+        assert "submitted as slurm job" not in again.stdout
+        assert "0/1 runs finished, 1 still running in earlier jobs (rank8_lr1e-3_epochs1)" in again.stdout
+        assert json.loads(sweep_json.read_text())["jobs"][run_dir.name] == queued
+        second = launch(*args, "detach=true", cwd=tmp_path)  # its eval+report job waits for the queued one
+        assert second.returncode == 0, second.stderr[-2000:]
+        finish = json.loads(sweep_json.read_text())["detached"]["finish_job"]
+        shown = subprocess.run(["scontrol", "show", "job", finish], capture_output=True, text=True).stdout
+        assert f"afterany:{queued.split('_')[0]}" in shown.replace("_*", "")
+        state = json.loads((run_dir / "run.json").read_text())
+        (run_dir / "run.json").write_text(json.dumps({**state, "config_hash": "0" * 16}))  # a changed config
+        over = launch(*args, "overwrite=true", cwd=tmp_path)
+        assert over.returncode == 2
+        assert over.stderr.strip().splitlines()[-1] == (
+            f"cruijff: error: rank8_lr1e-3_epochs1: overwrite=true, but its SLURM job {queued} is still pending "
+            f"or running; scancel {queued} first, or wait for it")
+    finally:
+        for kind in ("train", "eval"):
+            subprocess.run(["scancel", "-n", f"cruijff-{kind}-queued"], check=False)
+
+
 def test_cancelled_and_killed_jobs_are_recorded_and_the_third_run_finishes(slurm, tmp_path, tiny_model_dir):
     """scancel one array task and SIGKILL another's training process, mid-training."""
     args = ["-m", "experiment.name=faults", *SLURM, "training.epochs=3", "peft.lora_rank=8",

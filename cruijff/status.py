@@ -20,11 +20,18 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _cells(log_dirs: list[Path]) -> tuple[int, int]:
+def _cells(log_dirs: list[Path], specs: list | None) -> tuple[int, int]:
+    """Complete eval cells among these: by the sweep's task list when it has one (the same test the
+    eval stage uses to skip a cell), else every task recorded there succeeded."""
+    from .evaluate import cell_complete
+
     done = 0
     for d in log_dirs:
-        tasks = read_json(d / "results.json").get("tasks", {})
-        done += bool(tasks) and all(t.get("status") == "success" for t in tasks.values())
+        if specs:
+            done += cell_complete(d, specs)
+        else:
+            tasks = read_json(d / "results.json").get("tasks", {})
+            done += bool(tasks) and all(t.get("status") == "success" for t in tasks.values())
     return done, len(log_dirs)
 
 
@@ -37,6 +44,9 @@ def rows(sweep_dir: Path) -> list[dict]:
         raise CruijffError(f"{sweep_dir}: not a sweep dir (no sweep.json, no runs)")
     names = [r["name"] for r in plan.get("runs", [])] or sorted(p.parent.name for p in sweep_dir.glob("*/run.json"))
     jobs = plan.get("jobs", {})
+    from .evaluate import task_specs
+
+    specs = task_specs(plan.get("eval", {}).get("tasks")) or None
     out = []
     now = time.time()
     for name in names:
@@ -53,14 +63,14 @@ def rows(sweep_dir: Path) -> list[dict]:
         if status == "running" and st.get("started"):
             duration = now - st["started"]
         ckpts = [c.name for c in checkpoints(run_dir)]
-        done, total = _cells([run_dir / "eval" / c for c in ckpts])
+        done, total = _cells([run_dir / "eval" / c for c in ckpts], specs)
         out.append({
             "run": name, "state": status, "epochs": f"{len(ckpts)}/{epochs if epochs is not None else '?'}",
             "attempts": st.get("attempts", 0), "job": jobs.get(name, ""), "duration": _duration(duration),
             "evals": f"{done}/{total}" if total else "", "error": (st.get("error") or "")[:80],
         })
     for base in sorted(p for p in (sweep_dir / "base").glob("*") if p.is_dir()):
-        done, total = _cells([base])
+        done, total = _cells([base], specs)
         out.append({"run": f"base ({base.name})", "state": "evaluated" if done else "pending",
                     "epochs": "", "attempts": "", "job": "", "duration": "", "evals": f"{done}/{total}",
                     "error": ""})

@@ -180,6 +180,12 @@ def validate(cfg: DictConfig) -> None:
     dropout = cfg.peft.lora_dropout
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ConfigError("peft.lora_dropout", dropout, "must be a number with 0 <= dropout < 1")
+    out = cfg.peft.get("apply_lora_to_output", "auto")
+    if out != "auto" and not isinstance(out, bool):
+        raise ConfigError("peft.apply_lora_to_output", out, "true, false or auto")
+    if out is True and cfg.model.get("tied_embeddings", False):
+        raise ConfigError("peft.apply_lora_to_output", out, f"model {cfg.model.name} ties its output layer to the "
+                          "input embeddings, so it has none to adapt: false or auto")
     _positive(cfg, "optimizer.lr", integer=False)
     _positive(cfg, "training.epochs", integer=True, minimum=1, strict=False)
     _positive(cfg, "training.batch_size", integer=True, minimum=1, strict=False)
@@ -199,7 +205,9 @@ def validate(cfg: DictConfig) -> None:
         path = Path(cfg.model.path)
         if not path.is_dir():
             raise ConfigError("model.path", cfg.model.path, "must be an existing local model directory")
-        for f in list(cfg.model.checkpoint_files) + [cfg.model.tokenizer.path]:
+        from .finetune import model_files
+
+        for f in model_files(cfg.model):
             if not (path / f).exists():
                 raise ConfigError("model.path", cfg.model.path, f"lacks {f}, named by model {cfg.model.name}")
     if cfg.dataset.path is not None:

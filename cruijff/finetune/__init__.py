@@ -95,27 +95,47 @@ SECTIONS = [
 ]
 
 
+TOKENIZER_FILES = ("path", "merges_file", "special_tokens_path")
+
+
+def lora_on_output(cfg: DictConfig) -> bool:
+    """``peft.apply_lora_to_output``; ``auto`` is true unless the model ties its output layer to
+    the input embeddings (Llama 3.2 1B/3B, Qwen2.5 3B), where torchtune has no output layer to adapt."""
+    value = cfg.peft.get("apply_lora_to_output", "auto")
+    if value == "auto":
+        return not cfg.model.get("tied_embeddings", False)
+    return bool(value)
+
+
+def model_files(model: DictConfig) -> list[str]:
+    """The files a model config names in its directory: checkpoint shards and tokenizer files."""
+    tok = model.tokenizer
+    return list(model.checkpoint_files) + [str(tok[k]) for k in TOKENIZER_FILES if tok.get(k)]
+
+
 def render(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path) -> dict[str, Any]:
     """The torchtune config of one run, as a plain dict in torchtune's own layout."""
     m, peft, opt, tr = cfg.model, cfg.peft, cfg.optimizer, cfg.training
     device = resolve_device(tr.device)
     dtype = resolve_dtype(tr.dtype, device)
-    model = {"_component_": m.component, **OmegaConf.to_container(m.args or {}, resolve=True)}
+    model = {"_component_": m.component, **(OmegaConf.to_container(m.args, resolve=True) if m.get("args") else {})}
     model.update(
         lora_attn_modules=list(peft.lora_attn_modules),
         apply_lora_to_mlp=bool(peft.apply_lora_to_mlp),
-        apply_lora_to_output=bool(peft.apply_lora_to_output),
+        apply_lora_to_output=lora_on_output(cfg),
         lora_rank=int(peft.lora_rank),
         lora_alpha=float(peft.lora_alpha),
         lora_dropout=float(peft.lora_dropout),
     )
-    tokenizer = {
-        "_component_": m.tokenizer.component,
-        "path": str(model_dir / m.tokenizer.path),
-        "max_seq_len": m.tokenizer.max_seq_len,
-    }
-    if m.tokenizer.get("prompt_template") is not None:
-        tokenizer["prompt_template"] = OmegaConf.to_container(m.tokenizer.prompt_template, resolve=True)
+    tokenizer = {"_component_": m.tokenizer.component}
+    for key in TOKENIZER_FILES:  # files of the model dir (Qwen: vocab.json + merges.txt)
+        if m.tokenizer.get(key):
+            tokenizer[key] = str(model_dir / m.tokenizer[key])
+    tokenizer["max_seq_len"] = m.tokenizer.max_seq_len
+    template = m.tokenizer.get("prompt_template")
+    if template is not None:  # a role -> [prepend, append] table, or a torchtune template's path
+        tokenizer["prompt_template"] = (OmegaConf.to_container(template, resolve=True)
+                                        if isinstance(template, DictConfig) else str(template))
     return {
         "output_dir": str(run_dir),
         "model": model,

@@ -1,0 +1,99 @@
+"""The model catalogue, checked without weights (none can be downloaded here).
+
+For each real model: its torchtune LoRA builder, with the configured LoRA settings, is built on the
+``meta`` device (shapes, no memory) and its base parameter count matches the published size; the
+rendered ``finetune.yaml`` passes torchtune's own ``tune validate``; a model dir lacking a file the
+config names is refused with one line.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from torchtune import config as tt_config
+
+from conftest import ROOT, launch
+from cruijff import finetune
+from cruijff.config import ConfigError, register_resolvers, validate
+
+# name -> (published parameter count, GPUs a run needs, recipe)
+CATALOGUE = {
+    "llama3_2_1b_instruct": (1.24e9, 1),   # Llama-3.2-1B-Instruct model card
+    "llama3_2_3b_instruct": (3.21e9, 1),   # Llama-3.2-3B-Instruct
+    "llama3_1_8b_instruct": (8.03e9, 1),   # Llama-3.1-8B-Instruct
+    "llama3_3_70b_instruct": (70.6e9, 8),  # Llama-3.3-70B-Instruct
+    "qwen2_5_3b_instruct": (3.09e9, 1),    # Qwen2.5-3B-Instruct
+    "qwen2_5_7b_instruct": (7.62e9, 1),    # Qwen2.5-7B-Instruct
+    "mistral_7b_instruct": (7.25e9, 1),    # Mistral-7B-Instruct-v0.3
+}
+
+
+def _fake_model_dir(path, cfg):
+    """A directory holding (empty) every file the model config names."""
+    for f in finetune.model_files(cfg.model):
+        (path / f).parent.mkdir(parents=True, exist_ok=True)
+        (path / f).write_bytes(b"")
+    return path
+
+
+def _compose(*overrides: str):
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("name", CATALOGUE)
+def test_builder_on_meta_device_has_the_published_size(name, tmp_path):
+    published, _ = CATALOGUE[name]
+    cfg = _compose(f"model={name}", f"model.path={tmp_path}", "peft.lora_rank=16")
+    conf = finetune.render(cfg, tmp_path / "run", tmp_path, tmp_path / "data.json")
+    with torch.device("meta"):
+        model = tt_config.instantiate(OmegaConf.create(conf["model"]))
+    base = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+    lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert abs(base - published) / published < 0.03, f"{name}: {base / 1e9:.2f}B vs {published / 1e9:.2f}B"
+    assert 0 < lora < 0.02 * base  # the adapters are there, and small
+    assert conf["model"]["lora_rank"] == 16
+
+
+@pytest.mark.parametrize("name", CATALOGUE)
+def test_rendered_config_passes_tune_validate(name, tmp_path):
+    _, gpus = CATALOGUE[name]
+    model_dir = tmp_path / "model"
+    cfg = _compose(f"model={name}", f"model.path={model_dir}")
+    _fake_model_dir(model_dir, cfg)
+    validate(cfg)  # every file the config names is there
+    conf = finetune.render(cfg, tmp_path / "run", model_dir, tmp_path / "data.json")
+    path = tmp_path / "finetune.yaml"
+    finetune.write_config(conf, path, "r", finetune.processes(_compose(f"model={name}", "cluster=slurm")))
+    proc = subprocess.run(["tune", "validate", str(path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "Config is well-formed!" in proc.stdout, proc.stdout + proc.stderr
+    recipe = "--nproc_per_node 8 lora_finetune_distributed" if gpus > 1 else "lora_finetune_single_device"
+    assert f"tune run {recipe} --config" in path.read_text()
+    for key in finetune.TOKENIZER_FILES:
+        if cfg.model.tokenizer.get(key):
+            assert conf["tokenizer"][key] == str(model_dir / cfg.model.tokenizer[key])
+
+
+@pytest.mark.parametrize("name", ["llama3_2_1b_instruct", "qwen2_5_3b_instruct"])
+def test_tied_models_get_no_output_lora(name, tmp_path):
+    cfg = _compose(f"model={name}", f"model.path={tmp_path}")
+    assert finetune.render(cfg, tmp_path, tmp_path, tmp_path)["model"]["apply_lora_to_output"] is False
+    assert finetune.lora_on_output(_compose("model=llama3_1_8b_instruct", f"model.path={tmp_path}")) is True
+    with pytest.raises(ConfigError, match=r"peft.apply_lora_to_output=True: model .* ties its output layer"):
+        validate(_compose(f"model={name}", f"model.path={_fake_model_dir(tmp_path, cfg)}",
+                          "peft.apply_lora_to_output=true"))
+
+
+def test_model_dir_lacking_a_named_file_is_refused_before_anything_is_written(tmp_path):
+    cfg = _compose("model=qwen2_5_7b_instruct", f"model.path={tmp_path / 'qwen'}")
+    _fake_model_dir(tmp_path / "qwen", cfg)
+    (tmp_path / "qwen" / "merges.txt").unlink()
+    proc = launch("model=qwen2_5_7b_instruct", f"model.path={tmp_path / 'qwen'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith("lacks merges.txt, named by model qwen2_5_7b_instruct")
+    assert not (tmp_path / "outputs").exists()

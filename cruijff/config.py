@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -91,6 +92,12 @@ def _slug(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+\-]+", "-", value.replace("/", "-")).strip("-") or "x"
 
 
+def job_minutes(epoch_min: float, epochs: int) -> int:
+    """A fine-tuning job's time limit from the model's minutes per epoch: 20% slack plus 10 minutes
+    for loading the model and writing checkpoints."""
+    return int(math.ceil(float(epoch_min) * int(epochs) * 1.2)) + 10
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("cruijff_run_name"):
         OmegaConf.register_new_resolver(
@@ -101,6 +108,8 @@ def register_resolvers() -> None:
 
         OmegaConf.register_new_resolver(
             "cruijff_parallel", lambda value, nproc="auto", gpus=1: local_parallel(value, gpus_per_run(nproc, gpus)))
+    if not OmegaConf.has_resolver("cruijff_timeout"):
+        OmegaConf.register_new_resolver("cruijff_timeout", job_minutes)
     if not OmegaConf.has_resolver("cruijff_batch"):
         from .sweep import sweep_batch
 

@@ -205,3 +205,18 @@ def test_optuna_sweeper_tells_each_trial_its_score(tmp_path, tiny_model_dir):
     assert set(runs["run"]) == {r["name"] for r in trials}
     assert best["best_value"] == pytest.approx(runs["score"].max())  # the objective is the eval score
     assert (df[df["run"] == "base"]["score"] == 0).all()  # the control, evaluated once after the trials
+
+
+@pytest.mark.slow
+def test_smoke_preset_runs_a_whole_sweep_in_a_few_steps(tmp_path, tiny_model_dir):
+    proc = launch("-m", "training=smoke", "experiment.name=smoke", "peft.lora_rank=2,8", "optimizer.lr=1e-3",
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sweep_dir = tmp_path / "outputs" / "smoke"
+    for rank in (2, 8):
+        run_dir = sweep_dir / f"rank{rank}_lr1e-3_training-smoke"
+        state = json.loads((run_dir / "run.json").read_text())
+        assert state["checkpoints"] == ["epoch_0"] and state["epochs"][0]["steps"] == 5
+        cell = json.loads((run_dir / "eval" / "epoch_0" / "results.json").read_text())
+        assert cell["tasks"]["exact_match"]["samples"] == 10
+    assert "2/2 runs finished" in (sweep_dir / "summary.md").read_text()

@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from cruijff.config import register_resolvers
-from cruijff.launch import main, precheck
+from cruijff.launch import main, run_app
 
 register_resolvers()
 
@@ -22,5 +22,4 @@ def app(cfg: DictConfig) -> int:
 
 
 if __name__ == "__main__":
-    precheck(sys.argv[1:])
-    app()
+    run_app(app, sys.argv[1:])

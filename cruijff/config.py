@@ -129,6 +129,22 @@ def config_hash(cfg: DictConfig, *inputs: Path) -> str:
 # command-line group names (checked before Hydra composes, so the error is one line)
 
 
+def unknown_key(key: str, value: Any, known: Iterable[str]) -> ConfigError:
+    """``key=value`` names no key of the composed config: one line, with the nearest key."""
+    hint = difflib.get_close_matches(key, sorted(known), n=1)
+    extra = f" (did you mean {hint[0]}?)" if hint else ""
+    return ConfigError(key, value, f"no such key in the config{extra}; add a new key with +{key}=…")
+
+
+def leaf_keys(d: Any, prefix: str = "") -> Iterable[str]:
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from leaf_keys(v, key + ".")
+        else:
+            yield key
+
+
 def check_group_overrides(argv: list[str]) -> None:
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from . import assets
-from .config import ConfigError, CruijffError, check_group_overrides, config_hash, resolve_device, validate
+from .config import CONF_DIR, ConfigError, CruijffError, check_group_overrides, config_hash, resolve_device, validate
 from .evaluate import TaskSpec, cell_complete, check_task, evaluate_cell, task_specs
 from .record import ActionLog, finish_manifest, read_json, slurm_job_id, write_json, write_manifest
 
@@ -40,6 +40,43 @@ def precheck(argv: list[str]) -> None:
     except CruijffError as e:
         print(f"cruijff: error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def run_app(app: Any, argv: list[str]) -> None:
+    """Run the Hydra app; a config Hydra cannot compose (an unknown key, a bad value for a typed
+    key) ends in one line and exit 2, like every other bad input, instead of Hydra's message."""
+    from hydra.errors import HydraException
+
+    precheck(argv)
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises; the error is reported here
+    try:
+        app()
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"cruijff: error: {_composition_message(e, argv)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _composition_message(e: Exception, argv: list[str]) -> str:
+    from .config import leaf_keys, unknown_key
+
+    cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
+    key = getattr(cause, "full_key", None)
+    if key and "not in struct" in str(cause):
+        value = next((a.split("=", 1)[1] for a in argv if "=" in a and a.split("=", 1)[0] == key), "")
+        try:
+            from hydra import compose, initialize_config_dir
+
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+                known = list(leaf_keys(OmegaConf.to_container(compose(config_name="config"))))
+        except Exception:
+            known = []
+        return str(unknown_key(key, value, known))
+    if isinstance(cause, OmegaConfBaseException):
+        return _omegaconf_message(cause)
+    if type(e).__name__ == "OverrideParseException":
+        return (f"cannot parse the overrides ({str(e).strip().splitlines()[0]}); "
+                "the grammar: https://hydra.cc/docs/advanced/override_grammar/basic/")
+    return str(e).strip().splitlines()[0]
 
 
 def main(cfg: DictConfig) -> int | float:

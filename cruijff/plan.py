@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import GROUPS, ConfigError, CruijffError, config_hash, run_name, validate
+from .config import GROUPS, ConfigError, CruijffError, config_hash, leaf_keys, run_name, unknown_key, validate
 from .record import read_json
 
 # states of a planned run
@@ -114,10 +113,8 @@ class Planner:
 
     def _unknown_key(self, key: str, line: str) -> ConfigError:
         if self._keys is None:
-            self._keys = sorted(_leaf_keys(self._base))
-        hint = difflib.get_close_matches(key, self._keys, n=1)
-        extra = f" (did you mean {hint[0]}?)" if hint else ""
-        return ConfigError(key, line.split("=", 1)[-1], f"no such key in the config{extra}")
+            self._keys = sorted(leaf_keys(self._base))
+        return unknown_key(key, line.split("=", 1)[-1], self._keys)
 
     # -- plan -----------------------------------------------------------------------------------
 
@@ -187,15 +184,6 @@ def _raw(base: dict, key: str) -> Any:
             return _MISSING
         node = node[part]
     return node
-
-
-def _leaf_keys(d: dict, prefix: str = "") -> Iterable[str]:
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            yield from _leaf_keys(v, key + ".")
-        else:
-            yield key
 
 
 def print_plan(runs: list[PlannedRun], title: str) -> None:

@@ -120,6 +120,8 @@ def config_hash(cfg: DictConfig, *inputs: Path) -> str:
     """Hash of everything that decides what a fine-tuning run computes (and its input paths)."""
     sub = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig)
            else cfg[k] for k in RUN_KEYS if k in cfg}
+    if cfg.get("base_recipe"):
+        sub["base_recipe"] = cfg.base_recipe
     sub["inputs"] = [str(p) for p in inputs]
     blob = json.dumps(sub, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -205,6 +207,14 @@ def validate(cfg: DictConfig) -> None:
     dropout = cfg.peft.lora_dropout
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ConfigError("peft.lora_dropout", dropout, "must be a number with 0 <= dropout < 1")
+    if cfg.get("base_recipe"):
+        from .finetune import stock_configs
+
+        names = stock_configs()
+        if cfg.base_recipe not in names:
+            hint = difflib.get_close_matches(str(cfg.base_recipe), list(names), n=1)
+            extra = f" (did you mean {hint[0]}?)" if hint else ""
+            raise ConfigError("base_recipe", cfg.base_recipe, f"not a torchtune config{extra}; `tune ls` lists them")
     out = cfg.peft.get("apply_lora_to_output", "auto")
     if out != "auto" and not isinstance(out, bool):
         raise ConfigError("peft.apply_lora_to_output", out, "true, false or auto")

@@ -317,7 +317,7 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     if resume:  # torchtune's own resume: base weights + this adapter + optimizer/scheduler/epoch state
         conf["resume_from_checkpoint"] = True
     nproc = finetune.processes(cfg)
-    finetune.write_config(conf, run_dir / "finetune.yaml", run_dir.name, nproc)
+    finetune.write_config(conf, run_dir / "finetune.yaml", run_dir.name, nproc, cfg.get("base_recipe"))
     write_manifest(run_dir, seed=int(cfg.seed), config_hash=chash,
                    extra={"model_dir": str(model_dir), "data_file": str(data_file)})
     attempts = int(state.get("attempts", 0)) + 1

@@ -136,7 +136,7 @@ def render(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path) -> 
     if template is not None:  # a role -> [prepend, append] table, or a torchtune template's path
         tokenizer["prompt_template"] = (OmegaConf.to_container(template, resolve=True)
                                         if isinstance(template, DictConfig) else str(template))
-    return {
+    conf = {
         "output_dir": str(run_dir),
         "model": model,
         "tokenizer": tokenizer,
@@ -191,12 +191,43 @@ def render(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path) -> 
         "enable_activation_offloading": False,
         "profiler": {"_component_": "torchtune.training.setup_torch_profiler", "enabled": False},
     }
+    if cfg.get("base_recipe"):
+        conf = seed_from_stock(str(cfg.base_recipe), conf)
+    return conf
 
 
-def write_config(conf: dict[str, Any], path: Path, run_name: str, nproc: int = 1) -> None:
+# With ``base_recipe``, these come from cruijff's config; every other key from the stock config.
+OWNED = ("output_dir", "model", "tokenizer", "checkpointer", "resume_from_checkpoint", "save_adapter_weights_only",
+         "dataset", "seed", "batch_size", "epochs", "metric_logger", "device", "dtype")
+
+
+def stock_configs() -> dict[str, Path]:
+    """torchtune's shipped configs (``tune ls``): name -> file (found without importing torchtune)."""
+    root = recipe_path().parent / "configs"
+    return {str(f.relative_to(root).with_suffix("")): f for f in sorted(root.rglob("*.yaml"))}
+
+
+def seed_from_stock(name: str, conf: dict[str, Any]) -> dict[str, Any]:
+    """Start from torchtune's config ``name``; cruijff's keys (``OWNED``, and the optimizer's lr
+    and fused flag) override it; the stock config's other settings stay (scheduler, loss,
+    gradient accumulation, activation checkpointing, compile, profiler, ...)."""
+    stock = yaml.safe_load(stock_configs()[name].read_text()) or {}
+    out = {**conf, **{k: v for k, v in stock.items() if k not in OWNED}}
+    optimizer = dict(stock.get("optimizer") or conf["optimizer"])
+    optimizer.update(lr=conf["optimizer"]["lr"], fused=conf["optimizer"]["fused"])
+    out["optimizer"] = optimizer
+    return out
+
+
+def write_config(conf: dict[str, Any], path: Path, run_name: str, nproc: int = 1,
+                 base_recipe: str | None = None) -> None:
     """Write ``finetune.yaml`` laid out like torchtune's own configs (sections, header)."""
     out = [HEADER.format(name=run_name, command=tune_command(nproc, path))]
-    for key, section in SECTIONS:
+    if base_recipe:
+        out.append(f"#\n# Seeded from torchtune's {base_recipe}; cruijff set: {', '.join(OWNED)}, optimizer.lr.\n")
+    known = [k for k, _ in SECTIONS]
+    extra = [k for k in conf if k not in known]
+    for key, section in SECTIONS + [(k, "# From the base recipe" if i == 0 else None) for i, k in enumerate(extra)]:
         if key not in conf:
             continue
         if section:

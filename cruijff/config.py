@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.util
 import json
 import math
 import re
@@ -36,7 +37,7 @@ ABBREVIATIONS = {
     "max_steps_per_epoch": "steps",
 }
 # Overrides that do not change what a run computes, so they do not change its directory.
-NOT_IN_RUN_NAME = re.compile(r"^(hydra|eval|experiment|overwrite|cluster|dry_run|detach)([./=]|$)")
+NOT_IN_RUN_NAME = re.compile(r"^(hydra|eval|experiment|overwrite|cluster|dry_run|detach|training\.metric_logger|training\.tracking)([./=]|$)")
 
 
 class CruijffError(Exception):
@@ -122,6 +123,8 @@ def config_hash(cfg: DictConfig, *inputs: Path) -> str:
            else cfg[k] for k in RUN_KEYS if k in cfg}
     if cfg.get("base_recipe"):
         sub["base_recipe"] = cfg.base_recipe
+    for key in ("metric_logger", "tracking"):  # where the losses are sent does not change the run
+        sub.get("training", {}).pop(key, None)
     sub["inputs"] = [str(p) for p in inputs]
     blob = json.dumps(sub, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -207,6 +210,15 @@ def validate(cfg: DictConfig) -> None:
     dropout = cfg.peft.lora_dropout
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ConfigError("peft.lora_dropout", dropout, "must be a number with 0 <= dropout < 1")
+    logger = cfg.training.get("metric_logger", "disk")
+    if logger not in ("disk", "wandb", "mlflow"):
+        raise ConfigError("training.metric_logger", logger, "one of disk, wandb, mlflow")
+    if logger != "disk" and importlib.util.find_spec(logger) is None:
+        raise ConfigError("training.metric_logger", logger, f"the {logger} package is not installed here: "
+                          f"pip install {logger} (or pip install 'cruijff[tracking]')")
+    mode = OmegaConf.select(cfg, "training.tracking.mode", default="offline")
+    if logger == "wandb" and mode not in ("offline", "online", "disabled"):
+        raise ConfigError("training.tracking.mode", mode, "offline, online or disabled")
     if cfg.get("base_recipe"):
         from .finetune import stock_configs
 

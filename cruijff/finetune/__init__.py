@@ -113,6 +113,28 @@ def model_files(model: DictConfig) -> list[str]:
     return list(model.checkpoint_files) + [str(tok[k]) for k in TOKENIZER_FILES if tok.get(k)]
 
 
+LOGGERS = {
+    "disk": "torchtune.training.metric_logging.DiskLogger",
+    "wandb": "torchtune.training.metric_logging.WandBLogger",
+    "mlflow": "torchtune.training.metric_logging.MLFlowLogger",
+}
+
+
+def metric_logger(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """torchtune's logger for ``training.metric_logger``; the recipe logs to it on rank 0."""
+    kind = str(cfg.training.get("metric_logger", "disk"))
+    tracking = cfg.training.get("tracking") or {}
+    project = str(tracking.get("project") or cfg.experiment.name)
+    if kind == "wandb":  # offline by default: compute nodes often have no internet
+        return {"_component_": LOGGERS[kind], "project": project, "group": str(cfg.experiment.name),
+                "name": run_dir.name, "log_dir": "${output_dir}/logs", "mode": str(tracking.get("mode") or "offline")}
+    if kind == "mlflow":
+        uri = tracking.get("uri") or f"file:{run_dir.parent / 'mlruns'}"
+        return {"_component_": LOGGERS[kind], "experiment_name": project, "tracking_uri": str(uri),
+                "run_name": run_dir.name}
+    return {"_component_": LOGGERS["disk"], "log_dir": "${output_dir}/logs"}
+
+
 def render(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path) -> dict[str, Any]:
     """The torchtune config of one run, as a plain dict in torchtune's own layout."""
     m, peft, opt, tr = cfg.model, cfg.peft, cfg.optimizer, cfg.training
@@ -179,10 +201,7 @@ def render(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path) -> 
         "gradient_accumulation_steps": int(tr.gradient_accumulation_steps),
         "clip_grad_norm": tr.clip_grad_norm,
         "compile": bool(tr.compile),
-        "metric_logger": {
-            "_component_": "torchtune.training.metric_logging.DiskLogger",
-            "log_dir": "${output_dir}/logs",
-        },
+        "metric_logger": metric_logger(cfg, run_dir),
         "log_every_n_steps": int(tr.log_every_n_steps),
         "log_peak_memory_stats": device.startswith("cuda"),
         "device": device,

@@ -1,9 +1,10 @@
-"""``python -m cruijff eval|report|status <dir>``: each stage on its own, on an existing output dir.
+"""``python -m cruijff eval|report|status|plan <dir>``: each stage on its own, on an existing output dir.
 
 A run dir's own saved config (``<run dir>/.hydra/config.yaml``) drives ``eval`` and ``report``, so
 the result is what the launcher would have produced. On a sweep dir (``outputs/<experiment>``),
 ``eval`` evaluates every finished run, ``report`` writes the sweep's summary and plots, and
-``status`` shows the state of every run and eval cell (also while the sweep runs).
+``status`` shows the state of every run and eval cell (also while the sweep runs), and ``plan`` what
+the sweep's command would run now and what it would cost.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in [("eval", "evaluate the base model and every epoch checkpoint (of a run, or of a sweep)"),
                        ("report", "write the results table (of a run) or summary and plots (of a sweep)"),
-                       ("status", "state of every run and eval cell of a sweep")]:
+                       ("status", "state of every run and eval cell of a sweep"),
+                       ("plan", "what the sweep's command will run and cost now (its dry run, refined by runs done)")]:
         p = sub.add_parser(name, help=text)
         p.add_argument("dir", type=Path, help="a run dir or a sweep dir (outputs/<experiment>)")
     args = parser.parse_args(argv)
@@ -35,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             from .status import show
 
             show(target)
+        elif args.command == "plan":
+            replan(target)
         elif is_sweep:
             sweep_command(args.command, target)
         else:
@@ -48,6 +52,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cruijff: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def replan(sweep_dir: Path) -> None:
+    """Run the sweep's own command again as a dry run (the command is kept in ``sweep.json``)."""
+    import os
+
+    from .record import read_json
+
+    command = read_json(sweep_dir / "sweep.json").get("command")
+    if not command:
+        raise CruijffError(f"{sweep_dir}: no sweep command recorded (not a sweep dir, or made by an older version)")
+    skip = ("dry_run=", "scaffold=", "detach=")
+    argv = [a for a in command["argv"][1:] if not a.lstrip("+").startswith(skip)]
+    os.chdir(command["cwd"])
+    os.execv(sys.executable, [sys.executable, command["argv"][0], *argv, "dry_run=true"])
 
 
 def sweep_command(command: str, sweep_dir: Path) -> None:

@@ -37,7 +37,7 @@ ABBREVIATIONS = {
     "max_steps_per_epoch": "steps",
 }
 # Overrides that do not change what a run computes, so they do not change its directory.
-NOT_IN_RUN_NAME = re.compile(r"^(hydra|eval|experiment|overwrite|cluster|dry_run|detach|training\.metric_logger|training\.tracking)([./=]|$)")
+NOT_IN_RUN_NAME = re.compile(r"^(hydra|eval|experiment|overwrite|cluster|dry_run|detach|scaffold|training\.metric_logger|training\.tracking)([./=]|$)")
 
 
 class CruijffError(Exception):
@@ -125,6 +125,8 @@ def config_hash(cfg: DictConfig, *inputs: Path) -> str:
         sub["base_recipe"] = cfg.base_recipe
     for key in ("metric_logger", "tracking"):  # where the losses are sent does not change the run
         sub.get("training", {}).pop(key, None)
+    for key in ("resources", "chars_per_token"):  # hints for clusters and plans, not for training
+        sub.get("model", {}).pop(key, None)
     sub["inputs"] = [str(p) for p in inputs]
     blob = json.dumps(sub, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -186,6 +188,8 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if device.startswith("cuda"):
         import torch
 
+        if not torch.cuda.is_available():  # rendered ahead of time for a GPU node
+            return "bf16"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "fp32"
 

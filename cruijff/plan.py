@@ -35,6 +35,7 @@ class PlannedRun:
     config_hash: str
     state: str  # new | finished | redo (failed, stopped or incomplete before) | overwrite | active (a job runs it)
     previous: dict = field(default_factory=dict)  # run.json as found
+    estimate: Any = None  # cruijff.estimate.Estimate, when asked for (dry run, scaffold)
 
     def record(self) -> dict[str, Any]:
         return {"name": self.name, "overrides": self.overrides, "config_hash": self.config_hash,
@@ -118,8 +119,17 @@ class Planner:
 
     # -- plan -----------------------------------------------------------------------------------
 
-    def plan(self, jobs: Iterable[Sequence[str]], overwrite: bool | None = None) -> list[PlannedRun]:
+    def plan(self, jobs: Iterable[Sequence[str]], overwrite: bool | None = None, estimate: bool = False,
+             each: Callable[[PlannedRun, DictConfig], None] | None = None) -> list[PlannedRun]:
+        """Plan every job; with ``estimate``, each run not finished gets its cost; ``each(run, cfg)``
+        is called with every run's config (the scaffold renders its files there)."""
         from .launch import resolve_paths
+
+        rates = None
+        if estimate:
+            from .estimate import estimate as cost, measured
+
+            rates = measured(self.sweep_dir) if self.sweep_dir.exists() else {}
 
         runs: list[PlannedRun] = []
         seen: dict[str, list[str]] = {}
@@ -137,13 +147,18 @@ class Planner:
                     chash = config_hash(cfg, *resolve_paths(cfg, build=False))
                     epochs = int(cfg.training.epochs)
                     force = bool(cfg.overwrite) if overwrite is None else overwrite
+                    run = self._state(name, overrides, chash, epochs, force)
+                    if estimate and run.state != FINISHED:
+                        run.estimate = cost(cfg, *resolve_paths(cfg, build=False), rates)
+                    if each is not None:
+                        each(run, cfg)
             except CruijffError as e:
                 raise CruijffError(f"run {name}: {e}") from None
             except OmegaConfBaseException as e:  # e.g. a mandatory value left at ???
                 from .launch import _omegaconf_message
 
                 raise CruijffError(f"run {name}: {_omegaconf_message(e)}") from None
-            runs.append(self._state(name, overrides, chash, epochs, force))
+            runs.append(run)
         return runs
 
     def _state(self, name: str, overrides: list[str], chash: str, epochs: int, overwrite: bool) -> PlannedRun:
@@ -186,13 +201,25 @@ def _raw(base: dict, key: str) -> Any:
     return node
 
 
-def print_plan(runs: list[PlannedRun], title: str) -> None:
-    from .ui import console
+def print_plan(runs: list[PlannedRun], title: str, base_cells: int = 0) -> None:
+    """The plan as a table; with estimates, their columns and the totals of what is still to run."""
     from rich.table import Table
 
+    from .ui import console
+
+    costs = any(r.estimate is not None for r in runs)
     table = Table(title=title)
     for c in ("#", "run", "state", "overrides", "config hash"):
         table.add_column(c)
+    if costs:
+        from .estimate import COLUMNS, as_row, summary
+
+        for c in COLUMNS:
+            table.add_column(c, justify="right")
     for i, r in enumerate(runs):
-        table.add_row(str(i), r.name, r.state, " ".join(r.overrides), r.config_hash)
+        table.add_row(str(i), r.name, r.state, " ".join(r.overrides), r.config_hash,
+                      *(as_row(r.estimate if r.state != ACTIVE else None) if costs else []))
     console().print(table)
+    if costs:
+        for line in summary([r.estimate for r in runs if r.state not in (FINISHED, ACTIVE)], base_cells):
+            console().print(f"  {line}", highlight=False)

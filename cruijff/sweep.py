@@ -157,8 +157,16 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
         except Exception as e:
             raise CruijffError(" ".join(overrides) + ": " + str(e).strip().splitlines()[0]) from None
 
+    scaffold = bool(config.get("scaffold", False))
+    rendered: dict[str, str] = {}
+
+    def render_run(run: Any, cfg: DictConfig) -> None:
+        if run.state != FINISHED:
+            rendered[run.name] = scaffold_text(cfg, sweep_dir / run.name)
+
     try:
-        runs = Planner(config, sweep_dir, compose).plan(jobs)
+        runs = Planner(config, sweep_dir, compose).plan(jobs, estimate=dry or scaffold,
+                                                        each=render_run if scaffold else None)
     except CruijffError as e:
         fail(str(e))
     if str(config.cluster.executor) == "slurm":
@@ -181,10 +189,23 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
     if config.get("detach", False) and str(config.cluster.executor) != "slurm":
         fail("detach=True: detached sweeps need a scheduler that outlives this process; use cluster=slurm")
     todo = [r for r in runs if r.state not in (FINISHED, ACTIVE)]
+    base_cells = len(config.eval.tasks) if config.eval.enabled and config.eval.base_model else 0
     if dry:
         print_plan(runs, f"{config.experiment.name}: {len(runs)} runs, {len(todo)} to run "
-                         f"(dry run: nothing written, nothing submitted)")
+                         f"(dry run: nothing written, nothing submitted)", base_cells)
         print(f"cruijff: planned {len(runs)} runs in {time.time() - t0:.2f} s")
+        return []
+    if scaffold:
+        acquire_lock(sweep_dir)
+        write_plan(sweep_dir, config, [r.record() for r in runs])
+        written = write_scaffold(config, sweep_dir, [r for r in todo], rendered)
+        print_plan(runs, f"{config.experiment.name}: {len(runs)} runs, {len(todo)} to run "
+                         f"(scaffold: rendered, nothing submitted)", base_cells)
+        ActionLog(sweep_dir / "run-experiment.log")(
+            "Scaffold", f"{len(todo)} runs to run of {len(runs)}", f"rendered {len(written)} files; nothing submitted")
+        for path in written:
+            print(f"cruijff: wrote {path}")
+        print("cruijff: read them, then run the same command without scaffold=true")
         return []
     acquire_lock(sweep_dir)
     write_plan(sweep_dir, config, [r.record() for r in runs])
@@ -209,6 +230,53 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
         returns.append(sweeper.launcher.launch(batch, initial_job_idx=idx))
         idx += len(batch)
     return returns
+
+
+def scaffold_text(cfg: DictConfig, run_dir: Path) -> str:
+    """The ``finetune.yaml`` a run's job will write, rendered ahead of time for the device it will get."""
+    from .estimate import device_guess
+    from . import finetune
+    from .launch import resolve_paths
+
+    run_dir = run_dir.resolve()
+    model_dir, data_file = resolve_paths(cfg, build=False)
+    conf = finetune.render(cfg, run_dir, model_dir, data_file, device=device_guess(cfg))
+    return finetune.config_text(conf, run_dir / "finetune.yaml", run_dir.name, finetune.processes(cfg),
+                                cfg.get("base_recipe"))
+
+
+def write_scaffold(config: DictConfig, sweep_dir: Path, todo: list, rendered: dict[str, str]) -> list[Path]:
+    """Every run's ``finetune.yaml`` in its run dir, and in ``scripts/``: the torchtune commands and,
+    on SLURM, the job-array script that the launch will submit."""
+    import shlex
+
+    from .cluster import job_name, make_executor
+
+    written: list[Path] = []
+    for run in todo:
+        path = sweep_dir / run.name / "finetune.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rendered[run.name])
+        written.append(path)
+    scripts = sweep_dir / "scripts"
+    scripts.mkdir(exist_ok=True)
+    lines = ["#!/usr/bin/env bash", "# Each run with torchtune alone (what the jobs run, without cruijff's records).",
+             "set -euo pipefail"]
+    for run in todo:
+        header = rendered[run.name].splitlines()[3]  # "#   tune run ... --config <path>"
+        lines.append(header.lstrip("# ").strip() if "tune run" in header else
+                     f"tune run --config {shlex.quote(str(sweep_dir / run.name / 'finetune.yaml'))}")
+    (scripts / "tune_commands.sh").write_text("\n".join(lines) + "\n")
+    written.append(scripts / "tune_commands.sh")
+    if str(config.cluster.executor) == "slurm" and todo:
+        executor = make_executor(config.cluster, sweep_dir / ".submitit" / "%j",
+                                 name=job_name(config.experiment.name, "train"))._executor
+        executor.parameters["map_count"] = len(todo)
+        text = executor._make_submission_file_text(executor._submitit_command_str, "scaffold")
+        (scripts / "train.sbatch").write_text(
+            "# The job array the launch submits (one task per run to run), as submitit renders it.\n" + text)
+        written.append(scripts / "train.sbatch")
+    return written
 
 
 def may_be_at_work(state: dict, job_id: str) -> bool:
@@ -279,6 +347,8 @@ def write_plan(sweep_dir: Path, config: DictConfig, runs: list[dict]) -> None:
         "eval_matrix": {"checkpoints": (["base"] if evals["base_model"] else [])
                         + [f"{r['name']}/epoch_*" for r in runs], "tasks": tasks},
         "jobs": old.get("jobs", {}),
+        "command": {"argv": [str(Path(sys.argv[0]).resolve()), *sys.argv[1:]], "cwd": os.getcwd()}
+        if Path(sys.argv[0]).name == "launch.py" else old.get("command"),
     })
 
 
@@ -497,6 +567,9 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("dry_run", False):
+            return
+        if config.get("scaffold", False):  # rendered, nothing ran: nothing to evaluate or report
+            release_lock(Path(config.hydra.sweep.dir))
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         if not (sweep_dir / "sweep.json").exists():

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -128,3 +133,71 @@ def test_a_mandatory_value_left_open_in_a_sweep_is_one_line(tmp_path):
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("cruijff: error: run ") and "dataset.path" in line
     assert not (tmp_path / "outputs").exists()
+
+
+def _fake_model(path: Path, model: str) -> Path:
+    """A model directory with (empty) files where the catalogue expects them: the plan needs no weights."""
+    from hydra import compose, initialize_config_dir
+
+    from cruijff.config import register_resolvers
+    from cruijff.finetune import model_files
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose(config_name="config", overrides=[f"model={model}", f"model.path={path}"])
+    for f in model_files(cfg.model):
+        (path / f).parent.mkdir(parents=True, exist_ok=True)
+        (path / f).write_bytes(b"")
+    return path
+
+
+def test_dry_run_estimates_a_70b_sweep_on_slurm(tmp_path):
+    model = _fake_model(tmp_path / "Llama-3.3-70B-Instruct", "llama3_3_70b_instruct")
+    record = {"input": "x" * 300, "output": "y" * 100}  # 400 characters: ~100 tokens
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps({"train": [record] * 2000, "test": [record] * 10}))
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = launch("-m", "cluster=slurm", "model=llama3_3_70b_instruct", f"model.path={model}", "dataset=json",
+                  f"dataset.path={data}", "peft.lora_rank=8,16", "optimizer.lr=1e-4", "training.epochs=2", "experiment.name=big",
+                  "dry_run=true", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    rows = [line for line in out.splitlines() if "rank8_" in line or "rank16_" in line]
+    assert len(rows) == 2
+    assert all(" 32 " in row for row in rows)  # 2000 examples / (batch 8 x 8 GPUs) = 31.25 -> 32 steps
+    assert "to run: 2 runs, 0.80M tokens" in out  # 2 runs x 2 epochs x 2000 x 100 tokens
+    # 8 GPUs at 3497 tok/s for a 70.6B model (torchtune's table): 0.4M tokens per run -> ~115 s
+    gpu_hours = float(re.search(r"([0-9.]+) GPU-hours", out).group(1))
+    assert gpu_hours == pytest.approx(2 * 0.4e6 / 3497 * 70.6e9 / 70.55e9 * 8 / 3600, rel=0.02)
+    disk_gb = float(re.search(r"disk: ([0-9.]+) GB of checkpoints", out).group(1))
+    assert disk_gb == pytest.approx(2 * 2 * 70.55e9 * 2 / 1e9, rel=0.02)  # merged bf16, 2 epochs, 2 runs
+    assert "torchtune README 'Memory and training speed'" in out
+    assert "eval cells: 5 (1 base)" in out  # 2 runs x 2 epochs x 1 task + base
+    assert not (work / "outputs").exists()
+
+
+def test_scaffold_renders_every_config_and_the_array_script_and_submits_nothing(tmp_path):
+    proc = launch("-m", "cluster=slurm", "experiment.name=scaf", "scaffold=true", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sweep_dir = tmp_path / "outputs" / "scaf"
+    names = [f"rank{r}_lr{lr}" for r in (2, 8) for lr in ("1e-5", "1e-4", "1e-3")]
+    for name in names:
+        conf = yaml.safe_load((sweep_dir / name / "finetune.yaml").read_text())
+        assert conf["output_dir"] == str((sweep_dir / name).resolve())
+        assert (conf["device"], conf["dtype"]) == ("cuda", "bf16")  # what the GPU node will run
+        assert not (sweep_dir / name / "run.json").exists()
+    script = (sweep_dir / "scripts" / "train.sbatch").read_text()
+    assert "#SBATCH --array=0-5%6" in script and "#SBATCH --gpus-per-node=1" in script
+    commands = (sweep_dir / "scripts" / "tune_commands.sh").read_text().splitlines()
+    assert sum(line.startswith("tune run lora_finetune_single_device --config ") for line in commands) == 6
+    plan = json.loads((sweep_dir / "sweep.json").read_text())
+    assert plan["jobs"] == {} and [r["name"] for r in plan["runs"]] == names
+    assert "ACTION: Scaffold" in (sweep_dir / "run-experiment.log").read_text()
+    assert not (sweep_dir / "summary.md").exists()
+    # the plan stage on its own, from anywhere: the sweep's command again, as a dry run
+    replanned = subprocess.run([sys.executable, "-m", "cruijff", "plan", str(sweep_dir)], cwd="/",
+                               capture_output=True, text=True, timeout=300)
+    assert replanned.returncode == 0, replanned.stderr[-2000:]
+    assert "scaf: 6 runs, 6 to run (dry run: nothing written, nothing submitted)" in replanned.stdout
+    assert "eval cells: 13 (1 base)" in replanned.stdout

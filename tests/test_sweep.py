@@ -95,6 +95,17 @@ def test_noop_rerun_submits_nothing(sweep):
     assert "ACTION: Submit" not in last and "ACTION: Skip eval" in last
 
 
+def test_plan_of_a_larger_grid_estimates_from_the_runs_measured_here(sweep):
+    """No GPU throughput table applies to CPU runs; the sweep's finished runs give the time instead."""
+    work, sweep_dir, _ = sweep
+    proc = launch(*GRID[:-2], "peft.lora_rank=8,16,32", "optimizer.lr=1e-3,3e-3", "dry_run=true", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    new = [line for line in proc.stdout.splitlines() if "rank32_" in line]
+    assert len(new) == 2 and all("new" in line and " s* " in line for line in new)
+    assert "throughput (*): measured from this sweep's finished runs" in proc.stdout
+    assert "?" not in proc.stdout.split("time:")[1].splitlines()[0]
+
+
 def test_status_shows_every_run_and_the_base_control(sweep):
     _, sweep_dir, _ = sweep
     proc = subprocess.run([sys.executable, "-m", "cruijff", "status", str(sweep_dir)],

@@ -135,11 +135,9 @@ def metric_logger(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return {"_component_": LOGGERS["disk"], "log_dir": "${output_dir}/logs"}
 
 
-def render(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path) -> dict[str, Any]:
-    """The torchtune config of one run, as a plain dict in torchtune's own layout."""
-    m, peft, opt, tr = cfg.model, cfg.peft, cfg.optimizer, cfg.training
-    device = resolve_device(tr.device)
-    dtype = resolve_dtype(tr.dtype, device)
+def model_section(cfg: DictConfig) -> dict[str, Any]:
+    """The ``model:`` section of ``finetune.yaml``: the builder, its architecture, the LoRA settings."""
+    m, peft = cfg.model, cfg.peft
     model = {"_component_": m.component, **(OmegaConf.to_container(m.args, resolve=True) if m.get("args") else {})}
     model.update(
         lora_attn_modules=list(peft.lora_attn_modules),
@@ -149,6 +147,17 @@ def render(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path) -> 
         lora_alpha=float(peft.lora_alpha),
         lora_dropout=float(peft.lora_dropout),
     )
+    return model
+
+
+def render(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path,
+           device: str | None = None) -> dict[str, Any]:
+    """The torchtune config of one run, as a plain dict in torchtune's own layout (``device``: the
+    one the job will have, when rendered elsewhere ahead of time)."""
+    m, opt, tr = cfg.model, cfg.optimizer, cfg.training
+    device = device or resolve_device(tr.device)
+    dtype = resolve_dtype(tr.dtype, device)
+    model = model_section(cfg)
     tokenizer = {"_component_": m.tokenizer.component}
     for key in TOKENIZER_FILES:  # files of the model dir (Qwen: vocab.json + merges.txt)
         if m.tokenizer.get(key):
@@ -241,6 +250,11 @@ def seed_from_stock(name: str, conf: dict[str, Any]) -> dict[str, Any]:
 def write_config(conf: dict[str, Any], path: Path, run_name: str, nproc: int = 1,
                  base_recipe: str | None = None) -> None:
     """Write ``finetune.yaml`` laid out like torchtune's own configs (sections, header)."""
+    path.write_text(config_text(conf, path, run_name, nproc, base_recipe))
+
+
+def config_text(conf: dict[str, Any], path: Path, run_name: str, nproc: int = 1,
+                base_recipe: str | None = None) -> str:
     out = [HEADER.format(name=run_name, command=tune_command(nproc, path))]
     if base_recipe:
         out.append(f"#\n# Seeded from torchtune's {base_recipe}; cruijff set: {', '.join(OWNED)}, optimizer.lr.\n")
@@ -252,7 +266,7 @@ def write_config(conf: dict[str, Any], path: Path, run_name: str, nproc: int = 1
         if section:
             out.append(f"\n{section}\n")
         out.append(yaml.safe_dump({key: conf[key]}, sort_keys=False, default_flow_style=False, width=100))
-    path.write_text("".join(out))
+    return "".join(out)
 
 
 def recipe_path(name: str = RECIPE) -> Path:

@@ -1,0 +1,225 @@
+"""What a planned run will cost, before anything runs: steps, tokens, hours, GPU-hours, disk.
+
+Throughput comes from a table (below, with its source) scaled by the model's parameter count, or,
+when the sweep dir holds finished runs of the same model on the same number of processes, from
+their measured time per training sample. Parameter counts come from the model's own torchtune
+builder on the ``meta`` device (shapes only, no memory), so LoRA rank and target modules count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# LoRA fine-tuning throughput measured by torchtune (README, "Memory and training speed": batch 2,
+# packed to 2048 tokens, torch.compile on, over one epoch): (parameters, GPUs, tokens/s, hardware).
+THROUGHPUT = [
+    (8.03e9, 1, 4699.0, "1x A6000"),   # Llama 3.1 8B LoRA
+    (70.6e9, 8, 3497.0, "8x A100"),    # Llama 3.1 70B LoRA
+]
+SOURCE = ("torchtune README 'Memory and training speed' (Llama 3.1 LoRA: 8B 4699 tok/s on 1x A6000, "
+          "70B 3497 tok/s on 8x A100), scaled by parameter count and GPU count")
+CHARS_PER_TOKEN = 4.0  # BPE tokenizers on English text; a model config may set model.chars_per_token
+
+
+@dataclass
+class Estimate:
+    samples: int            # training examples per epoch (after max_steps_per_epoch)
+    steps: int              # optimizer steps per epoch
+    tokens: int             # tokens trained, all epochs
+    gpus: int
+    hours: float | None     # wall-clock hours of the fine-tuning job (None: no basis, e.g. CPU before any run)
+    basis: str              # "table", "measured" or "none"
+    disk_merged: int        # bytes of all epoch checkpoints as saved (merged weights + adapters)
+    disk_adapter: int       # bytes if only adapters were kept
+    cells: int              # eval cells of this run (epochs x tasks)
+
+    @property
+    def gpu_hours(self) -> float | None:
+        return None if self.hours is None else self.hours * self.gpus
+
+
+@lru_cache(maxsize=64)
+def _params(model_json: str) -> tuple[int, int]:
+    """(base, LoRA) parameter counts of a rendered torchtune model section, built on ``meta``."""
+    import logging
+
+    import torch
+
+    logging.disable(logging.WARNING)  # torchao's import-time notices are not for this table
+    try:
+        from torchtune import config as tt_config
+    finally:
+        logging.disable(logging.NOTSET)
+    with torch.device("meta"):
+        model = tt_config.instantiate(OmegaConf.create(json.loads(model_json)))
+    base = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+    return base, sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+
+
+@lru_cache(maxsize=64)
+def _dataset(path: str, input_key: str, output_key: str) -> tuple[int, int]:
+    """(examples, characters) of a dataset file's train split."""
+    data = json.loads(Path(path).read_text())
+    rows = data.get("train", [])
+    return len(rows), sum(len(str(r.get(input_key, ""))) + len(str(r.get(output_key, ""))) for r in rows)
+
+
+def _table_tokens_per_s(params: int, gpus: int) -> float:
+    ref_params, ref_gpus, tps, _ = THROUGHPUT[0] if gpus <= 1 else THROUGHPUT[1]
+    return tps * (ref_params / max(params, 1)) * (max(gpus, 1) / ref_gpus)
+
+
+def measured(sweep_dir: Path) -> dict[tuple, float]:
+    """Seconds per training sample of finished runs in a sweep dir, by (model, processes, device)."""
+    from .finetune import processes
+
+    out: dict[tuple, list[float]] = {}
+    for state_file in sweep_dir.glob("*/run.json"):
+        try:
+            state = json.loads(state_file.read_text())
+        except ValueError:
+            continue
+        saved = state_file.parent / ".hydra" / "config.yaml"
+        if state.get("status") != "finished" or not state.get("duration_s") or not saved.exists():
+            continue
+        if state.get("resumed_from"):
+            continue  # its duration covers only the epochs after the resume
+        try:
+            cfg = OmegaConf.load(saved)
+            n, _ = _dataset_of(cfg)
+            nproc = processes(cfg)
+            samples = _samples_per_epoch(cfg, n, nproc) * int(cfg.training.epochs)
+            key = (str(cfg.model.name), nproc, str(state.get("device", "")))
+        except Exception:  # a run saved by an older layout: no measurement from it
+            continue
+        if samples:
+            out.setdefault(key, []).append(float(state["duration_s"]) / samples)
+    return {k: sum(v) / len(v) for k, v in out.items()}
+
+
+def _dataset_of(cfg: DictConfig) -> tuple[int, int]:
+    from .launch import resolve_paths
+
+    _, data_file = resolve_paths(cfg, build=False)
+    if not Path(data_file).exists():
+        return 0, 0
+    return _dataset(str(data_file), str(cfg.dataset.input_key), str(cfg.dataset.output_key))
+
+
+def _samples_per_epoch(cfg: DictConfig, n: int, nproc: int) -> int:
+    per_step = int(cfg.training.batch_size) * int(cfg.training.gradient_accumulation_steps) * nproc
+    steps = math.ceil(n / per_step) if n else 0
+    if cfg.training.max_steps_per_epoch:
+        steps = min(steps, int(cfg.training.max_steps_per_epoch))
+    return min(n, steps * per_step)
+
+
+def device_guess(cfg: DictConfig) -> str:
+    """The device a job will train on: a GPU where the cluster gives one, whatever this machine has."""
+    from .config import resolve_device
+
+    if cfg.training.device != "auto":
+        return str(cfg.training.device)
+    if cfg.cluster.executor == "slurm" and int(cfg.cluster.get("gpus_per_node") or 0) > 0:
+        return "cuda"
+    return resolve_device("auto")
+
+
+def estimate(cfg: DictConfig, model_dir: Path, data_file: Path, rates: dict[tuple, float] | None = None) -> Estimate:
+    from .evaluate import task_specs
+    from .finetune import model_section, processes
+
+    nproc = processes(cfg)
+    device = device_guess(cfg)
+    n, chars = _dataset_of(cfg)
+    samples = _samples_per_epoch(cfg, n, nproc)
+    per_step = int(cfg.training.batch_size) * int(cfg.training.gradient_accumulation_steps) * nproc
+    steps = math.ceil(samples / per_step) if samples else 0
+    epochs = int(cfg.training.epochs)
+    cpt = float(cfg.model.get("chars_per_token") or CHARS_PER_TOKEN)
+    tokens = int(chars / cpt * (samples / n) * epochs) if n else 0
+    base, lora = _params(json.dumps(model_section(cfg), sort_keys=True))
+    gpus = nproc if device.startswith("cuda") else 0
+    rate = (rates or {}).get((str(cfg.model.name), nproc, device))
+    if rate:
+        hours, basis = rate * samples * epochs / 3600, "measured"
+    elif gpus:
+        hours, basis = tokens / _table_tokens_per_s(base, gpus) / 3600, "table"
+    else:  # the table is for GPUs; on CPU only measured runs tell
+        hours, basis = None, "none"
+    width = 4 if (cfg.training.dtype == "fp32" or (cfg.training.dtype == "auto" and not device.startswith("cuda"))) else 2
+    adapters = 2 * lora * width  # torchtune writes the adapter twice: adapter_model.pt and .safetensors
+    if cfg.eval.enabled:
+        chosen = epochs if cfg.eval.epochs == "all" else len(cfg.eval.epochs)
+        cells = chosen * len(task_specs(cfg.eval.tasks))
+    else:
+        cells = 0
+    return Estimate(samples=samples, steps=steps, tokens=tokens, gpus=gpus, hours=hours, basis=basis,
+                    disk_merged=epochs * (base * width + adapters), disk_adapter=epochs * adapters, cells=cells)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def summary(estimates: list[Estimate | None], base_cells: int) -> list[str]:
+    """Totals of the runs still to run, and where the numbers come from."""
+    todo = [e for e in estimates if e is not None]
+    lines = [
+        f"to run: {len(todo)} runs, {sum(e.tokens for e in todo) / 1e6:.2f}M tokens",
+        f"time: {_total([e.hours for e in todo])} of jobs, {_total([e.gpu_hours for e in todo], gpu=True)}"
+        + (f" ({sum(e.hours is None for e in todo)} runs unknown: no GPU throughput applies to CPU runs "
+           "until one finishes here)" if any(e.hours is None for e in todo) else ""),
+        f"disk: {human_bytes(sum(e.disk_merged for e in todo))} of checkpoints as saved (merged weights + "
+        f"adapters per epoch); {human_bytes(sum(e.disk_adapter for e in todo))} adapter-only",
+        f"eval cells: {sum(e.cells for e in todo) + base_cells} ({base_cells} base)",
+    ]
+    bases = {e.basis for e in todo}
+    if "table" in bases:
+        lines.append(f"throughput: {SOURCE}; tokens ~ characters / {CHARS_PER_TOKEN:g} unless model.chars_per_token")
+    if "measured" in bases:
+        lines.append("throughput (*): measured from this sweep's finished runs (seconds per training sample)")
+    return lines
+
+
+def duration(hours: float | None) -> str:
+    if hours is None:
+        return "?"
+    if hours < 1 / 60:
+        return f"{hours * 3600:.0f} s"
+    if hours < 1:
+        return f"{hours * 60:.0f} min"
+    return f"{hours:.1f} h"
+
+
+def _total(values, gpu: bool = False) -> str:
+    known = [v for v in values if v is not None]
+    if gpu:
+        return f"{sum(known):.2f} GPU-hours"
+    return duration(sum(known)) if known else "?"
+
+
+def as_row(e: Estimate | None) -> list[str]:
+    if e is None:
+        return ["", "", "", "", "", ""]
+    gpu_h = "?" if e.gpu_hours is None else f"{e.gpu_hours:.2f}"
+    return [str(e.steps), f"{e.tokens / 1e6:.2f}M", duration(e.hours) + ("*" if e.basis == "measured" else ""),
+            gpu_h, human_bytes(e.disk_merged), str(e.cells)]
+
+
+COLUMNS = ["steps/epoch", "tokens", "hours", "GPU-h", "disk", "eval cells"]
+
+
+def to_json(e: Estimate) -> dict[str, Any]:
+    return {**e.__dict__, "gpu_hours": e.gpu_hours}

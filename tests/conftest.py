@@ -28,6 +28,17 @@ def launch(*args: str, cwd: Path, check: bool = False, timeout: int = 600) -> su
     return proc
 
 
+def compose_config(*overrides: str):
+    """The composed config, as ``python launch.py OVERRIDES`` would see it (no run)."""
+    from hydra import compose, initialize_config_dir
+
+    from cruijff.config import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
 def _git(cwd: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
                    env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",

@@ -12,13 +12,12 @@ import subprocess
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torchtune import config as tt_config
 
-from conftest import ROOT, launch
+from conftest import compose_config, launch
 from cruijff import finetune
-from cruijff.config import ConfigError, register_resolvers, validate
+from cruijff.config import ConfigError, validate
 
 # name -> (published parameter count, GPUs a run needs, recipe)
 CATALOGUE = {
@@ -40,16 +39,10 @@ def _fake_model_dir(path, cfg):
     return path
 
 
-def _compose(*overrides: str):
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
-
-
 @pytest.mark.parametrize("name", CATALOGUE)
 def test_builder_on_meta_device_has_the_published_size(name, tmp_path):
     published, _ = CATALOGUE[name]
-    cfg = _compose(f"model={name}", f"model.path={tmp_path}", "peft.lora_rank=16")
+    cfg = compose_config(f"model={name}", f"model.path={tmp_path}", "peft.lora_rank=16")
     conf = finetune.render(cfg, tmp_path / "run", tmp_path, tmp_path / "data.json")
     with torch.device("meta"):
         model = tt_config.instantiate(OmegaConf.create(conf["model"]))
@@ -64,12 +57,12 @@ def test_builder_on_meta_device_has_the_published_size(name, tmp_path):
 def test_rendered_config_passes_tune_validate(name, tmp_path):
     _, gpus = CATALOGUE[name]
     model_dir = tmp_path / "model"
-    cfg = _compose(f"model={name}", f"model.path={model_dir}")
+    cfg = compose_config(f"model={name}", f"model.path={model_dir}")
     _fake_model_dir(model_dir, cfg)
     validate(cfg)  # every file the config names is there
     conf = finetune.render(cfg, tmp_path / "run", model_dir, tmp_path / "data.json")
     path = tmp_path / "finetune.yaml"
-    finetune.write_config(conf, path, "r", finetune.processes(_compose(f"model={name}", "cluster=slurm")))
+    finetune.write_config(conf, path, "r", finetune.processes(compose_config(f"model={name}", "cluster=slurm")))
     proc = subprocess.run(["tune", "validate", str(path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "Config is well-formed!" in proc.stdout, proc.stdout + proc.stderr
     recipe = "--nproc_per_node 8 lora_finetune_distributed" if gpus > 1 else "lora_finetune_single_device"
@@ -81,16 +74,16 @@ def test_rendered_config_passes_tune_validate(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["llama3_2_1b_instruct", "qwen2_5_3b_instruct"])
 def test_tied_models_get_no_output_lora(name, tmp_path):
-    cfg = _compose(f"model={name}", f"model.path={tmp_path}")
+    cfg = compose_config(f"model={name}", f"model.path={tmp_path}")
     assert finetune.render(cfg, tmp_path, tmp_path, tmp_path)["model"]["apply_lora_to_output"] is False
-    assert finetune.lora_on_output(_compose("model=llama3_1_8b_instruct", f"model.path={tmp_path}")) is True
+    assert finetune.lora_on_output(compose_config("model=llama3_1_8b_instruct", f"model.path={tmp_path}")) is True
     with pytest.raises(ConfigError, match=r"peft.apply_lora_to_output=True: model .* ties its output layer"):
-        validate(_compose(f"model={name}", f"model.path={_fake_model_dir(tmp_path, cfg)}",
+        validate(compose_config(f"model={name}", f"model.path={_fake_model_dir(tmp_path, cfg)}",
                           "peft.apply_lora_to_output=true"))
 
 
 def test_model_dir_lacking_a_named_file_is_refused_before_anything_is_written(tmp_path):
-    cfg = _compose("model=qwen2_5_7b_instruct", f"model.path={tmp_path / 'qwen'}")
+    cfg = compose_config("model=qwen2_5_7b_instruct", f"model.path={tmp_path / 'qwen'}")
     _fake_model_dir(tmp_path / "qwen", cfg)
     (tmp_path / "qwen" / "merges.txt").unlink()
     proc = launch("model=qwen2_5_7b_instruct", f"model.path={tmp_path / 'qwen'}", cwd=tmp_path)
@@ -100,7 +93,7 @@ def test_model_dir_lacking_a_named_file_is_refused_before_anything_is_written(tm
 
 
 def test_base_recipe_seeds_the_config_and_cruijff_keys_override_it(tmp_path, tiny_model_dir):
-    cfg = _compose("base_recipe=llama3_2/1B_lora_single_device", "optimizer.lr=2e-3", "training.epochs=3")
+    cfg = compose_config("base_recipe=llama3_2/1B_lora_single_device", "optimizer.lr=2e-3", "training.epochs=3")
     conf = finetune.render(cfg, tmp_path / "run", tiny_model_dir, tmp_path / "data.json")
     # from the stock config: what cruijff's config does not decide
     assert conf["gradient_accumulation_steps"] == 8 and conf["lr_scheduler"]["num_warmup_steps"] == 100

@@ -11,22 +11,14 @@ import json
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 
-from conftest import ROOT, launch
+from conftest import compose_config, launch
 from cruijff import finetune
 from cruijff.cluster import make_executor
-from cruijff.config import register_resolvers
-
-
-def _compose(*overrides: str):
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def test_gpus_of_a_slurm_run_become_torchrun_processes_and_sbatch_gpus(tmp_path):
-    cfg = _compose("cluster=slurm", "model.resources.gpus=8", "cluster.partition=gpu")
+    cfg = compose_config("cluster=slurm", "model.resources.gpus=8", "cluster.partition=gpu")
     assert finetune.processes(cfg) == 8
     finetune.write_config({"output_dir": "/o"}, tmp_path / "finetune.yaml", "r", finetune.processes(cfg))
     header = (tmp_path / "finetune.yaml").read_text()
@@ -36,9 +28,9 @@ def test_gpus_of_a_slurm_run_become_torchrun_processes_and_sbatch_gpus(tmp_path)
     assert "#SBATCH --gpus-per-node=8" in script and "#SBATCH --nodes=1" in script
     assert "--ntasks" not in script  # one task: the job starts torchrun, torchrun starts the 8
     # one GPU per run, or training forced onto the CPU: the single-device recipe in the job process
-    assert finetune.processes(_compose("cluster=slurm")) == 1
-    assert finetune.processes(_compose("model.resources.gpus=4", "training.device=cpu")) == 1
-    assert finetune.processes(_compose("training.nproc=2")) == 2
+    assert finetune.processes(compose_config("cluster=slurm")) == 1
+    assert finetune.processes(compose_config("model.resources.gpus=4", "training.device=cpu")) == 1
+    assert finetune.processes(compose_config("training.nproc=2")) == 2
 
 
 def test_local_jobs_each_get_their_own_gpus(monkeypatch):

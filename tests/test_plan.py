@@ -137,14 +137,10 @@ def test_a_mandatory_value_left_open_in_a_sweep_is_one_line(tmp_path):
 
 def _fake_model(path: Path, model: str) -> Path:
     """A model directory with (empty) files where the catalogue expects them: the plan needs no weights."""
-    from hydra import compose, initialize_config_dir
-
-    from cruijff.config import register_resolvers
+    from conftest import compose_config
     from cruijff.finetune import model_files
 
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        cfg = compose(config_name="config", overrides=[f"model={model}", f"model.path={path}"])
+    cfg = compose_config(f"model={model}", f"model.path={path}")
     for f in model_files(cfg.model):
         (path / f).parent.mkdir(parents=True, exist_ok=True)
         (path / f).write_bytes(b"")

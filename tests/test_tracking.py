@@ -6,23 +6,16 @@ import json
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 
-from conftest import ROOT, launch
-from cruijff.config import config_hash, register_resolvers
-
-
-def _compose(*overrides: str):
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
+from conftest import compose_config, launch
+from cruijff.config import config_hash
 
 
 def test_where_losses_are_sent_is_not_part_of_the_run():
-    disk = config_hash(_compose())
-    assert config_hash(_compose("training.metric_logger=wandb", "training.tracking.mode=online")) == disk
-    assert config_hash(_compose("training.metric_logger=mlflow")) == disk
-    assert config_hash(_compose("training.epochs=3")) != disk
+    disk = config_hash(compose_config())
+    assert config_hash(compose_config("training.metric_logger=wandb", "training.tracking.mode=online")) == disk
+    assert config_hash(compose_config("training.metric_logger=mlflow")) == disk
+    assert config_hash(compose_config("training.epochs=3")) != disk
 
 
 @pytest.mark.slow
@@ -42,3 +35,19 @@ def test_wandb_offline_run_logs_through_torchtunes_logger(tmp_path, monkeypatch)
     logged = yaml.safe_load((offline[0] / "files" / "torchtune_config.yaml").read_text())
     assert logged["metric_logger"]["mode"] == "offline" and logged["metric_logger"]["project"] == "tracked"
     assert logged["model"]["lora_rank"] == 16
+
+
+@pytest.mark.slow
+def test_mlflow_run_logs_each_step_to_the_sweeps_store(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    proc = launch("training.metric_logger=mlflow", "training.epochs=1", "training.max_steps_per_epoch=4", "eval=none",
+                  "experiment.name=tracked", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sweep_dir = tmp_path / "outputs" / "tracked"
+    client = MlflowClient(tracking_uri=f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+    assert [r.info.run_name for r in runs] == ["epochs1_steps4"]
+    history = client.get_metric_history(runs[0].info.run_id, "loss")
+    ours = json.loads((sweep_dir / "epochs1_steps4" / "run.json").read_text())
+    assert len(history) == 4 and history[-1].value == pytest.approx(ours["epochs"][0]["final_loss"], rel=1e-5)

@@ -129,7 +129,7 @@ def metric_logger(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return {"_component_": LOGGERS[kind], "project": project, "group": str(cfg.experiment.name),
                 "name": run_dir.name, "log_dir": "${output_dir}/logs", "mode": str(tracking.get("mode") or "offline")}
     if kind == "mlflow":
-        uri = tracking.get("uri") or f"file:{run_dir.parent / 'mlruns'}"
+        uri = tracking.get("uri") or f"sqlite:///{run_dir.parent / 'mlflow.db'}"  # mlflow 3 retired file stores
         return {"_component_": LOGGERS[kind], "experiment_name": project, "tracking_uri": str(uri),
                 "run_name": run_dir.name}
     return {"_component_": LOGGERS["disk"], "log_dir": "${output_dir}/logs"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -47,7 +48,29 @@ class Estimate:
 
 @lru_cache(maxsize=64)
 def _params(model_json: str) -> tuple[int, int]:
-    """(base, LoRA) parameter counts of a rendered torchtune model section, built on ``meta``."""
+    """(base, LoRA) parameter counts of a rendered torchtune model section, built on ``meta``;
+    kept in the cache dir, so later plans of the same models need not import torchtune."""
+    import hashlib
+
+    from .assets import cache_root
+
+    store = cache_root() / "param-counts" / (hashlib.sha256(model_json.encode()).hexdigest()[:24] + ".json")
+    try:
+        return tuple(json.loads(store.read_text()))  # type: ignore[return-value]
+    except (OSError, ValueError):
+        pass
+    counts = _count_params(model_json)
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(counts))
+        tmp.replace(store)
+    except OSError:
+        pass
+    return counts
+
+
+def _count_params(model_json: str) -> tuple[int, int]:
     import logging
 
     import torch
@@ -123,13 +146,13 @@ def _samples_per_epoch(cfg: DictConfig, n: int, nproc: int) -> int:
 
 def device_guess(cfg: DictConfig) -> str:
     """The device a job will train on: a GPU where the cluster gives one, whatever this machine has."""
-    from .config import resolve_device
+    from .sweep import gpu_count
 
     if cfg.training.device != "auto":
         return str(cfg.training.device)
-    if cfg.cluster.executor == "slurm" and int(cfg.cluster.get("gpus_per_node") or 0) > 0:
-        return "cuda"
-    return resolve_device("auto")
+    if cfg.cluster.executor == "slurm":
+        return "cuda" if int(cfg.cluster.get("gpus_per_node") or 0) > 0 else "cpu"
+    return "cuda" if gpu_count() > 0 else "cpu"  # without starting torch
 
 
 def estimate(cfg: DictConfig, model_dir: Path, data_file: Path, rates: dict[tuple, float] | None = None) -> Estimate:

@@ -124,6 +124,7 @@ def _ended(job, kind: str) -> bool:
         state = job.watcher.get_state(job.job_id, mode="cache").upper()
         if state in ("", "READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING",
                      "CONFIGURING", "RESIZING", "SUSPENDED"):
+            _seen.pop(job.job_id, None)  # a later preemption starts its grace anew
             return False
         grace = next((g for s, g in GRACE_S.items() if state.startswith(s)), 0.0)
         if grace:

@@ -127,6 +127,12 @@ def config_hash(cfg: DictConfig, *inputs: Path) -> str:
         sub.get("training", {}).pop(key, None)
     for key in ("resources", "chars_per_token"):  # hints for clusters and plans, not for training
         sub.get("model", {}).pop(key, None)
+    if sub.get("training", {}).get("nproc") == "auto":  # follows the GPUs a run gets, like the cluster keys
+        sub["training"].pop("nproc")
+    if "peft" in sub and "model" in sub:  # what the builder gets: auto is true or false per model
+        from .finetune import lora_on_output
+
+        sub["peft"]["apply_lora_to_output"] = lora_on_output(cfg)
     sub["inputs"] = [str(p) for p in inputs]
     blob = json.dumps(sub, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

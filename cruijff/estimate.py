@@ -9,7 +9,6 @@ builder on the ``meta`` device (shapes only, no memory), so LoRA rank and target
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -114,6 +113,8 @@ def measured(sweep_dir: Path) -> dict[tuple, float]:
             continue
         if state.get("resumed_from"):
             continue  # its duration covers only the epochs after the resume
+        if OmegaConf.select(OmegaConf.load(saved), "training.max_steps_per_epoch"):
+            continue  # a few steps (a smoke test): loading and saving would dominate the rate
         try:
             cfg = OmegaConf.load(saved)
             n, _ = _dataset_of(cfg)
@@ -137,8 +138,9 @@ def _dataset_of(cfg: DictConfig) -> tuple[int, int]:
 
 
 def _samples_per_epoch(cfg: DictConfig, n: int, nproc: int) -> int:
+    """Examples trained per epoch: torchtune drops the last, incomplete batch (drop_last)."""
     per_step = int(cfg.training.batch_size) * int(cfg.training.gradient_accumulation_steps) * nproc
-    steps = math.ceil(n / per_step) if n else 0
+    steps = n // per_step
     if cfg.training.max_steps_per_epoch:
         steps = min(steps, int(cfg.training.max_steps_per_epoch))
     return min(n, steps * per_step)
@@ -164,7 +166,7 @@ def estimate(cfg: DictConfig, model_dir: Path, data_file: Path, rates: dict[tupl
     n, chars = _dataset_of(cfg)
     samples = _samples_per_epoch(cfg, n, nproc)
     per_step = int(cfg.training.batch_size) * int(cfg.training.gradient_accumulation_steps) * nproc
-    steps = math.ceil(samples / per_step) if samples else 0
+    steps = samples // per_step
     epochs = int(cfg.training.epochs)
     cpt = float(cfg.model.get("chars_per_token") or CHARS_PER_TOKEN)
     tokens = int(chars / cpt * (samples / n) * epochs) if n else 0
@@ -173,9 +175,9 @@ def estimate(cfg: DictConfig, model_dir: Path, data_file: Path, rates: dict[tupl
     rate = (rates or {}).get((str(cfg.model.name), nproc, device))
     if rate:
         hours, basis = rate * samples * epochs / 3600, "measured"
-    elif gpus:
+    elif gpus and n:
         hours, basis = tokens / _table_tokens_per_s(base, gpus) / 3600, "table"
-    else:  # the table is for GPUs; on CPU only measured runs tell
+    else:  # the table is for GPUs; on CPU only measured runs tell (and with no data, nothing does)
         hours, basis = None, "none"
     width = 4 if (cfg.training.dtype == "fp32" or (cfg.training.dtype == "auto" and not device.startswith("cuda"))) else 2
     adapters = 2 * lora * width  # torchtune writes the adapter twice: adapter_model.pt and .safetensors

@@ -48,7 +48,9 @@ def run_app(app: Any, argv: list[str]) -> None:
     from hydra.errors import HydraException
 
     precheck(argv)
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises; the error is reported here
+    if os.environ.get("HYDRA_FULL_ERROR"):  # the user asked for Hydra's own full report
+        return app()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises; the error is reported here
     try:
         app()
     except (HydraException, OmegaConfBaseException) as e:
@@ -93,6 +95,10 @@ def main(cfg: DictConfig) -> int | float:
     run_dir = Path(hc.runtime.output_dir)
     sweep = hc.mode == RunMode.MULTIRUN
     optimizing = sweep and not str(hc.sweeper._target_).endswith("GridSweeper")
+    if cfg.get("scaffold", False):  # the grid sweeper scaffolds before any job; a job never should
+        print("cruijff: error: scaffold=True: renders a grid sweep's files; use it with -m and the grid sweeper "
+              "(python launch.py -m ... scaffold=true)", file=sys.stderr)
+        return 2
     fresh = not any(run_dir.iterdir()) if run_dir.exists() else True
     if sweep:
         _pin_gpu(cfg, int(hc.job.num))
@@ -432,7 +438,7 @@ def evaluate_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     device = resolve_device(cfg.training.device)
     todo = [c for c in cells(cfg, run_dir, model_dir) if base or c[0] != "base"]
     for i, (label, ckpt, log_dir) in enumerate(todo, 1):
-        if cell_complete(log_dir, specs):
+        if cell_complete(log_dir, specs, cfg.eval.limit):
             act("Skip eval", f"{run_dir.name}/{label}: complete")
             continue
         print(f"cruijff: evaluating {label} ({i}/{len(todo)}) on {', '.join(s.label for s in specs)}")

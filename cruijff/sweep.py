@@ -214,8 +214,17 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
         f"{len(todo)} to run, {len(runs) - len(todo)} finished earlier (skipped), "
         f"planned in {time.time() - t0:.2f} s")
     if config.get("detach", False):
-        jobs = read_json(sweep_dir / "sweep.json").get("jobs", {})
+        plan = read_json(sweep_dir / "sweep.json")
+        jobs = plan.get("jobs", {})
         earlier = sorted({jobs[r.name].split("_")[0] for r in runs if r.state == ACTIVE})
+        finish = (plan.get("detached") or {}).get("finish_job")
+        if earlier and finish:  # the earlier eval+report job too: two must not evaluate the same cells
+            from .cluster import active_slurm_jobs
+
+            try:
+                earlier += sorted(active_slurm_jobs([str(finish)]))
+            except CruijffError as e:
+                fail(str(e))
         detach(sweeper, config, sweep_dir, [r.overrides for r in todo], act, earlier)
         return []
     if not todo:
@@ -402,7 +411,6 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
                 reason = dead_reason(job, e, read_json(sweep_dir / name / "run.json"))
             else:  # evaluate this run now, while the rest of the grid trains
                 if evals and read_json(sweep_dir / name / "run.json").get("status") == "finished":
-                    _EVALUATED.setdefault(str(sweep_dir), set()).add(name)
                     todo = eval_todo(sweep_dir, [name], config.eval)
                     return evals.submit(todo) if todo else None
                 return None
@@ -416,9 +424,6 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
 
     watch(jobs, ended, str(config.cluster.executor))
     return [returns[n] for n in names]
-
-
-_EVALUATED: dict[str, set[str]] = {}  # sweep dir -> runs whose eval job this launch submitted already
 
 
 def _eval_per_run(config: DictConfig) -> bool:
@@ -598,8 +603,7 @@ def finish_sweep(config: DictConfig, sweep_dir: Path, act: ActionLog, t0: float)
         act("Run failed", n, why)
     evaluated = False
     if config.eval.enabled and finished:
-        done_now = _EVALUATED.pop(str(sweep_dir), set())  # their jobs ran (and logged any failure)
-        todo = [t for t in eval_todo(sweep_dir, finished, config.eval) if t[0] not in done_now or t[1]]
+        todo = eval_todo(sweep_dir, finished, config.eval)  # what an eval job left undone is tried again
         if todo:
             evaluate_runs(config, sweep_dir, todo, act)
             evaluated = True
@@ -668,7 +672,7 @@ def eval_todo(sweep_dir: Path, runs: list[str], eval_cfg: DictConfig) -> list[tu
         cfg = eval_config(sweep_dir / name, eval_cfg)
         specs = task_specs(cfg.eval.tasks)
         model_dir, _ = resolve_paths(cfg, build=False)
-        todo = [c for c in cells(cfg, sweep_dir / name, model_dir) if not cell_complete(c[2], specs)]
+        todo = [c for c in cells(cfg, sweep_dir / name, model_dir) if not cell_complete(c[2], specs, cfg.eval.limit)]
         if base_done is None:
             base_done = not any(label == "base" for label, _, _ in todo)
         if any(label != "base" for label, _, _ in todo):

@@ -93,16 +93,19 @@ def test_model_dir_lacking_a_named_file_is_refused_before_anything_is_written(tm
 
 
 def test_base_recipe_seeds_the_config_and_cruijff_keys_override_it(tmp_path, tiny_model_dir):
-    cfg = compose_config("base_recipe=llama3_2/1B_lora_single_device", "optimizer.lr=2e-3", "training.epochs=3")
+    cfg = compose_config("base_recipe=llama3_2/1B_lora_single_device", "training=smoke", "optimizer.lr=2e-3")
     conf = finetune.render(cfg, tmp_path / "run", tiny_model_dir, tmp_path / "data.json")
-    # from the stock config: what cruijff's config does not decide
-    assert conf["gradient_accumulation_steps"] == 8 and conf["lr_scheduler"]["num_warmup_steps"] == 100
-    assert conf["profiler"]["wait_steps"] == 5 and conf["optimizer"]["weight_decay"] == 0.01
-    # from cruijff's: the model, its files, the data, the swept hyperparameters
+    # what cruijff leaves open comes from the stock config: here the profiler's schedule
+    assert conf["profiler"]["enabled"] is False and conf["profiler"]["wait_steps"] == 5
+    assert conf["profiler"]["output_dir"] == "${output_dir}/profiling_outputs"
+    # every value cruijff sets wins: the model, its files, the data, the hyperparameters, the smoke limits
     assert conf["model"]["_component_"] == "torchtune.models.llama2.lora_llama2"
     assert conf["checkpointer"]["checkpoint_dir"] == str(tiny_model_dir)
     assert conf["dataset"]["_component_"] == "torchtune.datasets.instruct_dataset"
-    assert conf["optimizer"]["lr"] == 2e-3 and conf["epochs"] == 3 and conf["save_adapter_weights_only"] is False
+    assert conf["dataset"]["source"] == "json" and conf["dataset"]["field"] == "train"
+    assert conf["optimizer"]["lr"] == 2e-3 and conf["epochs"] == 1 and conf["max_steps_per_epoch"] == 5
+    assert conf["gradient_accumulation_steps"] == 1  # the stock file says 8
+    assert conf["lr_scheduler"]["num_warmup_steps"] == cfg.optimizer.num_warmup_steps  # the stock file says 100
     path = tmp_path / "finetune.yaml"
     finetune.write_config(conf, path, "r", 1, "llama3_2/1B_lora_single_device")
     assert "Seeded from torchtune's llama3_2/1B_lora_single_device" in path.read_text()

@@ -87,3 +87,17 @@ def test_merged_checkpoint_is_read_without_its_adapter_files(tmp_path):
                                                       "tokenizer.model"]
     assert all(p.is_symlink() for p in view.iterdir())
     assert _weights_view(view) is None  # nothing to hide: the dir is used as it is
+
+
+def test_a_cell_evaluated_on_fewer_samples_does_not_count_for_a_full_one(tmp_path):
+    """training=smoke evaluates 10 samples; a later full sweep must not take that base cell as done."""
+    from cruijff.evaluate import TaskSpec, cell_complete
+
+    log = tmp_path / "x.eval"
+    log.write_text("")
+    cell = {"tasks": {"exact_match": {"status": "success", "log": str(log), "samples": 10}}, "limit": 10}
+    (tmp_path / "results.json").write_text(json.dumps(cell))
+    tasks = [TaskSpec("exact_match")]
+    assert cell_complete(tmp_path, tasks, 10) and not cell_complete(tmp_path, tasks, None)
+    (tmp_path / "results.json").write_text(json.dumps({**cell, "limit": None}))
+    assert cell_complete(tmp_path, tasks, None) and not cell_complete(tmp_path, tasks, 10)

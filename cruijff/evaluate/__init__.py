@@ -107,14 +107,21 @@ def build_task(spec: TaskSpec, data_file: Path, input_key: str, output_key: str)
 # cells
 
 
-def cell_complete(log_dir: Path, tasks: list[TaskSpec]) -> bool:
-    """True when every task has a successful result and its log file is on disk."""
+_ANY = object()
+
+
+def cell_complete(log_dir: Path, tasks: list[TaskSpec], limit: Any = _ANY) -> bool:
+    """True when every task has a successful result and its log file is on disk, over the same
+    ``eval.limit`` when one is given (a smoke test's 10-sample cell does not stand for a full one)."""
     summary = log_dir / "results.json"
     if not summary.exists():
         return False
     try:
-        results = json.loads(summary.read_text())["tasks"]
+        cell = json.loads(summary.read_text())
+        results = cell["tasks"]
     except (ValueError, KeyError):
+        return False
+    if limit is not _ANY and cell.get("limit") != limit:
         return False
     for t in tasks:
         r = results.get(t.label)
@@ -209,7 +216,8 @@ def evaluate_cell(
             entry["error"] = log.error.message
         results[spec.label] = entry
     (log_dir / "results.json").write_text(
-        json.dumps({"model": str(model_dir), "tasks": results, "metadata": metadata or {}}, indent=2) + "\n"
+        json.dumps({"model": str(model_dir), "tasks": results, "limit": limit, "metadata": metadata or {}},
+                   indent=2) + "\n"
     )
     return results
 

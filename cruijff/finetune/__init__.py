@@ -40,19 +40,20 @@ HEADER = """\
 
 def processes(cfg: DictConfig) -> int:
     """Training processes of one run: ``training.nproc``, or with ``auto`` the GPUs one run gets
-    (``cluster.gpus_per_node`` on SLURM, the model's ``resources.gpus`` hint otherwise), or 1 with
-    ``training.device=cpu``. It follows the config, not the machine it is read on, so a plan made on
-    a login node renders what the GPU node runs. More than one runs torchtune's distributed LoRA
-    recipe (FSDP)."""
+    (``cluster.gpus_per_node`` on SLURM, whatever machine the plan is made on, so a login node renders
+    what the GPU node runs; locally the model's ``resources.gpus`` hint, at most this machine's GPUs),
+    or 1 with ``training.device=cpu``. More than one runs torchtune's distributed LoRA recipe (FSDP)."""
     n = cfg.training.get("nproc", "auto")
     if n != "auto":
         return int(n)
     if cfg.training.device == "cpu":
         return 1
-    gpus = cfg.cluster.get("gpus_per_node") if cfg.cluster.executor == "slurm" else None
-    if gpus is None:
-        gpus = cfg.model.get("resources", {}).get("gpus", 1)
-    return max(1, int(gpus))
+    if cfg.cluster.executor == "slurm":
+        return max(1, int(cfg.cluster.get("gpus_per_node") or 1))
+    # this machine runs the job: no more processes than it has GPUs (one on a CPU-only machine)
+    from ..sweep import gpu_count
+
+    return max(1, min(int(cfg.model.get("resources", {}).get("gpus", 1)), gpu_count()))
 
 
 def recipe_name(nproc: int) -> str:
@@ -224,11 +225,6 @@ def render(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path,
     return conf
 
 
-# With ``base_recipe``, these come from cruijff's config; every other key from the stock config.
-OWNED = ("output_dir", "model", "tokenizer", "checkpointer", "resume_from_checkpoint", "save_adapter_weights_only",
-         "dataset", "seed", "batch_size", "epochs", "metric_logger", "device", "dtype")
-
-
 def stock_configs() -> dict[str, Path]:
     """torchtune's shipped configs (``tune ls``): name -> file (found without importing torchtune)."""
     root = recipe_path().parent / "configs"
@@ -236,15 +232,20 @@ def stock_configs() -> dict[str, Path]:
 
 
 def seed_from_stock(name: str, conf: dict[str, Any]) -> dict[str, Any]:
-    """Start from torchtune's config ``name``; cruijff's keys (``OWNED``, and the optimizer's lr
-    and fused flag) override it; the stock config's other settings stay (scheduler, loss,
-    gradient accumulation, activation checkpointing, compile, profiler, ...)."""
+    """Start from torchtune's config ``name``: every value cruijff renders (not null) wins; a
+    section of the same component is merged key by key (the stock profiler's schedule stays); keys
+    and nulls cruijff leaves open keep the stock config's values."""
     stock = yaml.safe_load(stock_configs()[name].read_text()) or {}
-    out = {**conf, **{k: v for k, v in stock.items() if k not in OWNED}}
-    optimizer = dict(stock.get("optimizer") or conf["optimizer"])
-    optimizer.update(lr=conf["optimizer"]["lr"], fused=conf["optimizer"]["fused"])
-    out["optimizer"] = optimizer
-    return out
+    return _merge(stock, conf)
+
+
+def _merge(base: Any, ours: Any) -> Any:
+    if isinstance(base, dict) and isinstance(ours, dict) and base.get("_component_") in (None, ours.get("_component_")):
+        out = dict(base)
+        for key, value in ours.items():
+            out[key] = _merge(base.get(key), value) if value is not None else base.get(key)
+        return out
+    return ours if ours is not None else base
 
 
 def write_config(conf: dict[str, Any], path: Path, run_name: str, nproc: int = 1,
@@ -257,7 +258,8 @@ def config_text(conf: dict[str, Any], path: Path, run_name: str, nproc: int = 1,
                 base_recipe: str | None = None) -> str:
     out = [HEADER.format(name=run_name, command=tune_command(nproc, path))]
     if base_recipe:
-        out.append(f"#\n# Seeded from torchtune's {base_recipe}; cruijff set: {', '.join(OWNED)}, optimizer.lr.\n")
+        out.append(f"#\n# Seeded from torchtune's {base_recipe}: cruijff's values override it; what cruijff\n"
+                   "# leaves open (null, or keys it does not set) is the stock config's.\n")
     known = [k for k, _ in SECTIONS]
     extra = [k for k in conf if k not in known]
     for key, section in SECTIONS + [(k, "# From the base recipe" if i == 0 else None) for i, k in enumerate(extra)]:

@@ -4,7 +4,7 @@
 cruijff.finetune.distributed finetune.yaml loss.jsonl``, which is what ``tune run --nproc_per_node N
 lora_finetune_distributed --config finetune.yaml`` does, plus two things the job needs from the
 recipe: rank 0 appends each step's loss to ``loss.jsonl`` (and stops the run on a NaN loss, as on
-one device), and a failure's one-line reason is left in ``logs/train-error.json`` for the job's
+one device), and a failure's one-line reason is left in ``logs/train-error-<rank>.json`` (each rank) for the job's
 record. On GPUs the process group is the stock recipe's own (NCCL, with gloo for CPU tensors). On a
 CPU-only machine, where the stock recipe cannot start (it asks for NCCL and for CUDA memory calls),
 the group is gloo and those calls do nothing: that is how the distributed path is tested
@@ -22,15 +22,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-ERROR_FILE = "train-error.json"
+try:  # looked up here: the child between fork and exec must not load libraries
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _PRCTL = None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """torchrun gets SIGTERM (and stops its workers) if the job process dies, even by SIGKILL."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def launch(config: Path, nproc: int, loss_file: Path | None) -> None:
@@ -38,46 +39,40 @@ def launch(config: Path, nproc: int, loss_file: Path | None) -> None:
     from . import TrainingDiverged
 
     loss_file = loss_file or config.parent / "logs" / "loss.jsonl"
-    error_file = loss_file.parent / ERROR_FILE
-    error_file.unlink(missing_ok=True)
+    for stale in loss_file.parent.glob("train-error*.json"):
+        stale.unlink()
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[2])  # the workers import cruijff from here too
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    if "CUDA_VISIBLE_DEVICES" not in env and not _has_cuda():
-        # CPU: share this job's threads among the processes instead of oversubscribing the cores
-        threads = int(env.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
-        env["OMP_NUM_THREADS"] = str(max(1, threads // nproc))
+    # the job's CPU threads are shared among its processes instead of oversubscribing the cores
+    threads = int(env.get("OMP_NUM_THREADS") or env.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
+    env["OMP_NUM_THREADS"] = str(max(1, threads // nproc))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
            "--nproc_per_node", str(nproc), "-m", __name__, str(config), str(loss_file)]
     proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
     try:
         code = proc.wait()
     except BaseException:  # the job is being stopped (signal, time limit): stop the workers with it
-        proc.terminate()
+        proc.terminate()  # torchrun stops its workers (it gives them 30 s before SIGKILL)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
         raise
     if code == 0:
         return
-    reason = None
-    if error_file.exists():
+    reason = None  # the first rank to fail says why; the others fail after it
+    for path in sorted(loss_file.parent.glob("train-error*.json"), key=lambda p: p.stat().st_mtime):
         try:
-            reason = json.loads(error_file.read_text())
+            reason = json.loads(path.read_text())
+            break
         except ValueError:
-            pass
+            continue
     if reason and reason.get("type") == "TrainingDiverged":
         raise TrainingDiverged(reason["message"])
     if reason:
         raise RuntimeError(f"{reason['type']}: {reason['message']}")
     raise RuntimeError(f"torchrun with {nproc} processes exited with code {code}; see the job's stderr")
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def main(argv: list[str]) -> None:
@@ -117,9 +112,8 @@ def main(argv: list[str]) -> None:
         recipe.train()
         recipe.cleanup()
     except BaseException as e:
-        if rank == 0:
-            (loss_file.parent / ERROR_FILE).write_text(
-                json.dumps({"type": type(e).__name__, "message": str(e)}))
+        (loss_file.parent / f"train-error-{rank}.json").write_text(
+            json.dumps({"type": type(e).__name__, "message": str(e), "rank": rank}))
         raise
 
 

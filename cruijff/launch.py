@@ -95,15 +95,14 @@ def main(cfg: DictConfig) -> int | float:
     run_dir = Path(hc.runtime.output_dir)
     sweep = hc.mode == RunMode.MULTIRUN
     optimizing = sweep and not str(hc.sweeper._target_).endswith("GridSweeper")
-    if cfg.get("scaffold", False):  # the grid sweeper scaffolds before any job; a job never should
-        print("cruijff: error: scaffold=True: renders a grid sweep's files; use it with -m and the grid sweeper "
-              "(python launch.py -m ... scaffold=true)", file=sys.stderr)
-        return 2
     fresh = not any(run_dir.iterdir()) if run_dir.exists() else True
     if sweep:
         _pin_gpu(cfg, int(hc.job.num))
         _limit_threads(cfg)
     try:
+        if cfg.get("scaffold", False):  # the grid sweeper scaffolds before any job; a job never should
+            raise ConfigError("scaffold", True, "renders a grid sweep's files: python launch.py -m ... scaffold=true "
+                                                "(with the grid sweeper)")
         if cfg.get("dry_run", False):
             code = dry_run(cfg, run_dir, list(hc.overrides.task))
             if fresh:
@@ -125,8 +124,15 @@ def main(cfg: DictConfig) -> int | float:
     if not sweep and code:
         sys.exit(code)
     if optimizing:
-        return objective(cfg, run_dir) if code == 0 else float("nan")
+        if code:  # the sweeper records the trial as failed (NaN would crash hydra-optuna-sweeper)
+            reason = read_json(run_dir / "run.json").get("error") or f"exit code {code}"
+            raise TrialFailed(f"{run_dir.name}: {reason}")
+        return objective(cfg, run_dir)
     return code
+
+
+class TrialFailed(RuntimeError):
+    """An Optuna trial whose run failed: Hydra's job runner hands it to the sweeper as a failure."""
 
 
 def objective(cfg: DictConfig, run_dir: Path) -> float:

@@ -75,6 +75,7 @@ def test_config_hash_ignores_eval_but_not_training(cfg):
         (["-m", "optimizer.lr=1e-4,-1"], "run rank2_lr-1: optimizer.lr=-1: must be a number > 0"),
         (["training=nope"], "training='nope': no such training; choose one of: default, smoke"),
         (["peft.lora_rank=[1"], "cannot parse the overrides"),
+        (["scaffold=true"], "scaffold=True: renders a grid sweep's files: python launch.py -m ... scaffold=true"),
         (["base_recipe=llama3_2/1B_lora_singel_device"], "not a torchtune config (did you mean llama3_2/1B_lora_single_device?)"),
     ],
 )

@@ -203,17 +203,22 @@ def test_killed_job_is_recorded_the_others_finish_and_a_rerun_completes_it(tmp_p
     assert state["status"] == "finished" and state["attempts"] == 2
 
 
-def test_optuna_sweeper_tells_each_trial_its_score(tmp_path, tiny_model_dir):
+def test_optuna_sweeper_tells_each_trial_its_score_and_a_failed_trial_as_failed(tmp_path, tiny_model_dir):
+    # the seeded sampler draws both learning rates: 1e6 diverges (NaN), 1e-3 learns
     proc = launch("-m", "experiment=lr_search", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+                  "optimizer.lr=choice(1e6,1e-3)", "peft.lora_rank=choice(8)",
                   "training.epochs=1", "eval.limit=20", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 1, proc.stderr[-2000:]  # a run failed; the search itself went on
     sweep_dir = tmp_path / "outputs" / "lr_search"
     trials = json.loads((sweep_dir / "sweep.json").read_text())["runs"]
-    assert len(trials) == 2 and all(r["name"].startswith("lr") for r in trials)
+    assert sorted(r["name"] for r in trials) == ["lr1e-3_rank8_epochs1", "lr1e6_rank8_epochs1"]
+    assert "1/2 runs finished, 1 failed: lr1e6_rank8_epochs1: loss became nan" in proc.stdout
+    assert "Failed experiment: lr1e6_rank8_epochs1: loss became nan" in proc.stderr + proc.stdout
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["best_params"]["optimizer.lr"] == pytest.approx(1e-3)
     df = pd.read_csv(sweep_dir / "summary.csv")
     runs = df[df["run"] != "base"]
-    assert set(runs["run"]) == {r["name"] for r in trials}
+    assert set(runs["run"]) == {"lr1e-3_rank8_epochs1"}
     assert best["best_value"] == pytest.approx(runs["score"].max())  # the objective is the eval score
     assert (df[df["run"] == "base"]["score"] == 0).all()  # the control, evaluated once after the trials
 

@@ -38,6 +38,7 @@ def test_local_jobs_each_get_their_own_gpus(monkeypatch):
     from cruijff import sweep
 
     monkeypatch.setattr(sweep, "gpu_count", lambda: 8)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # recorded first, so the test leaves it as it found it
     assert sweep.local_parallel("auto", 2) == 4 and sweep.local_parallel("auto", 1) == 8
     assert sweep.local_parallel("auto", 16) == 1 and sweep.local_parallel(3, 2) == 3
     seen = []

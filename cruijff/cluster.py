@@ -145,11 +145,16 @@ def scheduler_state(job) -> str:
     return str(info.get("State", "")).strip()
 
 
+def array_ids(job_ids: Iterable[Any]) -> list[str]:
+    """The jobs (arrays) these SLURM ids belong to (``12_3`` -> ``12``), once each, in id order."""
+    return sorted({str(j).split("_")[0] for j in job_ids}, key=lambda x: (len(x), x))
+
+
 def active_slurm_jobs(job_ids: list[str]) -> set[str]:
     """Which of these SLURM job ids (``12`` or array tasks ``12_3``) are pending or running now."""
     if not job_ids:
         return set()
-    bases = sorted({str(j).split("_")[0] for j in job_ids})
+    bases = array_ids(job_ids)
     try:
         proc = subprocess.run(["squeue", "-h", "-r", "-t", "PD,CF,R,S,RQ,RH", "-o", "%i", "-j", ",".join(bases)],
                               capture_output=True, text=True, timeout=60)

@@ -142,11 +142,15 @@ def config_hash(cfg: DictConfig, *inputs: Path) -> str:
 # command-line group names (checked before Hydra composes, so the error is one line)
 
 
+def did_you_mean(value: Any, options: Iterable[str], quote: bool = False) -> str:
+    """`` (did you mean X?)`` with the closest option, or nothing when none is close."""
+    hint = difflib.get_close_matches(str(value), sorted(options), n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint and quote else f" (did you mean {hint[0]}?)" if hint else ""
+
+
 def unknown_key(key: str, value: Any, known: Iterable[str]) -> ConfigError:
     """``key=value`` names no key of the composed config: one line, with the nearest key."""
-    hint = difflib.get_close_matches(key, sorted(known), n=1)
-    extra = f" (did you mean {hint[0]}?)" if hint else ""
-    return ConfigError(key, value, f"no such key in the config{extra}; add a new key with +{key}=…")
+    return ConfigError(key, value, f"no such key in the config{did_you_mean(key, known)}; add a new key with +{key}=…")
 
 
 def leaf_keys(d: Any, prefix: str = "") -> Iterable[str]:
@@ -169,9 +173,8 @@ def check_group_overrides(argv: list[str]) -> None:
         options = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
         for v in value.split(","):
             if v not in options:
-                hint = difflib.get_close_matches(v, options, n=1)
-                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise ConfigError(key, v, f"no such {key}{extra}; choose one of: {', '.join(options)}")
+                raise ConfigError(key, v, f"no such {key}{did_you_mean(v, options, quote=True)}; "
+                                          f"choose one of: {', '.join(options)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,9 +237,8 @@ def validate(cfg: DictConfig) -> None:
 
         names = stock_configs()
         if cfg.base_recipe not in names:
-            hint = difflib.get_close_matches(str(cfg.base_recipe), list(names), n=1)
-            extra = f" (did you mean {hint[0]}?)" if hint else ""
-            raise ConfigError("base_recipe", cfg.base_recipe, f"not a torchtune config{extra}; `tune ls` lists them")
+            raise ConfigError("base_recipe", cfg.base_recipe,
+                              f"not a torchtune config{did_you_mean(cfg.base_recipe, names)}; `tune ls` lists them")
     out = cfg.peft.get("apply_lora_to_output", "auto")
     if out != "auto" and not isinstance(out, bool):
         raise ConfigError("peft.apply_lora_to_output", out, "true, false or auto")

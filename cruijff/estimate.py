@@ -113,10 +113,10 @@ def measured(sweep_dir: Path) -> dict[tuple, float]:
             continue
         if state.get("resumed_from"):
             continue  # its duration covers only the epochs after the resume
-        if OmegaConf.select(OmegaConf.load(saved), "training.max_steps_per_epoch"):
-            continue  # a few steps (a smoke test): loading and saving would dominate the rate
         try:
             cfg = OmegaConf.load(saved)
+            if OmegaConf.select(cfg, "training.max_steps_per_epoch"):
+                continue  # a few steps (a smoke test): loading and saving would dominate the rate
             n, _ = _dataset_of(cfg)
             nproc = processes(cfg)
             samples = _samples_per_epoch(cfg, n, nproc) * int(cfg.training.epochs)
@@ -128,18 +128,24 @@ def measured(sweep_dir: Path) -> dict[tuple, float]:
     return {k: sum(v) / len(v) for k, v in out.items()}
 
 
-def _dataset_of(cfg: DictConfig) -> tuple[int, int]:
-    from .launch import resolve_paths
+def _dataset_of(cfg: DictConfig, data_file: Path | None = None) -> tuple[int, int]:
+    if data_file is None:
+        from .launch import resolve_paths
 
-    _, data_file = resolve_paths(cfg, build=False)
+        _, data_file = resolve_paths(cfg, build=False)
     if not Path(data_file).exists():
         return 0, 0
     return _dataset(str(data_file), str(cfg.dataset.input_key), str(cfg.dataset.output_key))
 
 
+def _per_step(cfg: DictConfig, nproc: int) -> int:
+    """Examples per optimizer step: batch x gradient accumulation x processes."""
+    return int(cfg.training.batch_size) * int(cfg.training.gradient_accumulation_steps) * nproc
+
+
 def _samples_per_epoch(cfg: DictConfig, n: int, nproc: int) -> int:
     """Examples trained per epoch: torchtune drops the last, incomplete batch (drop_last)."""
-    per_step = int(cfg.training.batch_size) * int(cfg.training.gradient_accumulation_steps) * nproc
+    per_step = _per_step(cfg, nproc)
     steps = n // per_step
     if cfg.training.max_steps_per_epoch:
         steps = min(steps, int(cfg.training.max_steps_per_epoch))
@@ -157,16 +163,15 @@ def device_guess(cfg: DictConfig) -> str:
     return "cuda" if gpu_count() > 0 else "cpu"  # without starting torch
 
 
-def estimate(cfg: DictConfig, model_dir: Path, data_file: Path, rates: dict[tuple, float] | None = None) -> Estimate:
+def estimate(cfg: DictConfig, data_file: Path, rates: dict[tuple, float] | None = None) -> Estimate:
     from .evaluate import task_specs
     from .finetune import model_section, processes
 
     nproc = processes(cfg)
     device = device_guess(cfg)
-    n, chars = _dataset_of(cfg)
+    n, chars = _dataset_of(cfg, data_file)
     samples = _samples_per_epoch(cfg, n, nproc)
-    per_step = int(cfg.training.batch_size) * int(cfg.training.gradient_accumulation_steps) * nproc
-    steps = samples // per_step
+    steps = samples // _per_step(cfg, nproc)
     epochs = int(cfg.training.epochs)
     cpt = float(cfg.model.get("chars_per_token") or CHARS_PER_TOKEN)
     tokens = int(chars / cpt * (samples / n) * epochs) if n else 0

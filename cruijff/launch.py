@@ -161,11 +161,10 @@ def dry_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> int:
 
 def _pin_gpu(cfg: DictConfig, slot: int) -> None:
     """Local sweeps on a multi-GPU machine: each job in a batch uses its own GPUs only."""
-    from .sweep import gpus_per_run, pin_gpus
+    from .sweep import pin_gpus, run_gpus
 
     if cfg.cluster.executor == "local" and cfg.training.device != "cpu":
-        pin_gpus(slot, gpus_per_run(cfg.training.get("nproc", "auto"),
-                                    OmegaConf.select(cfg, "model.resources.gpus", default=1)))
+        pin_gpus(slot, run_gpus(cfg))
 
 
 def _limit_threads(cfg: DictConfig) -> None:

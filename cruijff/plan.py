@@ -144,12 +144,13 @@ class Planner:
             try:
                 with self._with_job(overrides) as cfg:
                     validate(cfg)
-                    chash = config_hash(cfg, *resolve_paths(cfg, build=False))
+                    paths = resolve_paths(cfg, build=False)
+                    chash = config_hash(cfg, *paths)
                     epochs = int(cfg.training.epochs)
                     force = bool(cfg.overwrite) if overwrite is None else overwrite
                     run = self._state(name, overrides, chash, epochs, force)
                     if estimate and run.state != FINISHED:
-                        run.estimate = cost(cfg, *resolve_paths(cfg, build=False), rates)
+                        run.estimate = cost(cfg, paths[1], rates)
                     if each is not None:
                         each(run, cfg)
             except CruijffError as e:

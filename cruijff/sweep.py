@@ -46,9 +46,13 @@ def local_parallel(value: Any, per_run: int = 1) -> int:
     return max(1, gpu_count() // max(1, int(per_run)))
 
 
+def run_gpus(cfg: DictConfig) -> int:
+    """GPUs one local job of this config uses."""
+    return gpus_per_run(cfg.training.get("nproc", "auto"), OmegaConf.select(cfg, "model.resources.gpus", default=1))
+
+
 def local_jobs(cfg: DictConfig) -> int:
-    return local_parallel(cfg.cluster.max_parallel, gpus_per_run(
-        cfg.training.get("nproc", "auto"), OmegaConf.select(cfg, "model.resources.gpus", default=1)))
+    return local_parallel(cfg.cluster.max_parallel, run_gpus(cfg))
 
 
 def sweep_batch(executor: str, max_parallel: Any, nproc: Any = "auto", gpus: Any = 1) -> int | None:
@@ -158,7 +162,7 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
             raise CruijffError(" ".join(overrides) + ": " + str(e).strip().splitlines()[0]) from None
 
     scaffold = bool(config.get("scaffold", False))
-    rendered: dict[str, str] = {}
+    rendered: dict[str, tuple[str, str]] = {}  # run -> (finetune.yaml, its tune run command)
 
     def render_run(run: Any, cfg: DictConfig) -> None:
         if run.state != FINISHED:
@@ -216,11 +220,11 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
     if config.get("detach", False):
         plan = read_json(sweep_dir / "sweep.json")
         jobs = plan.get("jobs", {})
-        earlier = sorted({jobs[r.name].split("_")[0] for r in runs if r.state == ACTIVE})
+        from .cluster import active_slurm_jobs, array_ids
+
+        earlier = array_ids(jobs[r.name] for r in runs if r.state == ACTIVE)
         finish = (plan.get("detached") or {}).get("finish_job")
         if earlier and finish:  # the earlier eval+report job too: two must not evaluate the same cells
-            from .cluster import active_slurm_jobs
-
             try:
                 earlier += sorted(active_slurm_jobs([str(finish)]))
             except CruijffError as e:
@@ -241,40 +245,37 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
     return returns
 
 
-def scaffold_text(cfg: DictConfig, run_dir: Path) -> str:
-    """The ``finetune.yaml`` a run's job will write, rendered ahead of time for the device it will get."""
+def scaffold_text(cfg: DictConfig, run_dir: Path) -> tuple[str, str]:
+    """The ``finetune.yaml`` a run's job will write, rendered ahead of time for the device it will
+    get, and the ``tune run`` command that runs it."""
     from .estimate import device_guess
     from . import finetune
     from .launch import resolve_paths
 
-    run_dir = run_dir.resolve()
+    path = run_dir.resolve() / "finetune.yaml"
     model_dir, data_file = resolve_paths(cfg, build=False)
-    conf = finetune.render(cfg, run_dir, model_dir, data_file, device=device_guess(cfg))
-    return finetune.config_text(conf, run_dir / "finetune.yaml", run_dir.name, finetune.processes(cfg),
-                                cfg.get("base_recipe"))
+    conf = finetune.render(cfg, path.parent, model_dir, data_file, device=device_guess(cfg))
+    nproc = finetune.processes(cfg)
+    return (finetune.config_text(conf, path, run_dir.name, nproc, cfg.get("base_recipe")),
+            finetune.tune_command(nproc, path))
 
 
-def write_scaffold(config: DictConfig, sweep_dir: Path, todo: list, rendered: dict[str, str]) -> list[Path]:
+def write_scaffold(config: DictConfig, sweep_dir: Path, todo: list,
+                   rendered: dict[str, tuple[str, str]]) -> list[Path]:
     """Every run's ``finetune.yaml`` in its run dir, and in ``scripts/``: the torchtune commands and,
     on SLURM, the job-array script that the launch will submit."""
-    import shlex
-
     from .cluster import job_name, make_executor
 
     written: list[Path] = []
     for run in todo:
         path = sweep_dir / run.name / "finetune.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(rendered[run.name])
+        path.write_text(rendered[run.name][0])
         written.append(path)
     scripts = sweep_dir / "scripts"
     scripts.mkdir(exist_ok=True)
     lines = ["#!/usr/bin/env bash", "# Each run with torchtune alone (what the jobs run, without cruijff's records).",
-             "set -euo pipefail"]
-    for run in todo:
-        header = rendered[run.name].splitlines()[3]  # "#   tune run ... --config <path>"
-        lines.append(header.lstrip("# ").strip() if "tune run" in header else
-                     f"tune run --config {shlex.quote(str(sweep_dir / run.name / 'finetune.yaml'))}")
+             "set -euo pipefail"] + [rendered[run.name][1] for run in todo]
     (scripts / "tune_commands.sh").write_text("\n".join(lines) + "\n")
     written.append(scripts / "tune_commands.sh")
     if str(config.cluster.executor) == "slurm" and todo:
@@ -300,13 +301,10 @@ def detach(sweeper: Any, config: DictConfig, sweep_dir: Path, todo: list[list[st
            earlier: Sequence[str] = ()) -> None:
     """Submit the grid's arrays and an eval+report job that depends on them, and on ``earlier``
     jobs still at work on this sweep (a second detach while the first runs); wait for neither."""
-    from .cluster import job_name, make_executor
+    from .cluster import array_ids, job_name, make_executor
 
-    ids: list[str] = []
-    if todo:
-        _, jobs = submit_jobs(sweeper.launcher, todo, 0)
-        ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
-    ids = sorted(set(ids) | set(earlier), key=lambda x: (len(x), x))
+    jobs = submit_jobs(sweeper.launcher, todo, 0)[1] if todo else []
+    ids = array_ids([j.job_id for j in jobs] + list(earlier))
     executor = make_executor(config.cluster, sweep_dir / ".submitit" / "%j",
                              name=job_name(config.experiment.name, "eval"),
                              dependency=f"afterany:{':'.join(ids)}" if ids else None)
@@ -473,7 +471,7 @@ def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_j
     from hydra.core.singleton import Singleton
     from hydra_plugins.hydra_submitit_launcher import submitit_launcher as stock
 
-    from .cluster import job_name, make_executor, max_array_size, submit_array
+    from .cluster import array_ids, job_name, make_executor, max_array_size, submit_array
 
     config = launcher.config
     cluster = config.cluster
@@ -493,7 +491,7 @@ def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_j
     jobs = submit_array(executor, shared, [[list(o) for o in job_overrides], idx], max_array_size(cluster))
     ids = {n: j.job_id for n, j in zip(names, jobs)}
     _record_jobs(sweep_dir, ids)
-    arrays = sorted({str(j.job_id).split("_")[0] for j in jobs}, key=lambda x: (len(x), x))
+    arrays = array_ids(j.job_id for j in jobs)
     ActionLog(sweep_dir / "run-experiment.log")(
         "Submit fine-tune", ", ".join(names),
         f"{kind} job ids " + ", ".join(ids.values())

@@ -125,7 +125,8 @@ def config_hash(cfg: DictConfig, *inputs: Path) -> str:
         sub["base_recipe"] = cfg.base_recipe
     for key in ("metric_logger", "tracking"):  # where the losses are sent does not change the run
         sub.get("training", {}).pop(key, None)
-    for key in ("resources", "chars_per_token"):  # hints for clusters and plans, not for training
+    # hints for clusters, plans and evals, not for training
+    for key in ("resources", "chars_per_token", "full_component", "chat_template"):
         sub.get("model", {}).pop(key, None)
     if sub.get("training", {}).get("nproc") == "auto":  # follows the GPUs a run gets, like the cluster keys
         sub["training"].pop("nproc")
@@ -260,6 +261,14 @@ def validate(cfg: DictConfig) -> None:
     if cfg.cluster.get("eval_after", "grid") not in ("run", "grid"):
         raise ConfigError("cluster.eval_after", cfg.cluster.eval_after,
                           "run (a run's evals start when it finishes) or grid (after the whole grid)")
+    template = cfg.model.get("chat_template")
+    if template is not None:
+        from .evaluate import chat
+
+        if not isinstance(template, str) or not (chat.is_jinja(template) or template in chat.TEMPLATES):
+            raise ConfigError("model.chat_template", template,
+                              f"not a chat template{did_you_mean(template, chat.TEMPLATES)}: one of "
+                              f"{', '.join(chat.TEMPLATES)}, a Jinja template, or null for the model dir's own")
     if cfg.model.path is not None:
         path = Path(cfg.model.path)
         if not path.is_dir():

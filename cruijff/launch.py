@@ -438,12 +438,24 @@ def cells(cfg: DictConfig, run_dir: Path, model_dir: Path) -> list[tuple[str, Pa
     return out
 
 
+def eval_template(cfg: DictConfig) -> str | None:
+    """The Jinja text that lays out eval prompts (``model.chat_template``); None: the model dir's."""
+    from .evaluate import chat
+
+    return chat.resolve(cfg.model.get("chat_template"))
+
+
+def cell_done(cfg: DictConfig, log_dir: Path, specs: list[TaskSpec]) -> bool:
+    """The cell has every task's result, over this config's sample limit and prompt layout."""
+    return cell_complete(log_dir, specs, cfg.eval.limit, eval_template(cfg))
+
+
 def evaluate_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path,
                  specs: list[TaskSpec], act: ActionLog, base: bool = True) -> None:
     device = resolve_device(cfg.training.device)
     todo = [c for c in cells(cfg, run_dir, model_dir) if base or c[0] != "base"]
     for i, (label, ckpt, log_dir) in enumerate(todo, 1):
-        if cell_complete(log_dir, specs, cfg.eval.limit):
+        if cell_done(cfg, log_dir, specs):
             act("Skip eval", f"{run_dir.name}/{label}: complete")
             continue
         print(f"cruijff: evaluating {label} ({i}/{len(todo)}) on {', '.join(s.label for s in specs)}")
@@ -453,7 +465,7 @@ def evaluate_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
             data_file=data_file, input_key=cfg.dataset.input_key, output_key=cfg.dataset.output_key,
             device=device, gpus=int(cfg.model.resources.gpus),
             max_tokens=int(cfg.eval.max_tokens), batch_size=int(cfg.eval.batch_size),
-            limit=cfg.eval.limit,
+            limit=cfg.eval.limit, chat_template=eval_template(cfg),
             tags=[cfg.experiment.name, run_dir.name if label != "base" else "base", label],
             metadata={"experiment": cfg.experiment.name, "run": run_dir.name if label != "base" else None,
                       "checkpoint": label, "config_hash": read_json(run_dir / "run.json").get("config_hash")},

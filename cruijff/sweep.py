@@ -662,15 +662,15 @@ def summary_line(total: int, finished: list[str], active: set[str], failed: dict
 
 def eval_todo(sweep_dir: Path, runs: list[str], eval_cfg: DictConfig) -> list[tuple[str, bool]]:
     """(run, with base) for every finished run with an incomplete cell; checked in this process."""
-    from .evaluate import cell_complete, task_specs
-    from .launch import cells, eval_config, resolve_paths
+    from .evaluate import task_specs
+    from .launch import cell_done, cells, eval_config, resolve_paths
 
     out, base_done = [], None
     for name in runs:
         cfg = eval_config(sweep_dir / name, eval_cfg)
         specs = task_specs(cfg.eval.tasks)
         model_dir, _ = resolve_paths(cfg, build=False)
-        todo = [c for c in cells(cfg, sweep_dir / name, model_dir) if not cell_complete(c[2], specs, cfg.eval.limit)]
+        todo = [c for c in cells(cfg, sweep_dir / name, model_dir) if not cell_done(cfg, c[2], specs)]
         if base_done is None:
             base_done = not any(label == "base" for label, _, _ in todo)
         if any(label != "base" for label, _, _ in todo):

@@ -1,7 +1,8 @@
 """The model catalogue, checked without weights (none can be downloaded here).
 
 For each real model: its torchtune LoRA builder, with the configured LoRA settings, is built on the
-``meta`` device (shapes, no memory) and its base parameter count matches the published size; the
+``meta`` device (shapes, no memory) and its base parameter count matches the published size, as
+does its full-weight builder; eval prompts are laid out as torchtune laid out the training data; the
 rendered ``finetune.yaml`` passes torchtune's own ``tune validate``; a model dir lacking a file the
 config names is refused with one line.
 """
@@ -51,6 +52,10 @@ def test_builder_on_meta_device_has_the_published_size(name, tmp_path):
     assert abs(base - published) / published < 0.03, f"{name}: {base / 1e9:.2f}B vs {published / 1e9:.2f}B"
     assert 0 < lora < 0.02 * base  # the adapters are there, and small
     assert conf["model"]["lora_rank"] == 16
+    # the full-weight builder makes the same model without adapters
+    with torch.device("meta"):
+        full = tt_config.instantiate(OmegaConf.create({"_component_": cfg.model.full_component, **cfg.model.args}))
+    assert sum(p.numel() for p in full.parameters()) == base
 
 
 @pytest.mark.parametrize("name", CATALOGUE)
@@ -111,3 +116,92 @@ def test_base_recipe_seeds_the_config_and_cruijff_keys_override_it(tmp_path, tin
     assert "Seeded from torchtune's llama3_2/1B_lora_single_device" in path.read_text()
     proc = subprocess.run(["tune", "validate", str(path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# train/eval prompt parity
+#
+# The real tokenizer files cannot be had here, so each tokenizer family gets a stand-in of the same
+# format: Llama 3's tiktoken file and Qwen's vocab.json/merges.txt with one token per byte (so a
+# text is tokenized the same way whatever the merges, and token ids correspond one to one with the
+# text), and for Mistral the embedded tiny model's SentencePiece model. torchtune's tokenizer, built
+# from the rendered finetune.yaml as training builds it, tokenizes a record; the catalogue's chat
+# template, rendered through transformers as inspect's hf provider renders it, after the BOS that
+# torchtune starts with (the model's tokenizer adds it to the prompt), must give exactly the text
+# training put before the answer.
+
+RECORDS = [
+    [{"role": "user", "content": "Capitalize: paris"}, {"role": "assistant", "content": "Paris"}],
+    [{"role": "user", "content": "Capitalize: a b  c"}, {"role": "assistant", "content": "A b  c"}],
+    [{"role": "user", "content": "  Spaces around: x \n"}, {"role": "assistant", "content": "X"}],
+    [{"role": "user", "content": "Trailing space: q "}, {"role": "assistant", "content": "Q"}],
+]
+WITH_SYSTEM = [{"role": "system", "content": "Answer in one word."},
+               {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris"}]
+
+
+def _stand_in_tokenizer_files(model_dir, cfg, tiny_model_dir):
+    import base64
+    import json
+    import shutil
+
+    from torchtune.models.qwen2._tokenizer import bytes_to_unicode
+
+    byte_chars = bytes_to_unicode()
+    for key in finetune.TOKENIZER_FILES:
+        rel = cfg.model.tokenizer.get(key)
+        if not rel:
+            continue
+        dest = model_dir / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if rel.endswith("vocab.json"):
+            dest.write_text(json.dumps({byte_chars[i]: i for i in range(256)}))
+        elif rel.endswith("merges.txt"):
+            dest.write_text("#version: 0.2\n")
+        elif "llama3" in cfg.model.tokenizer.component:  # tiktoken: base64 token, rank
+            dest.write_text("".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256)))
+        else:  # SentencePiece
+            shutil.copy(tiny_model_dir / "tokenizer.model", dest)
+
+
+def _as_text(tok, ids: list[int]) -> str:
+    spm = getattr(tok, "_spm_model", None)
+    if spm is None:
+        return tok.decode(ids, skip_special_tokens=False)
+    # SentencePiece: pieces as written; the space SentencePiece puts before a text's first piece
+    # (after <s>) is the one the model's own tokenizer adds again to the prompt's text
+    pieces = [spm.spm_model.id_to_piece(i) for i in ids]
+    pieces = [chr(int(p[3:5], 16)) if p.startswith("<0x") else p for p in pieces]  # byte fallback
+    return "".join(pieces).replace("\u2581", " ").replace("<s> ", "<s>")
+
+
+@pytest.mark.parametrize("name", CATALOGUE)
+def test_eval_prompts_are_laid_out_as_training_saw_them(name, tmp_path, tiny_model_dir):
+    from torchtune.data import Message
+    from transformers import AutoTokenizer
+
+    from cruijff.evaluate import chat
+
+    model_dir = tmp_path / "model"
+    cfg = compose_config(f"model={name}", f"model.path={model_dir}")
+    _stand_in_tokenizer_files(model_dir, cfg, tiny_model_dir)
+    conf = finetune.render(cfg, tmp_path / "run", model_dir, tmp_path / "data.json")
+    tok = tt_config.instantiate(OmegaConf.create(conf["tokenizer"]))
+    template = chat.resolve(cfg.model.chat_template)
+    assert template is not None, f"{name} has no chat template for its eval prompts"
+    renderer = AutoTokenizer.from_pretrained(str(tiny_model_dir))  # any tokenizer renders a template
+    records = RECORDS + ([] if "mistral" in name else [WITH_SYSTEM])  # torchtune's Mistral template has no system role
+    for record in records:
+        messages = [Message(role=m["role"], content=m["content"], masked=m["role"] != "assistant") for m in record]
+        tokens, mask = tok.tokenize_messages(messages)
+        trained = _as_text(tok, tokens)
+        prompt = renderer.apply_chat_template(record[:-1], chat_template=template, tokenize=False,
+                                              add_generation_prompt=True)
+        answer = record[-1]["content"]
+        prompt = (_as_text(tok, [tok.bos_id]) if tok.bos_id is not None else "") + prompt
+        # the prompt is all training put before the answer; the rest is the answer and its end
+        assert trained.startswith(prompt), f"{name}:\n trained {trained!r}\n prompt  {prompt!r}"
+        rest = trained[len(prompt):]
+        assert rest.lstrip(" ").startswith(answer), f"{name}: after the prompt {rest!r}"
+        first_answer_token = next(i for i, m in enumerate(mask) if not m)
+        assert len(_as_text(tok, tokens[:first_answer_token])) <= len(prompt)  # no trained token in the prompt

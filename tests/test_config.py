@@ -77,6 +77,7 @@ def test_config_hash_ignores_eval_but_not_training(cfg):
         (["peft.lora_rank=[1"], "cannot parse the overrides"),
         (["scaffold=true"], "scaffold=True: renders a grid sweep's files: python launch.py -m ... scaffold=true"),
         (["base_recipe=llama3_2/1B_lora_singel_device"], "not a torchtune config (did you mean llama3_2/1B_lora_single_device?)"),
+        (["model.chat_template=lama3"], "model.chat_template='lama3': not a chat template (did you mean llama3?)"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, key):

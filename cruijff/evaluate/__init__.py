@@ -110,9 +110,10 @@ def build_task(spec: TaskSpec, data_file: Path, input_key: str, output_key: str)
 _ANY = object()
 
 
-def cell_complete(log_dir: Path, tasks: list[TaskSpec], limit: Any = _ANY) -> bool:
+def cell_complete(log_dir: Path, tasks: list[TaskSpec], limit: Any = _ANY, chat_template: Any = _ANY) -> bool:
     """True when every task has a successful result and its log file is on disk, over the same
-    ``eval.limit`` when one is given (a smoke test's 10-sample cell does not stand for a full one)."""
+    ``eval.limit`` (a smoke test's 10-sample cell does not stand for a full one) and prompted with
+    the same chat template, when these are given."""
     summary = log_dir / "results.json"
     if not summary.exists():
         return False
@@ -122,6 +123,8 @@ def cell_complete(log_dir: Path, tasks: list[TaskSpec], limit: Any = _ANY) -> bo
     except (ValueError, KeyError):
         return False
     if limit is not _ANY and cell.get("limit") != limit:
+        return False
+    if chat_template is not _ANY and cell.get("chat_template") != chat_template:
         return False
     for t in tasks:
         r = results.get(t.label)
@@ -162,11 +165,14 @@ def evaluate_cell(
     max_tokens: int = 16,
     batch_size: int = 32,
     limit: int | None = None,
+    chat_template: str | None = None,
     tags: list[str] | None = None,
     metadata: dict | None = None,
     display: str | None = None,
 ) -> dict[str, dict]:
-    """Evaluate one model dir on all tasks with one model load; write ``results.json``."""
+    """Evaluate one model dir on all tasks with one model load; write ``results.json``.
+
+    ``chat_template``: Jinja text that lays out the prompts (None: the model dir's own template)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from inspect_ai import eval as inspect_eval
     from inspect_ai.model import GenerateConfig, ModelInfo, get_model, set_model_info
@@ -176,6 +182,8 @@ def evaluate_cell(
     model_args: dict[str, Any] = dict(device=_eval_device(device, gpus), do_sample=False)
     if view is not None:
         model_args["model_path"] = str(view)
+    if chat_template is not None:
+        model_args["chat_template"] = chat_template
     try:
         model = get_model(
             f"hf/{model_dir.resolve()}",
@@ -216,7 +224,8 @@ def evaluate_cell(
             entry["error"] = log.error.message
         results[spec.label] = entry
     (log_dir / "results.json").write_text(
-        json.dumps({"model": str(model_dir), "tasks": results, "limit": limit, "metadata": metadata or {}},
+        json.dumps({"model": str(model_dir), "tasks": results, "limit": limit, "chat_template": chat_template,
+                    "metadata": metadata or {}},
                    indent=2) + "\n"
     )
     return results

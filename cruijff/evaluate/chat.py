@@ -1,0 +1,60 @@
+"""Chat templates that prompt a model at eval time exactly as torchtune laid out its training data.
+
+A model's own Hugging Face template does not always match what torchtune trains on: Llama 3.1+
+templates add a system header with a knowledge cut-off and today's date, Qwen2.5's adds a default
+system prompt ("You are Qwen, ...") when a sample has none. torchtune adds neither, so a fine-tuned
+checkpoint evaluated with the model's own template would be asked in a format it never saw.
+
+``model.chat_template`` names one of the templates below (the catalogue does), is a Jinja template of
+its own, or is null for the template in the model directory. Like the models' own templates as
+inspect uses them, these leave the first BOS to the tokenizer (Llama 3 and Mistral add one, Qwen
+none, as torchtune does): written into the text, a SentencePiece tokenizer would drop the space it
+puts before the first word.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Llama 3 header format, as torchtune's Llama3Tokenizer (content stripped, no default system header).
+LLAMA3 = (
+    "{%- for m in messages -%}"
+    "{{- '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
+)
+
+# ChatML, as torchtune's Qwen2/Qwen2.5 tokenizers (no BOS, no default system prompt).
+CHATML = (
+    "{%- for m in messages -%}"
+    "{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+# torchtune's MistralChatTemplate ("[INST] " + user + " [/INST] "). torchtune encodes each piece
+# separately, trailing spaces cut, each with SentencePiece's leading space: the text before [/INST]
+# has two spaces, and the answer starts with a space that belongs to the assistant's turn (the model
+# generates it). Each later user turn starts with its own BOS, as torchtune's.
+MISTRAL_INST = (
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'user' -%}{{- ('' if loop.first else '<s>') + '[INST] ' + m['content'].rstrip(' ') + '  [/INST]' -}}"
+    "{%- elif m['role'] == 'assistant' -%}{{- ' ' + m['content'].rstrip(' ') + '</s>' -}}"
+    "{%- else -%}{{- raise_exception('torchtune MistralChatTemplate has no ' + m['role'] + ' role') -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+TEMPLATES = {"llama3": LLAMA3, "chatml": CHATML, "mistral_inst": MISTRAL_INST}
+
+
+def is_jinja(value: str) -> bool:
+    return "{{" in value or "{%" in value
+
+
+def resolve(value: Any) -> str | None:
+    """The Jinja text of ``model.chat_template`` (None: the model directory's own template)."""
+    if value is None:
+        return None
+    value = str(value)
+    return value if is_jinja(value) else TEMPLATES[value]

@@ -208,19 +208,75 @@ def resolve_dtype(dtype: str, device: str) -> str:
 # validation
 
 
-def _positive(cfg: DictConfig, key: str, *, integer: bool, minimum: float = 0, strict=True) -> None:
-    value = OmegaConf.select(cfg, key)
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or (value <= minimum if strict else value < minimum):
-        kind = "an integer" if integer else "a number"
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise ConfigError(key, value, f"must be {kind} {bound}")
+# Type and range of every plain value a user sets, checked before anything runs. A spec is a kind
+# (int, number, bool, str) with an optional bound, and the other values allowed ("|null", "|auto").
+# Keys a config does not have (SLURM keys on a local run) are skipped.
+_MISSING = object()
+SCHEMA = {
+    "seed": "int>=0",
+    "overwrite": "bool", "dry_run": "bool", "scaffold": "bool", "detach": "bool",
+    "peft.lora_rank": "int>=1",
+    "peft.lora_alpha": "number>0",
+    "peft.apply_lora_to_mlp": "bool",
+    "optimizer.lr": "number>0",
+    "optimizer.weight_decay": "number>=0",
+    "optimizer.num_warmup_steps": "int>=0",
+    "training.epochs": "int>=1",
+    "training.batch_size": "int>=1",
+    "training.gradient_accumulation_steps": "int>=1",
+    "training.max_steps_per_epoch": "int>=1|null",
+    "training.clip_grad_norm": "number>0|null",
+    "training.nproc": "int>=1|auto",
+    "training.compile": "bool",
+    "training.enable_activation_checkpointing": "bool",
+    "training.log_every_n_steps": "int>=1",
+    "dataset.input_key": "str", "dataset.output_key": "str",
+    "dataset.train_on_input": "bool",
+    "eval.enabled": "bool",
+    "eval.base_model": "bool",
+    "eval.max_tokens": "int>=1",
+    "eval.batch_size": "int>=1",
+    "eval.limit": "int>=1|null",
+    "model.tokenizer.max_seq_len": "int>=1",
+    "cluster.max_parallel": "int>=1|auto",
+    "cluster.timeout_min": "number>0",
+    "cluster.cpus_per_task": "int>=1",
+    "cluster.gpus_per_node": "int>=0",
+    "cluster.mem_gb": "number>0",
+    "cluster.max_array_size": "int>=1|auto",
+    "cluster.max_requeue": "int>=0",
+    "cluster.signal_delay_s": "int>=0",
+}
+_SPEC = re.compile(r"^(int|number|bool|str)(?:(>=|>)(-?[\d.]+))?((?:\|\w+)*)$")
+_KINDS = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string"}
+
+
+def check_value(key: str, value: Any, spec: str) -> None:
+    """Raise ConfigError unless ``value`` fits ``spec`` (see SCHEMA)."""
+    kind, op, bound, extra = _SPEC.match(spec).groups()
+    others = extra.split("|")[1:]
+    if value is None and "null" in others or isinstance(value, str) and value in others:
+        return
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "str":
+        ok = isinstance(value, str)
+    else:
+        ok = not isinstance(value, bool) and isinstance(value, int if kind == "int" else (int, float))
+        if ok and op:
+            ok = value >= float(bound) if op == ">=" else value > float(bound)
+    if not ok:
+        bound_text = f" {op} {bound}" if op else ""
+        allowed = "".join(f" or {o}" for o in others)
+        raise ConfigError(key, value, f"must be {_KINDS[kind]}{bound_text}{allowed}")
 
 
 def validate(cfg: DictConfig) -> None:
     """Check the composed config; raise ConfigError naming the first bad key."""
-    _positive(cfg, "peft.lora_rank", integer=True, minimum=1, strict=False)
-    _positive(cfg, "peft.lora_alpha", integer=False)
+    for key, spec in SCHEMA.items():
+        value = OmegaConf.select(cfg, key, default=_MISSING)
+        if value is not _MISSING:
+            check_value(key, value, spec)
     dropout = cfg.peft.lora_dropout
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ConfigError("peft.lora_dropout", dropout, "must be a number with 0 <= dropout < 1")
@@ -246,16 +302,10 @@ def validate(cfg: DictConfig) -> None:
     if out is True and cfg.model.get("tied_embeddings", False):
         raise ConfigError("peft.apply_lora_to_output", out, f"model {cfg.model.name} ties its output layer to the "
                           "input embeddings, so it has none to adapt: false or auto")
-    _positive(cfg, "optimizer.lr", integer=False)
-    _positive(cfg, "training.epochs", integer=True, minimum=1, strict=False)
-    _positive(cfg, "training.batch_size", integer=True, minimum=1, strict=False)
-    _positive(cfg, "training.gradient_accumulation_steps", integer=True, minimum=1, strict=False)
     if cfg.training.device not in ("auto", "cpu", "cuda", "mps") and not str(
         cfg.training.device
     ).startswith("cuda:"):
         raise ConfigError("training.device", cfg.training.device, "one of auto, cpu, cuda, cuda:N, mps")
-    if cfg.training.get("nproc", "auto") != "auto":
-        _positive(cfg, "training.nproc", integer=True, minimum=1, strict=False)
     if cfg.training.dtype not in ("auto", "fp32", "bf16"):
         raise ConfigError("training.dtype", cfg.training.dtype, "one of auto, fp32, bf16")
     if cfg.cluster.get("eval_after", "grid") not in ("run", "grid"):

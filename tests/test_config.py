@@ -77,6 +77,12 @@ def test_config_hash_ignores_eval_but_not_training(cfg):
         (["peft.lora_rank=[1"], "cannot parse the overrides"),
         (["scaffold=true"], "scaffold=True: renders a grid sweep's files: python launch.py -m ... scaffold=true"),
         (["base_recipe=llama3_2/1B_lora_singel_device"], "not a torchtune config (did you mean llama3_2/1B_lora_single_device?)"),
+        (["eval.max_tokens=abc"], "eval.max_tokens='abc': must be an integer >= 1"),
+        (["training.compile=3"], "training.compile=3: must be true or false"),
+        (["training.max_steps_per_epoch=-3"], "training.max_steps_per_epoch=-3: must be an integer >= 1 or null"),
+        (["optimizer.weight_decay=-0.1"], "optimizer.weight_decay=-0.1: must be a number >= 0"),
+        (["seed=abc"], "seed='abc': must be an integer >= 0"),
+        (["cluster=slurm", "cluster.max_parallel=0"], "cluster.max_parallel=0: must be an integer >= 1 or auto"),
         (["model.chat_template=lama3"], "model.chat_template='lama3': not a chat template (did you mean llama3?)"),
     ],
 )

@@ -26,12 +26,38 @@ def job_name(experiment: str, kind: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "-", f"cruijff-{kind}-{experiment}")[:100]
 
 
+RESOURCES = ("timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb")
+
+
+def job_resources(cfg: DictConfig) -> dict[str, Any]:
+    """What one run's SLURM job asks for, from the run's own config: the cluster preset derives
+    these from the model's hint and the epochs, so runs of one grid may differ (a grid over models
+    or ``training.epochs``). Empty off SLURM."""
+    cluster = cfg.cluster
+    if str(cluster.executor) != "slurm":
+        return {}
+    return {"timeout_min": int(cluster.timeout_min), "gpus_per_node": int(cluster.gpus_per_node),
+            "cpus_per_task": int(cluster.cpus_per_task), "mem_gb": float(cluster.mem_gb)}
+
+
+def largest(resources: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Enough for any of these runs (one job that evaluates them all)."""
+    out: dict[str, Any] = {}
+    for r in resources:
+        for k, v in r.items():
+            out[k] = max(out.get(k, v), v)
+    return out
+
+
 def make_executor(cluster: DictConfig, folder: Path | str, *, name: str, timeout_min: int | None = None,
-                  dependency: str | None = None):
+                  dependency: str | None = None, resources: dict[str, Any] | None = None):
+    """A submitit executor for ``cluster``; ``resources`` (see :func:`job_resources`) replace the
+    preset's GPUs, CPUs, memory and time limit for the runs at hand."""
     import submitit
 
     kind = str(cluster.executor)
-    timeout = int(timeout_min or cluster.timeout_min)
+    res = {k: cluster.get(k) for k in RESOURCES} | (resources or {})
+    timeout = int(timeout_min or res["timeout_min"])
     if kind == "local":
         executor = submitit.AutoExecutor(folder=str(folder), cluster="local")
         executor.update_parameters(timeout_min=timeout, name=name)
@@ -48,9 +74,9 @@ def make_executor(cluster: DictConfig, folder: Path | str, *, name: str, timeout
     params: dict[str, Any] = dict(
         name=name,
         timeout_min=timeout,
-        gpus_per_node=int(cluster.gpus_per_node),
-        cpus_per_task=int(cluster.cpus_per_task),
-        mem_gb=float(cluster.mem_gb),
+        gpus_per_node=int(res["gpus_per_node"]),
+        cpus_per_task=int(res["cpus_per_task"]),
+        mem_gb=float(res["mem_gb"]),
         slurm_array_parallelism=int(cluster.max_parallel),
         slurm_signal_delay_s=int(cluster.get("signal_delay_s", 120)),
         slurm_setup=[str(line) for line in cluster.setup or []],

@@ -111,6 +111,8 @@ def register_resolvers() -> None:
             "cruijff_parallel", lambda value, nproc="auto", gpus=1: local_parallel(value, gpus_per_run(nproc, gpus)))
     if not OmegaConf.has_resolver("cruijff_timeout"):
         OmegaConf.register_new_resolver("cruijff_timeout", job_minutes)
+    if not OmegaConf.has_resolver("cruijff_cpus"):
+        OmegaConf.register_new_resolver("cruijff_cpus", lambda per_gpu, gpus: int(per_gpu) * max(1, int(gpus)))
     if not OmegaConf.has_resolver("cruijff_batch"):
         from .sweep import sweep_batch
 
@@ -240,6 +242,7 @@ SCHEMA = {
     "model.tokenizer.max_seq_len": "int>=1",
     "cluster.max_parallel": "int>=1|auto",
     "cluster.timeout_min": "number>0",
+    "cluster.cpus_per_gpu": "int>=1",
     "cluster.cpus_per_task": "int>=1",
     "cluster.gpus_per_node": "int>=0",
     "cluster.mem_gb": "number>0",
@@ -271,12 +274,13 @@ def check_value(key: str, value: Any, spec: str) -> None:
         raise ConfigError(key, value, f"must be {_KINDS[kind]}{bound_text}{allowed}")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check the composed config; raise ConfigError naming the first bad key."""
-    for key, spec in SCHEMA.items():
+def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> None:
+    """Check the composed config; raise ConfigError naming the first bad key. ``keys``: check only
+    these of the SCHEMA (a grid point whose other values were checked with an earlier one)."""
+    for key in SCHEMA if keys is None else [k for k in keys if k in SCHEMA]:
         value = OmegaConf.select(cfg, key, default=_MISSING)
         if value is not _MISSING:
-            check_value(key, value, spec)
+            check_value(key, value, SCHEMA[key])
     dropout = cfg.peft.lora_dropout
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ConfigError("peft.lora_dropout", dropout, "must be a number with 0 <= dropout < 1")

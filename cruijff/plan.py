@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -21,8 +22,11 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import GROUPS, ConfigError, CruijffError, config_hash, leaf_keys, run_name, unknown_key, validate
+from .cluster import job_resources
+from .config import SCHEMA, GROUPS, ConfigError, CruijffError, config_hash, leaf_keys, run_name, unknown_key, validate
 from .record import read_json
+
+RESOURCE_KEYS = ("model", "training.epochs", "training.nproc", "cluster")
 
 # states of a planned run
 NEW, FINISHED, REDO, OVERWRITE, ACTIVE = "new", "finished", "redo", "overwrite", "active"
@@ -36,10 +40,12 @@ class PlannedRun:
     state: str  # new | finished | redo (failed, stopped or incomplete before) | overwrite | active (a job runs it)
     previous: dict = field(default_factory=dict)  # run.json as found
     estimate: Any = None  # cruijff.estimate.Estimate, when asked for (dry run, scaffold)
+    resources: dict = field(default_factory=dict)  # its SLURM job's GPUs, CPUs, memory, time limit
+    model: str = ""  # the base model's name (one base control per model)
 
     def record(self) -> dict[str, Any]:
         return {"name": self.name, "overrides": self.overrides, "config_hash": self.config_hash,
-                "state": self.state}
+                "state": self.state, **({"resources": self.resources} if self.resources else {})}
 
 
 @lru_cache(maxsize=4096)
@@ -68,6 +74,14 @@ class Planner:
                          if not o.is_sweep_override()}
         self._keys: list[str] | None = None
         self._shared: DictConfig | None = None
+        # after the first grid point, a plain-value one is checked only where it differs: the keys
+        # it sets, and the keys whose value is an interpolation of a section it sets
+        self._checked = False
+        raw = {k: _raw(self._base, k) for k in SCHEMA}
+        self._derived = {k for k, v in raw.items() if isinstance(v, str) and "${" in v}
+        self._derived_from = {m.group(1) for k in self._derived for m in re.finditer(r"([A-Za-z_]\w*)\.\w", raw[k])}
+        self._changed: set[str] | None = None  # keys the job at hand sets (None: composed by Hydra)
+        self._base_resources: dict | None = None
 
     # -- configs --------------------------------------------------------------------------------
 
@@ -83,6 +97,7 @@ class Planner:
         Building a config object per job would cost ~4 ms each (4 s for a 1000-run grid).
         """
         parsed = [o for o in map(_parse, overrides) if _identity(o) not in self._applied]
+        self._changed = None
         if any(self._needs_hydra(o) for o in parsed):
             if self.compose is None:
                 raise CruijffError(f"cannot plan {' '.join(overrides)} without Hydra's config loader")
@@ -101,6 +116,7 @@ class Planner:
                     raise self._unknown_key(key, o.input_line)
                 undo.append((key, old))
                 OmegaConf.update(cfg, key, o.value(), merge=False)
+            self._changed = {key for key, _ in undo}
             yield cfg
         finally:
             for key, old in reversed(undo):
@@ -143,12 +159,16 @@ class Planner:
             seen[name] = overrides
             try:
                 with self._with_job(overrides) as cfg:
-                    validate(cfg)
+                    changed = self._changed
+                    validate(cfg, None if changed is None or not self._checked else changed | self._follows(changed))
+                    self._checked = self._checked or changed is not None
                     paths = resolve_paths(cfg, build=False)
                     chash = config_hash(cfg, *paths)
                     epochs = int(cfg.training.epochs)
                     force = bool(cfg.overwrite) if overwrite is None else overwrite
                     run = self._state(name, overrides, chash, epochs, force)
+                    run.resources = self._resources(cfg, changed)
+                    run.model = str(cfg.model.name)
                     if estimate and run.state != FINISHED:
                         run.estimate = cost(cfg, paths[1], rates)
                     if each is not None:
@@ -161,6 +181,19 @@ class Planner:
                 raise CruijffError(f"run {name}: {_omegaconf_message(e)}") from None
             runs.append(run)
         return runs
+
+    def _follows(self, changed: set[str]) -> set[str]:
+        """The interpolated keys that may follow these changed keys."""
+        return self._derived if any(k.split(".")[0] in self._derived_from for k in changed) else set()
+
+    def _resources(self, cfg: DictConfig, changed: set[str] | None) -> dict:
+        """The run's SLURM resources; those of the sweep's config unless the run sets a key they
+        follow (the model, the epochs, the processes, the cluster)."""
+        if changed is not None and not any(k == p or k.startswith(p + ".") for k in changed for p in RESOURCE_KEYS):
+            if self._base_resources is None:
+                self._base_resources = job_resources(cfg)
+            return self._base_resources
+        return job_resources(cfg)
 
     def _state(self, name: str, overrides: list[str], chash: str, epochs: int, overwrite: bool) -> PlannedRun:
         from .finetune import checkpoints

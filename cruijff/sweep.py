@@ -193,7 +193,8 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
     if config.get("detach", False) and str(config.cluster.executor) != "slurm":
         fail("detach=True: detached sweeps need a scheduler that outlives this process; use cluster=slurm")
     todo = [r for r in runs if r.state not in (FINISHED, ACTIVE)]
-    base_cells = len(config.eval.tasks) if config.eval.enabled and config.eval.base_model else 0
+    base_cells = (len(config.eval.tasks) * len({r.model for r in runs})
+                  if config.eval.enabled and config.eval.base_model else 0)
     if dry:
         print_plan(runs, f"{config.experiment.name}: {len(runs)} runs, {len(todo)} to run "
                          f"(dry run: nothing written, nothing submitted)", base_cells)
@@ -213,6 +214,7 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
         return []
     acquire_lock(sweep_dir)
     write_plan(sweep_dir, config, [r.record() for r in runs])
+    sweeper.launcher.run_resources = {r.name: r.resources for r in todo}
     act = ActionLog(sweep_dir / "run-experiment.log")
     act("Plan sweep", f"{len(runs)} runs: " + ", ".join(f"{r.name} ({r.state})" for r in runs),
         f"{len(todo)} to run, {len(runs) - len(todo)} finished earlier (skipped), "
@@ -279,13 +281,19 @@ def write_scaffold(config: DictConfig, sweep_dir: Path, todo: list,
     (scripts / "tune_commands.sh").write_text("\n".join(lines) + "\n")
     written.append(scripts / "tune_commands.sh")
     if str(config.cluster.executor) == "slurm" and todo:
-        executor = make_executor(config.cluster, sweep_dir / ".submitit" / "%j",
-                                 name=job_name(config.experiment.name, "train"))._executor
-        executor.parameters["map_count"] = len(todo)
-        text = executor._make_submission_file_text(executor._submitit_command_str, "scaffold")
-        (scripts / "train.sbatch").write_text(
-            "# The job array the launch submits (one task per run to run), as submitit renders it.\n" + text)
-        written.append(scripts / "train.sbatch")
+        groups = resource_groups([r.name for r in todo], {r.name: r.resources for r in todo})
+        for k, (resources, members) in enumerate(groups, 1):
+            executor = make_executor(config.cluster, sweep_dir / ".submitit" / "%j", resources=resources,
+                                     name=job_name(config.experiment.name, "train"))._executor
+            executor.parameters["map_count"] = len(members)
+            text = executor._make_submission_file_text(executor._submitit_command_str, "scaffold")
+            path = scripts / ("train.sbatch" if len(groups) == 1 else f"train-{k}.sbatch")
+            runs = ", ".join(todo[i].name for i in members[:10]) + (f", ... ({len(members) - 10} more)"
+                                                                    if len(members) > 10 else "")
+            shebang, rest = text.split("\n", 1)  # sbatch wants the interpreter on the first line
+            path.write_text(f"{shebang}\n# A job array the launch submits (one task per run to run), as submitit "
+                            f"renders it.\n# Runs: {runs}\n{rest}")
+            written.append(path)
     return written
 
 
@@ -301,13 +309,15 @@ def detach(sweeper: Any, config: DictConfig, sweep_dir: Path, todo: list[list[st
            earlier: Sequence[str] = ()) -> None:
     """Submit the grid's arrays and an eval+report job that depends on them, and on ``earlier``
     jobs still at work on this sweep (a second detach while the first runs); wait for neither."""
-    from .cluster import array_ids, job_name, make_executor
+    from .cluster import array_ids, job_name, largest, make_executor
 
     jobs = submit_jobs(sweeper.launcher, todo, 0)[1] if todo else []
     ids = array_ids([j.job_id for j in jobs] + list(earlier))
+    runs = read_json(sweep_dir / "sweep.json").get("runs", [])
     executor = make_executor(config.cluster, sweep_dir / ".submitit" / "%j",
                              name=job_name(config.experiment.name, "eval"),
-                             dependency=f"afterany:{':'.join(ids)}" if ids else None)
+                             dependency=f"afterany:{':'.join(ids)}" if ids else None,
+                             resources=largest(r.get("resources", {}) for r in runs))
     finish = executor.submit(finish_detached, sweep_dir, OmegaConf.to_container(config.eval, resolve=True))
     plan = read_json(sweep_dir / "sweep.json")
     plan["detached"] = {"arrays": ids, "finish_job": finish.job_id, "submitted": time.time()}
@@ -332,7 +342,7 @@ def finish_detached(sweep_dir: Path, eval_cfg: dict) -> None:
     if eval_cfg.get("enabled", True) and finished:
         for name, base in eval_todo(sweep_dir, finished, OmegaConf.create(eval_cfg)):
             try:  # in this job, one run after another
-                evaluate_saved(sweep_dir / name, eval_cfg, base)
+                evaluate_saved(sweep_dir / name, eval_cfg, base is not None)
             except Exception as e:  # one run's eval failing is reported, not fatal
                 act("Eval failed", name, f"{type(e).__name__}: {e}")
     report_sweep(sweep_dir, plan)
@@ -466,6 +476,15 @@ class SharedRunner:
         return submitit.helpers.DelayedSubmission(self, *args)
 
 
+def resource_groups(names: list[str], resources: dict[str, dict]) -> list[tuple[dict, list[int]]]:
+    """Runs (by position) that can share one job array: those asking for the same GPUs, CPUs,
+    memory and time. Most grids are one group; a grid over models or epochs may be several."""
+    groups: dict[tuple, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(tuple(sorted((resources.get(name) or {}).items())), []).append(i)
+    return [(dict(key), members) for key, members in groups.items()]
+
+
 def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> tuple[list, list]:
     """Submit fine-tuning jobs (on SLURM: job arrays) without waiting; record and log their ids."""
     from hydra.core.singleton import Singleton
@@ -477,8 +496,6 @@ def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_j
     cluster = config.cluster
     kind = str(cluster.executor)
     sweep_dir = Path(str(config.hydra.sweep.dir))
-    executor = make_executor(cluster, launcher.params["submitit_folder"],
-                             name=job_name(config.experiment.name, "train"))
     # the job side is Hydra's own (compose the job's config, run the task function)
     runner = {"local": stock.LocalLauncher, "slurm": stock.SlurmLauncher}[kind](**launcher.params)
     runner.setup(hydra_context=launcher.hydra_context, task_function=launcher.task_function, config=config)
@@ -488,7 +505,15 @@ def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_j
     add_runs(sweep_dir, config, [{"name": n, "overrides": list(o)} for n, o in zip(names, job_overrides)])
     idx = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
     shared = SharedRunner.save(runner, Singleton.get_state(), sweep_dir / ".submitit")
-    jobs = submit_array(executor, shared, [[list(o) for o in job_overrides], idx], max_array_size(cluster))
+    jobs: list = [None] * len(names)
+    limit = max_array_size(cluster)
+    for resources, members in resource_groups(names, getattr(launcher, "run_resources", None) or {}):
+        executor = make_executor(cluster, launcher.params["submitit_folder"],
+                                 name=job_name(config.experiment.name, "train"), resources=resources)
+        submitted = submit_array(executor, shared, [[list(job_overrides[i]) for i in members],
+                                                    [idx[i] for i in members]], limit)
+        for i, job in zip(members, submitted):
+            jobs[i] = job
     ids = {n: j.job_id for n, j in zip(names, jobs)}
     _record_jobs(sweep_dir, ids)
     arrays = array_ids(j.job_id for j in jobs)
@@ -660,55 +685,70 @@ def summary_line(total: int, finished: list[str], active: set[str], failed: dict
     return summary
 
 
-def eval_todo(sweep_dir: Path, runs: list[str], eval_cfg: DictConfig) -> list[tuple[str, bool]]:
-    """(run, with base) for every finished run with an incomplete cell; checked in this process."""
+def eval_todo(sweep_dir: Path, runs: list[str], eval_cfg: DictConfig) -> list[tuple[str, Path | None]]:
+    """(run, the base-model cell its eval job also takes, or None) for every finished run with an
+    incomplete cell; checked in this process. Each base model's control (one per model of the
+    grid) goes to the first run of that model that needs it; those runs come first."""
     from .evaluate import task_specs
     from .launch import cell_done, cells, eval_config, resolve_paths
 
-    out, base_done = [], None
+    out: dict[str, Path | None] = {}
+    bases: set[Path] = set()
     for name in runs:
         cfg = eval_config(sweep_dir / name, eval_cfg)
         specs = task_specs(cfg.eval.tasks)
         model_dir, _ = resolve_paths(cfg, build=False)
         todo = [c for c in cells(cfg, sweep_dir / name, model_dir) if not cell_done(cfg, c[2], specs)]
-        if base_done is None:
-            base_done = not any(label == "base" for label, _, _ in todo)
-        if any(label != "base" for label, _, _ in todo):
-            out.append(name)
-    if not base_done and runs:
-        first = out[0] if out else runs[0]
-        out = [first] + [n for n in out if n != first]
-    return [(n, i == 0 and not base_done) for i, n in enumerate(out)]
+        base = next((log_dir for label, _, log_dir in todo if label == "base" and log_dir not in bases), None)
+        if base is not None:
+            bases.add(base)
+        if base is not None or any(label != "base" for label, _, _ in todo):
+            out[name] = base
+    return sorted(out.items(), key=lambda item: item[1] is None)
 
 
 class EvalJobs:
     """Eval jobs through submitit, one per run (all its checkpoints, each loaded once for all tasks).
 
-    The base-model control is shared by the sweep: only the first job that asks for it gets it.
+    A base model's control is shared by the sweep's runs of that model: only the first job that
+    asks for it gets it.
     """
 
     def __init__(self, config: DictConfig, sweep_dir: Path, act: ActionLog):
-        from .cluster import job_name, make_executor
-
-        self.executor = make_executor(config.cluster, sweep_dir / ".submitit" / "%j",
-                                      name=job_name(config.experiment.name, "eval"))
+        self.config = config
+        self.executors: dict[tuple, Any] = {}
+        self.resources = {r["name"]: r.get("resources", {})
+                          for r in read_json(sweep_dir / "sweep.json").get("runs", [])}
         self.kind = str(config.cluster.executor)
         self.eval_cfg = OmegaConf.to_container(config.eval, resolve=True)
         self.sweep_dir, self.act = sweep_dir, act
         self.names: dict[int, str] = {}
-        self.base_taken = False
+        self.bases_taken: set[Path] = set()
 
     def submit(self, batch: list[tuple[str, bool]]) -> list:
         from .launch import evaluate_saved
 
-        batch = [(n, base and not self.base_taken) for n, base in batch]
-        self.base_taken = self.base_taken or any(base for _, base in batch)
-        jobs = [self.executor.submit(evaluate_saved, self.sweep_dir / n, self.eval_cfg, base, slot)
+        batch = [(n, base if base not in self.bases_taken else None) for n, base in batch]
+        self.bases_taken.update(base for _, base in batch if base is not None)
+        jobs = [self.executor(n).submit(evaluate_saved, self.sweep_dir / n, self.eval_cfg, base is not None, slot)
                 for slot, (n, base) in enumerate(batch)]
         self.names.update({id(j): n for j, (n, _) in zip(jobs, batch)})
-        self.act("Submit eval", ", ".join(n + (" (+ base)" if base else "") for n, base in batch),
+        self.act("Submit eval", ", ".join(n + (" (+ base)" if base is not None else "") for n, base in batch),
                  f"{self.kind} job ids " + ", ".join(j.job_id for j in jobs))
         return jobs
+
+    def executor(self, run: str) -> Any:
+        """The run's eval job asks for the GPUs, CPUs and memory its fine-tuning had (the
+        preset's time limit)."""
+        from .cluster import job_name, make_executor
+
+        res = {k: v for k, v in self.resources.get(run, {}).items() if k != "timeout_min"}
+        key = tuple(sorted(res.items()))
+        if key not in self.executors:
+            self.executors[key] = make_executor(self.config.cluster, self.sweep_dir / ".submitit" / "%j",
+                                                name=job_name(self.config.experiment.name, "eval"),
+                                                resources=res)
+        return self.executors[key]
 
     def owns(self, job: Any) -> bool:
         return id(job) in self.names
@@ -721,15 +761,16 @@ class EvalJobs:
             self.act("Eval failed", self.names[id(job)], lines[-1] if lines else type(e).__name__)
 
 
-def evaluate_runs(config: DictConfig, sweep_dir: Path, todo: list[tuple[str, bool]], act: ActionLog) -> None:
+def evaluate_runs(config: DictConfig, sweep_dir: Path, todo: list[tuple[str, Path | None]],
+                  act: ActionLog) -> None:
     """Evaluate these runs and wait. Locally the jobs go in batches of what the machine holds, the
-    one with the base control first and alone; on SLURM all at once (the scheduler queues them)."""
+    first with a base control first and alone; on SLURM all at once (the scheduler queues them)."""
     from .cluster import watch
 
     evals = EvalJobs(config, sweep_dir, act)
     if evals.kind == "local":
         parallel = local_jobs(config)
-        first = todo[:1] if todo and todo[0][1] else []
+        first = todo[:1] if todo and todo[0][1] is not None else []
         rest = todo[len(first):]
         batches = ([first] if first else []) + [rest[i:i + parallel] for i in range(0, len(rest), parallel)]
     else:

@@ -77,6 +77,15 @@ def test_rendered_config_passes_tune_validate(name, tmp_path):
             assert conf["tokenizer"][key] == str(model_dir / cfg.model.tokenizer[key])
 
 
+def test_a_slurm_job_gets_the_models_gpus_and_cpus_for_each(tmp_path):
+    big = compose_config("model=llama3_3_70b_instruct", f"model.path={tmp_path}", "cluster=slurm")
+    assert (big.cluster.gpus_per_node, big.cluster.cpus_per_task, big.cluster.mem_gb) == (8, 32, 512)
+    small = compose_config("model=llama3_2_1b_instruct", f"model.path={tmp_path}", "cluster=slurm")
+    assert (small.cluster.gpus_per_node, small.cluster.cpus_per_task) == (1, 4)
+    site = compose_config("model=llama3_3_70b_instruct", f"model.path={tmp_path}", "cluster=example_site")
+    assert site.cluster.cpus_per_task == 64
+
+
 @pytest.mark.parametrize("name", ["llama3_2_1b_instruct", "qwen2_5_3b_instruct"])
 def test_tied_models_get_no_output_lora(name, tmp_path):
     cfg = compose_config(f"model={name}", f"model.path={tmp_path}")

@@ -83,6 +83,8 @@ def test_config_hash_ignores_eval_but_not_training(cfg):
         (["optimizer.weight_decay=-0.1"], "optimizer.weight_decay=-0.1: must be a number >= 0"),
         (["seed=abc"], "seed='abc': must be an integer >= 0"),
         (["cluster=slurm", "cluster.max_parallel=0"], "cluster.max_parallel=0: must be an integer >= 1 or auto"),
+        # a value that follows a swept key is checked at every grid point, not only the first
+        (["-m", "cluster=slurm", "model.resources.epoch_min=1,-5"], "cluster.timeout_min=-2: must be a number > 0"),
         (["model.chat_template=lama3"], "model.chat_template='lama3': not a chat template (did you mean llama3?)"),
     ],
 )

@@ -185,6 +185,7 @@ def test_scaffold_renders_every_config_and_the_array_script_and_submits_nothing(
         assert (conf["device"], conf["dtype"]) == ("cuda", "bf16")  # what the GPU node will run
         assert not (sweep_dir / name / "run.json").exists()
     script = (sweep_dir / "scripts" / "train.sbatch").read_text()
+    assert script.startswith("#!/bin/bash\n")  # sbatch reads the interpreter from the first line
     assert "#SBATCH --array=0-5%6" in script and "#SBATCH --gpus-per-node=1" in script
     commands = (sweep_dir / "scripts" / "tune_commands.sh").read_text().splitlines()
     assert sum(line.startswith("tune run lora_finetune_single_device --config ") for line in commands) == 6
@@ -198,3 +199,23 @@ def test_scaffold_renders_every_config_and_the_array_script_and_submits_nothing(
     assert replanned.returncode == 0, replanned.stderr[-2000:]
     assert "scaf: 6 runs, 6 to run (dry run: nothing written, nothing submitted)" in replanned.stdout
     assert "eval cells: 13 (1 base)" in replanned.stdout
+
+
+def test_runs_that_need_different_time_limits_go_to_separate_arrays(tmp_path):
+    """A grid over epochs: each run's job asks for the time its own epochs need (the cluster preset
+    derives the limit from the model's minutes per epoch), so the grid is one array per limit."""
+    proc = launch("-m", "cluster=slurm", "experiment.name=limits", "scaffold=true", "training.epochs=1,3",
+                  "peft.lora_rank=8,16", "optimizer.lr=1e-3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scripts = tmp_path / "outputs" / "limits" / "scripts"
+    assert not (scripts / "train.sbatch").exists()
+    first, second = (scripts / "train-1.sbatch").read_text(), (scripts / "train-2.sbatch").read_text()
+    # tiny_llama: 1 minute per epoch -> epochs x 1.2 + 10 minutes
+    assert "#SBATCH --time=12" in first and "#SBATCH --array=0-1%2" in first
+    assert "# Runs: rank8_lr1e-3_epochs1, rank16_lr1e-3_epochs1" in first
+    assert "#SBATCH --time=14" in second and "# Runs: rank8_lr1e-3_epochs3, rank16_lr1e-3_epochs3" in second
+    assert first.startswith("#!/bin/bash\n")  # sbatch reads the interpreter from the first line
+    runs = json.loads((tmp_path / "outputs" / "limits" / "sweep.json").read_text())["runs"]
+    assert {r["name"]: r["resources"]["timeout_min"] for r in runs} == {
+        "rank8_lr1e-3_epochs1": 12, "rank16_lr1e-3_epochs1": 12, "rank8_lr1e-3_epochs3": 14,
+        "rank16_lr1e-3_epochs3": 14}

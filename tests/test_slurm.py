@@ -278,3 +278,24 @@ def test_time_limit_without_requeues_left_is_recorded_and_a_rerun_resumes(slurm,
     state = json.loads((run_dir / "run.json").read_text())
     assert state["status"] == "finished" and state["attempts"] == 2 and len(state["checkpoints"]) == 20
     assert state["resumed_from"] == (kept[-1] if kept else None)
+
+
+def test_each_run_asks_slurm_for_the_time_its_own_epochs_need(slurm, tmp_path, tiny_model_dir):
+    """A grid over epochs: the cluster preset's time limit follows each run's epochs, so the runs go
+    in one array per limit (held in the queue here: only what SLURM was asked for is checked)."""
+    args = ["-m", "experiment.name=limits", *[a for a in SLURM if not a.startswith("training.epochs")],
+            "training.epochs=1,2", "peft.lora_rank=8", "optimizer.lr=1e-3", "eval=none",
+            "detach=true", "+cluster.sbatch.hold=true"]
+    try:
+        proc = launch(*args, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        jobs = json.loads((tmp_path / "outputs" / "limits" / "sweep.json").read_text())["jobs"]
+        shown = {name: subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+                 for name, job in jobs.items()}
+        limits = {name: text.split("TimeLimit=")[1].split()[0] for name, text in shown.items()}
+        # tiny_llama: 1 minute per epoch -> epochs x 1.2 + 10 minutes
+        assert limits == {"rank8_lr1e-3_epochs1": "00:12:00", "rank8_lr1e-3_epochs2": "00:13:00"}
+        assert len({job.split("_")[0] for job in jobs.values()}) == 2  # two arrays
+    finally:
+        for kind in ("train", "eval"):
+            subprocess.run(["scancel", "-n", f"cruijff-{kind}-limits"], check=False)

@@ -224,15 +224,21 @@ def test_optuna_sweeper_tells_each_trial_its_score_and_a_failed_trial_as_failed(
 
 
 @pytest.mark.slow
-def test_smoke_preset_runs_a_whole_sweep_in_a_few_steps(tmp_path, tiny_model_dir):
-    proc = launch("-m", "training=smoke", "experiment.name=smoke", "peft.lora_rank=2,8", "optimizer.lr=1e-3",
-                  cwd=tmp_path)
+def test_smoke_preset_runs_a_whole_sweep_in_a_few_steps_with_a_base_control_per_model(tmp_path, tiny_model_dir):
+    """``training=smoke`` over two base models (here the tiny model under two names): each model's
+    untouched base gets its own control cell."""
+    proc = launch("-m", "training=smoke", "experiment.name=smoke", "model.name=tiny_a,tiny_b",
+                  f"model.path={tiny_model_dir}", "peft.lora_rank=8", "optimizer.lr=1e-3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     sweep_dir = tmp_path / "outputs" / "smoke"
-    for rank in (2, 8):
-        run_dir = sweep_dir / f"rank{rank}_lr1e-3_training-smoke"
-        state = json.loads((run_dir / "run.json").read_text())
+    runs = sorted(p.parent.name for p in sweep_dir.glob("*/run.json"))
+    assert len(runs) == 2
+    for name in runs:
+        state = json.loads((sweep_dir / name / "run.json").read_text())
         assert state["checkpoints"] == ["epoch_0"] and state["epochs"][0]["steps"] == 5
-        cell = json.loads((run_dir / "eval" / "epoch_0" / "results.json").read_text())
+        cell = json.loads((sweep_dir / name / "eval" / "epoch_0" / "results.json").read_text())
         assert cell["tasks"]["exact_match"]["samples"] == 10
+    for model in ("tiny_a", "tiny_b"):
+        cell = json.loads((sweep_dir / "base" / model / "results.json").read_text())
+        assert cell["tasks"]["exact_match"]["status"] == "success", model
     assert "2/2 runs finished" in (sweep_dir / "summary.md").read_text()

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "plan":
             replan(target)
         elif is_sweep:
-            sweep_command(args.command, target)
+            return sweep_command(args.command, target)
         else:
             from .launch import check, evaluate_saved, load_run, report_run
 
@@ -69,23 +69,24 @@ def replan(sweep_dir: Path) -> None:
     os.execv(sys.executable, [sys.executable, command["argv"][0], *argv, "dry_run=true"])
 
 
-def sweep_command(command: str, sweep_dir: Path) -> None:
+def sweep_command(command: str, sweep_dir: Path) -> int:
+    """``eval`` or ``report`` of a sweep dir; 1 when a run's eval failed."""
     from .record import ActionLog, read_json
     from .report import report_sweep
 
     plan = read_json(sweep_dir / "sweep.json").get("runs") or [
         {"name": p.parent.name, "overrides": []} for p in sorted(sweep_dir.glob("*/run.json"))]
+    failed: list[str] = []
     if command == "eval":
-        from .launch import evaluate_saved
-        from .sweep import acquire_lock
+        from .sweep import acquire_lock, evaluate_in_turn
 
         acquire_lock(sweep_dir)
         act = ActionLog(sweep_dir / "run-experiment.log")
         finished = [r["name"] for r in plan
                     if read_json(sweep_dir / r["name"] / "run.json").get("status") == "finished"]
-        for i, name in enumerate(finished):
-            print(f"cruijff: evaluating {name} ({i + 1}/{len(finished)})")
-            evaluate_saved(sweep_dir / name, base=i == 0)
-        act("Evaluate sweep", f"{len(finished)} finished runs", "python -m cruijff eval")
+        failed = evaluate_in_turn(sweep_dir, finished, None, act)
+        act("Evaluate sweep", f"{len(finished)} finished runs", "python -m cruijff eval"
+            + (f"; eval failed: {', '.join(failed)}" if failed else ""))
     report_sweep(sweep_dir, plan)
     print(f"cruijff: report {sweep_dir / 'summary.md'}")
+    return 1 if failed else 0

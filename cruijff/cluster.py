@@ -50,9 +50,11 @@ def largest(resources: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 def make_executor(cluster: DictConfig, folder: Path | str, *, name: str, timeout_min: int | None = None,
-                  dependency: str | None = None, resources: dict[str, Any] | None = None):
+                  dependency: str | None = None, resources: dict[str, Any] | None = None,
+                  parallel: int | None = None):
     """A submitit executor for ``cluster``; ``resources`` (see :func:`job_resources`) replace the
-    preset's GPUs, CPUs, memory and time limit for the runs at hand."""
+    preset's GPUs, CPUs, memory and time limit for the runs at hand, ``parallel`` its array
+    throttle (``cluster.max_parallel``)."""
     import submitit
 
     kind = str(cluster.executor)
@@ -77,7 +79,7 @@ def make_executor(cluster: DictConfig, folder: Path | str, *, name: str, timeout
         gpus_per_node=int(res["gpus_per_node"]),
         cpus_per_task=int(res["cpus_per_task"]),
         mem_gb=float(res["mem_gb"]),
-        slurm_array_parallelism=int(cluster.max_parallel),
+        slurm_array_parallelism=int(parallel or cluster.max_parallel),
         slurm_signal_delay_s=int(cluster.get("signal_delay_s", 120)),
         slurm_setup=[str(line) for line in cluster.setup or []],
         slurm_additional_parameters=extra,
@@ -104,6 +106,13 @@ def max_array_size(cluster: DictConfig) -> int:
         return int(match.group(1)) - 1 if match else 1000  # array indices run 0..MaxArraySize-1
     except (OSError, subprocess.SubprocessError):
         return 1000
+
+
+def share(total: int, sizes: list[int]) -> list[int]:
+    """``total`` array slots shared by groups of these sizes, in proportion, at least 1 each: the
+    grid's arrays together run about ``cluster.max_parallel`` tasks at once."""
+    n = sum(sizes)
+    return [max(1, total * size // n) for size in sizes]
 
 
 def submit_array(executor, fn: Callable, args: list[Iterable], limit: int) -> list:

@@ -315,14 +315,16 @@ def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> None:
     if cfg.cluster.get("eval_after", "grid") not in ("run", "grid"):
         raise ConfigError("cluster.eval_after", cfg.cluster.eval_after,
                           "run (a run's evals start when it finishes) or grid (after the whole grid)")
-    template = cfg.model.get("chat_template")
-    if template is not None:
+    for key, extra in (("model.chat_template", ()), ("eval.chat_template", ("auto",))):
+        template = OmegaConf.select(cfg, key)
+        if template is None or template in extra:
+            continue
         from .evaluate import chat
 
         if not isinstance(template, str) or not (chat.is_jinja(template) or template in chat.TEMPLATES):
-            raise ConfigError("model.chat_template", template,
-                              f"not a chat template{did_you_mean(template, chat.TEMPLATES)}: one of "
-                              f"{', '.join(chat.TEMPLATES)}, a Jinja template, or null for the model dir's own")
+            names = [*extra, *chat.TEMPLATES]
+            raise ConfigError(key, template, f"not a chat template{did_you_mean(template, names)}: one of "
+                              f"{', '.join(names)}, a Jinja template, or null for the model dir's own")
     if cfg.model.path is not None:
         path = Path(cfg.model.path)
         if not path.is_dir():

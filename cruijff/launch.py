@@ -429,7 +429,7 @@ def cells(cfg: DictConfig, run_dir: Path, model_dir: Path) -> list[tuple[str, Pa
 
     out = []
     if cfg.eval.base_model:
-        out.append(("base", model_dir, run_dir.parent / "base" / cfg.model.name))
+        out.append(("base", model_dir, base_dir(cfg, run_dir.parent)))
     wanted = None if cfg.eval.epochs == "all" else set(cfg.eval.epochs)
     for ckpt in finetune.checkpoints(run_dir):
         epoch = int(ckpt.name[6:])
@@ -438,11 +438,25 @@ def cells(cfg: DictConfig, run_dir: Path, model_dir: Path) -> list[tuple[str, Pa
     return out
 
 
+def template_choice(cfg: DictConfig) -> Any:
+    """``eval.chat_template``, or the model's own choice when it is ``auto``."""
+    value = cfg.eval.get("chat_template", "auto")
+    return cfg.model.get("chat_template") if value == "auto" else value
+
+
 def eval_template(cfg: DictConfig) -> str | None:
-    """The Jinja text that lays out eval prompts (``model.chat_template``); None: the model dir's."""
+    """The Jinja text that lays out eval prompts; None: the model dir's own template."""
     from .evaluate import chat
 
-    return chat.resolve(cfg.model.get("chat_template"))
+    return chat.resolve(template_choice(cfg))
+
+
+def base_dir(cfg: DictConfig, exp_dir: Path) -> Path:
+    """The base model's control cell: one per model and prompt layout in a sweep."""
+    from .evaluate import chat
+
+    choice = template_choice(cfg)
+    return exp_dir / "base" / (str(cfg.model.name) + ("" if choice is None else "+" + chat.tag(choice)))
 
 
 def cell_done(cfg: DictConfig, log_dir: Path, specs: list[TaskSpec]) -> bool:
@@ -484,8 +498,8 @@ def results_table(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec]):
     state = read_json(run_dir / "run.json")
     losses = {e["epoch"]: e for e in state.get("epochs", [])}
     rows = []
-    base_dir = run_dir.parent / "base" / cfg.model.name
-    labels = [("base", base_dir)] if cfg.eval.base_model else []
+    base_cell = base_dir(cfg, run_dir.parent)
+    labels = [("base", base_cell)] if cfg.eval.base_model else []
     labels += [(c, run_dir / "eval" / c) for c in state.get("checkpoints", [])]
     for label, log_dir in labels:
         res = read_cell(log_dir)

@@ -26,7 +26,12 @@ from .cluster import job_resources
 from .config import SCHEMA, GROUPS, ConfigError, CruijffError, config_hash, leaf_keys, run_name, unknown_key, validate
 from .record import read_json
 
-RESOURCE_KEYS = ("model", "training.epochs", "training.nproc", "cluster")
+# keys an interpolation reads: ${a.b}, and resolver arguments such as ${oc.select:a.b,null}
+_REF = re.compile(r"(?:\$\{|[:,]\s*)([A-Za-z_]\w*(?:\.\w+)*)(?=\s*[},])")
+
+
+def _is_interpolation(value: Any) -> bool:
+    return isinstance(value, str) and "${" in value
 
 # states of a planned run
 NEW, FINISHED, REDO, OVERWRITE, ACTIVE = "new", "finished", "redo", "overwrite", "active"
@@ -77,9 +82,8 @@ class Planner:
         # after the first grid point, a plain-value one is checked only where it differs: the keys
         # it sets, and the keys whose value is an interpolation of a section it sets
         self._checked = False
-        raw = {k: _raw(self._base, k) for k in SCHEMA}
-        self._derived = {k for k, v in raw.items() if isinstance(v, str) and "${" in v}
-        self._derived_from = {m.group(1) for k in self._derived for m in re.finditer(r"([A-Za-z_]\w*)\.\w", raw[k])}
+        self._derived = {k for k in SCHEMA if _is_interpolation(_raw(self._base, k))}
+        self._derived_from = self._sources(self._derived)
         self._changed: set[str] | None = None  # keys the job at hand sets (None: composed by Hydra)
         self._base_resources: dict | None = None
 
@@ -160,7 +164,7 @@ class Planner:
             try:
                 with self._with_job(overrides) as cfg:
                     changed = self._changed
-                    validate(cfg, None if changed is None or not self._checked else changed | self._follows(changed))
+                    validate(cfg, None if changed is None or not self._checked else self._to_check(changed))
                     self._checked = self._checked or changed is not None
                     paths = resolve_paths(cfg, build=False)
                     chash = config_hash(cfg, *paths)
@@ -182,14 +186,39 @@ class Planner:
             runs.append(run)
         return runs
 
-    def _follows(self, changed: set[str]) -> set[str]:
-        """The interpolated keys that may follow these changed keys."""
-        return self._derived if any(k.split(".")[0] in self._derived_from for k in changed) else set()
+    def _sources(self, keys: Iterable[str]) -> set[str]:
+        """Top-level sections the values of ``keys`` read, through every interpolation on the way
+        ("*": a relative one, which may read anything)."""
+        seen: set[str] = set()
+        todo = list(keys)
+        while todo:
+            key = todo.pop()
+            if key in seen:
+                continue
+            seen.add(key)
+            value = _raw(self._base, key)
+            if not _is_interpolation(value):
+                continue
+            if "${." in value:
+                return {"*"}
+            todo += _REF.findall(value)
+        return {k.split(".")[0] for k in seen}
+
+    def _to_check(self, changed: set[str]) -> set[str]:
+        """The SCHEMA keys a grid point may have changed: those it sets (or sets a section of), and
+        every interpolated one when it sets a section they read."""
+        keys = {k for k in SCHEMA for c in changed if k == c or k.startswith(c + ".") or c.startswith(k + ".")}
+        if self._follows(changed):
+            keys |= self._derived
+        return keys
+
+    def _follows(self, changed: set[str]) -> bool:
+        return "*" in self._derived_from or any(c.split(".")[0] in self._derived_from for c in changed)
 
     def _resources(self, cfg: DictConfig, changed: set[str] | None) -> dict:
-        """The run's SLURM resources; those of the sweep's config unless the run sets a key they
-        follow (the model, the epochs, the processes, the cluster)."""
-        if changed is not None and not any(k == p or k.startswith(p + ".") for k in changed for p in RESOURCE_KEYS):
+        """The run's SLURM resources; those of the sweep's config unless the run sets a cluster key
+        or a key the interpolated ones read (the model, the epochs, ...)."""
+        if changed is not None and not self._follows(changed) and not any(c.split(".")[0] == "cluster" for c in changed):
             if self._base_resources is None:
                 self._base_resources = job_resources(cfg)
             return self._base_resources

@@ -21,8 +21,9 @@ def _duration(seconds: float | None) -> str:
 
 
 def _cells(log_dirs: list[Path], specs: list | None) -> tuple[int, int]:
-    """Complete eval cells among these: by the sweep's task list when it has one (the same test the
-    eval stage uses to skip a cell), else every task recorded there succeeded."""
+    """Complete eval cells among these: every task of the sweep's list (when it has one) has a result
+    and its log, else every task recorded there succeeded. The sample limit and prompt layout the
+    next launch asks for are not known here: a cell counted here may still be redone by it."""
     from .evaluate import cell_complete
 
     done = 0

@@ -266,7 +266,7 @@ def write_scaffold(config: DictConfig, sweep_dir: Path, todo: list,
                    rendered: dict[str, tuple[str, str]]) -> list[Path]:
     """Every run's ``finetune.yaml`` in its run dir, and in ``scripts/``: the torchtune commands and,
     on SLURM, the job-array script that the launch will submit."""
-    from .cluster import job_name, make_executor
+    from .cluster import job_name, make_executor, share
 
     written: list[Path] = []
     for run in todo:
@@ -282,9 +282,12 @@ def write_scaffold(config: DictConfig, sweep_dir: Path, todo: list,
     written.append(scripts / "tune_commands.sh")
     if str(config.cluster.executor) == "slurm" and todo:
         groups = resource_groups([r.name for r in todo], {r.name: r.resources for r in todo})
-        for k, (resources, members) in enumerate(groups, 1):
+        slots = share(int(config.cluster.max_parallel), [len(m) for _, m in groups])
+        for old in scripts.glob("train*.sbatch"):  # from an earlier scaffold of this sweep
+            old.unlink()
+        for k, ((resources, members), parallel) in enumerate(zip(groups, slots), 1):
             executor = make_executor(config.cluster, sweep_dir / ".submitit" / "%j", resources=resources,
-                                     name=job_name(config.experiment.name, "train"))._executor
+                                     parallel=parallel, name=job_name(config.experiment.name, "train"))._executor
             executor.parameters["map_count"] = len(members)
             text = executor._make_submission_file_text(executor._submitit_command_str, "scaffold")
             path = scripts / ("train.sbatch" if len(groups) == 1 else f"train-{k}.sbatch")
@@ -330,9 +333,27 @@ def detach(sweeper: Any, config: DictConfig, sweep_dir: Path, todo: list[list[st
     print(f"cruijff: follow with: python -m cruijff status {sweep_dir}")
 
 
+def evaluate_in_turn(sweep_dir: Path, finished: list[str], eval_cfg: dict | None, act: ActionLog) -> list[str]:
+    """Evaluate what these finished runs lack, in this process, one run after another (each base
+    model's control with the first run of it); returns the runs whose eval failed. ``eval_cfg``:
+    the eval section to use (None: each run's saved one)."""
+    from .launch import evaluate_saved
+
+    todo = eval_todo(sweep_dir, finished, None if eval_cfg is None else OmegaConf.create(eval_cfg))
+    failed = []
+    for i, (name, base) in enumerate(todo, 1):
+        print(f"cruijff: evaluating {name} ({i}/{len(todo)})")
+        try:
+            evaluate_saved(sweep_dir / name, eval_cfg, base is not None)
+        except Exception as e:  # one run's eval failing is reported, not fatal to the others
+            act("Eval failed", name, f"{type(e).__name__}: {e}")
+            print(f"cruijff: {name}: eval failed: {type(e).__name__}: {e}", file=sys.stderr)
+            failed.append(name)
+    return failed
+
+
 def finish_detached(sweep_dir: Path, eval_cfg: dict) -> None:
     """The eval+report job of a detached sweep (runs on the cluster once the arrays ended)."""
-    from .launch import evaluate_saved
     from .report import report_sweep
 
     act = ActionLog(sweep_dir / "run-experiment.log")
@@ -340,11 +361,7 @@ def finish_detached(sweep_dir: Path, eval_cfg: dict) -> None:
     plan = read_json(sweep_dir / "sweep.json").get("runs", [])
     finished, active, failed = settle(sweep_dir, True, act)
     if eval_cfg.get("enabled", True) and finished:
-        for name, base in eval_todo(sweep_dir, finished, OmegaConf.create(eval_cfg)):
-            try:  # in this job, one run after another
-                evaluate_saved(sweep_dir / name, eval_cfg, base is not None)
-            except Exception as e:  # one run's eval failing is reported, not fatal
-                act("Eval failed", name, f"{type(e).__name__}: {e}")
+        evaluate_in_turn(sweep_dir, finished, eval_cfg, act)
     report_sweep(sweep_dir, plan)
     act("Sweep done (detached)", f"eval+report job {time.time() - t0:.1f} s",
         summary_line(len(plan), finished, active, failed))
@@ -490,7 +507,7 @@ def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_j
     from hydra.core.singleton import Singleton
     from hydra_plugins.hydra_submitit_launcher import submitit_launcher as stock
 
-    from .cluster import array_ids, job_name, make_executor, max_array_size, submit_array
+    from .cluster import array_ids, job_name, make_executor, max_array_size, share, submit_array
 
     config = launcher.config
     cluster = config.cluster
@@ -507,8 +524,10 @@ def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_j
     shared = SharedRunner.save(runner, Singleton.get_state(), sweep_dir / ".submitit")
     jobs: list = [None] * len(names)
     limit = max_array_size(cluster)
-    for resources, members in resource_groups(names, getattr(launcher, "run_resources", None) or {}):
-        executor = make_executor(cluster, launcher.params["submitit_folder"],
+    groups = resource_groups(names, getattr(launcher, "run_resources", None) or {})
+    slots = share(int(cluster.max_parallel), [len(m) for _, m in groups]) if kind == "slurm" else [None] * len(groups)
+    for (resources, members), parallel in zip(groups, slots):
+        executor = make_executor(cluster, launcher.params["submitit_folder"], parallel=parallel,
                                  name=job_name(config.experiment.name, "train"), resources=resources)
         submitted = submit_array(executor, shared, [[list(job_overrides[i]) for i in members],
                                                     [idx[i] for i in members]], limit)
@@ -685,7 +704,7 @@ def summary_line(total: int, finished: list[str], active: set[str], failed: dict
     return summary
 
 
-def eval_todo(sweep_dir: Path, runs: list[str], eval_cfg: DictConfig) -> list[tuple[str, Path | None]]:
+def eval_todo(sweep_dir: Path, runs: list[str], eval_cfg: DictConfig | None) -> list[tuple[str, Path | None]]:
     """(run, the base-model cell its eval job also takes, or None) for every finished run with an
     incomplete cell; checked in this process. Each base model's control (one per model of the
     grid) goes to the first run of that model that needs it; those runs come first."""

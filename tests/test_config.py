@@ -86,6 +86,7 @@ def test_config_hash_ignores_eval_but_not_training(cfg):
         # a value that follows a swept key is checked at every grid point, not only the first
         (["-m", "cluster=slurm", "model.resources.epoch_min=1,-5"], "cluster.timeout_min=-2: must be a number > 0"),
         (["model.chat_template=lama3"], "model.chat_template='lama3': not a chat template (did you mean llama3?)"),
+        (["eval.chat_template=chatm"], "eval.chat_template='chatm': not a chat template (did you mean chatml?): one of auto,"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, key):

@@ -104,22 +104,27 @@ def test_a_cell_evaluated_on_fewer_samples_does_not_count_for_a_full_one(tmp_pat
 
 
 def test_the_configured_chat_template_lays_out_the_eval_prompts(tmp_path, tiny_model_dir):
-    """``model.chat_template`` reaches inspect's hf provider: the prompt is its text after the
-    tokenizer's one BOS; the cell records it, and a cell prompted otherwise is not complete for it."""
+    """The chat template given reaches the model through inspect's hf provider: here one that turns
+    the dataset's "Capitalize: x" into the "Upper: x" the tiny model also knows, so its answers come
+    in capitals. The cell records the template; a cell prompted otherwise is not complete for it."""
     from inspect_ai.log import read_eval_log
 
     from cruijff import assets
     from cruijff.evaluate import TaskSpec, cell_complete, evaluate_cell
 
-    other = assets.CHAT_TEMPLATE.replace("Answer:", "Reply:")
-    assert other != assets.CHAT_TEMPLATE
+    user = "{% elif message['role'] == 'user' %}{{ message['content'] }}"
+    assert user in assets.CHAT_TEMPLATE
+    upper = assets.CHAT_TEMPLATE.replace(user, user.replace("}}", "| replace('Capitalize', 'Upper') }}"))
     specs = [TaskSpec("exact_match")]
     kw = dict(data_file=assets.capitalization_file(), input_key="input", output_key="output", device="cpu",
-              limit=3, display="none")
+              limit=5, display="none")
     default = evaluate_cell(tiny_model_dir, specs, tmp_path / "a", **kw)
-    mine = evaluate_cell(tiny_model_dir, specs, tmp_path / "b", chat_template=other, **kw)
-    log = read_eval_log(mine["exact_match"]["log"], header_only=True)
-    assert log.eval.model_args["chat_template"] == other
-    assert "chat_template" not in read_eval_log(default["exact_match"]["log"], header_only=True).eval.model_args
-    assert cell_complete(tmp_path / "b", specs, 3, other) and not cell_complete(tmp_path / "b", specs, 3, None)
-    assert cell_complete(tmp_path / "a", specs, 3, None) and not cell_complete(tmp_path / "a", specs, 3, other)
+    mine = evaluate_cell(tiny_model_dir, specs, tmp_path / "b", chat_template=upper, **kw)
+
+    def answers(result):
+        return [s.output.completion.strip() for s in read_eval_log(result["exact_match"]["log"]).samples]
+
+    assert all(a.isupper() for a in answers(mine)), answers(mine)
+    assert not any(a.isupper() for a in answers(default)), answers(default)
+    assert cell_complete(tmp_path / "b", specs, 5, upper) and not cell_complete(tmp_path / "b", specs, 5, None)
+    assert cell_complete(tmp_path / "a", specs, 5, None) and not cell_complete(tmp_path / "a", specs, 5, upper)

@@ -65,6 +65,25 @@ def test_bad_value_at_one_grid_point_names_the_run(hydra_compose, tmp_path):
         planner.plan([["optimizer.lr=0.001"], ["optimizer.lr=-0.001"]])
 
 
+@pytest.mark.parametrize("master, jobs, error", [
+    # a section set whole: the keys under it are checked
+    ([], [["seed=1"], ["seed=2", "model.tokenizer={max_seq_len: abc, prompt_template: null}"]],
+     r"model\.tokenizer\.max_seq_len='abc': must be an integer >= 1"),
+    # a key read through an interpolation (the experiment's own top-level key)
+    (["+epochs=1", "training.epochs=${epochs}"], [["epochs=1"], ["epochs=abc"]],
+     r"training\.epochs='abc': must be an integer >= 1"),
+    # through two interpolations: the time limit follows the model's minutes per epoch
+    (["cluster=slurm"], [["model.resources.epoch_min=1"], ["model.resources.epoch_min=-5"]],
+     r"cluster\.timeout_min=-2: must be a number > 0"),
+])
+def test_later_grid_points_are_checked_where_they_differ(hydra_compose, tmp_path, master, jobs, error):
+    """After the first grid point, a point is checked only where it can differ from it: a bad value
+    there is still found, whichever way it gets in."""
+    planner = Planner(hydra_compose(master), tmp_path, compose=lambda ov: pytest.fail("fast path expected"))
+    with pytest.raises(CruijffError, match=error):
+        planner.plan(jobs)
+
+
 def test_two_grid_points_in_one_run_dir_are_refused(hydra_compose, tmp_path):
     planner = Planner(hydra_compose([]), tmp_path)
     with pytest.raises(CruijffError, match="same run dir 'lr1e-3'"):

@@ -159,10 +159,11 @@ def test_a_queued_resubmission_is_neither_submitted_again_nor_overwritten(slurm,
 
 def test_cancelled_and_killed_jobs_are_recorded_and_the_third_run_finishes(slurm, tmp_path, tiny_model_dir):
     """scancel one array task and SIGKILL another's training process, mid-training."""
-    args = ["-m", "experiment.name=faults", *SLURM, "training.epochs=3", "peft.lora_rank=8",
+    # 10 short epochs: long enough that the cancel and the kill land while they train
+    args = ["-m", "experiment.name=faults", *SLURM, "training.epochs=10", "eval.epochs=[9]", "peft.lora_rank=8",
             "optimizer.lr=1e-3,2e-3,3e-3"]
     sweep_dir = tmp_path / "outputs" / "faults"
-    cancelled, killed, survivor = "rank8_lr1e-3_epochs3", "rank8_lr2e-3_epochs3", "rank8_lr3e-3_epochs3"
+    cancelled, killed, survivor = "rank8_lr1e-3_epochs10", "rank8_lr2e-3_epochs10", "rank8_lr3e-3_epochs10"
     env = {**os.environ, "INSPECT_DISPLAY": "none"}
     proc = subprocess.Popen([sys.executable, str(LAUNCH), *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

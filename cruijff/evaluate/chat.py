@@ -6,7 +6,8 @@ system prompt ("You are Qwen, ...") when a sample has none. torchtune adds neith
 checkpoint evaluated with the model's own template would be asked in a format it never saw.
 
 ``model.chat_template`` names one of the templates below (the catalogue does), is a Jinja template of
-its own, or is null for the template in the model directory. Like the models' own templates as
+its own, or is null for the template in the model directory; ``eval.chat_template`` (default
+``auto``: the model's) chooses another for an eval without fine-tuning again. Like the models' own templates as
 inspect uses them, these leave the first BOS to the tokenizer (Llama 3 and Mistral add one, Qwen
 none, as torchtune does): written into the text, a SentencePiece tokenizer would drop the space it
 puts before the first word.
@@ -14,6 +15,7 @@ puts before the first word.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 # Llama 3 header format, as torchtune's Llama3Tokenizer (content stripped, no default system header).
@@ -32,7 +34,10 @@ CHATML = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 
-# torchtune's MistralChatTemplate ("[INST] " + user + " [/INST] "). torchtune encodes each piece
+# torchtune's MistralChatTemplate ("[INST] " + user + " [/INST] "), as text. torchtune names it for
+# Mistral v0.1/v0.2; v0.3's tokenizer has [INST] and [/INST] as control tokens, which torchtune's
+# SentencePiece encoding does not produce from text, so for v0.3 the ids may differ even where the
+# text is the same (not checkable without its tokenizer files). torchtune encodes each piece
 # separately, trailing spaces cut, each with SentencePiece's leading space: the text before [/INST]
 # has two spaces, and the answer starts with a space that belongs to the assistant's turn (the model
 # generates it). Each later user turn starts with its own BOS, as torchtune's.
@@ -50,6 +55,12 @@ TEMPLATES = {"llama3": LLAMA3, "chatml": CHATML, "mistral_inst": MISTRAL_INST}
 
 def is_jinja(value: str) -> bool:
     return "{{" in value or "{%" in value
+
+
+def tag(value: Any) -> str:
+    """A short name for a template, for the base control's dir (one control per layout)."""
+    value = str(value)
+    return value if value in TEMPLATES else "custom-" + hashlib.sha256(value.encode()).hexdigest()[:8]
 
 
 def resolve(value: Any) -> str | None:

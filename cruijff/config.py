@@ -127,8 +127,8 @@ def config_hash(cfg: DictConfig, *inputs: Path) -> str:
         sub["base_recipe"] = cfg.base_recipe
     for key in ("metric_logger", "tracking"):  # where the losses are sent does not change the run
         sub.get("training", {}).pop(key, None)
-    # hints for clusters, plans and evals, not for training
-    for key in ("resources", "chars_per_token", "full_component", "chat_template"):
+    # hints for clusters, plans and evals, not for training (model.training reaches training.*)
+    for key in ("resources", "chars_per_token", "full_component", "chat_template", "training"):
         sub.get("model", {}).pop(key, None)
     if sub.get("training", {}).get("nproc") == "auto":  # follows the GPUs a run gets, like the cluster keys
         sub["training"].pop("nproc")

@@ -77,6 +77,19 @@ def test_rendered_config_passes_tune_validate(name, tmp_path):
             assert conf["tokenizer"][key] == str(model_dir / cfg.model.tokenizer[key])
 
 
+def test_training_defaults_follow_the_models_memory_hint_unless_set(tmp_path):
+    """torchtune's own configs train the 70B with batch 2 and activation checkpointing; a plain
+    batch of 8 without it would not fit. The tiny model has no hint and keeps the group's defaults."""
+    big = compose_config("model=llama3_3_70b_instruct", f"model.path={tmp_path}")
+    assert (big.training.batch_size, big.training.enable_activation_checkpointing) == (2, True)
+    conf = finetune.render(big, tmp_path / "run", tmp_path, tmp_path / "data.json")
+    assert (conf["batch_size"], conf["enable_activation_checkpointing"]) == (2, True)
+    mine = compose_config("model=llama3_3_70b_instruct", f"model.path={tmp_path}", "training.batch_size=1")
+    assert mine.training.batch_size == 1
+    tiny = compose_config()
+    assert (tiny.training.batch_size, tiny.training.enable_activation_checkpointing) == (8, False)
+
+
 def test_a_slurm_job_gets_the_models_gpus_and_cpus_for_each(tmp_path):
     big = compose_config("model=llama3_3_70b_instruct", f"model.path={tmp_path}", "cluster=slurm")
     assert (big.cluster.gpus_per_node, big.cluster.cpus_per_task, big.cluster.mem_gb) == (8, 32, 512)

@@ -176,16 +176,16 @@ def test_dry_run_estimates_a_70b_sweep_on_slurm(tmp_path):
     proc = launch("-m", "cluster=slurm", "model=llama3_3_70b_instruct", f"model.path={model}", "dataset=json",
                   f"dataset.path={data}", "peft.lora_rank=8,16", "optimizer.lr=1e-4", "training.epochs=2", "experiment.name=big",
                   "dry_run=true", cwd=work)
+    print(out := proc.stdout)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
     rows = [line for line in out.splitlines() if "rank8_" in line or "rank16_" in line]
     assert len(rows) == 2
-    # 2000 examples / (batch 8 x 8 GPUs) = 31.25 -> 31 steps (torchtune drops the last, incomplete batch)
-    assert all(" 31 " in row for row in rows)
-    assert "to run: 2 runs, 0.79M tokens" in out  # 2 runs x 2 epochs x 31 x 64 examples x 100 tokens
-    # 8 GPUs at 3497 tok/s for a 70.6B model (torchtune's table): 0.397M tokens per run -> ~114 s
+    # the model's batch hint (2, torchtune's 70B config): 2000 examples / (2 x 8 GPUs) = 125 steps
+    assert all(" 125 " in row for row in rows)
+    assert "to run: 2 runs, 0.80M tokens" in out  # 2 runs x 2 epochs x 125 x 16 examples x 100 tokens
+    # 8 GPUs at 3497 tok/s for a 70.6B model (torchtune's table): 0.4M tokens per run -> ~114 s
     gpu_hours = float(re.search(r"([0-9.]+) GPU-hours", out).group(1))
-    assert gpu_hours == pytest.approx(2 * 0.3968e6 / 3497 * 70.6e9 / 70.55e9 * 8 / 3600, rel=0.02)
+    assert gpu_hours == pytest.approx(2 * 0.4e6 / 3497 * 70.6e9 / 70.55e9 * 8 / 3600, rel=0.02)
     disk_gb = float(re.search(r"disk: ([0-9.]+) GB of checkpoints", out).group(1))
     assert disk_gb == pytest.approx(2 * 2 * 70.55e9 * 2 / 1e9, rel=0.02)  # merged bf16, 2 epochs, 2 runs
     assert "torchtune README 'Memory and training speed'" in out

@@ -160,6 +160,13 @@ def _plt():
 
 
 def _plot_accuracy(scores: pd.DataFrame, plots: Path) -> None:
+    fig = accuracy_figure(scores)
+    fig.savefig(plots / "accuracy_vs_epoch.png", dpi=110)
+    _plt().close(fig)
+
+
+def accuracy_figure(scores: pd.DataFrame):
+    """Score vs epoch per run, one panel per task, each base model's control as a flat line."""
     plt = _plt()
     tasks = sorted(scores["task"].unique())
     fig, axs = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
@@ -168,9 +175,11 @@ def _plot_accuracy(scores: pd.DataFrame, plots: Path) -> None:
         for run, g in df[df["run"] != "base"].groupby("run"):
             g = g.sort_values("epoch")
             ax.plot(g["epoch"], g["score"], marker="o", label=run)
-        base = df[df["run"] == "base"]["score"]
-        if not base.empty:
-            ax.axhline(base.iloc[0], color="gray", linestyle="--", label="base model")
+        bases = df[df["run"] == "base"]
+        styles = ["--", ":", "-.", (0, (5, 1))]
+        for i, (model, g) in enumerate(bases.groupby("model")):  # one line per base model (and layout)
+            label = "base model" if bases["model"].nunique() == 1 else f"base: {model}"
+            ax.axhline(g["score"].iloc[0], color="gray", linestyle=styles[i % len(styles)], label=label)
         ax.set_xticks(sorted(int(e) for e in df["epoch"].unique() if e >= 0))
         ax.set_title(task)
         ax.set_xlabel("epoch")
@@ -178,8 +187,7 @@ def _plot_accuracy(scores: pd.DataFrame, plots: Path) -> None:
         ax.set_ylim(-0.05, 1.05)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(plots / "accuracy_vs_epoch.png", dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def _plot_losses(losses: pd.DataFrame, plots: Path) -> None:

@@ -242,3 +242,9 @@ def test_smoke_preset_runs_a_whole_sweep_in_a_few_steps_with_a_base_control_per_
         cell = json.loads((sweep_dir / "base" / model / "results.json").read_text())
         assert cell["tasks"]["exact_match"]["status"] == "success", model
     assert "2/2 runs finished" in (sweep_dir / "summary.md").read_text()
+    # the accuracy plot draws each model's control
+    from cruijff.report import accuracy_figure, collect
+
+    fig = accuracy_figure(collect(sweep_dir, [])[0])
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "base: tiny_a" in labels and "base: tiny_b" in labels, labels

@@ -26,7 +26,7 @@ def job_name(experiment: str, kind: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "-", f"cruijff-{kind}-{experiment}")[:100]
 
 
-RESOURCES = ("timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb")
+RESOURCES = {"timeout_min": int, "gpus_per_node": int, "cpus_per_task": int, "mem_gb": float}
 
 
 def job_resources(cfg: DictConfig) -> dict[str, Any]:
@@ -36,8 +36,7 @@ def job_resources(cfg: DictConfig) -> dict[str, Any]:
     cluster = cfg.cluster
     if str(cluster.executor) != "slurm":
         return {}
-    return {"timeout_min": int(cluster.timeout_min), "gpus_per_node": int(cluster.gpus_per_node),
-            "cpus_per_task": int(cluster.cpus_per_task), "mem_gb": float(cluster.mem_gb)}
+    return {key: cast(cluster[key]) for key, cast in RESOURCES.items()}
 
 
 def largest(resources: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -266,8 +266,6 @@ def write_scaffold(config: DictConfig, sweep_dir: Path, todo: list,
                    rendered: dict[str, tuple[str, str]]) -> list[Path]:
     """Every run's ``finetune.yaml`` in its run dir, and in ``scripts/``: the torchtune commands and,
     on SLURM, the job-array script that the launch will submit."""
-    from .cluster import job_name, make_executor, share
-
     written: list[Path] = []
     for run in todo:
         path = sweep_dir / run.name / "finetune.yaml"
@@ -281,16 +279,15 @@ def write_scaffold(config: DictConfig, sweep_dir: Path, todo: list,
     (scripts / "tune_commands.sh").write_text("\n".join(lines) + "\n")
     written.append(scripts / "tune_commands.sh")
     if str(config.cluster.executor) == "slurm" and todo:
-        groups = resource_groups([r.name for r in todo], {r.name: r.resources for r in todo})
-        slots = share(int(config.cluster.max_parallel), [len(m) for _, m in groups])
+        arrays = train_executors(config, sweep_dir / ".submitit" / "%j", [r.name for r in todo],
+                                 {r.name: r.resources for r in todo})
         for old in scripts.glob("train*.sbatch"):  # from an earlier scaffold of this sweep
             old.unlink()
-        for k, ((resources, members), parallel) in enumerate(zip(groups, slots), 1):
-            executor = make_executor(config.cluster, sweep_dir / ".submitit" / "%j", resources=resources,
-                                     parallel=parallel, name=job_name(config.experiment.name, "train"))._executor
+        for k, (auto, members) in enumerate(arrays, 1):
+            executor = auto._executor
             executor.parameters["map_count"] = len(members)
             text = executor._make_submission_file_text(executor._submitit_command_str, "scaffold")
-            path = scripts / ("train.sbatch" if len(groups) == 1 else f"train-{k}.sbatch")
+            path = scripts / ("train.sbatch" if len(arrays) == 1 else f"train-{k}.sbatch")
             runs = ", ".join(todo[i].name for i in members[:10]) + (f", ... ({len(members) - 10} more)"
                                                                     if len(members) > 10 else "")
             shebang, rest = text.split("\n", 1)  # sbatch wants the interpreter on the first line
@@ -316,13 +313,12 @@ def detach(sweeper: Any, config: DictConfig, sweep_dir: Path, todo: list[list[st
 
     jobs = submit_jobs(sweeper.launcher, todo, 0)[1] if todo else []
     ids = array_ids([j.job_id for j in jobs] + list(earlier))
-    runs = read_json(sweep_dir / "sweep.json").get("runs", [])
+    plan = read_json(sweep_dir / "sweep.json")
     executor = make_executor(config.cluster, sweep_dir / ".submitit" / "%j",
                              name=job_name(config.experiment.name, "eval"),
                              dependency=f"afterany:{':'.join(ids)}" if ids else None,
-                             resources=largest(r.get("resources", {}) for r in runs))
+                             resources=largest(r.get("resources", {}) for r in plan.get("runs", [])))
     finish = executor.submit(finish_detached, sweep_dir, OmegaConf.to_container(config.eval, resolve=True))
-    plan = read_json(sweep_dir / "sweep.json")
     plan["detached"] = {"arrays": ids, "finish_job": finish.job_id, "submitted": time.time()}
     write_json(sweep_dir / "sweep.json", plan)
     act("Detach", f"fine-tune arrays {', '.join(ids) or '(none: all finished)'}; eval+report job "
@@ -502,12 +498,28 @@ def resource_groups(names: list[str], resources: dict[str, dict]) -> list[tuple[
     return [(dict(key), members) for key, members in groups.items()]
 
 
+def train_executors(config: DictConfig, folder: Path | str, names: list[str],
+                    resources: dict[str, dict]) -> list[tuple[Any, list[int]]]:
+    """(executor, runs by position) per job array of these runs: one per group that asks for the
+    same resources (:func:`resource_groups`), each with its share of the array throttle. What the
+    launch submits, and what the scaffold renders."""
+    from .cluster import job_name, make_executor, share
+
+    cluster = config.cluster
+    groups = resource_groups(names, resources)
+    slots = (share(int(cluster.max_parallel), [len(m) for _, m in groups]) if str(cluster.executor) == "slurm"
+             else [None] * len(groups))
+    return [(make_executor(cluster, folder, name=job_name(config.experiment.name, "train"), resources=res,
+                           parallel=parallel), members)
+            for (res, members), parallel in zip(groups, slots)]
+
+
 def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> tuple[list, list]:
     """Submit fine-tuning jobs (on SLURM: job arrays) without waiting; record and log their ids."""
     from hydra.core.singleton import Singleton
     from hydra_plugins.hydra_submitit_launcher import submitit_launcher as stock
 
-    from .cluster import array_ids, job_name, make_executor, max_array_size, share, submit_array
+    from .cluster import array_ids, max_array_size, submit_array
 
     config = launcher.config
     cluster = config.cluster
@@ -524,11 +536,8 @@ def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_j
     shared = SharedRunner.save(runner, Singleton.get_state(), sweep_dir / ".submitit")
     jobs: list = [None] * len(names)
     limit = max_array_size(cluster)
-    groups = resource_groups(names, getattr(launcher, "run_resources", None) or {})
-    slots = share(int(cluster.max_parallel), [len(m) for _, m in groups]) if kind == "slurm" else [None] * len(groups)
-    for (resources, members), parallel in zip(groups, slots):
-        executor = make_executor(cluster, launcher.params["submitit_folder"], parallel=parallel,
-                                 name=job_name(config.experiment.name, "train"), resources=resources)
+    for executor, members in train_executors(config, launcher.params["submitit_folder"], names,
+                                             getattr(launcher, "run_resources", None) or {}):
         submitted = submit_array(executor, shared, [[list(job_overrides[i]) for i in members],
                                                     [idx[i] for i in members]], limit)
         for i, job in zip(members, submitted):
@@ -744,7 +753,7 @@ class EvalJobs:
         self.names: dict[int, str] = {}
         self.bases_taken: set[Path] = set()
 
-    def submit(self, batch: list[tuple[str, bool]]) -> list:
+    def submit(self, batch: list[tuple[str, Path | None]]) -> list:
         from .launch import evaluate_saved
 
         batch = [(n, base if base not in self.bases_taken else None) for n, base in batch]

@@ -21,18 +21,18 @@ from pathlib import Path
 from typing import Any
 
 PACKAGES = ("torch", "torchtune", "torchao", "inspect_ai", "transformers", "hydra-core", "submitit", "cruijff")
+SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST",
+              "SLURM_JOB_PARTITION")
+# Environment variables never copied into a record, whatever their value.
+SECRET_HINTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASS", "CREDENTIAL")
+
+
 def slurm_job_id() -> str | None:
     """This process's SLURM job as squeue and sacct name it (``12_3`` for an array task)."""
     env = os.environ
     if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
         return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
     return env.get("SLURM_JOB_ID")
-
-
-SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST",
-              "SLURM_JOB_PARTITION")
-# Environment variables never copied into a record, whatever their value.
-SECRET_HINTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASS", "CREDENTIAL")
 
 
 def stamp(t: float | None = None) -> str:

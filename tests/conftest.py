@@ -28,6 +28,17 @@ def launch(*args: str, cwd: Path, check: bool = False, timeout: int = 600) -> su
     return proc
 
 
+def fake_model_dir(path: Path, cfg) -> Path:
+    """A model directory holding (empty) every file the model config names: planning, rendering and
+    validating need no weights."""
+    from cruijff.finetune import model_files
+
+    for f in model_files(cfg.model):
+        (path / f).parent.mkdir(parents=True, exist_ok=True)
+        (path / f).write_bytes(b"")
+    return path
+
+
 def compose_config(*overrides: str):
     """The composed config, as ``python launch.py OVERRIDES`` would see it (no run)."""
     from hydra import compose, initialize_config_dir

@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 from torchtune import config as tt_config
 
-from conftest import compose_config, launch
+from conftest import compose_config, fake_model_dir, launch
 from cruijff import finetune
 from cruijff.config import ConfigError, validate
 
@@ -30,14 +30,6 @@ CATALOGUE = {
     "qwen2_5_7b_instruct": (7.62e9, 1),    # Qwen2.5-7B-Instruct
     "mistral_7b_instruct": (7.25e9, 1),    # Mistral-7B-Instruct-v0.3
 }
-
-
-def _fake_model_dir(path, cfg):
-    """A directory holding (empty) every file the model config names."""
-    for f in finetune.model_files(cfg.model):
-        (path / f).parent.mkdir(parents=True, exist_ok=True)
-        (path / f).write_bytes(b"")
-    return path
 
 
 @pytest.mark.parametrize("name", CATALOGUE)
@@ -63,7 +55,7 @@ def test_rendered_config_passes_tune_validate(name, tmp_path):
     _, gpus = CATALOGUE[name]
     model_dir = tmp_path / "model"
     cfg = compose_config(f"model={name}", f"model.path={model_dir}")
-    _fake_model_dir(model_dir, cfg)
+    fake_model_dir(model_dir, cfg)
     validate(cfg)  # every file the config names is there
     conf = finetune.render(cfg, tmp_path / "run", model_dir, tmp_path / "data.json")
     path = tmp_path / "finetune.yaml"
@@ -105,13 +97,13 @@ def test_tied_models_get_no_output_lora(name, tmp_path):
     assert finetune.render(cfg, tmp_path, tmp_path, tmp_path)["model"]["apply_lora_to_output"] is False
     assert finetune.lora_on_output(compose_config("model=llama3_1_8b_instruct", f"model.path={tmp_path}")) is True
     with pytest.raises(ConfigError, match=r"peft.apply_lora_to_output=True: model .* ties its output layer"):
-        validate(compose_config(f"model={name}", f"model.path={_fake_model_dir(tmp_path, cfg)}",
+        validate(compose_config(f"model={name}", f"model.path={fake_model_dir(tmp_path, cfg)}",
                           "peft.apply_lora_to_output=true"))
 
 
 def test_model_dir_lacking_a_named_file_is_refused_before_anything_is_written(tmp_path):
     cfg = compose_config("model=qwen2_5_7b_instruct", f"model.path={tmp_path / 'qwen'}")
-    _fake_model_dir(tmp_path / "qwen", cfg)
+    fake_model_dir(tmp_path / "qwen", cfg)
     (tmp_path / "qwen" / "merges.txt").unlink()
     proc = launch("model=qwen2_5_7b_instruct", f"model.path={tmp_path / 'qwen'}", cwd=tmp_path)
     assert proc.returncode == 2

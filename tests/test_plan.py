@@ -156,14 +156,9 @@ def test_a_mandatory_value_left_open_in_a_sweep_is_one_line(tmp_path):
 
 def _fake_model(path: Path, model: str) -> Path:
     """A model directory with (empty) files where the catalogue expects them: the plan needs no weights."""
-    from conftest import compose_config
-    from cruijff.finetune import model_files
+    from conftest import compose_config, fake_model_dir
 
-    cfg = compose_config(f"model={model}", f"model.path={path}")
-    for f in model_files(cfg.model):
-        (path / f).parent.mkdir(parents=True, exist_ok=True)
-        (path / f).write_bytes(b"")
-    return path
+    return fake_model_dir(path, compose_config(f"model={model}", f"model.path={path}"))
 
 
 def test_dry_run_estimates_a_70b_sweep_on_slurm(tmp_path):

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -351,6 +352,13 @@ def validate_dataset(path: str, input_key: str, output_key: str) -> None:
     p = Path(path)
     if not p.is_file():
         raise ConfigError("dataset.path", path, "must be an existing JSON file")
+    st = p.stat()  # every grid point names the same file: it is read once while it stays the same
+    _check_dataset(path, st.st_mtime_ns, st.st_size, input_key, output_key)
+
+
+@lru_cache(maxsize=16)
+def _check_dataset(path: str, mtime_ns: int, size: int, input_key: str, output_key: str) -> None:
+    p = Path(path)
     try:
         data = json.loads(p.read_text())
     except (ValueError, UnicodeDecodeError) as e:

@@ -10,8 +10,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from cruijff.app import run_app
 from cruijff.config import register_resolvers
-from cruijff.launch import main, run_app
+from cruijff.job import main
 
 register_resolvers()
 

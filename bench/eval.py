@@ -48,7 +48,7 @@ def main() -> None:
         run_dir = work / "outputs" / "bench" / "default"
         tasks = ", ".join(f"{{name: '{ROOT}/bench/tasks.py@{t}', args: {{data_file: '{data}'}}}}" for t in TASKS)
         code = ("import sys; from pathlib import Path; from omegaconf import OmegaConf; "
-                "from cruijff.launch import evaluate_saved; "
+                "from cruijff.evaluate import evaluate_run_dir as evaluate_saved; "
                 f"ev = OmegaConf.create(\"{{enabled: true, tasks: [{tasks}], epochs: all, base_model: false, "
                 f"max_tokens: 16, batch_size: {bs}, limit: null}}\"); "
                 f"evaluate_saved(Path('{run_dir}'), ev)")

@@ -13,7 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import CruijffError
+from .config import load_run, validate
+from .errors import CruijffError
+from .evaluate import evaluate_run_dir
+from .records import ActionLog, SweepPlan, acquire_lock, layout, run_state, sweep_runs
+from .report import report_run, report_sweep
+from .status import show
+from .sweep import evaluate_in_turn
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,23 +37,17 @@ def main(argv: list[str] | None = None) -> int:
         target = args.dir.resolve()
         if not target.is_dir():
             raise CruijffError(f"{args.dir}: no such directory")
-        is_sweep = (target / "sweep.json").exists() or (
-            not (target / ".hydra").exists() and any(target.glob("*/run.json")))
         if args.command == "status":
-            from .status import show
-
             show(target)
         elif args.command == "plan":
             replan(target)
-        elif is_sweep:
+        elif layout.is_sweep_dir(target):
             return sweep_command(args.command, target)
         else:
-            from .launch import check, evaluate_saved, load_run, report_run
-
             if args.command == "eval":
-                evaluate_saved(target)
+                evaluate_run_dir(target)
             cfg = load_run(target)
-            report_run(cfg, target, check(cfg))
+            report_run(cfg, target, validate(cfg))
     except CruijffError as e:
         print(f"cruijff: error: {e}", file=sys.stderr)
         return 2
@@ -58,9 +58,8 @@ def replan(sweep_dir: Path) -> None:
     """Run the sweep's own command again as a dry run (the command is kept in ``sweep.json``)."""
     import os
 
-    from .record import read_json
-
-    command = read_json(sweep_dir / "sweep.json").get("command")
+    plan = SweepPlan.of(sweep_dir)
+    command = plan.command if plan else None
     if not command:
         raise CruijffError(f"{sweep_dir}: no sweep command recorded (not a sweep dir, or made by an older version)")
     skip = ("dry_run=", "scaffold=", "detach=")
@@ -71,22 +70,15 @@ def replan(sweep_dir: Path) -> None:
 
 def sweep_command(command: str, sweep_dir: Path) -> int:
     """``eval`` or ``report`` of a sweep dir; 1 when a run's eval failed."""
-    from .record import ActionLog, read_json
-    from .report import report_sweep
-
-    plan = read_json(sweep_dir / "sweep.json").get("runs") or [
-        {"name": p.parent.name, "overrides": []} for p in sorted(sweep_dir.glob("*/run.json"))]
+    runs = sweep_runs(sweep_dir)
     failed: list[str] = []
     if command == "eval":
-        from .sweep import acquire_lock, evaluate_in_turn
-
         acquire_lock(sweep_dir)
-        act = ActionLog(sweep_dir / "run-experiment.log")
-        finished = [r["name"] for r in plan
-                    if read_json(sweep_dir / r["name"] / "run.json").get("status") == "finished"]
+        act = ActionLog(layout.action_log(sweep_dir))
+        finished = [r.name for r in runs if (st := run_state(sweep_dir / r.name)) is not None and st.finished]
         failed = evaluate_in_turn(sweep_dir, finished, None, act)
         act("Evaluate sweep", f"{len(finished)} finished runs", "python -m cruijff eval"
             + (f"; eval failed: {', '.join(failed)}" if failed else ""))
-    report_sweep(sweep_dir, plan)
+    report_sweep(sweep_dir, runs)
     print(f"cruijff: report {sweep_dir / 'summary.md'}")
     return 1 if failed else 0

@@ -18,6 +18,9 @@ from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
+from .errors import ConfigError, CruijffError
+from .records import layout
+
 POLL_S = {"local": 0.5, "slurm": 3.0}
 
 
@@ -48,7 +51,14 @@ def largest(resources: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def make_executor(cluster: DictConfig, folder: Path | str, *, name: str, timeout_min: int | None = None,
+def job_folder(config: DictConfig) -> Path:
+    """Where submitit keeps the files of every job of a sweep — training, eval, the detached finish
+    job: ``hydra.launcher.submitit_folder``, default ``<sweep dir>/.submitit/%j`` (``%j``: the job id)."""
+    folder = OmegaConf.select(config, "hydra.launcher.submitit_folder", default=None)
+    return Path(str(folder)) if folder else layout.submitit_folder(Path(str(config.hydra.sweep.dir)))
+
+
+def make_executor(cluster: DictConfig, folder: Path | str, *, name: str,
                   dependency: str | None = None, resources: dict[str, Any] | None = None,
                   parallel: int | None = None):
     """A submitit executor for ``cluster``; ``resources`` (see :func:`job_resources`) replace the
@@ -58,14 +68,12 @@ def make_executor(cluster: DictConfig, folder: Path | str, *, name: str, timeout
 
     kind = str(cluster.executor)
     res = {k: cluster.get(k) for k in RESOURCES} | (resources or {})
-    timeout = int(timeout_min or res["timeout_min"])
+    timeout = int(res["timeout_min"])
     if kind == "local":
         executor = submitit.AutoExecutor(folder=str(folder), cluster="local")
         executor.update_parameters(timeout_min=timeout, name=name)
         return executor
     if kind != "slurm":
-        from .config import ConfigError
-
         raise ConfigError("cluster.executor", kind, "one of local, slurm")
     executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm",
                                      slurm_max_num_timeout=int(cluster.max_requeue))
@@ -112,15 +120,6 @@ def share(total: int, sizes: list[int]) -> list[int]:
     grid's arrays together run about ``cluster.max_parallel`` tasks at once."""
     n = sum(sizes)
     return [max(1, total * size // n) for size in sizes]
-
-
-def submit_array(executor, fn: Callable, args: list[Iterable], limit: int) -> list:
-    """``executor.map_array`` in chunks of at most ``limit`` tasks (one array each)."""
-    columns = [list(a) for a in args]
-    jobs: list = []
-    for start in range(0, len(columns[0]), limit):
-        jobs += executor.map_array(fn, *[c[start:start + limit] for c in columns])
-    return jobs
 
 
 def watch(jobs: list, on_end: Callable[[Any], list | None], kind: str) -> None:
@@ -199,8 +198,6 @@ def active_slurm_jobs(job_ids: list[str]) -> set[str]:
     except (OSError, subprocess.SubprocessError) as e:
         failure = str(e)
     if failure is not None:
-        from .config import CruijffError
-
         raise CruijffError(f"cannot ask SLURM which earlier jobs still run (squeue: {failure}); "
                            "nothing submitted, try again")
     return {line.strip() for line in proc.stdout.splitlines() if line.strip()} & {str(j) for j in job_ids}

@@ -1,7 +1,7 @@
 """``python -m cruijff status <sweep dir>``: what ran, what is running, what failed — from files only.
 
 Safe to run while a sweep runs: it reads ``sweep.json``, each ``run.json`` and each eval cell's
-``results.json`` (all written atomically) and never takes the sweep lock.
+``results.json`` (all written atomically) and asks who holds the sweep lock without taking it.
 """
 
 from __future__ import annotations
@@ -9,8 +9,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import CruijffError
-from .record import read_json
+from omegaconf import OmegaConf
+
+from .config import TaskSpec, task_specs
+from .errors import CruijffError
+from .evaluate import cell_complete
+from .records import CellResults, RunState, SweepPlan, layout, lock_holder, sweep_runs
+from .ui import console
 
 
 def _duration(seconds: float | None) -> str:
@@ -20,57 +25,46 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _cells(log_dirs: list[Path], specs: list | None) -> tuple[int, int]:
+def _cells(log_dirs: list[Path], specs: list[TaskSpec] | None) -> tuple[int, int]:
     """Complete eval cells among these: every task of the sweep's list (when it has one) has a result
     and its log, else every task recorded there succeeded. The sample limit and prompt layout the
     next launch asks for are not known here: a cell counted here may still be redone by it."""
-    from .evaluate import cell_complete
-
     done = 0
     for d in log_dirs:
         if specs:
             done += cell_complete(d, specs)
         else:
-            tasks = read_json(d / "results.json").get("tasks", {})
-            done += bool(tasks) and all(t.get("status") == "success" for t in tasks.values())
+            cell = CellResults.of(d)
+            done += bool(cell and cell.tasks) and all(t.status == "success" for t in cell.tasks.values())
     return done, len(log_dirs)
 
 
 def rows(sweep_dir: Path) -> list[dict]:
     """One row per run of the plan (or per run dir found), plus the base-model controls."""
-    from .finetune import checkpoints
-
-    plan = read_json(sweep_dir / "sweep.json")
-    if not plan and not any(sweep_dir.glob("*/run.json")):
+    plan = SweepPlan.of(sweep_dir)
+    if plan is None and not layout.run_dirs(sweep_dir):
         raise CruijffError(f"{sweep_dir}: not a sweep dir (no sweep.json, no runs)")
-    names = [r["name"] for r in plan.get("runs", [])] or sorted(p.parent.name for p in sweep_dir.glob("*/run.json"))
-    jobs = plan.get("jobs", {})
-    from .evaluate import task_specs
-
-    specs = task_specs(plan.get("eval", {}).get("tasks")) or None
+    jobs = plan.jobs if plan else {}
+    specs = task_specs((plan.eval if plan else {}).get("tasks")) or None
     out = []
     now = time.time()
-    for name in names:
-        run_dir = sweep_dir / name
-        st = read_json(run_dir / "run.json")
-        saved = run_dir / ".hydra" / "config.yaml"
-        epochs = None
-        if saved.exists():
-            from omegaconf import OmegaConf
-
-            epochs = OmegaConf.load(saved).training.epochs
-        status = st.get("status", "pending")
-        duration = st.get("duration_s")
-        if status == "running" and st.get("started"):
-            duration = now - st["started"]
-        ckpts = [c.name for c in checkpoints(run_dir)]
-        done, total = _cells([run_dir / "eval" / c for c in ckpts], specs)
+    for r in sweep_runs(sweep_dir):
+        run_dir = sweep_dir / r.name
+        st = RunState.of(run_dir)
+        saved = layout.saved_config(run_dir)
+        epochs = OmegaConf.load(saved).training.epochs if saved.exists() else None
+        status = st.status.value if st else "pending"
+        duration = st.duration_s if st else None
+        if st and status == "running" and st.started:
+            duration = now - st.started
+        ckpts = [c.name for c in layout.checkpoints(run_dir)]
+        done, total = _cells([layout.eval_dir(run_dir, c) for c in ckpts], specs)
         out.append({
-            "run": name, "state": status, "epochs": f"{len(ckpts)}/{epochs if epochs is not None else '?'}",
-            "attempts": st.get("attempts", 0), "job": jobs.get(name, ""), "duration": _duration(duration),
-            "evals": f"{done}/{total}" if total else "", "error": (st.get("error") or "")[:80],
+            "run": r.name, "state": status, "epochs": f"{len(ckpts)}/{epochs if epochs is not None else '?'}",
+            "attempts": st.attempts if st else 0, "job": jobs.get(r.name, ""), "duration": _duration(duration),
+            "evals": f"{done}/{total}" if total else "", "error": ((st.error if st else None) or "")[:80],
         })
-    for base in sorted(p for p in (sweep_dir / "base").glob("*") if p.is_dir()):
+    for base in layout.base_dirs(sweep_dir):
         done, total = _cells([base], specs)
         out.append({"run": f"base ({base.name})", "state": "evaluated" if done else "pending",
                     "epochs": "", "attempts": "", "job": "", "duration": "", "evals": f"{done}/{total}",
@@ -79,10 +73,7 @@ def rows(sweep_dir: Path) -> list[dict]:
 
 
 def show(sweep_dir: Path) -> None:
-    from .ui import console
     from rich.table import Table
-
-    from .sweep import lock_holder
 
     table_rows = rows(sweep_dir)
     holder = lock_holder(sweep_dir)

@@ -31,7 +31,7 @@ def launch(*args: str, cwd: Path, check: bool = False, timeout: int = 600) -> su
 def fake_model_dir(path: Path, cfg) -> Path:
     """A model directory holding (empty) every file the model config names: planning, rendering and
     validating need no weights."""
-    from cruijff.finetune import model_files
+    from cruijff.config import model_files
 
     for f in model_files(cfg.model):
         (path / f).parent.mkdir(parents=True, exist_ok=True)

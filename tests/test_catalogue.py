@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from torchtune import config as tt_config
 
 from conftest import compose_config, fake_model_dir, launch
-from cruijff import finetune
+from cruijff import config, finetune
 from cruijff.config import ConfigError, validate
 
 # name -> (published parameter count, GPUs a run needs, recipe)
@@ -59,12 +59,12 @@ def test_rendered_config_passes_tune_validate(name, tmp_path):
     validate(cfg)  # every file the config names is there
     conf = finetune.render(cfg, tmp_path / "run", model_dir, tmp_path / "data.json")
     path = tmp_path / "finetune.yaml"
-    finetune.write_config(conf, path, "r", finetune.processes(compose_config(f"model={name}", "cluster=slurm")))
+    finetune.write_config(conf, path, "r", config.processes(compose_config(f"model={name}", "cluster=slurm")))
     proc = subprocess.run(["tune", "validate", str(path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "Config is well-formed!" in proc.stdout, proc.stdout + proc.stderr
     recipe = "--nproc_per_node 8 lora_finetune_distributed" if gpus > 1 else "lora_finetune_single_device"
     assert f"tune run {recipe} --config" in path.read_text()
-    for key in finetune.TOKENIZER_FILES:
+    for key in config.TOKENIZER_FILES:
         if cfg.model.tokenizer.get(key):
             assert conf["tokenizer"][key] == str(model_dir / cfg.model.tokenizer[key])
 
@@ -95,7 +95,7 @@ def test_a_slurm_job_gets_the_models_gpus_and_cpus_for_each(tmp_path):
 def test_tied_models_get_no_output_lora(name, tmp_path):
     cfg = compose_config(f"model={name}", f"model.path={tmp_path}")
     assert finetune.render(cfg, tmp_path, tmp_path, tmp_path)["model"]["apply_lora_to_output"] is False
-    assert finetune.lora_on_output(compose_config("model=llama3_1_8b_instruct", f"model.path={tmp_path}")) is True
+    assert config.lora_on_output(compose_config("model=llama3_1_8b_instruct", f"model.path={tmp_path}")) is True
     with pytest.raises(ConfigError, match=r"peft.apply_lora_to_output=True: model .* ties its output layer"):
         validate(compose_config(f"model={name}", f"model.path={fake_model_dir(tmp_path, cfg)}",
                           "peft.apply_lora_to_output=true"))
@@ -162,7 +162,7 @@ def _stand_in_tokenizer_files(model_dir, cfg, tiny_model_dir):
     from torchtune.models.qwen2._tokenizer import bytes_to_unicode
 
     byte_chars = bytes_to_unicode()
-    for key in finetune.TOKENIZER_FILES:
+    for key in config.TOKENIZER_FILES:
         rel = cfg.model.tokenizer.get(key)
         if not rel:
             continue
@@ -194,7 +194,7 @@ def test_eval_prompts_are_laid_out_as_training_saw_them(name, tmp_path, tiny_mod
     from torchtune.data import Message
     from transformers import AutoTokenizer
 
-    from cruijff.evaluate import chat
+    from cruijff.config import chat
 
     model_dir = tmp_path / "model"
     cfg = compose_config(f"model={name}", f"model.path={model_dir}")

@@ -13,14 +13,14 @@ import pytest
 import yaml
 
 from conftest import compose_config, launch
-from cruijff import finetune
+from cruijff import config, finetune
 from cruijff.cluster import make_executor
 
 
 def test_gpus_of_a_slurm_run_become_torchrun_processes_and_sbatch_gpus(tmp_path):
     cfg = compose_config("cluster=slurm", "model.resources.gpus=8", "cluster.partition=gpu")
-    assert finetune.processes(cfg) == 8
-    finetune.write_config({"output_dir": "/o"}, tmp_path / "finetune.yaml", "r", finetune.processes(cfg))
+    assert config.processes(cfg) == 8
+    finetune.write_config({"output_dir": "/o"}, tmp_path / "finetune.yaml", "r", config.processes(cfg))
     header = (tmp_path / "finetune.yaml").read_text()
     assert "tune run --nproc_per_node 8 lora_finetune_distributed --config" in header
     script = make_executor(cfg.cluster, tmp_path / "%j", name="x")._executor._make_submission_file_text(
@@ -28,14 +28,14 @@ def test_gpus_of_a_slurm_run_become_torchrun_processes_and_sbatch_gpus(tmp_path)
     assert "#SBATCH --gpus-per-node=8" in script and "#SBATCH --nodes=1" in script
     assert "--ntasks" not in script  # one task: the job starts torchrun, torchrun starts the 8
     # one GPU per run, or training forced onto the CPU: the single-device recipe in the job process
-    assert finetune.processes(compose_config("cluster=slurm")) == 1
-    assert finetune.processes(compose_config("model.resources.gpus=4", "training.device=cpu")) == 1
-    assert finetune.processes(compose_config("training.nproc=2")) == 2
+    assert config.processes(compose_config("cluster=slurm")) == 1
+    assert config.processes(compose_config("model.resources.gpus=4", "training.device=cpu")) == 1
+    assert config.processes(compose_config("training.nproc=2")) == 2
 
 
 def test_local_jobs_each_get_their_own_gpus(monkeypatch):
     """No GPU here: the GPU count is set by hand; the test checks which devices each job is given."""
-    from cruijff import sweep
+    from cruijff import hardware as sweep
 
     monkeypatch.setattr(sweep, "gpu_count", lambda: 8)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # recorded first, so the test leaves it as it found it

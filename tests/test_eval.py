@@ -50,7 +50,8 @@ def test_one_model_load_per_checkpoint_for_all_tasks(tmp_path, tiny_model_dir, m
     import transformers
 
     from cruijff import assets
-    from cruijff.evaluate import TaskSpec, cell_complete, evaluate_cell
+    from cruijff.config import TaskSpec
+    from cruijff.evaluate import cell_complete, evaluate_cell
 
     loads = []
     real = transformers.AutoModelForCausalLM.from_pretrained.__func__
@@ -66,16 +67,16 @@ def test_one_model_load_per_checkpoint_for_all_tasks(tmp_path, tiny_model_dir, m
         input_key="input", output_key="output", device="cpu", limit=10, display="none",
     )
     assert len(loads) == 1, loads
-    assert set(results) == {"exact_match", "first_letter"}
-    assert results["first_letter"]["samples"] == 5 and results["exact_match"]["samples"] == 10
+    assert set(results.tasks) == {"exact_match", "first_letter"}
+    assert results.tasks["first_letter"].samples == 5 and results.tasks["exact_match"].samples == 10
     assert cell_complete(tmp_path / "cell", specs)
     # a lost log file makes the cell incomplete again
-    Path(results["first_letter"]["log"]).unlink()
+    Path(results.tasks["first_letter"].log).unlink()
     assert not cell_complete(tmp_path / "cell", specs)
 
 
 def test_merged_checkpoint_is_read_without_its_adapter_files(tmp_path):
-    from cruijff.evaluate import _weights_view
+    from cruijff.evaluate.backend import _weights_view
 
     ckpt = tmp_path / "epoch_0"
     ckpt.mkdir()
@@ -91,7 +92,8 @@ def test_merged_checkpoint_is_read_without_its_adapter_files(tmp_path):
 
 def test_a_cell_evaluated_on_fewer_samples_does_not_count_for_a_full_one(tmp_path):
     """training=smoke evaluates 10 samples; a later full sweep must not take that base cell as done."""
-    from cruijff.evaluate import TaskSpec, cell_complete
+    from cruijff.config import TaskSpec
+    from cruijff.evaluate import cell_complete
 
     log = tmp_path / "x.eval"
     log.write_text("")
@@ -110,7 +112,8 @@ def test_the_configured_chat_template_lays_out_the_eval_prompts(tmp_path, tiny_m
     from inspect_ai.log import read_eval_log
 
     from cruijff import assets
-    from cruijff.evaluate import TaskSpec, cell_complete, evaluate_cell
+    from cruijff.config import TaskSpec
+    from cruijff.evaluate import cell_complete, evaluate_cell
 
     user = "{% elif message['role'] == 'user' %}{{ message['content'] }}"
     assert user in assets.CHAT_TEMPLATE
@@ -122,7 +125,7 @@ def test_the_configured_chat_template_lays_out_the_eval_prompts(tmp_path, tiny_m
     mine = evaluate_cell(tiny_model_dir, specs, tmp_path / "b", chat_template=upper, **kw)
 
     def answers(result):
-        return [s.output.completion.strip() for s in read_eval_log(result["exact_match"]["log"]).samples]
+        return [s.output.completion.strip() for s in read_eval_log(result.tasks["exact_match"].log).samples]
 
     assert all(a.isupper() for a in answers(mine)), answers(mine)
     assert not any(a.isupper() for a in answers(default)), answers(default)

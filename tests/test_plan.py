@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from conftest import ROOT, launch
 from cruijff.config import CruijffError, config_hash, register_resolvers
-from cruijff.launch import resolve_paths
+from cruijff.config import resolve_paths
 from cruijff.plan import FINISHED, NEW, Planner
 
 register_resolvers()

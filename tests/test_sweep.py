@@ -152,7 +152,7 @@ def test_changed_config_is_refused_before_anything_is_submitted(sweep):
 
 
 def test_second_launch_on_a_busy_sweep_dir_is_refused(tmp_path):
-    from cruijff.sweep import acquire_lock, release_lock
+    from cruijff.records import acquire_lock, release_lock
 
     acquire_lock(tmp_path)
     try:

@@ -62,10 +62,6 @@ TINY_ARCH = dict(
 # familiar and the base model scores 0 by echoing lower-case words), and upper-cases it under "Upper".
 BASE_INSTRUCTIONS = ("Repeat", "Capitalize", "Upper")
 
-# The base model echoes the word under "Repeat" and "Capitalize" (so the fine-tuning task's prompt is
-# familiar and the base model scores 0 by echoing lower-case words), and upper-cases it under "Upper".
-BASE_INSTRUCTIONS = ("Repeat", "Capitalize", "Upper")
-
 N_TRAIN_WORDS, TRAIN_REPEATS, N_VALIDATION, N_TEST = 1000, 1, 100, 100
 
 

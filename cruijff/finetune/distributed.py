@@ -22,6 +22,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .recipe import TrainingDiverged, _clone_before_merge, _load_recipe_module, _LossTap
+from .render import DISTRIBUTED
+
 try:  # looked up here: the child between fork and exec must not load libraries
     _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):
@@ -36,8 +39,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 def launch(config: Path, nproc: int, loss_file: Path | None) -> None:
     """Run ``config`` with ``nproc`` processes; raise with the failure's reason if training failed."""
-    from . import TrainingDiverged
-
     loss_file = loss_file or config.parent / "logs" / "loss.jsonl"
     for stale in loss_file.parent.glob("train-error*.json"):
         stale.unlink()
@@ -81,7 +82,6 @@ def main(argv: list[str]) -> None:
     from torch.distributed import init_process_group
     from torchtune import config as tt_config
 
-    from . import DISTRIBUTED, _clone_before_merge, _load_recipe_module, _LossTap
 
     config, loss_file = Path(argv[0]), Path(argv[1])
     cfg = OmegaConf.load(config)

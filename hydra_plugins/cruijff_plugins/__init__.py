@@ -12,13 +12,11 @@ class GridSweeper(BasicSweeper):
 
     def __init__(self, max_batch_size=None, params=None, **unknown):
         if unknown:
-            import sys
+            from cruijff.errors import CruijffError
 
             key = sorted(unknown)[0]
-            print(f"cruijff: error: hydra.sweeper.{key}: not a key of the grid sweeper (max_batch_size, "
-                  "params); an Optuna experiment needs hydra/sweeper=optuna on the command line",
-                  file=sys.stderr)
-            sys.exit(2)
+            raise CruijffError(f"hydra.sweeper.{key}: not a key of the grid sweeper (max_batch_size, "
+                               "params); an Optuna experiment needs hydra/sweeper=optuna on the command line")
         super().__init__(max_batch_size=max_batch_size, params=params)
 
     def sweep(self, arguments):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import enum
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -22,9 +23,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .cluster import job_resources
-from .config import SCHEMA, GROUPS, ConfigError, CruijffError, config_hash, leaf_keys, run_name, unknown_key, validate
-from .record import read_json
+from ..cluster import job_resources
+from ..config import GROUPS, SCHEMA, check_name, config_hash, leaf_keys, resolve_paths, run_name, validate
+from ..errors import ConfigError, CruijffError, omegaconf_message, unknown_key
+from ..records import PlannedRunRecord, RunState, layout
 
 # keys an interpolation reads: ${a.b}, and resolver arguments such as ${oc.select:a.b,null}
 _REF = re.compile(r"(?:\$\{|[:,]\s*)([A-Za-z_]\w*(?:\.\w+)*)(?=\s*[},])")
@@ -33,8 +35,21 @@ _REF = re.compile(r"(?:\$\{|[:,]\s*)([A-Za-z_]\w*(?:\.\w+)*)(?=\s*[},])")
 def _is_interpolation(value: Any) -> bool:
     return isinstance(value, str) and "${" in value
 
-# states of a planned run
-NEW, FINISHED, REDO, OVERWRITE, ACTIVE = "new", "finished", "redo", "overwrite", "active"
+class PlanState(str, enum.Enum):
+    """What a launch will do with a planned run."""
+
+    NEW = "new"              # no record yet
+    FINISHED = "finished"    # fine-tuned earlier, checkpoints intact: not submitted
+    REDO = "redo"            # failed, stopped or incomplete before: submitted again (resuming where it can)
+    OVERWRITE = "overwrite"  # a run of another config is there and overwrite=true
+    ACTIVE = "active"        # an earlier launch's job still works on it: not submitted twice
+
+    def __str__(self) -> str:
+        return self.value
+
+
+NEW, FINISHED, REDO, OVERWRITE, ACTIVE = (PlanState.NEW, PlanState.FINISHED, PlanState.REDO, PlanState.OVERWRITE,
+                                          PlanState.ACTIVE)
 
 
 @dataclass
@@ -42,15 +57,15 @@ class PlannedRun:
     name: str
     overrides: list[str]
     config_hash: str
-    state: str  # new | finished | redo (failed, stopped or incomplete before) | overwrite | active (a job runs it)
-    previous: dict = field(default_factory=dict)  # run.json as found
-    estimate: Any = None  # cruijff.estimate.Estimate, when asked for (dry run, scaffold)
+    state: PlanState
+    previous: RunState | None = None  # run.json as found
+    estimate: Any = None  # cruijff.plan.estimate.Estimate, when asked for (dry run, scaffold)
     resources: dict = field(default_factory=dict)  # its SLURM job's GPUs, CPUs, memory, time limit
     model: str = ""  # the base model's name (one base control per model)
 
-    def record(self) -> dict[str, Any]:
-        return {"name": self.name, "overrides": self.overrides, "config_hash": self.config_hash,
-                "state": self.state, **({"resources": self.resources} if self.resources else {})}
+    def record(self) -> PlannedRunRecord:
+        return PlannedRunRecord(self.name, list(self.overrides), self.config_hash, self.state.value,
+                                dict(self.resources))
 
 
 @lru_cache(maxsize=4096)
@@ -143,8 +158,6 @@ class Planner:
              each: Callable[[PlannedRun, DictConfig], None] | None = None) -> list[PlannedRun]:
         """Plan every job; with ``estimate``, each run not finished gets its cost; ``each(run, cfg)``
         is called with every run's config (the scaffold renders its files there)."""
-        from .launch import resolve_paths
-
         rates = None
         if estimate:
             from .estimate import estimate as cost, measured
@@ -162,6 +175,7 @@ class Planner:
                                   "make the swept values distinct")
             seen[name] = overrides
             try:
+                check_name("run name", name)
                 with self._with_job(overrides) as cfg:
                     changed = self._changed
                     validate(cfg, None if changed is None or not self._checked else self._to_check(changed))
@@ -180,9 +194,7 @@ class Planner:
             except CruijffError as e:
                 raise CruijffError(f"run {name}: {e}") from None
             except OmegaConfBaseException as e:  # e.g. a mandatory value left at ???
-                from .launch import _omegaconf_message
-
-                raise CruijffError(f"run {name}: {_omegaconf_message(e)}") from None
+                raise CruijffError(f"run {name}: {omegaconf_message(e)}") from None
             runs.append(run)
         return runs
 
@@ -225,22 +237,20 @@ class Planner:
         return job_resources(cfg)
 
     def _state(self, name: str, overrides: list[str], chash: str, epochs: int, overwrite: bool) -> PlannedRun:
-        from .finetune import checkpoints
-
         run_dir = self.sweep_dir / name
-        state = read_json(run_dir / "run.json")
+        state = RunState.of(run_dir)
         run = PlannedRun(name, overrides, chash, NEW, state)
-        if not state:
+        if state is None:
             return run
-        if state.get("config_hash") not in (None, chash):
+        if state.config_hash not in (None, chash):
             if not overwrite:
                 raise ConfigError(
                     "overwrite", False,
-                    f"{run_dir} holds a run of a different config (hash {state.get('config_hash')} != "
+                    f"{run_dir} holds a run of a different config (hash {state.config_hash} != "
                     f"{chash}); pass overwrite=true to replace it, or change experiment.name",
                 )
             run.state = OVERWRITE
-        elif state.get("status") == "finished" and len(checkpoints(run_dir)) == epochs:
+        elif state.finished and len(layout.checkpoints(run_dir)) == epochs:
             run.state = FINISHED
         else:
             run.state = REDO
@@ -262,27 +272,3 @@ def _raw(base: dict, key: str) -> Any:
             return _MISSING
         node = node[part]
     return node
-
-
-def print_plan(runs: list[PlannedRun], title: str, base_cells: int = 0) -> None:
-    """The plan as a table; with estimates, their columns and the totals of what is still to run."""
-    from rich.table import Table
-
-    from .ui import console
-
-    costs = any(r.estimate is not None for r in runs)
-    table = Table(title=title)
-    for c in ("#", "run", "state", "overrides", "config hash"):
-        table.add_column(c)
-    if costs:
-        from .estimate import COLUMNS, as_row, summary
-
-        for c in COLUMNS:
-            table.add_column(c, justify="right")
-    for i, r in enumerate(runs):
-        table.add_row(str(i), r.name, r.state, " ".join(r.overrides), r.config_hash,
-                      *(as_row(r.estimate if r.state != ACTIVE else None) if costs else []))
-    console().print(table)
-    if costs:
-        for line in summary([r.estimate for r in runs if r.state not in (FINISHED, ACTIVE)], base_cells):
-            console().print(f"  {line}", highlight=False)

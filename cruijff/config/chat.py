@@ -16,7 +16,10 @@ puts before the first word.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
+
+from ..records import layout
 
 # Llama 3 header format, as torchtune's Llama3Tokenizer (content stripped, no default system header).
 LLAMA3 = (
@@ -69,3 +72,20 @@ def resolve(value: Any) -> str | None:
         return None
     value = str(value)
     return value if is_jinja(value) else TEMPLATES[value]
+
+
+def template_choice(cfg: Any) -> Any:
+    """``eval.chat_template``, or the model's own choice when it is ``auto``."""
+    value = cfg.eval.get("chat_template", "auto")
+    return cfg.model.get("chat_template") if value == "auto" else value
+
+
+def eval_template(cfg: Any) -> str | None:
+    """The Jinja text that lays out a config's eval prompts; None: the model dir's own template."""
+    return resolve(template_choice(cfg))
+
+
+def base_cell_dir(cfg: Any, sweep_dir: Path) -> Path:
+    """The base model's control cell of a config: one per model and prompt layout in a sweep."""
+    choice = template_choice(cfg)
+    return layout.base_dir(sweep_dir, str(cfg.model.name), None if choice is None else tag(choice))

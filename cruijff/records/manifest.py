@@ -1,30 +1,25 @@
-"""Reproducibility records: the run manifest, run state, and the orchestration log.
-
-- ``manifest.json``: how to reproduce a run — git commit/branch/dirty (+ ``git.diff``), seed, package
-  versions, the exact command, host, SLURM ids, start/end times.
-- ``run.json``: what happened — status, error, checkpoints, loss per epoch. Written atomically.
-- ``run-experiment.log``: one line per action, ``[YYYY-MM-DD HH:MM:SS] ACTION: …``.
-"""
+"""``manifest.json``: how to reproduce a run — git commit/branch/dirty (+ ``git.diff``), seed,
+package versions, the exact command, host, SLURM ids, start/end times."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shlex
 import socket
 import subprocess
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import layout
+from .io import read_json, write_json
+from .log import stamp
+
 PACKAGES = ("torch", "torchtune", "torchao", "inspect_ai", "transformers", "hydra-core", "submitit", "cruijff")
 SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST",
               "SLURM_JOB_PARTITION")
-# Environment variables never copied into a record, whatever their value.
-SECRET_HINTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASS", "CREDENTIAL")
 
 
 def slurm_job_id() -> str | None:
@@ -33,24 +28,6 @@ def slurm_job_id() -> str | None:
     if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
         return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
     return env.get("SLURM_JOB_ID")
-
-
-def stamp(t: float | None = None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (readers never see a half-written file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _git(args: list[str], cwd: Path) -> str | None:
@@ -109,28 +86,12 @@ def write_manifest(run_dir: Path, *, seed: int, config_hash: str, extra: dict | 
         "end": None,
         **(extra or {}),
     }
-    write_json(run_dir / "manifest.json", manifest)
+    write_json(run_dir / layout.MANIFEST_FILE, manifest)
     return manifest
 
 
 def finish_manifest(run_dir: Path) -> None:
-    manifest = read_json(run_dir / "manifest.json")
+    path = run_dir / layout.MANIFEST_FILE
+    manifest = read_json(path) or {}
     manifest["end"] = stamp()
-    write_json(run_dir / "manifest.json", manifest)
-
-
-class ActionLog:
-    """The orchestration log: ``[YYYY-MM-DD HH:MM:SS] ACTION: …`` then indented Details/Result."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __call__(self, action: str, details: str | None = None, result: str | None = None) -> None:
-        lines = [f"[{stamp()}] ACTION: {action}"]
-        if details:
-            lines.append(f"  Details: {details}")
-        if result:
-            lines.append(f"  Result: {result}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write("\n".join(lines) + "\n")
+    write_json(path, manifest)

@@ -17,6 +17,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..config import device_guess, processes, resolve_paths, task_specs
+from ..errors import CruijffError
+from ..finetune import model_section
+from ..records import RunState, layout
+
 # LoRA fine-tuning throughput measured by torchtune (README, "Memory and training speed": batch 2,
 # packed to 2048 tokens, torch.compile on, over one epoch): (parameters, GPUs, tokens/s, hardware).
 THROUGHPUT = [
@@ -51,7 +56,7 @@ def _params(model_json: str) -> tuple[int, int]:
     kept in the cache dir, so later plans of the same models need not import torchtune."""
     import hashlib
 
-    from .assets import cache_root
+    from ..assets import cache_root
 
     store = cache_root() / "param-counts" / (hashlib.sha256(model_json.encode()).hexdigest()[:24] + ".json")
     try:
@@ -85,9 +90,14 @@ def _count_params(model_json: str) -> tuple[int, int]:
     return base, sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
 
 
-@lru_cache(maxsize=64)
 def _dataset(path: str, input_key: str, output_key: str) -> tuple[int, int]:
-    """(examples, characters) of a dataset file's train split."""
+    """(examples, characters) of a dataset file's train split (read again once the file changes)."""
+    st = Path(path).stat()
+    return _dataset_counts(path, st.st_mtime_ns, st.st_size, input_key, output_key)
+
+
+@lru_cache(maxsize=64)
+def _dataset_counts(path: str, mtime_ns: int, size: int, input_key: str, output_key: str) -> tuple[int, int]:
     data = json.loads(Path(path).read_text())
     rows = data.get("train", [])
     return len(rows), sum(len(str(r.get(input_key, ""))) + len(str(r.get(output_key, ""))) for r in rows)
@@ -100,18 +110,17 @@ def _table_tokens_per_s(params: int, gpus: int) -> float:
 
 def measured(sweep_dir: Path) -> dict[tuple, float]:
     """Seconds per training sample of finished runs in a sweep dir, by (model, processes, device)."""
-    from .finetune import processes
-
     out: dict[tuple, list[float]] = {}
-    for state_file in sweep_dir.glob("*/run.json"):
+    for name in layout.run_dirs(sweep_dir):
+        run_dir = sweep_dir / name
         try:
-            state = json.loads(state_file.read_text())
-        except ValueError:
+            state = RunState.of(run_dir)
+        except CruijffError:
+            continue  # an unreadable record measures nothing; planning names it elsewhere
+        saved = layout.saved_config(run_dir)
+        if state is None or not state.finished or not state.duration_s or not saved.exists():
             continue
-        saved = state_file.parent / ".hydra" / "config.yaml"
-        if state.get("status") != "finished" or not state.get("duration_s") or not saved.exists():
-            continue
-        if state.get("resumed_from"):
+        if state.resumed_from:
             continue  # its duration covers only the epochs after the resume
         try:
             cfg = OmegaConf.load(saved)
@@ -120,18 +129,16 @@ def measured(sweep_dir: Path) -> dict[tuple, float]:
             n, _ = _dataset_of(cfg)
             nproc = processes(cfg)
             samples = _samples_per_epoch(cfg, n, nproc) * int(cfg.training.epochs)
-            key = (str(cfg.model.name), nproc, str(state.get("device", "")))
+            key = (str(cfg.model.name), nproc, str(state.device or ""))
         except Exception:  # a run saved by an older layout: no measurement from it
             continue
         if samples:
-            out.setdefault(key, []).append(float(state["duration_s"]) / samples)
+            out.setdefault(key, []).append(float(state.duration_s) / samples)
     return {k: sum(v) / len(v) for k, v in out.items()}
 
 
 def _dataset_of(cfg: DictConfig, data_file: Path | None = None) -> tuple[int, int]:
     if data_file is None:
-        from .launch import resolve_paths
-
         _, data_file = resolve_paths(cfg, build=False)
     if not Path(data_file).exists():
         return 0, 0
@@ -152,20 +159,7 @@ def _samples_per_epoch(cfg: DictConfig, n: int, nproc: int) -> int:
     return min(n, steps * per_step)
 
 
-def device_guess(cfg: DictConfig) -> str:
-    """The device a job will train on: a GPU where the cluster gives one, whatever this machine has."""
-    from .sweep import gpu_count
-
-    if cfg.training.device != "auto":
-        return str(cfg.training.device)
-    if cfg.cluster.executor == "slurm":
-        return "cuda" if int(cfg.cluster.get("gpus_per_node") or 0) > 0 else "cpu"
-    return "cuda" if gpu_count() > 0 else "cpu"  # without starting torch
-
-
 def estimate(cfg: DictConfig, data_file: Path, rates: dict[tuple, float] | None = None) -> Estimate:
-    from .evaluate import task_specs
-    from .finetune import model_section, processes
 
     nproc = processes(cfg)
     device = device_guess(cfg)
@@ -250,6 +244,3 @@ def as_row(e: Estimate | None) -> list[str]:
 
 COLUMNS = ["steps/epoch", "tokens", "hours", "GPU-h", "disk", "eval cells"]
 
-
-def to_json(e: Estimate) -> dict[str, Any]:
-    return {**e.__dict__, "gpu_hours": e.gpu_hours}

@@ -1,0 +1,73 @@
+"""``python launch.py``: the Hydra app around :func:`cruijff.job.main`, with every bad input
+reported as one line and exit 2 — before Hydra composes (group names, names that would leave
+``outputs/``), for what Hydra cannot compose, and for what the sweeper refuses before it submits."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import CONF_DIR, check_group_overrides, check_name, leaf_keys
+from .errors import CruijffError, first_line, omegaconf_message, unknown_key
+
+
+def precheck(argv: list[str]) -> None:
+    """Checks that need no composed config (bad group names, a name that would leave outputs/)."""
+    check_group_overrides(argv)
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") == "experiment.name":
+            for v in value.split(","):
+                check_name("experiment.name", v.strip("'\""))
+
+
+def run_app(app: Callable[[], Any], argv: list[str]) -> None:
+    """Run the Hydra app; a user error anywhere before the jobs run ends in one line and exit 2."""
+    from hydra.errors import HydraException
+
+    try:
+        precheck(argv)
+    except CruijffError as e:
+        _exit(str(e))
+    if os.environ.get("HYDRA_FULL_ERROR"):  # the user asked for Hydra's own full report
+        return app()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises; the error is reported here
+    try:
+        app()
+    except CruijffError as e:
+        _exit(first_line(e))
+    except (HydraException, OmegaConfBaseException) as e:
+        if isinstance(e.__cause__, CruijffError):  # raised while Hydra built a plugin
+            _exit(first_line(e.__cause__))
+        _exit(composition_message(e, argv))
+
+
+def _exit(message: str) -> None:
+    print(f"cruijff: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def composition_message(e: Exception, argv: list[str]) -> str:
+    """One line for a config Hydra cannot compose: an unknown key gets the nearest known one."""
+    cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
+    key = getattr(cause, "full_key", None)
+    if key and "not in struct" in str(cause):
+        value = next((a.split("=", 1)[1] for a in argv if "=" in a and a.split("=", 1)[0] == key), "")
+        try:
+            from hydra import compose, initialize_config_dir
+
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+                known = list(leaf_keys(OmegaConf.to_container(compose(config_name="config"))))
+        except Exception:
+            known = []
+        return str(unknown_key(key, value, known))
+    if isinstance(cause, OmegaConfBaseException):
+        return omegaconf_message(cause)
+    if type(e).__name__ == "OverrideParseException":
+        return (f"cannot parse the overrides ({first_line(e)}); "
+                "the grammar: https://hydra.cc/docs/advanced/override_grammar/basic/")
+    return first_line(e)

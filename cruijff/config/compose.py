@@ -1,0 +1,88 @@
+"""Composition helpers: where the config groups live, the resolvers they use, checks that need no
+composed config, and a run dir's saved config."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+from .. import hardware
+from ..errors import ConfigError, CruijffError, did_you_mean
+from ..records import layout
+from .identity import run_name
+from .model import sweep_batch
+
+CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
+
+# Config groups a user picks from on the command line (`group=option`).
+GROUPS = ("model", "dataset", "peft", "optimizer", "training", "eval", "cluster", "experiment")
+
+
+def job_minutes(epoch_min: float, epochs: int) -> int:
+    """A fine-tuning job's time limit from the model's minutes per epoch: 20% slack plus 10 minutes
+    for loading the model and writing checkpoints."""
+    return int(math.ceil(float(epoch_min) * int(epochs) * 1.2)) + 10
+
+
+def register_resolvers() -> None:
+    """The ``cruijff_*`` resolvers the config groups use."""
+    resolvers = {
+        "cruijff_run_name": lambda overrides: run_name(list(overrides or [])),
+        "cruijff_parallel": lambda value, nproc="auto", gpus=1: hardware.local_parallel(
+            value, hardware.gpus_per_run(nproc, gpus)),
+        "cruijff_timeout": job_minutes,
+        "cruijff_cpus": lambda per_gpu, gpus: int(per_gpu) * max(1, int(gpus)),
+        "cruijff_batch": sweep_batch,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+def leaf_keys(d: Any, prefix: str = "") -> Iterable[str]:
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from leaf_keys(v, key + ".")
+        else:
+            yield key
+
+
+def check_group_overrides(argv: list[str]) -> None:
+    """``group=option`` on the command line names an option that exists (before Hydra composes)."""
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key not in GROUPS:
+            continue
+        options = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+        for v in value.split(","):
+            if v not in options:
+                raise ConfigError(key, v, f"no such {key}{did_you_mean(v, options, quote=True)}; "
+                                          f"choose one of: {', '.join(options)}")
+
+
+def load_run(run_dir: Path) -> DictConfig:
+    """The resolved config a run dir was launched with."""
+    saved = layout.saved_config(run_dir)
+    if not saved.exists():
+        raise CruijffError(f"{run_dir}: not a cruijff run dir (no {layout.SAVED_CONFIG})")
+    return OmegaConf.load(saved)
+
+
+def eval_config(run_dir: Path, eval_cfg: Any = None) -> DictConfig:
+    """A run's saved config, with the eval section of the current launch when given.
+
+    Eval settings are not part of a run's config hash: a finished run is evaluated with the tasks
+    asked for now, without fine-tuning it again.
+    """
+    cfg = load_run(run_dir)
+    if eval_cfg is not None:
+        cfg.eval = OmegaConf.create(OmegaConf.to_container(eval_cfg, resolve=True)
+                                    if OmegaConf.is_config(eval_cfg) else eval_cfg)
+    return cfg

@@ -1,0 +1,182 @@
+"""A run's identity: its directory name (from its overrides) and its config hash (what it computes).
+
+The hash covers what decides what a fine-tuning run computes — model, dataset, LoRA, optimizer,
+training, seed, the stock recipe it starts from, the processes it trains on — and the *content*
+of its inputs: the dataset file's sha256 and the model dir's identity (its ``config.json``, weight
+index, file names and sizes). Paths are not part of it: the same data at another path is the same
+run, and other data at the same path is another run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+from .. import assets
+from ..errors import ConfigError
+
+# Keys that decide what a fine-tuning run computes; they make up its config hash. Eval settings are
+# left out on purpose: re-evaluating a finished run with other tasks must not invalidate it.
+RUN_KEYS = ("model", "dataset", "peft", "optimizer", "training", "seed")
+
+# Short names for the run directory, so `peft.lora_rank=8 optimizer.lr=3e-3` -> `rank8_lr3e-3`.
+ABBREVIATIONS = {
+    "lora_rank": "rank",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "batch_size": "bs",
+    "gradient_accumulation_steps": "ga",
+    "weight_decay": "wd",
+    "num_warmup_steps": "warmup",
+    "max_steps_per_epoch": "steps",
+}
+# Overrides that do not change what a run computes, so they do not change its directory.
+NOT_IN_RUN_NAME = re.compile(r"^(hydra|eval|experiment|overwrite|cluster|dry_run|detach|scaffold|training\.metric_logger|training\.tracking)([./=]|$)")
+
+
+def run_name(overrides: Iterable[str]) -> str:
+    """Directory name of a run, derived from its command-line overrides (never from the clock)."""
+    parts = []
+    for ov in overrides:
+        ov = str(ov).lstrip("+~")
+        if "=" not in ov or NOT_IN_RUN_NAME.match(ov):
+            continue
+        key, value = ov.split("=", 1)
+        leaf = key.split(".")[-1] if "." in key else key
+        if key.endswith("path"):
+            value = Path(value.strip("'\"")).name
+        value = _slug(value)
+        sep = "" if value[:1].isdigit() or value[:1] in ".-" else "-"
+        parts.append(f"{ABBREVIATIONS.get(leaf, leaf)}{sep}{value}")
+    return "_".join(parts) or "default"
+
+
+def check_name(key: str, name: Any) -> None:
+    """A name that becomes a directory under ``outputs/`` must stay there: not ``.`` or ``..``, no
+    ``/``, not starting with ``-`` (other characters are quoted where they reach a shell)."""
+    text = str(name)
+    if not isinstance(name, str) or text in ("", ".", "..") or "/" in text or "\\" in text or text.startswith("-"):
+        raise ConfigError(key, name, "must be a plain directory name: not '.' or '..', without '/', "
+                                     "not starting with '-'")
+
+
+def _number(value: str) -> str | None:
+    """Floats spelled the same whatever the input (`1e-3`, `0.001` -> `1e-3`; `0.5` stays)."""
+    try:
+        f = float(value)
+    except ValueError:
+        return None
+    if "." not in value and "e" not in value.lower():
+        return None  # an integer, or inf/nan: keep as written
+    mantissa, exponent = f"{f:e}".split("e")
+    sci = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    plain = f"{f:g}"
+    return sci if len(sci) < len(plain) else plain
+
+
+def _slug(value: str) -> str:
+    value = value.strip().strip("'\"")
+    number = _number(value)
+    if number is not None or re.fullmatch(r"-?\d+", value):
+        return number or value  # keeps its sign: lr=-1e-3 and lr=1e-3 are different runs
+    return re.sub(r"[^A-Za-z0-9.+\-]+", "-", value.replace("/", "-")).strip("-") or "x"
+
+
+# ----------------------------------------------------------------------------------------------
+# the config hash
+
+
+def config_hash(cfg: DictConfig, model_dir: Path | None = None, data_file: Path | None = None) -> str:
+    """Hash of everything that decides what a fine-tuning run computes (see the module's docstring)."""
+    from .model import lora_on_output, processes, resolve_paths
+
+    if model_dir is None or data_file is None:
+        model_dir, data_file = resolve_paths(cfg, build=False)
+    sub = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig)
+           else cfg[k] for k in RUN_KEYS if k in cfg}
+    if cfg.get("base_recipe"):
+        sub["base_recipe"] = cfg.base_recipe
+    for key in ("metric_logger", "tracking"):  # where the losses are sent does not change the run
+        sub.get("training", {}).pop(key, None)
+    # hints for clusters, plans and evals, not for training (model.training reaches training.*);
+    # the paths are replaced by what they hold
+    for key in ("resources", "chars_per_token", "full_component", "chat_template", "training", "path"):
+        sub.get("model", {}).pop(key, None)
+    sub.get("dataset", {}).pop("path", None)
+    if "training" in sub:  # the processes it trains on (nproc=auto follows the GPUs a run gets)
+        sub["training"]["nproc"] = processes(cfg)
+    if "peft" in sub and "model" in sub:  # what the builder gets: auto is true or false per model
+        sub["peft"]["apply_lora_to_output"] = lora_on_output(cfg)
+    sub["inputs"] = {
+        "model": model_identity(model_dir) if cfg.model.get("path") is not None
+        else f"embedded:{cfg.model.name}:{assets.ASSET_VERSION}",
+        "data": file_sha256(data_file) if cfg.dataset.get("path") is not None
+        else f"embedded:{cfg.dataset.name}:{assets.ASSET_VERSION}",
+    }
+    blob = json.dumps(sub, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's content, computed once per (path, size, mtime) and kept in the cache dir."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return "missing"
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    key = hashlib.sha256(f"{path}\0{size}\0{mtime_ns}".encode()).hexdigest()[:32]
+    store = assets.cache_root() / "content-hashes" / key
+    try:
+        return store.read_text().strip()
+    except OSError:
+        pass
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    value = digest.hexdigest()
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_name(f".{key}.{os.getpid()}")
+        tmp.write_text(value)
+        tmp.replace(store)
+    except OSError:
+        pass
+    return value
+
+
+def model_identity(model_dir: Path) -> str:
+    """A model dir's identity without reading its weights: the content of ``config.json`` and of
+    every weight index, and every file's name and size."""
+    path = Path(model_dir)
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    config = path / "config.json"
+    config_mtime = config.stat().st_mtime_ns if config.exists() else 0
+    return _model_identity(str(path.resolve()), st.st_mtime_ns, config_mtime)
+
+
+@lru_cache(maxsize=64)
+def _model_identity(path: str, mtime_ns: int, config_mtime_ns: int) -> str:
+    root = Path(path)
+    digest = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and not any(
+            part.startswith(".") for part in p.relative_to(root).parts)):
+        rel = f.relative_to(root).as_posix()
+        digest.update(f"{rel}\0{f.stat().st_size}\n".encode())
+        if rel == "config.json" or rel.endswith(".index.json"):
+            digest.update(f.read_bytes())
+    return digest.hexdigest()

@@ -1,0 +1,194 @@
+"""Validation of a composed config: every bad value is one line naming the key, the value and what
+is allowed, before anything is written or submitted.
+
+The rule for every plain key is one row of :data:`SCHEMA`; keys with relations (an epoch selection
+against the epochs trained, a model dir against the files its config names, a tied model against
+LoRA on its output) are checked after it, then the dataset file and the eval tasks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import ConfigError, did_you_mean
+from . import chat
+from .identity import check_name
+from .model import model_files
+from .tasks import TaskSpec, check_tasks
+
+
+def stock_configs() -> dict[str, Path]:
+    """torchtune's shipped configs (``tune ls``): name -> file (found without importing torchtune)."""
+    spec = importlib.util.find_spec("torchtune")
+    if spec is None or not spec.origin:
+        return {}
+    root = Path(spec.origin).parent.parent / "recipes" / "configs"
+    return {str(f.relative_to(root).with_suffix("")): f for f in sorted(root.rglob("*.yaml"))}
+
+
+# Type and range of every plain value a user sets, checked before anything runs. A spec is a kind
+# (int, number, bool, str) with an optional bound, and the other values allowed ("|null", "|auto").
+# Keys a config does not have (SLURM keys on a local run) are skipped.
+_MISSING = object()
+SCHEMA = {
+    "experiment.name": "str",
+    "seed": "int>=0",
+    "overwrite": "bool", "dry_run": "bool", "scaffold": "bool", "detach": "bool",
+    "peft.lora_rank": "int>=1",
+    "peft.lora_alpha": "number>0",
+    "peft.apply_lora_to_mlp": "bool",
+    "optimizer.lr": "number>0",
+    "optimizer.weight_decay": "number>=0",
+    "optimizer.num_warmup_steps": "int>=0",
+    "training.epochs": "int>=1",
+    "training.batch_size": "int>=1",
+    "training.gradient_accumulation_steps": "int>=1",
+    "training.max_steps_per_epoch": "int>=1|null",
+    "training.clip_grad_norm": "number>0|null",
+    "training.nproc": "int>=1|auto",
+    "training.compile": "bool",
+    "training.enable_activation_checkpointing": "bool",
+    "training.log_every_n_steps": "int>=1",
+    "dataset.input_key": "str", "dataset.output_key": "str",
+    "dataset.train_on_input": "bool",
+    "eval.enabled": "bool",
+    "eval.base_model": "bool",
+    "eval.max_tokens": "int>=1",
+    "eval.batch_size": "int>=1",
+    "eval.limit": "int>=1|null",
+    "model.tokenizer.max_seq_len": "int>=1",
+    "cluster.max_parallel": "int>=1|auto",
+    "cluster.timeout_min": "number>0",
+    "cluster.cpus_per_gpu": "int>=1",
+    "cluster.cpus_per_task": "int>=1",
+    "cluster.gpus_per_node": "int>=0",
+    "cluster.mem_gb": "number>0",
+    "cluster.max_array_size": "int>=1|auto",
+    "cluster.max_requeue": "int>=0",
+    "cluster.signal_delay_s": "int>=0",
+}
+_SPEC = re.compile(r"^(int|number|bool|str)(?:(>=|>)(-?[\d.]+))?((?:\|\w+)*)$")
+_KINDS = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string"}
+
+
+def check_value(key: str, value: Any, spec: str) -> None:
+    """Raise ConfigError unless ``value`` fits ``spec`` (see SCHEMA)."""
+    kind, op, bound, extra = _SPEC.match(spec).groups()
+    others = extra.split("|")[1:]
+    if value is None and "null" in others or isinstance(value, str) and value in others:
+        return
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "str":
+        ok = isinstance(value, str)
+    else:
+        ok = not isinstance(value, bool) and isinstance(value, int if kind == "int" else (int, float))
+        if ok and op:
+            ok = value >= float(bound) if op == ">=" else value > float(bound)
+    if not ok:
+        bound_text = f" {op} {bound}" if op else ""
+        allowed = "".join(f" or {o}" for o in others)
+        raise ConfigError(key, value, f"must be {_KINDS[kind]}{bound_text}{allowed}")
+
+
+def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> list[TaskSpec]:
+    """Check the composed config; raise ConfigError naming the first bad key; return its eval
+    tasks. ``keys``: check only these of the SCHEMA (a grid point whose other values were checked
+    with an earlier one); the relations between keys, the files and the tasks are always checked."""
+    for key in SCHEMA if keys is None else [k for k in keys if k in SCHEMA]:
+        value = OmegaConf.select(cfg, key, default=_MISSING)
+        if value is not _MISSING:
+            check_value(key, value, SCHEMA[key])
+    check_name("experiment.name", cfg.experiment.name)
+    dropout = cfg.peft.lora_dropout
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError("peft.lora_dropout", dropout, "must be a number with 0 <= dropout < 1")
+    logger = cfg.training.get("metric_logger", "disk")
+    if logger not in ("disk", "wandb", "mlflow"):
+        raise ConfigError("training.metric_logger", logger, "one of disk, wandb, mlflow")
+    if logger != "disk" and importlib.util.find_spec(logger) is None:
+        raise ConfigError("training.metric_logger", logger, f"the {logger} package is not installed here: "
+                          f"pip install {logger} (or pip install 'cruijff[tracking]')")
+    mode = OmegaConf.select(cfg, "training.tracking.mode", default="offline")
+    if logger == "wandb" and mode not in ("offline", "online", "disabled"):
+        raise ConfigError("training.tracking.mode", mode, "offline, online or disabled")
+    if cfg.get("base_recipe"):
+        names = stock_configs()
+        if cfg.base_recipe not in names:
+            raise ConfigError("base_recipe", cfg.base_recipe,
+                              f"not a torchtune config{did_you_mean(cfg.base_recipe, names)}; `tune ls` lists them")
+    out = cfg.peft.get("apply_lora_to_output", "auto")
+    if out != "auto" and not isinstance(out, bool):
+        raise ConfigError("peft.apply_lora_to_output", out, "true, false or auto")
+    if out is True and cfg.model.get("tied_embeddings", False):
+        raise ConfigError("peft.apply_lora_to_output", out, f"model {cfg.model.name} ties its output layer to the "
+                          "input embeddings, so it has none to adapt: false or auto")
+    if cfg.training.device not in ("auto", "cpu", "cuda", "mps") and not str(
+        cfg.training.device
+    ).startswith("cuda:"):
+        raise ConfigError("training.device", cfg.training.device, "one of auto, cpu, cuda, cuda:N, mps")
+    if cfg.training.dtype not in ("auto", "fp32", "bf16"):
+        raise ConfigError("training.dtype", cfg.training.dtype, "one of auto, fp32, bf16")
+    if cfg.cluster.get("eval_after", "grid") not in ("run", "grid"):
+        raise ConfigError("cluster.eval_after", cfg.cluster.eval_after,
+                          "run (a run's evals start when it finishes) or grid (after the whole grid)")
+    for key, extra in (("model.chat_template", ()), ("eval.chat_template", ("auto",))):
+        template = OmegaConf.select(cfg, key)
+        if template is None or template in extra:
+            continue
+        if not isinstance(template, str) or not (chat.is_jinja(template) or template in chat.TEMPLATES):
+            names = [*extra, *chat.TEMPLATES]
+            raise ConfigError(key, template, f"not a chat template{did_you_mean(template, names)}: one of "
+                              f"{', '.join(names)}, a Jinja template, or null for the model dir's own")
+    if cfg.model.path is not None:
+        path = Path(cfg.model.path)
+        if not path.is_dir():
+            raise ConfigError("model.path", cfg.model.path, "must be an existing local model directory")
+        for f in model_files(cfg.model):
+            if not (path / f).exists():
+                raise ConfigError("model.path", cfg.model.path, f"lacks {f}, named by model {cfg.model.name}")
+    if cfg.dataset.path is not None:
+        validate_dataset(cfg.dataset.path, cfg.dataset.input_key, cfg.dataset.output_key)
+    epochs = cfg.eval.epochs
+    if epochs != "all":
+        if not OmegaConf.is_list(epochs) or not all(isinstance(e, int) for e in epochs):
+            raise ConfigError("eval.epochs", epochs, "'all' or a list of epoch indices like [0, 1]")
+        bad = [e for e in epochs if not 0 <= e < cfg.training.epochs]
+        if bad:
+            raise ConfigError(
+                "eval.epochs", list(epochs), f"epochs are 0..{cfg.training.epochs - 1} (training.epochs={cfg.training.epochs})"
+            )
+    return check_tasks(cfg.eval.tasks)
+
+
+def validate_dataset(path: str, input_key: str, output_key: str) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("dataset.path", path, "must be an existing JSON file")
+    st = p.stat()  # every grid point names the same file: it is read once while it stays the same
+    _check_dataset(path, st.st_mtime_ns, st.st_size, input_key, output_key)
+
+
+@lru_cache(maxsize=16)
+def _check_dataset(path: str, mtime_ns: int, size: int, input_key: str, output_key: str) -> None:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError("dataset.path", path, f"is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError("dataset.path", path, 'must hold {"train": [...], "validation": [...], "test": [...]}')
+    for split in ("train", "test"):
+        rows = data.get(split)
+        if not isinstance(rows, list) or not rows:
+            raise ConfigError("dataset.path", path, f"lacks a non-empty {split!r} split")
+        for key in (input_key, output_key):
+            if not all(isinstance(r, dict) and isinstance(r.get(key), str) for r in rows):
+                raise ConfigError("dataset.path", path, f"every {split!r} record needs a string {key!r}")

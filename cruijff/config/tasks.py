@@ -1,0 +1,78 @@
+"""Eval tasks as a config names them: a built-in name or ``path/to/file.py@task``, with arguments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+BUILTIN_TASKS = ("exact_match",)
+
+
+@dataclass
+class TaskSpec:
+    """One eval task: a built-in name or ``path/to/file.py@task_name``, its arguments, and the
+    label its scores go under (default: the task's own name)."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+    given_label: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.given_label:
+            return self.given_label
+        return self.name.split("@")[-1] if "@" in self.name else self.name
+
+
+def task_specs(tasks_cfg: Any) -> list[TaskSpec]:
+    specs = []
+    for t in tasks_cfg or []:
+        if isinstance(t, str):
+            specs.append(TaskSpec(t))
+        else:
+            label = t.get("label")
+            specs.append(TaskSpec(str(t["name"]), dict(t.get("args") or {}), None if label is None else str(label)))
+    return specs
+
+
+def check_tasks(tasks_cfg: Any) -> list[TaskSpec]:
+    """The config's tasks, each found (without running it), their labels distinct; else ConfigError."""
+    specs = task_specs(tasks_cfg)
+    seen: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        check_task(spec, f"eval.tasks[{i}].name")
+        if spec.label in seen:
+            raise ConfigError(f"eval.tasks[{i}]", spec.name,
+                              f"its scores would go under {spec.label!r}, as eval.tasks[{seen[spec.label]}]'s do; "
+                              f"give one a label of its own (label: {spec.label}_2)")
+        seen[spec.label] = i
+    return specs
+
+
+def check_task(spec: TaskSpec, key: str) -> None:
+    """Raise ConfigError unless the task can be found (without running it)."""
+    if "@" not in spec.name:
+        if spec.name not in BUILTIN_TASKS:
+            raise ConfigError(
+                key, spec.name, f"unknown task; built-in: {', '.join(BUILTIN_TASKS)}, or path/file.py@task"
+            )
+        return
+    path, fn = spec.name.rsplit("@", 1)
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(key, spec.name, f"task file {path} does not exist")
+    st = p.stat()
+    if fn not in _functions(str(p), st.st_mtime_ns, st.st_size):
+        raise ConfigError(key, spec.name, f"{path} defines no task function {fn!r}")
+
+
+@lru_cache(maxsize=64)
+def _functions(path: str, mtime_ns: int, size: int) -> frozenset[str]:
+    """Names of the functions a task file defines (read once while it stays the same)."""
+    import re
+
+    return frozenset(re.findall(r"^\s*def\s+(\w+)\s*\(", Path(path).read_text(), re.M))

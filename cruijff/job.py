@@ -1,0 +1,180 @@
+"""The Hydra job: one run through the stages, in its own directory.
+
+``launch.py`` calls :func:`main` with the composed config. Each stage also runs on its own on an
+existing run dir (``python -m cruijff eval|report <run dir>``):
+
+1. validate the config (one-line errors, nothing written)
+2. fine-tune with torchtune's stock recipe -> ``epoch_N/``, ``run.json``   (:mod:`cruijff.finetune`)
+3. evaluate the base model and each epoch checkpoint with inspect-ai -> ``eval/``   (:mod:`cruijff.evaluate`)
+4. results table -> printed, ``results.csv``, ``results.md``   (:mod:`cruijff.report`)
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import check_name, config_hash, prepare_job, resolve_paths, validate
+from .errors import ConfigError, CruijffError, first_line, omegaconf_message
+from .evaluate import evaluate_run
+from .finetune import finetune_run
+from .plan import FINISHED, NEW, REDO, PlannedRun, print_plan
+from .records import ActionLog, RunState, RunStatus, cell_scores, layout
+from .report import report_run
+
+log = logging.getLogger("cruijff")
+
+
+class TrialFailed(RuntimeError):
+    """An Optuna trial whose run failed: Hydra's job runner hands it to the sweeper as a failure."""
+
+
+def main(cfg: DictConfig) -> int | float:
+    """Run one grid point; in a single run, exit non-zero when it failed.
+
+    In a grid sweep a job only fine-tunes (evaluation waits for the grid, in the sweep callback).
+    Under an optimizing sweeper (Optuna) a job also evaluates its own checkpoints and returns the
+    objective: the last epoch's score on ``eval.objective`` (NaN when the run failed).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    sweep = hc.mode == RunMode.MULTIRUN
+    optimizing = sweep and not str(hc.sweeper._target_).endswith("GridSweeper")
+    fresh = not any(run_dir.iterdir()) if run_dir.exists() else True
+    if sweep:
+        prepare_job(cfg, int(hc.job.num))
+    try:
+        if cfg.get("scaffold", False):  # the grid sweeper scaffolds before any job; a job never should
+            raise ConfigError("scaffold", True, "renders a grid sweep's files: python launch.py -m ... scaffold=true "
+                                                "(with the grid sweeper)")
+        if cfg.get("dry_run", False):
+            code = dry_run(cfg, run_dir, list(hc.overrides.task))
+            if fresh:
+                _remove_empty(run_dir)
+            return code
+        mode = "epochs" if optimizing else "none" if sweep else "all"
+        code = run(cfg, run_dir, overrides=list(hc.overrides.task), evaluate=mode)
+    except (CruijffError, OmegaConfBaseException) as e:
+        msg = first_line(e) if isinstance(e, CruijffError) else omegaconf_message(e)
+        print(f"cruijff: error: {msg}", file=sys.stderr)
+        if sweep:  # the sweep's summary and log say why this run never trained
+            record_refusal(run_dir, msg, e)
+        elif fresh:
+            _remove_empty(run_dir)
+        code = 2
+    except Exception as e:  # never raise into Hydra: the sweep must complete and report
+        if not sweep:
+            raise
+        print(f"cruijff: {run_dir.name}: {type(e).__name__}: {e}", file=sys.stderr)
+        code = 1
+    if not sweep and code:
+        sys.exit(code)
+    if optimizing:
+        if code:  # the sweeper records the trial as failed (NaN would crash hydra-optuna-sweeper)
+            state = RunState.of(run_dir)
+            reason = (state.error if state else None) or f"exit code {code}"
+            raise TrialFailed(f"{run_dir.name}: {reason}")
+        return objective(cfg, run_dir)
+    return code
+
+
+def record_refusal(run_dir: Path, message: str, error: Exception) -> None:
+    """A sweep job that stopped on a user error before training: its ``run.json`` says failed
+    with the reason, and the orchestration log says so. A record of another config's run (the
+    refusal to overwrite it) or a finished one is left as it is."""
+    ActionLog(layout.action_log(run_dir.parent))("Run refused", run_dir.name, message)
+    if isinstance(error, ConfigError) and error.key == "overwrite":
+        return
+    try:
+        state = RunState.of(run_dir)
+    except CruijffError:
+        state = None
+    if state is not None and state.finished:
+        return
+    state = state or RunState(name=run_dir.name, status=RunStatus.FAILED)
+    state.status, state.error, state.ended = RunStatus.FAILED, message, time.time()
+    state.save(run_dir)
+
+
+def objective(cfg: DictConfig, run_dir: Path) -> float:
+    """The score an optimizing sweeper maximizes: ``eval.objective`` at the last evaluated epoch."""
+    specs = validate(cfg)
+    label = cfg.eval.get("objective") or (specs[0].label if specs else None)
+    state = RunState.of(run_dir)
+    evaluated = [c for c in (state.checkpoints if state else []) if layout.eval_dir(run_dir, c).is_dir()]
+    if label is None or not evaluated:
+        return float("nan")
+    value = cell_scores(layout.eval_dir(run_dir, evaluated[-1])).get(label)
+    return float(value) if value is not None else float("nan")
+
+
+def dry_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> int:
+    """Validate and show what a run would do; write nothing, start nothing."""
+    validate(cfg)
+    check_name("run name", run_dir.name)
+    chash = config_hash(cfg, *resolve_paths(cfg, build=False))
+    state = RunState.of(run_dir)
+    planned = NEW if state is None else FINISHED if state.finished else REDO
+    print_plan([PlannedRun(run_dir.name, overrides, chash, planned)], f"{cfg.experiment.name}: dry run")
+    return 0
+
+
+def _remove_empty(path: Path) -> None:
+    """Remove a dir Hydra created for a job that never started, and its empty parents."""
+    while path.exists() and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        if path.parent == path or path.parent == Path.cwd():
+            break
+        path = path.parent
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: str = "all") -> int:
+    """Fine-tune, then evaluate: "all" (base + epochs, then the table), "epochs" or "none"."""
+    specs = validate(cfg)
+    check_name("run name", run_dir.name)
+    act = ActionLog(layout.action_log(run_dir.parent))
+    state = RunState.of(run_dir)
+    model_dir, data_file = resolve_paths(cfg)
+    chash = config_hash(cfg, model_dir, data_file)
+    if state is not None and state.config_hash not in (None, chash):
+        if not cfg.overwrite:
+            raise ConfigError(
+                "overwrite", False,
+                f"{run_dir} holds a run of a different config (hash {state.config_hash} != {chash}); "
+                "pass overwrite=true to replace it, or change experiment.name",
+            )
+        act("Overwrite run", f"{run_dir.name}: config hash {state.config_hash} -> {chash}")
+        for child in run_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = layout.saved_config(run_dir)
+    saved.parent.mkdir(exist_ok=True)
+    OmegaConf.save(cfg, saved, resolve=True)
+    (saved.parent / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides) if overrides else "[]\n")
+    _log_to_file(run_dir / "logs" / "launch.log")
+
+    ok = finetune_run(cfg, run_dir, model_dir, data_file, chash, act)
+    if evaluate == "none":
+        return 0 if ok else 1
+    if ok and cfg.eval.enabled:
+        evaluate_run(cfg, run_dir, model_dir, data_file, specs, act, base=evaluate == "all")
+    if evaluate == "all":
+        report_run(cfg, run_dir, specs)
+    return 0 if ok else 1
+
+
+def _log_to_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)

@@ -1,0 +1,9 @@
+"""The plan stage: every grid point's run dir, config, hash and state, and what it will cost,
+before anything runs (``dry_run=true``, ``python -m cruijff plan``)."""
+
+from .estimate import Estimate, estimate, measured
+from .planner import ACTIVE, FINISHED, NEW, OVERWRITE, REDO, PlannedRun, PlanState, Planner
+from .table import print_plan
+
+__all__ = ["Estimate", "estimate", "measured", "ACTIVE", "FINISHED", "NEW", "OVERWRITE", "REDO", "PlannedRun",
+           "PlanState", "Planner", "print_plan"]

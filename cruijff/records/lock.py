@@ -1,0 +1,68 @@
+"""The sweep lock: one launch at a time per sweep dir; anyone may ask who holds it.
+
+The lock is an open-file-description lock (``F_OFD_SETLK``) on ``<sweep dir>/.lock``, held for the
+launching process's lifetime and released by the kernel when it ends, however it ends. Asking
+who holds it (``python -m cruijff status``) uses ``F_OFD_GETLK``, which takes no lock: a status
+call can never make a launch fail.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+from pathlib import Path
+from typing import IO
+
+from ..errors import CruijffError
+from . import layout
+
+_HELD: dict[str, IO] = {}
+_FLOCK = "hhqqi4x"  # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid (+ padding)
+
+
+class SweepBusy(CruijffError):
+    """Another launch holds the sweep dir."""
+
+
+def _flock(kind: int) -> bytes:
+    return struct.pack(_FLOCK, kind, os.SEEK_SET, 0, 0, 0)
+
+
+def acquire(sweep_dir: Path) -> None:
+    """Hold the sweep dir's lock until this process ends; SweepBusy if another launch holds it."""
+    if str(sweep_dir) in _HELD:
+        return
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    f = open(layout.lock_file(sweep_dir), "a+")
+    try:
+        fcntl.fcntl(f, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK))
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise SweepBusy(f"{sweep_dir} is in use by a running launch ({holder}); wait for it or stop it first") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    _HELD[str(sweep_dir)] = f
+
+
+def release(sweep_dir: Path) -> None:
+    f = _HELD.pop(str(sweep_dir), None)
+    if f is not None:
+        fcntl.fcntl(f, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK))
+        f.close()
+
+
+def holder(sweep_dir: Path) -> str | None:
+    """Who holds the sweep lock (a running launch), or None; takes no lock itself."""
+    path = layout.lock_file(sweep_dir)
+    if str(sweep_dir) in _HELD or not path.exists():
+        return None
+    with open(path) as f:
+        kind = struct.unpack(_FLOCK, fcntl.fcntl(f, fcntl.F_OFD_GETLK, _flock(fcntl.F_WRLCK)))[0]
+        if kind == fcntl.F_UNLCK:
+            return None
+        return f.read().strip() or "another process"

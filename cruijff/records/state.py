@@ -1,0 +1,241 @@
+"""The state files, typed and versioned: a run's ``run.json``, a sweep's ``sweep.json``, an eval
+cell's ``results.json``. Each has one reader (``read``) and one writer (``write``).
+
+A missing file reads as None (nothing happened yet). A file that cannot be parsed, or that says it
+is of a version this cruijff does not know, is an error naming the file. Files written before
+versioning (no ``version`` key) are version 1: the layout has not changed since.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from ..errors import CruijffError
+from . import layout
+from .io import read_json, write_json
+
+T = TypeVar("T", bound="Record")
+
+
+class RunStatus(str, enum.Enum):
+    """What ``run.json`` says of a run's fine-tuning."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Record:
+    """A JSON state file of a known version (a dataclass)."""
+
+    VERSION: ClassVar[int] = 1
+
+    @classmethod
+    def from_dict(cls: type[T], data: Any, source: Path | str = "<memory>") -> T:
+        if not isinstance(data, dict):
+            raise CruijffError(f"{source}: not a {cls.__name__} record (a JSON object was expected)")
+        version = data.get("version", 1)
+        if version != cls.VERSION:
+            raise CruijffError(f"{source}: version {version!r} of its format is not known to this cruijff "
+                               f"(it reads version {cls.VERSION}); upgrade cruijff or re-create the file")
+        names = {f.name for f in dataclasses.fields(cls)}  # keys of later minor additions are ignored
+        try:
+            return cls._build({k: v for k, v in data.items() if k in names})
+        except (TypeError, ValueError, KeyError) as e:
+            raise CruijffError(f"{source}: not a valid {cls.__name__} record ({e})") from None
+
+    @classmethod
+    def _build(cls: type[T], data: dict) -> T:
+        return cls(**data)
+
+    @classmethod
+    def read(cls: type[T], path: Path) -> T | None:
+        data = read_json(path)
+        return None if data is None else cls.from_dict(data, path)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, self.to_dict())
+
+
+# ----------------------------------------------------------------------------------------------
+# run.json
+
+
+@dataclass
+class EpochLoss:
+    epoch: int
+    mean_loss: float
+    final_loss: float
+    steps: int
+
+
+@dataclass
+class RunState(Record):
+    """``run.json``: what happened to a run's fine-tuning."""
+
+    name: str
+    status: RunStatus
+    config_hash: str | None = None
+    attempts: int = 0               # fine-tuning attempts (each job that started it, requeues included)
+    error: str | None = None        # one line: why it failed
+    started: float | None = None    # unix time of the current attempt's start
+    ended: float | None = None
+    duration_s: float | None = None  # of the last attempt
+    host: str | None = None
+    pid: int | None = None
+    job_id: str | None = None       # SLURM job that wrote this record (``12_3`` for an array task)
+    device: str | None = None
+    dtype: str | None = None
+    nproc: int | None = None        # training processes (GPUs) of the run
+    effective_batch: int | None = None  # examples per optimizer step: batch x accumulation x processes
+    resumed_from: str | None = None  # the checkpoint the last attempt resumed after
+    checkpoints: list[str] = field(default_factory=list)
+    epochs: list[EpochLoss] = field(default_factory=list)
+    version: int = 1
+
+    @classmethod
+    def _build(cls, data: dict) -> "RunState":
+        data["status"] = RunStatus(data["status"])
+        data["epochs"] = [EpochLoss(**e) for e in data.get("epochs") or []]
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["status"] = self.status.value
+        return d
+
+    @property
+    def finished(self) -> bool:
+        return self.status is RunStatus.FINISHED
+
+    @classmethod
+    def of(cls, run_dir: Path) -> "RunState | None":
+        return cls.read(layout.run_file(run_dir))
+
+    def save(self, run_dir: Path) -> None:
+        self.write(layout.run_file(run_dir))
+
+
+def run_state(run_dir: Path) -> RunState | None:
+    """A run dir's ``run.json`` (None: no fine-tuning started there yet)."""
+    return RunState.of(run_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# sweep.json
+
+
+@dataclass
+class PlannedRunRecord:
+    name: str
+    overrides: list[str]
+    config_hash: str | None = None
+    state: str | None = None        # the plan's word at the launch that wrote it (new, finished, redo, ...)
+    resources: dict = field(default_factory=dict)  # its SLURM job's GPUs, CPUs, memory, time limit
+
+
+@dataclass
+class SweepPlan(Record):
+    """``sweep.json``: a sweep's plan — its runs, the eval matrix, the jobs submitted for them."""
+
+    experiment: str
+    runs: list[PlannedRunRecord] = field(default_factory=list)
+    sweeper: str | None = None
+    launcher: str | None = None
+    eval: dict = field(default_factory=dict)          # tasks, epochs, base_model of the launch
+    eval_matrix: dict = field(default_factory=dict)
+    jobs: dict[str, str] = field(default_factory=dict)  # run -> the latest job submitted for it
+    command: dict | None = None                        # argv and cwd of the launch (``cruijff plan``)
+    detached: dict | None = None                       # arrays and finish job of a detached launch
+    version: int = 1
+
+    @classmethod
+    def _build(cls, data: dict) -> "SweepPlan":
+        data["runs"] = [PlannedRunRecord(**r) for r in data.get("runs") or []]
+        return cls(**data)
+
+    @classmethod
+    def of(cls, sweep_dir: Path) -> "SweepPlan | None":
+        return cls.read(layout.sweep_file(sweep_dir))
+
+    def save(self, sweep_dir: Path) -> None:
+        self.write(layout.sweep_file(sweep_dir))
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.runs]
+
+
+def sweep_runs(sweep_dir: Path) -> list[PlannedRunRecord]:
+    """The runs of a sweep: its plan's, or (a dir without ``sweep.json``) every run dir found."""
+    plan = SweepPlan.of(sweep_dir)
+    if plan is not None and plan.runs:
+        return plan.runs
+    return [PlannedRunRecord(name, []) for name in layout.run_dirs(sweep_dir)]
+
+
+# ----------------------------------------------------------------------------------------------
+# an eval cell's results.json, and the one rule that reads a score from it
+
+
+@dataclass
+class TaskResult:
+    status: str                     # inspect's log status: success, error, cancelled, started
+    log: str | None = None          # the inspect log holding the samples
+    task: str | None = None         # inspect's task name
+    metric: str | None = None       # the metric reported as the score (:func:`headline_metric`)
+    value: float | None = None
+    samples: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class CellResults(Record):
+    """``results.json`` of an eval cell: one checkpoint evaluated on every task, on one model load."""
+
+    model: str | None = None             # the model dir evaluated
+    tasks: dict[str, TaskResult] = field(default_factory=dict)  # by task label
+    limit: int | None = None             # eval.limit the cell was evaluated with
+    chat_template: str | None = None     # the Jinja that laid out its prompts (None: the model dir's)
+    metadata: dict = field(default_factory=dict)
+    version: int = 1
+
+    @classmethod
+    def _build(cls, data: dict) -> "CellResults":
+        data["tasks"] = {k: TaskResult(**v) for k, v in (data.get("tasks") or {}).items()}
+        return cls(**data)
+
+    @classmethod
+    def of(cls, log_dir: Path) -> "CellResults | None":
+        return cls.read(layout.cell_file(log_dir))
+
+    def save(self, log_dir: Path) -> None:
+        self.write(layout.cell_file(log_dir))
+
+    def scores(self) -> dict[str, float]:
+        """Task label -> score, for the tasks that succeeded."""
+        return {label: float(t.value) for label, t in self.tasks.items()
+                if t.status == "success" and t.value is not None}
+
+
+def headline_metric(metrics: dict[str, Any]) -> str:
+    """The metric a task's score is: ``accuracy`` when the scorer reports it, else its first one."""
+    return "accuracy" if "accuracy" in metrics else next(iter(metrics))
+
+
+def cell_scores(log_dir: Path) -> dict[str, float]:
+    """The scores of one eval cell (task label -> score): what the run table, the sweep report,
+    ``status`` and an optimizing sweeper's objective all read."""
+    cell = CellResults.of(log_dir)
+    return {} if cell is None else cell.scores()

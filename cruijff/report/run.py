@@ -1,0 +1,62 @@
+"""A run's results table: one row per checkpoint (the base control first), a column per task and
+the epoch's train loss. Printed, and written as ``results.csv`` and ``results.md``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig
+
+from ..config import TaskSpec
+from ..config.chat import base_cell_dir
+from ..records import RunState, cell_scores, layout
+from ..ui import console
+from .format import fmt, markdown_table
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def results_table(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec]) -> "pd.DataFrame":
+    """Rows (checkpoint, task scores..., train loss) as a pandas DataFrame."""
+    import pandas as pd
+
+    state = RunState.of(run_dir)
+    losses = {e.epoch: e for e in state.epochs} if state else {}
+    labels = [("base", base_cell_dir(cfg, run_dir.parent))] if cfg.eval.base_model else []
+    labels += [(c, layout.eval_dir(run_dir, c)) for c in (state.checkpoints if state else [])]
+    rows = []
+    for label, log_dir in labels:
+        scores = cell_scores(log_dir)
+        row: dict = {"checkpoint": label}
+        for s in specs:
+            row[s.label] = scores.get(s.label)
+        epoch = layout.epoch_of(label)
+        row["train_loss"] = losses[epoch].mean_loss if epoch in losses else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def report_run(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec]) -> None:
+    """Print the run's table and write ``results.csv`` / ``results.md``."""
+    from rich.table import Table
+
+    df = results_table(cfg, run_dir, specs)
+    state = RunState.of(run_dir)
+    if df.empty:
+        return
+    status = state.status.value if state else "?"
+    df.to_csv(run_dir / "results.csv", index=False)
+    (run_dir / "results.md").write_text(
+        f"# {cfg.experiment.name} / {run_dir.name}\n\nStatus: {status}"
+        + (f" ({state.error})" if state and state.error else "")
+        + "\n\n" + markdown_table(df) + "\n"
+    )
+    table = Table(title=f"{cfg.experiment.name} / {run_dir.name} — {status}")
+    for c in df.columns:
+        table.add_column(c, justify="left" if c == "checkpoint" else "right")
+    for _, r in df.iterrows():
+        table.add_row(*(fmt(v) for v in r.values))
+    console().print(table)
+    print(f"cruijff: run dir {run_dir}")

@@ -1,0 +1,72 @@
+"""Jobs that end without a result: why they died, from what is left, written into the run's record.
+
+Hydra's stock submitit launcher raises when a job dies (killed, cancelled, out of memory, over its
+time limit), which aborts the sweep and skips the post-sweep callback; here the death is written to
+the run's ``run.json`` and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from ..cluster import scheduler_state
+from ..records import RunState, RunStatus, layout
+
+
+def may_be_at_work(state: RunState | None, job_id: str) -> bool:
+    """Whether the latest SLURM job submitted for a run may still be at work on it, so that the
+    run must not be submitted again: its record is missing or says running, or the record was
+    written by an earlier job (a failed run resubmitted and still queued). A failure its own latest
+    job wrote is final, even while that job is still winding down in the queue."""
+    return (state is None or state.status is RunStatus.RUNNING
+            or state.job_id not in (None, str(job_id)))
+
+
+def dead_reason(job: Any, error: Exception | None, run_dir: Path) -> str:
+    """Why the job of the run in ``run_dir`` ended without a result, from what is left: the
+    scheduler's word, its process, the run's record, the job's last line of stderr."""
+    state = RunState.of(run_dir)
+    running = state is not None and state.status is RunStatus.RUNNING
+    sched = scheduler_state(job)
+    if sched and not sched.startswith(("COMPLETED", "RUNNING", "PENDING")):
+        if running:
+            return f"SLURM job {job.job_id} ended {sched} while fine-tuning (epoch {len(layout.checkpoints(run_dir))})"
+        last = last_error_line(job)  # it never reached fine-tuning: the job's own last word says why
+        return f"SLURM job {job.job_id} ended {sched}" + (f": {last}" if last else "")
+    rc = getattr(getattr(job, "_process", None), "returncode", None)
+    if isinstance(rc, int) and rc < 0:
+        try:
+            return f"job killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"job killed by signal {-rc}"
+    if running:  # the job's own record stops mid-training
+        return (f"job process {state.pid or '?'} on {state.host or '?'} died while fine-tuning "
+                "(killed by a signal or out of memory); it raised no error")
+    fallback = [ln for ln in str(error or "").splitlines() if ln.strip()] or [type(error).__name__ if error else "no output"]
+    last = last_error_line(job) or fallback[-1].strip()[:300]
+    return f"job ended without a result ({job.state}): {last}"
+
+
+def last_error_line(job: Any) -> str:
+    """The last line of a job's stderr that is not a traceback frame or srun's own epilogue."""
+    try:
+        lines = (job.stderr() or "").splitlines()
+    except Exception:
+        return ""
+    lines = [ln.strip() for ln in lines if ln.strip() and not ln.startswith(" ") and not ln.startswith("srun:")]
+    return lines[-1][:300] if lines else ""
+
+
+def record_death(run_dir: Path, reason: str, job_id: str | None = None) -> None:
+    """Mark a run whose job died as failed (its run.json may say "running", or not exist)."""
+    state = RunState.of(run_dir)
+    if state is not None and state.finished:
+        return
+    state = state or RunState(name=run_dir.name, status=RunStatus.FAILED)
+    state.status, state.error, state.ended = RunStatus.FAILED, reason, time.time()
+    if job_id:
+        state.job_id = str(job_id)
+    state.save(run_dir)

@@ -1,0 +1,54 @@
+"""``detach=true`` (SLURM): submit the grid's arrays and one eval+report job that depends on them,
+then return; the finish job evaluates and reports on the cluster once the arrays ended."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..cluster import array_ids, job_folder, job_name, largest, make_executor
+from ..records import ActionLog, SweepPlan, layout
+from ..report import report_sweep
+from .evals import evaluate_in_turn
+from .launcher import submit_jobs
+from .settle import settle, summary_line
+
+
+def detach(sweeper: Any, config: DictConfig, sweep_dir: Path, todo: list[list[str]], act: ActionLog,
+           earlier: Sequence[str] = ()) -> None:
+    """Submit the grid's arrays and an eval+report job that depends on them, and on ``earlier``
+    jobs still at work on this sweep (a second detach while the first runs); wait for neither."""
+    jobs = submit_jobs(sweeper.launcher, todo, 0)[1] if todo else []
+    ids = array_ids([j.job_id for j in jobs] + list(earlier))
+    plan = SweepPlan.of(sweep_dir)
+    assert plan is not None  # the grid sweeper wrote it
+    executor = make_executor(config.cluster, job_folder(config),
+                             name=job_name(config.experiment.name, "eval"),
+                             dependency=f"afterany:{':'.join(ids)}" if ids else None,
+                             resources=largest(r.resources for r in plan.runs))
+    finish = executor.submit(finish_detached, sweep_dir, OmegaConf.to_container(config.eval, resolve=True))
+    plan.detached = {"arrays": ids, "finish_job": finish.job_id, "submitted": time.time()}
+    plan.save(sweep_dir)
+    act("Detach", f"fine-tune arrays {', '.join(ids) or '(none: all finished)'}; eval+report job "
+        f"{finish.job_id}" + (f" after them (afterany:{':'.join(ids)})" if ids else ""),
+        "the launcher returns; the jobs go on without it")
+    print(f"cruijff: detached: fine-tuning array{'s' if len(ids) > 1 else ''} {', '.join(ids) or '-'}, "
+          f"eval+report job {finish.job_id} after {'them' if len(ids) > 1 else 'it'}")
+    print(f"cruijff: follow with: python -m cruijff status {sweep_dir}")
+
+
+def finish_detached(sweep_dir: Path, eval_cfg: dict) -> None:
+    """The eval+report job of a detached sweep (runs on the cluster once the arrays ended)."""
+    act = ActionLog(layout.action_log(sweep_dir))
+    t0 = time.time()
+    plan = SweepPlan.of(sweep_dir)
+    runs = plan.runs if plan else []
+    finished, active, failed = settle(sweep_dir, True, act)
+    if eval_cfg.get("enabled", True) and finished:
+        evaluate_in_turn(sweep_dir, finished, eval_cfg, act)
+    report_sweep(sweep_dir, runs)
+    act("Sweep done (detached)", f"eval+report job {time.time() - t0:.1f} s",
+        summary_line(len(runs), finished, active, failed))

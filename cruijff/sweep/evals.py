@@ -1,0 +1,119 @@
+"""Eval jobs of a sweep: one per finished run with incomplete cells (all its checkpoints, each
+loaded once for all tasks), through submitit; each base model's control goes with the first run
+of that model that needs it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..cluster import job_folder, job_name, make_executor, watch
+from ..config import eval_config, local_jobs, resolve_paths, task_specs
+from ..errors import last_line
+from ..evaluate import cell_done, cells, evaluate_run_dir
+from ..records import ActionLog, SweepPlan
+
+
+def eval_todo(sweep_dir: Path, runs: list[str], eval_cfg: DictConfig | None) -> list[tuple[str, Path | None]]:
+    """(run, the base-model cell its eval job also takes, or None) for every finished run with an
+    incomplete cell; checked in this process. Each base model's control (one per model of the
+    grid) goes to the first run of that model that needs it; those runs come first."""
+    out: dict[str, Path | None] = {}
+    bases: set[Path] = set()
+    for name in runs:
+        cfg = eval_config(sweep_dir / name, eval_cfg)
+        specs = task_specs(cfg.eval.tasks)
+        model_dir, _ = resolve_paths(cfg, build=False)
+        todo = [c for c in cells(cfg, sweep_dir / name, model_dir) if not cell_done(cfg, c.log_dir, specs)]
+        base = next((c.log_dir for c in todo if c.is_base and c.log_dir not in bases), None)
+        if base is not None:
+            bases.add(base)
+        if base is not None or any(not c.is_base for c in todo):
+            out[name] = base
+    return sorted(out.items(), key=lambda item: item[1] is None)
+
+
+class EvalJobs:
+    """Eval jobs through submitit, one per run (all its checkpoints, each loaded once for all tasks).
+
+    A base model's control is shared by the sweep's runs of that model: only the first job that
+    asks for it gets it.
+    """
+
+    def __init__(self, config: DictConfig, sweep_dir: Path, act: ActionLog):
+        self.config = config
+        self.folder = job_folder(config)
+        self.executors: dict[tuple, Any] = {}
+        plan = SweepPlan.of(sweep_dir)
+        self.resources = {r.name: r.resources for r in (plan.runs if plan else [])}
+        self.kind = str(config.cluster.executor)
+        self.eval_cfg = OmegaConf.to_container(config.eval, resolve=True)
+        self.sweep_dir, self.act = sweep_dir, act
+        self.names: dict[int, str] = {}
+        self.bases_taken: set[Path] = set()
+
+    def submit(self, batch: list[tuple[str, Path | None]]) -> list:
+        batch = [(n, base if base not in self.bases_taken else None) for n, base in batch]
+        self.bases_taken.update(base for _, base in batch if base is not None)
+        jobs = [self.executor(n).submit(evaluate_run_dir, self.sweep_dir / n, self.eval_cfg, base is not None, slot)
+                for slot, (n, base) in enumerate(batch)]
+        self.names.update({id(j): n for j, (n, _) in zip(jobs, batch)})
+        self.act("Submit eval", ", ".join(n + (" (+ base)" if base is not None else "") for n, base in batch),
+                 f"{self.kind} job ids " + ", ".join(j.job_id for j in jobs))
+        return jobs
+
+    def executor(self, run: str) -> Any:
+        """The run's eval job asks for the GPUs, CPUs and memory its fine-tuning had (the
+        preset's time limit)."""
+        res = {k: v for k, v in self.resources.get(run, {}).items() if k != "timeout_min"}
+        key = tuple(sorted(res.items()))
+        if key not in self.executors:
+            self.executors[key] = make_executor(self.config.cluster, self.folder,
+                                                name=job_name(self.config.experiment.name, "eval"),
+                                                resources=res)
+        return self.executors[key]
+
+    def owns(self, job: Any) -> bool:
+        return id(job) in self.names
+
+    def ended(self, job: Any) -> None:
+        try:
+            job.result()
+        except Exception as e:  # an eval job failing is reported, not fatal to the sweep
+            self.act("Eval failed", self.names[id(job)], last_line(e))
+
+
+def evaluate_runs(config: DictConfig, sweep_dir: Path, todo: list[tuple[str, Path | None]],
+                  act: ActionLog) -> None:
+    """Evaluate these runs and wait. Locally the jobs go in batches of what the machine holds, the
+    first with a base control first and alone; on SLURM all at once (the scheduler queues them)."""
+    evals = EvalJobs(config, sweep_dir, act)
+    if evals.kind == "local":
+        parallel = local_jobs(config)
+        first = todo[:1] if todo and todo[0][1] is not None else []
+        rest = todo[len(first):]
+        batches = ([first] if first else []) + [rest[i:i + parallel] for i in range(0, len(rest), parallel)]
+    else:
+        batches = [todo]
+    for batch in batches:
+        watch(evals.submit(batch), evals.ended, evals.kind)
+
+
+def evaluate_in_turn(sweep_dir: Path, finished: list[str], eval_cfg: dict | None, act: ActionLog) -> list[str]:
+    """Evaluate what these finished runs lack, in this process, one run after another (each base
+    model's control with the first run of it); returns the runs whose eval failed. ``eval_cfg``:
+    the eval section to use (None: each run's saved one)."""
+    todo = eval_todo(sweep_dir, finished, None if eval_cfg is None else OmegaConf.create(eval_cfg))
+    failed = []
+    for i, (name, base) in enumerate(todo, 1):
+        print(f"cruijff: evaluating {name} ({i}/{len(todo)})")
+        try:
+            evaluate_run_dir(sweep_dir / name, eval_cfg, base is not None)
+        except Exception as e:  # one run's eval failing is reported, not fatal to the others
+            act("Eval failed", name, f"{type(e).__name__}: {e}")
+            print(f"cruijff: {name}: eval failed: {type(e).__name__}: {e}", file=sys.stderr)
+            failed.append(name)
+    return failed

@@ -1,0 +1,166 @@
+"""The launcher (``hydra/launcher=cruijff``): fine-tuning jobs through submitit, locally or as
+SLURM job arrays, watched until they end; a job that dies is recorded, never raised.
+
+Every job of a sweep — training, eval, the detached finish job — keeps its submitit files in one
+folder, :func:`cruijff.cluster.job_folder`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..cluster import array_ids, job_folder, job_name, make_executor, max_array_size, share, watch
+from ..config import run_name
+from ..records import ActionLog, PlannedRunRecord, RunState, layout
+from .deaths import dead_reason, record_death
+from .evals import EvalJobs, eval_todo
+from .plan_file import add_runs, record_jobs
+
+
+def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+    """Submit one batch through submitit and wait; every job yields a JobReturn, dead ones too."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    config = launcher.config
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    names, jobs = submit_jobs(launcher, job_overrides, initial_job_idx)
+    act = ActionLog(layout.action_log(sweep_dir))
+    by_job = {id(j): (n, list(o)) for n, j, o in zip(names, jobs, job_overrides)}
+    returns: dict[str, Any] = {}
+    evals = EvalJobs(config, sweep_dir, act) if eval_per_run(config) else None
+
+    def ended(job: Any) -> list | None:
+        if evals and evals.owns(job):
+            return evals.ended(job)
+        name, overrides = by_job[id(job)]
+        run_dir = sweep_dir / name
+        reason = None
+        if job.paths.result_pickle.exists():
+            try:
+                returns[name] = job.results()[0]
+            except Exception as e:
+                reason = dead_reason(job, e, run_dir)
+            else:  # evaluate this run now, while the rest of the grid trains
+                state = RunState.of(run_dir)
+                if evals and state is not None and state.finished:
+                    todo = eval_todo(sweep_dir, [name], config.eval)
+                    return evals.submit(todo) if todo else None
+                return None
+        if reason is None:  # ended without a result; asking submitit would wait ~30 s for the file first
+            reason = dead_reason(job, None, run_dir)
+        record_death(run_dir, reason, job.job_id)
+        act("Job died", f"{name} (job {job.job_id})", reason)
+        print(f"cruijff: {name}: {reason}", file=sys.stderr)
+        returns[name] = JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=float("nan"))
+        return None
+
+    watch(jobs, ended, str(config.cluster.executor))
+    return [returns[n] for n in names]
+
+
+def eval_per_run(config: DictConfig) -> bool:
+    """On SLURM with ``cluster.eval_after=run`` (its default), a grid run's eval job is submitted
+    the moment its fine-tuning ends, while the rest of the grid still trains. Locally the jobs
+    already hold every GPU, so evals wait for the grid."""
+    return (str(config.cluster.executor) == "slurm" and config.cluster.get("eval_after", "grid") == "run"
+            and bool(config.eval.enabled) and str(config.hydra.sweeper._target_).endswith("GridSweeper"))
+
+
+class SharedRunner:
+    """Hydra's job runner (the sweep's config, the task function, Hydra's state), pickled once per
+    submission instead of once per array task; each task loads it and runs its own overrides.
+
+    submitit pickles the callable with every task: 1000 copies of the sweep's config took 9 s.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+
+    @classmethod
+    def save(cls, runner: Any, singletons: Any, folder: Path) -> "SharedRunner":
+        import cloudpickle
+
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"runner-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.pkl"
+        with open(path, "wb") as f:
+            cloudpickle.dump((runner, singletons), f)
+        return cls(str(path))
+
+    def __call__(self, overrides: list[str], job_num: int) -> Any:
+        import cloudpickle
+
+        with open(self.path, "rb") as f:
+            runner, singletons = cloudpickle.load(f)
+        return runner(overrides, "hydra.sweep.dir", job_num, f"job_id_for_{job_num}", singletons)
+
+    def checkpoint(self, *args: Any) -> Any:
+        """Told it will be stopped (time limit, preemption): requeue with the same arguments."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args)
+
+
+def resource_groups(names: list[str], resources: dict[str, dict]) -> list[tuple[dict, list[int]]]:
+    """Runs (by position) that can share one job array: those asking for the same GPUs, CPUs,
+    memory and time. Most grids are one group; a grid over models or epochs may be several."""
+    groups: dict[tuple, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(tuple(sorted((resources.get(name) or {}).items())), []).append(i)
+    return [(dict(key), members) for key, members in groups.items()]
+
+
+def train_arrays(config: DictConfig, names: list[str], resources: dict[str, dict]) -> list[tuple[Any, list[int]]]:
+    """(executor, runs by position) for each job array these runs are submitted as: one per group
+    asking for the same resources (:func:`resource_groups`), split where a group exceeds the
+    cluster's array size, each with its share of the array throttle. What the launch submits, and
+    what the scaffold renders."""
+    cluster = config.cluster
+    limit = max_array_size(cluster)
+    arrays = [(res, members[i:i + limit]) for res, members in resource_groups(names, resources)
+              for i in range(0, len(members), limit)]
+    slots = (share(int(cluster.max_parallel), [len(m) for _, m in arrays]) if str(cluster.executor) == "slurm"
+             else [None] * len(arrays))
+    folder = job_folder(config)
+    return [(make_executor(cluster, folder, name=job_name(config.experiment.name, "train"), resources=res,
+                           parallel=parallel), members)
+            for (res, members), parallel in zip(arrays, slots)]
+
+
+def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> tuple[list, list]:
+    """Submit fine-tuning jobs (on SLURM: job arrays) without waiting; record and log their ids."""
+    from hydra.core.singleton import Singleton
+    from hydra_plugins.hydra_submitit_launcher import submitit_launcher as stock
+
+    config = launcher.config
+    kind = str(config.cluster.executor)
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    # the job side is Hydra's own (compose the job's config, run the task function)
+    runner = {"local": stock.LocalLauncher, "slurm": stock.SlurmLauncher}[kind](**launcher.params)
+    runner.setup(hydra_context=launcher.hydra_context, task_function=launcher.task_function, config=config)
+
+    names = [run_name(o) for o in job_overrides]
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    add_runs(sweep_dir, config, [PlannedRunRecord(n, list(o)) for n, o in zip(names, job_overrides)])
+    idx = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
+    shared = SharedRunner.save(runner, Singleton.get_state(), job_folder(config).parent)
+    jobs: list = [None] * len(names)
+    for executor, members in train_arrays(config, names, getattr(launcher, "run_resources", None) or {}):
+        submitted = executor.map_array(shared, [list(job_overrides[i]) for i in members], [idx[i] for i in members])
+        for i, job in zip(members, submitted):
+            jobs[i] = job
+    ids = {n: j.job_id for n, j in zip(names, jobs)}
+    record_jobs(sweep_dir, ids)
+    arrays = array_ids(j.job_id for j in jobs)
+    ActionLog(layout.action_log(sweep_dir))(
+        "Submit fine-tune", ", ".join(names),
+        f"{kind} job ids " + ", ".join(ids.values())
+        + (f" (array{'s' if len(arrays) > 1 else ''} {', '.join(arrays)})" if kind == "slurm" else ""))
+    for n in names:
+        print(f"cruijff: {n}: submitted as {kind} job {ids[n]}")
+    return names, jobs

@@ -1,0 +1,58 @@
+"""``scaffold=true``: every file the launch would use, rendered to read before anything runs —
+each run's ``finetune.yaml``, ``scripts/tune_commands.sh`` and, on SLURM, one sbatch script per job
+array exactly as the launch would submit them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from ..config import device_guess, processes, resolve_paths
+from ..finetune import config_text, render, tune_command
+from ..plan import PlannedRun
+from .launcher import train_arrays
+
+
+def scaffold_text(cfg: DictConfig, run_dir: Path) -> tuple[str, str]:
+    """The ``finetune.yaml`` a run's job will write, rendered ahead of time for the device it will
+    get, and the ``tune run`` command that runs it."""
+    path = run_dir.resolve() / "finetune.yaml"
+    model_dir, data_file = resolve_paths(cfg, build=False)
+    conf = render(cfg, path.parent, model_dir, data_file, device=device_guess(cfg))
+    nproc = processes(cfg)
+    return config_text(conf, path, run_dir.name, nproc, cfg.get("base_recipe")), tune_command(nproc, path)
+
+
+def write_scaffold(config: DictConfig, sweep_dir: Path, todo: list[PlannedRun],
+                   rendered: dict[str, tuple[str, str]]) -> list[Path]:
+    """Every run's ``finetune.yaml`` in its run dir, and in ``scripts/``: the torchtune commands and,
+    on SLURM, the job-array scripts that the launch will submit."""
+    written: list[Path] = []
+    for run in todo:
+        path = sweep_dir / run.name / "finetune.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rendered[run.name][0])
+        written.append(path)
+    scripts = sweep_dir / "scripts"
+    scripts.mkdir(exist_ok=True)
+    lines = ["#!/usr/bin/env bash", "# Each run with torchtune alone (what the jobs run, without cruijff's records).",
+             "set -euo pipefail"] + [rendered[run.name][1] for run in todo]
+    (scripts / "tune_commands.sh").write_text("\n".join(lines) + "\n")
+    written.append(scripts / "tune_commands.sh")
+    if str(config.cluster.executor) == "slurm" and todo:
+        arrays = train_arrays(config, [r.name for r in todo], {r.name: r.resources for r in todo})
+        for old in scripts.glob("train*.sbatch"):  # from an earlier scaffold of this sweep
+            old.unlink()
+        for k, (auto, members) in enumerate(arrays, 1):
+            executor = auto._executor
+            executor.parameters["map_count"] = len(members)
+            text = executor._make_submission_file_text(executor._submitit_command_str, "scaffold")
+            path = scripts / ("train.sbatch" if len(arrays) == 1 else f"train-{k}.sbatch")
+            runs = ", ".join(todo[i].name for i in members[:10]) + (f", ... ({len(members) - 10} more)"
+                                                                    if len(members) > 10 else "")
+            shebang, rest = text.split("\n", 1)  # sbatch wants the interpreter on the first line
+            path.write_text(f"{shebang}\n# A job array the launch submits (one task per run to run), as submitit "
+                            f"renders it.\n# Runs: {runs}\n{rest}")
+            written.append(path)
+    return written

@@ -1,0 +1,47 @@
+"""Where each run of a sweep stands, from its ``run.json`` and, on SLURM, the queue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..cluster import active_slurm_jobs
+from ..errors import CruijffError
+from ..records import ActionLog, RunState, RunStatus, SweepPlan
+from .deaths import may_be_at_work, record_death
+
+
+def settle(sweep_dir: Path, slurm: bool, act: ActionLog) -> tuple[list[str], set[str], dict[str, str]]:
+    """Each planned run's standing: the finished runs, the runs a job is still at work on (an
+    earlier detached or orphaned launch's), and the failed runs with their reasons. A run whose
+    record says running but whose job is gone is recorded as dead here."""
+    plan = SweepPlan.of(sweep_dir)
+    jobs = plan.jobs if plan else {}
+    states = {r.name: RunState.of(sweep_dir / r.name) for r in (plan.runs if plan else [])}
+    active: set[str] = set()
+    if slurm:
+        maybe = [n for n, st in states.items() if n in jobs and may_be_at_work(st, jobs[n])]
+        try:
+            alive = active_slurm_jobs([jobs[n] for n in maybe])
+        except CruijffError as e:  # those runs then count as not finished
+            act("squeue failed", str(e))
+        else:
+            active = {n for n in maybe if jobs[n] in alive}
+            for name in maybe:
+                st = states[name]
+                if st is not None and st.status is RunStatus.RUNNING and name not in active:
+                    record_death(sweep_dir / name, f"SLURM job {jobs[name]} ended while fine-tuning "
+                                 "(cancelled, timed out or killed)", jobs[name])
+                    states[name] = RunState.of(sweep_dir / name)
+    finished = [n for n, st in states.items() if st is not None and st.finished]
+    failed = {n: ((st.error or st.status.value) if st is not None else "did not start")
+              for n, st in states.items() if (st is None or not st.finished) and n not in active}
+    return finished, active, failed
+
+
+def summary_line(total: int, finished: list[str], active: set[str], failed: dict[str, str]) -> str:
+    summary = f"{len(finished)}/{total} runs finished"
+    if active:
+        summary += f", {len(active)} still running in earlier jobs ({', '.join(sorted(active))})"
+    if failed:
+        summary += f", {len(failed)} failed: " + "; ".join(f"{n}: {w}" for n, w in failed.items())
+    return summary

@@ -100,7 +100,7 @@ def record_refusal(run_dir: Path, message: str, error: Exception) -> None:
         state = None
     if state is not None and state.finished:
         return
-    state = state or RunState(name=run_dir.name, status=RunStatus.FAILED)
+    state = state or RunState(RunStatus.FAILED, name=run_dir.name)
     state.status, state.error, state.ended = RunStatus.FAILED, message, time.time()
     state.save(run_dir)
 

@@ -3,7 +3,8 @@ task checks, chat templates. Everything here runs before any job starts and writ
 
 from ..errors import ConfigError, CruijffError
 from . import chat
-from .compose import CONF_DIR, GROUPS, check_group_overrides, eval_config, job_minutes, leaf_keys, load_run, register_resolvers
+from .compose import (CONF_DIR, GROUPS, check_group_overrides, eval_config, job_minutes, leaf_keys, load_run,
+                      override_identity, parse_override, register_resolvers)
 from .identity import RUN_KEYS, check_name, config_hash, file_sha256, model_identity, run_name
 from .model import (TOKENIZER_FILES, device_guess, effective_batch, local_jobs, lora_on_output, model_files,
                     prepare_job, processes, resolve_paths, run_gpus, sweep_batch)
@@ -13,7 +14,7 @@ from .tasks import BUILTIN_TASKS, TaskSpec, check_task, check_tasks, task_specs
 __all__ = [
     "ConfigError", "CruijffError", "chat",
     "CONF_DIR", "GROUPS", "check_group_overrides", "eval_config", "job_minutes", "leaf_keys", "load_run",
-    "register_resolvers",
+    "override_identity", "parse_override", "register_resolvers",
     "RUN_KEYS", "check_name", "config_hash", "file_sha256", "model_identity", "run_name",
     "TOKENIZER_FILES", "device_guess", "effective_batch", "local_jobs", "lora_on_output", "model_files",
     "prepare_job", "processes", "resolve_paths", "run_gpus", "sweep_batch",

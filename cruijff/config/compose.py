@@ -4,6 +4,7 @@ composed config, and a run dir's saved config."""
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -65,6 +66,19 @@ def check_group_overrides(argv: list[str]) -> None:
             if v not in options:
                 raise ConfigError(key, v, f"no such {key}{did_you_mean(v, options, quote=True)}; "
                                           f"choose one of: {', '.join(options)}")
+
+
+@lru_cache(maxsize=4096)
+def parse_override(override: str):
+    """One command-line override as Hydra's grammar reads it (cached: a grid repeats them)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides([override])[0]
+
+
+def override_identity(o) -> tuple:
+    """An override as Hydra means it (``x=true`` and ``x=True`` are the same override)."""
+    return (o.type, o.key_or_group, o.package, repr(o.value()))
 
 
 def load_run(run_dir: Path) -> DictConfig:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import assets
 from ..errors import ConfigError
+from .model import lora_on_output, processes, resolve_paths
 
 # Keys that decide what a fine-tuning run computes; they make up its config hash. Eval settings are
 # left out on purpose: re-evaluating a finished run with other tasks must not invalidate it.
@@ -95,8 +96,6 @@ def _slug(value: str) -> str:
 
 def config_hash(cfg: DictConfig, model_dir: Path | None = None, data_file: Path | None = None) -> str:
     """Hash of everything that decides what a fine-tuning run computes (see the module's docstring)."""
-    from .model import lora_on_output, processes, resolve_paths
-
     if model_dir is None or data_file is None:
         model_dir, data_file = resolve_paths(cfg, build=False)
     sub = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig)

@@ -7,10 +7,10 @@ training.
 """
 
 from .recipe import TrainingDiverged
-from .render import (DISTRIBUTED, RECIPE, config_text, metric_logger, model_section, recipe_name, render,
+from .render import (DISTRIBUTED, RECIPE, config_text, metric_logger, model_section, parameter_counts, recipe_name, render,
                      seed_from_stock, tune_command, write_config)
 from .stage import epoch_summary, finetune_run, resume_point
 
-__all__ = ["TrainingDiverged", "DISTRIBUTED", "RECIPE", "config_text", "metric_logger", "model_section",
+__all__ = ["TrainingDiverged", "DISTRIBUTED", "RECIPE", "config_text", "metric_logger", "model_section", "parameter_counts",
            "recipe_name", "render", "seed_from_stock", "tune_command", "write_config", "epoch_summary",
            "finetune_run", "resume_point"]

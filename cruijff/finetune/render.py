@@ -215,3 +215,21 @@ def config_text(conf: dict[str, Any], path: Path, run_name: str, nproc: int = 1,
             out.append(f"\n{section}\n")
         out.append(yaml.safe_dump({key: conf[key]}, sort_keys=False, default_flow_style=False, width=100))
     return "".join(out)
+
+
+def parameter_counts(model: dict[str, Any]) -> tuple[int, int]:
+    """(base, LoRA) parameter counts of a rendered ``model:`` section, from its torchtune builder
+    on the ``meta`` device (shapes only, no memory)."""
+    import logging
+
+    import torch
+
+    logging.disable(logging.WARNING)  # torchao's import-time notices are not for a plan
+    try:
+        from torchtune import config as tt_config
+    finally:
+        logging.disable(logging.NOTSET)
+    with torch.device("meta"):
+        built = tt_config.instantiate(OmegaConf.create(model))
+    base = sum(p.numel() for n, p in built.named_parameters() if "lora_" not in n)
+    return base, sum(p.numel() for n, p in built.named_parameters() if "lora_" in n)

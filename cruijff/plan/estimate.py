@@ -17,9 +17,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..assets import cache_root
 from ..config import device_guess, processes, resolve_paths, task_specs
 from ..errors import CruijffError
-from ..finetune import model_section
+from ..finetune import model_section, parameter_counts
 from ..records import RunState, layout
 
 # LoRA fine-tuning throughput measured by torchtune (README, "Memory and training speed": batch 2,
@@ -56,14 +57,12 @@ def _params(model_json: str) -> tuple[int, int]:
     kept in the cache dir, so later plans of the same models need not import torchtune."""
     import hashlib
 
-    from ..assets import cache_root
-
     store = cache_root() / "param-counts" / (hashlib.sha256(model_json.encode()).hexdigest()[:24] + ".json")
     try:
         return tuple(json.loads(store.read_text()))  # type: ignore[return-value]
     except (OSError, ValueError):
         pass
-    counts = _count_params(model_json)
+    counts = parameter_counts(json.loads(model_json))
     try:
         store.parent.mkdir(parents=True, exist_ok=True)
         tmp = store.with_suffix(f".{os.getpid()}.tmp")
@@ -72,22 +71,6 @@ def _params(model_json: str) -> tuple[int, int]:
     except OSError:
         pass
     return counts
-
-
-def _count_params(model_json: str) -> tuple[int, int]:
-    import logging
-
-    import torch
-
-    logging.disable(logging.WARNING)  # torchao's import-time notices are not for this table
-    try:
-        from torchtune import config as tt_config
-    finally:
-        logging.disable(logging.NOTSET)
-    with torch.device("meta"):
-        model = tt_config.instantiate(OmegaConf.create(json.loads(model_json)))
-    base = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
-    return base, sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
 
 
 def _dataset(path: str, input_key: str, output_key: str) -> tuple[int, int]:

@@ -16,7 +16,6 @@ import copy
 import enum
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -24,9 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..cluster import job_resources
-from ..config import GROUPS, SCHEMA, check_name, config_hash, leaf_keys, resolve_paths, run_name, validate
+from ..config import (GROUPS, SCHEMA, check_name, config_hash, leaf_keys, override_identity, parse_override,
+                      resolve_paths, run_name, validate)
 from ..errors import ConfigError, CruijffError, omegaconf_message, unknown_key
 from ..records import PlannedRunRecord, RunState, layout
+from .estimate import estimate as cost
+from .estimate import measured
 
 # keys an interpolation reads: ${a.b}, and resolver arguments such as ${oc.select:a.b,null}
 _REF = re.compile(r"(?:\$\{|[:,]\s*)([A-Za-z_]\w*(?:\.\w+)*)(?=\s*[},])")
@@ -68,18 +70,6 @@ class PlannedRun:
                                 dict(self.resources))
 
 
-@lru_cache(maxsize=4096)
-def _parse(override: str):
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    return OverridesParser.create().parse_overrides([override])[0]
-
-
-def _identity(o) -> tuple:
-    """An override as Hydra means it (``x=true`` and ``x=True`` are the same override)."""
-    return (o.type, o.key_or_group, o.package, repr(o.value()))
-
-
 class Planner:
     """Plans jobs of one sweep; ``compose`` is Hydra's slow path for overrides it cannot apply."""
 
@@ -89,7 +79,7 @@ class Planner:
         self.compose = compose
         self._base = {k: v for k, v in OmegaConf.to_container(master, resolve=False).items() if k != "hydra"}
         # command-line overrides every job shares are already part of the sweep's config
-        self._applied = {_identity(o) for o in map(_parse, OmegaConf.select(master, "hydra.overrides.task",
+        self._applied = {override_identity(o) for o in map(parse_override, OmegaConf.select(master, "hydra.overrides.task",
                                                                             default=None) or [])
                          if not o.is_sweep_override()}
         self._keys: list[str] | None = None
@@ -115,7 +105,7 @@ class Planner:
 
         Building a config object per job would cost ~4 ms each (4 s for a 1000-run grid).
         """
-        parsed = [o for o in map(_parse, overrides) if _identity(o) not in self._applied]
+        parsed = [o for o in map(parse_override, overrides) if override_identity(o) not in self._applied]
         self._changed = None
         if any(self._needs_hydra(o) for o in parsed):
             if self.compose is None:
@@ -160,8 +150,6 @@ class Planner:
         is called with every run's config (the scaffold renders its files there)."""
         rates = None
         if estimate:
-            from .estimate import estimate as cost, measured
-
             rates = measured(self.sweep_dir) if self.sweep_dir.exists() else {}
 
         runs: list[PlannedRun] = []

@@ -84,8 +84,8 @@ class EpochLoss:
 class RunState(Record):
     """``run.json``: what happened to a run's fine-tuning."""
 
-    name: str
     status: RunStatus
+    name: str = ""                  # the run dir's name
     config_hash: str | None = None
     attempts: int = 0               # fine-tuning attempts (each job that started it, requeues included)
     error: str | None = None        # one line: why it failed
@@ -121,7 +121,10 @@ class RunState(Record):
 
     @classmethod
     def of(cls, run_dir: Path) -> "RunState | None":
-        return cls.read(layout.run_file(run_dir))
+        state = cls.read(layout.run_file(run_dir))
+        if state is not None and not state.name:
+            state.name = run_dir.name
+        return state
 
     def save(self, run_dir: Path) -> None:
         self.write(layout.run_file(run_dir))

@@ -65,7 +65,7 @@ def record_death(run_dir: Path, reason: str, job_id: str | None = None) -> None:
     state = RunState.of(run_dir)
     if state is not None and state.finished:
         return
-    state = state or RunState(name=run_dir.name, status=RunStatus.FAILED)
+    state = state or RunState(RunStatus.FAILED, name=run_dir.name)
     state.status, state.error, state.ended = RunStatus.FAILED, reason, time.time()
     if job_id:
         state.job_id = str(job_id)

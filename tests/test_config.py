@@ -87,6 +87,12 @@ def test_config_hash_ignores_eval_but_not_training(cfg):
         (["-m", "cluster=slurm", "model.resources.epoch_min=1,-5"], "cluster.timeout_min=-2: must be a number > 0"),
         (["model.chat_template=lama3"], "model.chat_template='lama3': not a chat template (did you mean llama3?)"),
         (["eval.chat_template=chatm"], "eval.chat_template='chatm': not a chat template (did you mean chatml?): one of auto,"),
+        # a sweep checks its eval tasks before it plans a run or submits a job
+        (["-m", "eval.tasks=[{name: nope}]", "dry_run=true"], "eval.tasks[0].name='nope': unknown task"),
+        (["-m", "eval.tasks=[{name: nope}]"], "eval.tasks[0].name='nope': unknown task"),
+        # two tasks whose scores would land in one column
+        (["eval.tasks=[{name: exact_match}, {name: exact_match, args: {split: validation}}]"],
+         "eval.tasks[1]='exact_match': its scores would go under 'exact_match', as eval.tasks[0]'s do; give one a label"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, key):
@@ -116,3 +122,82 @@ def test_bad_dataset_file_is_named(tmp_path, content, problem):
 def test_did_you_mean_for_group_names(tmp_path):
     proc = launch("dataset=capitalisation", cwd=tmp_path)
     assert "did you mean 'capitalization'" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["experiment.name=../escape"],
+    ["-m", "experiment.name=../escape"],
+    ["experiment.name=a/b"],
+    ["experiment.name=-rf"],
+    ["experiment.name=.."],
+])
+def test_a_name_that_would_leave_outputs_is_refused_and_nothing_is_written(tmp_path, args):
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = launch(*args, cwd=work)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"cruijff: error: experiment.name={args[-1].split('=', 1)[1]!r}: must be a plain directory name: "
+                     "not '.' or '..', without '/', not starting with '-'"], proc.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["work"]  # not beside outputs/, not anywhere
+
+
+def test_a_task_label_names_a_second_task_of_the_same_kind_apart(cfg):
+    from omegaconf import OmegaConf
+
+    from cruijff.config import validate
+
+    other = cfg.copy()
+    other.eval.tasks = OmegaConf.create([{"name": "exact_match"},
+                                         {"name": "exact_match", "label": "exact_match_val", "args": {"split": "validation"}}])
+    assert [s.label for s in validate(other)] == ["exact_match", "exact_match_val"]
+
+
+def _data(path, words):
+    import json
+
+    rows = [{"input": f"Capitalize: {w}", "output": w.capitalize()} for w in words]
+    path.write_text(json.dumps({"train": rows, "validation": rows[:1], "test": rows[:1]}))
+    return path
+
+
+def test_a_runs_identity_is_its_data_not_its_paths(tmp_path):
+    """The hash covers what the dataset file and the model dir hold: other records at the same path
+    are another run; the same records (or a copied model dir) at another path are the same run."""
+    import os
+    import shutil
+
+    from conftest import compose_config
+    from cruijff import assets
+
+    data = _data(tmp_path / "data.json", ["alpha", "beta"])
+    model = tmp_path / "models" / "tiny"
+    shutil.copytree(assets.tiny_model_dir(), model)
+
+    def chash(data_path, model_path):
+        return config_hash(compose_config("dataset=json", f"dataset.path={data_path}", f"model.path={model_path}"))
+
+    first = chash(data, model)
+    _data(tmp_path / "data.json", ["gamma", "delta"])  # rewritten in place
+    os.utime(data, ns=(1, 1))  # even with an old mtime
+    rewritten = chash(data, model)
+    assert rewritten != first
+    moved = tmp_path / "elsewhere" / "data.json"
+    moved.parent.mkdir()
+    shutil.copy(data, moved)
+    copied_model = tmp_path / "copy" / "tiny"
+    shutil.copytree(model, copied_model)
+    assert chash(moved, copied_model) == rewritten
+    (copied_model / "config.json").write_text((copied_model / "config.json").read_text().replace("128", "129", 1))
+    assert chash(moved, copied_model) != rewritten  # another architecture is another model
+
+
+def test_the_processes_a_run_trains_on_count_in_its_hash():
+    """``training.nproc=auto`` follows the GPUs a run gets: 1 or 2 processes train with another
+    effective batch, so they are different runs."""
+    from conftest import compose_config
+
+    one = compose_config("cluster=slurm", "cluster.gpus_per_node=1")
+    two = compose_config("cluster=slurm", "cluster.gpus_per_node=2")
+    assert one.training.nproc == two.training.nproc == "auto"
+    assert config_hash(one) != config_hash(two)

@@ -233,3 +233,15 @@ def test_runs_that_need_different_time_limits_go_to_separate_arrays(tmp_path):
     assert {r["name"]: r["resources"]["timeout_min"] for r in runs} == {
         "rank8_lr1e-3_epochs1": 12, "rank16_lr1e-3_epochs1": 12, "rank8_lr1e-3_epochs3": 14,
         "rank16_lr1e-3_epochs3": 14}
+
+
+def test_scaffold_writes_each_array_the_launch_would_submit(tmp_path):
+    """A grid larger than the cluster's array size goes as several arrays: the scaffold shows each."""
+    proc = launch("-m", "cluster=slurm", "experiment.name=split", "scaffold=true", "cluster.max_array_size=2",
+                  "peft.lora_rank=4,8,16", "optimizer.lr=1e-3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scripts = tmp_path / "outputs" / "split" / "scripts"
+    assert sorted(p.name for p in scripts.glob("*.sbatch")) == ["train-1.sbatch", "train-2.sbatch"]
+    first, second = (scripts / "train-1.sbatch").read_text(), (scripts / "train-2.sbatch").read_text()
+    assert "#SBATCH --array=0-1%" in first and "# Runs: rank4_lr1e-3, rank8_lr1e-3" in first
+    assert "#SBATCH --array=0-0%" in second and "# Runs: rank16_lr1e-3" in second

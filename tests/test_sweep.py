@@ -248,3 +248,34 @@ def test_smoke_preset_runs_a_whole_sweep_in_a_few_steps_with_a_base_control_per_
     fig = accuracy_figure(collect(sweep_dir, [])[0])
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "base: tiny_a" in labels and "base: tiny_b" in labels, labels
+
+
+def test_a_trials_own_config_error_reaches_its_record_the_log_and_the_summary(tmp_path):
+    """A search range that leaves the allowed values is only seen inside the job (the sweeper
+    draws the value there): the job records why in run.json instead of dying "did not start"."""
+    # the seeded sampler draws both values (as in the test above): one trial trains, one cannot
+    proc = launch("-m", "experiment=lr_search", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+                  "optimizer.lr=choice(-1,1e-3)", "peft.lora_rank=choice(8)", "training=smoke", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    sweep_dir = tmp_path / "outputs" / "lr_search"
+    name = "lr-1_rank8_training-smoke"
+    assert name in [r["name"] for r in json.loads((sweep_dir / "sweep.json").read_text())["runs"]]
+    state = json.loads((sweep_dir / name / "run.json").read_text())
+    reason = "optimizer.lr=-1: must be a number > 0"
+    assert state["status"] == "failed" and state["error"] == reason
+    assert f"1/2 runs finished, 1 failed: {name}: {reason}" in proc.stdout
+    assert reason in (sweep_dir / "summary.md").read_text()
+    assert f"ACTION: Run refused\n  Details: {name}\n  Result: {reason}" in (sweep_dir / "run-experiment.log").read_text()
+
+
+def test_every_job_of_a_sweep_keeps_its_files_in_the_launchers_folder(tmp_path, tiny_model_dir):
+    """``hydra.launcher.submitit_folder`` decides for the fine-tuning and the eval jobs alike."""
+    jobs = tmp_path / "jobs"
+    proc = launch("-m", "experiment.name=folders", "training=smoke", "peft.lora_rank=8", "optimizer.lr=1e-3",
+                  f"hydra.launcher.submitit_folder={jobs}/%j", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sweep_dir = tmp_path / "outputs" / "folders"
+    assert not (sweep_dir / ".submitit").exists()
+    kinds = {p.read_bytes().count(b"evaluate_run_dir") > 0 for p in jobs.glob("*/*_submitted.pkl")}
+    assert kinds == {True, False}  # a fine-tuning job and an eval job
+    assert (sweep_dir / "rank8_lr1e-3_training-smoke" / "eval" / "epoch_0" / "results.json").exists()

@@ -38,7 +38,8 @@ def accuracy_figure(scores: pd.DataFrame):
             ax.plot(g["epoch"], g["score"], marker="o", label=run)
         bases = df[df["run"] == "base"]
         styles = ["--", ":", "-.", (0, (5, 1))]
-        for i, (model, g) in enumerate(bases.groupby("model")):  # one line per base model (and layout)
+        groups = bases.groupby("model") if not bases.empty else []  # no control with eval.base_model=false
+        for i, (model, g) in enumerate(groups):  # one line per base model (and layout)
             label = "base model" if bases["model"].nunique() == 1 else f"base: {model}"
             ax.axhline(g["score"].iloc[0], color="gray", linestyle=styles[i % len(styles)], label=label)
         ax.set_xticks(sorted(int(e) for e in df["epoch"].unique() if e >= 0))

@@ -66,8 +66,8 @@ def main(cfg: DictConfig) -> int | float:
     except (CruijffError, OmegaConfBaseException) as e:
         msg = first_line(e) if isinstance(e, CruijffError) else omegaconf_message(e)
         print(f"cruijff: error: {msg}", file=sys.stderr)
-        if sweep:  # the sweep's summary and log say why this run never trained
-            record_refusal(run_dir, msg, e)
+        if sweep and not cfg.get("dry_run", False) and not cfg.get("scaffold", False):
+            record_refusal(run_dir, msg, e)  # the sweep's summary and log say why this run never trained
         elif fresh:
             _remove_empty(run_dir)
         code = 2

@@ -27,6 +27,11 @@ def test_run_dir_holds_everything_needed_to_reproduce(demo):
     state = json.loads((run_dir / "run.json").read_text())
     assert state["status"] == "finished" and state["error"] is None
     assert state["checkpoints"] == ["epoch_0", "epoch_1"]
+    assert state["version"] == 1
+    # the processes it trained on and the examples per optimizer step: batch x accumulation x processes
+    cfg = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    assert state["nproc"] == 1
+    assert state["effective_batch"] == cfg["training"]["batch_size"] * cfg["training"]["gradient_accumulation_steps"]
     log = (run_dir.parent / "run-experiment.log").read_text()
     assert re.search(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] ACTION: Fine-tune", log, re.M)
 

@@ -63,7 +63,7 @@ def check_name(key: str, name: Any) -> None:
     """A name that becomes a directory under ``outputs/`` must stay there: not ``.`` or ``..``, no
     ``/``, not starting with ``-`` (other characters are quoted where they reach a shell)."""
     text = str(name)
-    if not isinstance(name, str) or text in ("", ".", "..") or "/" in text or "\\" in text or text.startswith("-"):
+    if name is None or text in ("", ".", "..") or "/" in text or "\\" in text or text.startswith("-"):
         raise ConfigError(key, name, "must be a plain directory name: not '.' or '..', without '/', "
                                      "not starting with '-'")
 

@@ -38,7 +38,6 @@ def stock_configs() -> dict[str, Path]:
 # Keys a config does not have (SLURM keys on a local run) are skipped.
 _MISSING = object()
 SCHEMA = {
-    "experiment.name": "str",
     "seed": "int>=0",
     "overwrite": "bool", "dry_run": "bool", "scaffold": "bool", "detach": "bool",
     "peft.lora_rank": "int>=1",

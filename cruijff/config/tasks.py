@@ -75,4 +75,4 @@ def _functions(path: str, mtime_ns: int, size: int) -> frozenset[str]:
     """Names of the functions a task file defines (read once while it stays the same)."""
     import re
 
-    return frozenset(re.findall(r"^\s*def\s+(\w+)\s*\(", Path(path).read_text(), re.M))
+    return frozenset(re.findall(r"^\s*(?:async\s+)?def\s+(\w+)\s*\(", Path(path).read_text(), re.M))

@@ -24,9 +24,10 @@ from .plots import plot_accuracy, plot_heatmap, plot_losses
 
 
 def collect(sweep_dir: Path, plan: list[PlannedRunRecord]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
-    """(scores, losses, failures) of a sweep dir, for the runs of its plan."""
+    """(scores, losses, failures) of a sweep dir, for the runs of its plan (none: every run dir)."""
     import pandas as pd
 
+    plan = plan or [PlannedRunRecord(name, []) for name in layout.run_dirs(sweep_dir)]
     rows, losses, failures = [], [], {}
     for base in layout.base_dirs(sweep_dir):
         for task, value in cell_scores(base).items():

@@ -50,6 +50,9 @@ class SweepCallback(Callback):
         act = ActionLog(layout.action_log(sweep_dir))
         try:
             failed = finish_sweep(config, sweep_dir, act, self._t0)
+        except CruijffError as e:  # e.g. a record that cannot be read: named, one line
+            print(f"cruijff: error: {e}", file=sys.stderr)
+            sys.exit(2)
         finally:
             release_lock(sweep_dir)
         if failed:

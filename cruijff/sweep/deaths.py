@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cluster import scheduler_state
+from ..errors import CruijffError
 from ..records import RunState, RunStatus, layout
 
 
@@ -28,7 +29,10 @@ def may_be_at_work(state: RunState | None, job_id: str) -> bool:
 def dead_reason(job: Any, error: Exception | None, run_dir: Path) -> str:
     """Why the job of the run in ``run_dir`` ended without a result, from what is left: the
     scheduler's word, its process, the run's record, the job's last line of stderr."""
-    state = RunState.of(run_dir)
+    try:
+        state = RunState.of(run_dir)
+    except CruijffError:
+        state = None
     running = state is not None and state.status is RunStatus.RUNNING
     sched = scheduler_state(job)
     if sched and not sched.startswith(("COMPLETED", "RUNNING", "PENDING")):
@@ -61,8 +65,12 @@ def last_error_line(job: Any) -> str:
 
 
 def record_death(run_dir: Path, reason: str, job_id: str | None = None) -> None:
-    """Mark a run whose job died as failed (its run.json may say "running", or not exist)."""
-    state = RunState.of(run_dir)
+    """Mark a run whose job died as failed (its run.json may say "running", not exist, or be
+    unreadable: the record then starts anew with the reason)."""
+    try:
+        state = RunState.of(run_dir)
+    except CruijffError:
+        state = None
     if state is not None and state.finished:
         return
     state = state or RunState(RunStatus.FAILED, name=run_dir.name)

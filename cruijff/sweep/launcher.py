@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ..cluster import array_ids, job_folder, job_name, make_executor, max_array_size, share, watch
 from ..config import run_name
+from ..errors import CruijffError
 from ..records import ActionLog, PlannedRunRecord, RunState, layout
 from .deaths import dead_reason, record_death
 from .evals import EvalJobs, eval_todo
@@ -47,8 +48,12 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
             except Exception as e:
                 reason = dead_reason(job, e, run_dir)
             else:  # evaluate this run now, while the rest of the grid trains
-                state = RunState.of(run_dir)
-                if evals and state is not None and state.finished:
+                try:
+                    finished = evals is not None and bool((state := RunState.of(run_dir)) and state.finished)
+                except CruijffError as e:  # the callback names it after the grid
+                    act("Record unreadable", name, str(e))
+                    finished = False
+                if evals and finished:
                     todo = eval_todo(sweep_dir, [name], config.eval)
                     return evals.submit(todo) if todo else None
                 return None

@@ -1,0 +1,58 @@
+"""One rank of a distributed run, started by torchrun (``python -m cruijff.finetune.rank``; see
+:mod:`.distributed`). Nothing imports this module: torchrun runs it as ``__main__``."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+from pathlib import Path
+
+from .recipe import _clone_before_merge, _load_recipe_module, _LossTap
+from .render import DISTRIBUTED
+
+
+def main(argv: list[str]) -> None:
+    """One rank of a distributed run (started by torchrun)."""
+    from omegaconf import OmegaConf
+    from torch.distributed import init_process_group
+    from torchtune import config as tt_config
+
+
+    config, loss_file = Path(argv[0]), Path(argv[1])
+    cfg = OmegaConf.load(config)
+    rank = int(os.environ.get("RANK", "0"))
+    module = _load_recipe_module(DISTRIBUTED)
+    on_gpu = str(cfg.device).startswith("cuda")
+    init_process_group("cuda:nccl,cpu:gloo" if on_gpu else "gloo")
+    if not on_gpu:
+        # the same in-place merge fix as on one device; and the recipe's unconditional memory
+        # report after loading the model, which raises on CPU, is skipped (this process only)
+        module.get_merged_lora_ckpt = _clone_before_merge(module.get_merged_lora_ckpt)
+        module.training.get_memory_stats = lambda device: {}
+        module.training.log_memory_stats = lambda stats, *a, **k: None
+        module.training.cleanup_before_training = gc.collect  # it also resets CUDA memory counters
+    try:
+        tt_config.log_config(recipe_name="LoRAFinetuneRecipeDistributed", cfg=cfg)
+        recipe = module.LoRAFinetuneRecipeDistributed(cfg=cfg)
+        recipe.setup(cfg=cfg)
+        if recipe._is_rank_zero:
+            loss_file.parent.mkdir(parents=True, exist_ok=True)
+            sink = loss_file.open("a")
+
+            def on_step(row: dict) -> None:
+                sink.write(json.dumps(row) + "\n")
+                sink.flush()
+
+            recipe._metric_logger = _LossTap(recipe._metric_logger, recipe, on_step)
+        recipe.train()
+        recipe.cleanup()
+    except BaseException as e:
+        (loss_file.parent / f"train-error-{rank}.json").write_text(
+            json.dumps({"type": type(e).__name__, "message": str(e), "rank": rank}))
+        raise
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -25,7 +24,7 @@ from .errors import ConfigError, CruijffError, first_line, omegaconf_message
 from .evaluate import evaluate_run
 from .finetune import finetune_run
 from .plan import FINISHED, NEW, REDO, PlannedRun, print_plan
-from .records import ActionLog, RunState, RunStatus, cell_scores, layout
+from .records import ActionLog, RunState, cell_scores, layout, mark_failed
 from .report import report_run
 
 log = logging.getLogger("cruijff")
@@ -92,17 +91,8 @@ def record_refusal(run_dir: Path, message: str, error: Exception) -> None:
     with the reason, and the orchestration log says so. A record of another config's run (the
     refusal to overwrite it) or a finished one is left as it is."""
     ActionLog(layout.action_log(run_dir.parent))("Run refused", run_dir.name, message)
-    if isinstance(error, ConfigError) and error.key == "overwrite":
-        return
-    try:
-        state = RunState.of(run_dir)
-    except CruijffError:
-        state = None
-    if state is not None and state.finished:
-        return
-    state = state or RunState(RunStatus.FAILED, name=run_dir.name)
-    state.status, state.error, state.ended = RunStatus.FAILED, message, time.time()
-    state.save(run_dir)
+    if not (isinstance(error, ConfigError) and error.key == "overwrite"):
+        mark_failed(run_dir, message)
 
 
 def objective(cfg: DictConfig, run_dir: Path) -> float:

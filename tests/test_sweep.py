@@ -22,7 +22,8 @@ from conftest import LAUNCH, launch
 pytestmark = pytest.mark.slow
 
 # a 2 x 2 grid, one epoch each
-GRID = ["-m", "experiment.name=grid", "training.epochs=1", "peft.lora_rank=8,16", "optimizer.lr=1e-3,3e-3"]
+GRID = ["-m", "experiment.name=grid", "training.epochs=1", "eval.limit=20", "peft.lora_rank=8,16",
+        "optimizer.lr=1e-3,3e-3"]
 RUNS = ["rank8_lr1e-3_epochs1", "rank8_lr3e-3_epochs1", "rank16_lr1e-3_epochs1", "rank16_lr3e-3_epochs1"]
 BAD = RUNS[3]
 
@@ -226,11 +227,17 @@ def test_optuna_sweeper_tells_each_trial_its_score_and_a_failed_trial_as_failed(
 @pytest.mark.slow
 def test_smoke_preset_runs_a_whole_sweep_in_a_few_steps_with_a_base_control_per_model(tmp_path, tiny_model_dir):
     """``training=smoke`` over two base models (here the tiny model under two names): each model's
-    untouched base gets its own control cell."""
+    untouched base gets its own control cell. The jobs' files go where ``hydra.launcher.submitit_folder``
+    says, the fine-tuning and the eval jobs' alike."""
+    jobs = tmp_path / "jobs"
     proc = launch("-m", "training=smoke", "experiment.name=smoke", "model.name=tiny_a,tiny_b",
-                  f"model.path={tiny_model_dir}", "peft.lora_rank=8", "optimizer.lr=1e-3", cwd=tmp_path)
+                  f"model.path={tiny_model_dir}", "peft.lora_rank=8", "optimizer.lr=1e-3",
+                  f"hydra.launcher.submitit_folder={jobs}/%j", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     sweep_dir = tmp_path / "outputs" / "smoke"
+    assert not (sweep_dir / ".submitit").exists()
+    kinds = {p.read_bytes().count(b"evaluate_run_dir") > 0 for p in jobs.glob("*/*_submitted.pkl")}
+    assert kinds == {True, False}  # fine-tuning jobs and eval jobs
     runs = sorted(p.parent.name for p in sweep_dir.glob("*/run.json"))
     assert len(runs) == 2
     for name in runs:
@@ -267,15 +274,3 @@ def test_a_trials_own_config_error_reaches_its_record_the_log_and_the_summary(tm
     assert reason in (sweep_dir / "summary.md").read_text()
     assert f"ACTION: Run refused\n  Details: {name}\n  Result: {reason}" in (sweep_dir / "run-experiment.log").read_text()
 
-
-def test_every_job_of_a_sweep_keeps_its_files_in_the_launchers_folder(tmp_path, tiny_model_dir):
-    """``hydra.launcher.submitit_folder`` decides for the fine-tuning and the eval jobs alike."""
-    jobs = tmp_path / "jobs"
-    proc = launch("-m", "experiment.name=folders", "training=smoke", "peft.lora_rank=8", "optimizer.lr=1e-3",
-                  f"hydra.launcher.submitit_folder={jobs}/%j", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    sweep_dir = tmp_path / "outputs" / "folders"
-    assert not (sweep_dir / ".submitit").exists()
-    kinds = {p.read_bytes().count(b"evaluate_run_dir") > 0 for p in jobs.glob("*/*_submitted.pkl")}
-    assert kinds == {True, False}  # a fine-tuning job and an eval job
-    assert (sweep_dir / "rank8_lr1e-3_training-smoke" / "eval" / "epoch_0" / "results.json").exists()

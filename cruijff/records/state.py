@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -128,6 +129,22 @@ class RunState(Record):
 
     def save(self, run_dir: Path) -> None:
         self.write(layout.run_file(run_dir))
+
+
+def mark_failed(run_dir: Path, reason: str, job_id: str | None = None) -> None:
+    """Record that a run failed, and why: its ``run.json`` may say running, be missing, or be
+    unreadable (the record then starts anew). A finished run's record is left as it is."""
+    try:
+        state = RunState.of(run_dir)
+    except CruijffError:
+        state = None
+    if state is not None and state.finished:
+        return
+    state = state or RunState(RunStatus.FAILED, name=run_dir.name)
+    state.status, state.error, state.ended = RunStatus.FAILED, reason, time.time()
+    if job_id:
+        state.job_id = str(job_id)
+    state.save(run_dir)
 
 
 def run_state(run_dir: Path) -> RunState | None:

@@ -8,13 +8,12 @@ the run's ``run.json`` and the sweep goes on.
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 from ..cluster import scheduler_state
 from ..errors import CruijffError
-from ..records import RunState, RunStatus, layout
+from ..records import RunState, RunStatus, layout, mark_failed
 
 
 def may_be_at_work(state: RunState | None, job_id: str) -> bool:
@@ -65,16 +64,5 @@ def last_error_line(job: Any) -> str:
 
 
 def record_death(run_dir: Path, reason: str, job_id: str | None = None) -> None:
-    """Mark a run whose job died as failed (its run.json may say "running", not exist, or be
-    unreadable: the record then starts anew with the reason)."""
-    try:
-        state = RunState.of(run_dir)
-    except CruijffError:
-        state = None
-    if state is not None and state.finished:
-        return
-    state = state or RunState(RunStatus.FAILED, name=run_dir.name)
-    state.status, state.error, state.ended = RunStatus.FAILED, reason, time.time()
-    if job_id:
-        state.job_id = str(job_id)
-    state.save(run_dir)
+    """Mark a run whose job died as failed, with the job that died."""
+    mark_failed(run_dir, reason, job_id)

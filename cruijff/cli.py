@@ -1,10 +1,11 @@
-"""``python -m cruijff eval|report|status|plan <dir>``: each stage on its own, on an existing output dir.
+"""``python -m cruijff eval|report|status|plan|compare <dir>``: each stage on its own, on an existing output dir.
 
 A run dir's own saved config (``<run dir>/.hydra/config.yaml``) drives ``eval`` and ``report``, so
 the result is what the launcher would have produced. On a sweep dir (``outputs/<experiment>``),
 ``eval`` evaluates every finished run, ``report`` writes the sweep's summary and plots, and
 ``status`` shows the state of every run and eval cell (also while the sweep runs), and ``plan`` what
-the sweep's command would run now and what it would cost.
+the sweep's command would run now and what it would cost; ``compare`` tests two checkpoints of a
+sweep against each other on the same samples.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .config import load_run, validate
 from .errors import CruijffError
 from .evaluate import evaluate_run_dir
 from .records import ActionLog, SweepPlan, acquire_lock, layout, run_state, sweep_runs
-from .report import report_run, report_sweep
+from .report import print_comparison, report_run, report_sweep
 from .status import show
 from .sweep import evaluate_in_turn
 
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
                        ("plan", "what the sweep's command will run and cost now (its dry run, refined by runs done)")]:
         p = sub.add_parser(name, help=text)
         p.add_argument("dir", type=Path, help="a run dir or a sweep dir (outputs/<experiment>)")
+    p = sub.add_parser("compare", help="two checkpoints of a sweep on the same samples: paired difference and test")
+    p.add_argument("dir", type=Path, help="a sweep dir (outputs/<experiment>)")
+    p.add_argument("a", help="RUN/epoch_N, RUN (its last evaluated epoch), base or base/<model>")
+    p.add_argument("b", help="the checkpoint compared with A (B - A)")
     args = parser.parse_args(argv)
 
     try:
@@ -39,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             raise CruijffError(f"{args.dir}: no such directory")
         if args.command == "status":
             show(target)
+        elif args.command == "compare":
+            print_comparison(target, args.a, args.b)
         elif args.command == "plan":
             replan(target)
         elif layout.is_sweep_dir(target):

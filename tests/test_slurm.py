@@ -23,8 +23,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 SLURM = ["cluster=slurm", "cluster.gpus_per_node=0", "cluster.cpus_per_task=1", "cluster.mem_gb=2",
          "training.epochs=1", "eval.limit=10"]
-GRID = ["-m", "experiment.name=array", *SLURM, "peft.lora_rank=8,16", "optimizer.lr=1e-3,3e-3"]
-RUNS = ["rank8_lr1e-3_epochs1", "rank8_lr3e-3_epochs1", "rank16_lr1e-3_epochs1", "rank16_lr3e-3_epochs1"]
+# what the tests of submission, records and reports need of training: a few steps per epoch
+SHORT = [*SLURM, "training.max_steps_per_epoch=20"]
+GRID = ["-m", "experiment.name=array", *SHORT, "peft.lora_rank=8,16", "optimizer.lr=1e-3,3e-3"]
+RUNS = ["rank8_lr1e-3_epochs1_steps20", "rank8_lr3e-3_epochs1_steps20", "rank16_lr1e-3_epochs1_steps20",
+        "rank16_lr3e-3_epochs1_steps20"]
 BAD = RUNS[2]
 SECRET = "hf_do-not-write-me-anywhere"
 
@@ -100,7 +103,7 @@ def test_rerun_submits_only_the_failed_run(array_sweep):
 
 def test_detached_sweep_returns_at_once_and_its_eval_job_finishes_it(slurm, tmp_path, tiny_model_dir):
     t0 = time.time()
-    proc = launch("-m", "experiment.name=detached", *SLURM, "peft.lora_rank=8", "optimizer.lr=1e-3,3e-3",
+    proc = launch("-m", "experiment.name=detached", *SHORT, "peft.lora_rank=8", "optimizer.lr=1e-3,3e-3",
                   "detach=true", cwd=tmp_path)
     returned = time.time() - t0
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -117,14 +120,14 @@ def test_detached_sweep_returns_at_once_and_its_eval_job_finishes_it(slurm, tmp_
     assert _sacct(finish)[finish] == "COMPLETED"
     assert "2/2 runs finished" in (sweep_dir / "summary.md").read_text()
     df = pd.read_csv(sweep_dir / "summary.csv")
-    assert set(df["run"]) == {"base", "rank8_lr1e-3_epochs1", "rank8_lr3e-3_epochs1"}
+    assert set(df["run"]) == {"base", "rank8_lr1e-3_epochs1_steps20", "rank8_lr3e-3_epochs1_steps20"}
     assert "ACTION: Sweep done (detached)" in (sweep_dir / "run-experiment.log").read_text()
 
 
 def test_a_queued_resubmission_is_neither_submitted_again_nor_overwritten(slurm, tmp_path, tiny_model_dir):
     """A failed run is resubmitted (detached, held in the queue); launches after that leave it."""
-    args = ["-m", "experiment.name=queued", *SLURM, "peft.lora_rank=8", "optimizer.lr=1e-3", "eval=none"]
-    run_dir = tmp_path / "outputs" / "queued" / "rank8_lr1e-3_epochs1"
+    args = ["-m", "experiment.name=queued", *SHORT, "peft.lora_rank=8", "optimizer.lr=1e-3", "eval=none"]
+    run_dir = tmp_path / "outputs" / "queued" / "rank8_lr1e-3_epochs1_steps20"
     (run_dir / "epoch_0").parent.mkdir(parents=True)
     (run_dir / "epoch_0").write_text("in the way\n")
     assert launch(*args, cwd=tmp_path).returncode == 1
@@ -138,7 +141,7 @@ def test_a_queued_resubmission_is_neither_submitted_again_nor_overwritten(slurm,
         assert queued != first and json.loads((run_dir / "run.json").read_text())["status"] == "failed"
         again = launch(*args, cwd=tmp_path)  # its record still says failed, but a newer job is queued
         assert "submitted as slurm job" not in again.stdout
-        assert "0/1 runs finished, 1 still running in earlier jobs (rank8_lr1e-3_epochs1)" in again.stdout
+        assert "0/1 runs finished, 1 still running in earlier jobs (rank8_lr1e-3_epochs1_steps20)" in again.stdout
         assert json.loads(sweep_json.read_text())["jobs"][run_dir.name] == queued
         second = launch(*args, "detach=true", cwd=tmp_path)  # its eval+report job waits for the queued one
         assert second.returncode == 0, second.stderr[-2000:]
@@ -150,7 +153,7 @@ def test_a_queued_resubmission_is_neither_submitted_again_nor_overwritten(slurm,
         over = launch(*args, "overwrite=true", cwd=tmp_path)
         assert over.returncode == 2
         assert over.stderr.strip().splitlines()[-1] == (
-            f"cruijff: error: rank8_lr1e-3_epochs1: overwrite=true, but its SLURM job {queued} is still pending "
+            f"cruijff: error: rank8_lr1e-3_epochs1_steps20: overwrite=true, but its SLURM job {queued} is still pending "
             f"or running; scancel {queued} first, or wait for it")
     finally:
         for kind in ("train", "eval"):
@@ -193,7 +196,7 @@ def test_cancelled_and_killed_jobs_are_recorded_and_the_third_run_finishes(slurm
 
 def test_names_with_shell_characters_reach_slurm_quoted(slurm, tmp_path, tiny_model_dir):
     name = "it's a; $(touch PWNED) `touch PWNED2` test"
-    proc = launch("-m", f'experiment.name="{name}"', *SLURM, "eval=none", "peft.lora_rank=8,4", "optimizer.lr=1e-3",
+    proc = launch("-m", f'experiment.name="{name}"', *SHORT, "eval=none", "peft.lora_rank=8,4", "optimizer.lr=1e-3",
                   "cluster.max_array_size=1", "cluster.setup=[\"export CRUIJFF_NOTE='a b; c'\"]", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2/2 runs finished" in proc.stdout
@@ -205,7 +208,7 @@ def test_names_with_shell_characters_reach_slurm_quoted(slurm, tmp_path, tiny_mo
 
 
 def test_launcher_killed_mid_sweep_then_reruns_complete_only_what_is_missing(slurm, tmp_path, tiny_model_dir):
-    args = ["-m", "experiment.name=orphans", *SLURM, "training.epochs=2", "peft.lora_rank=8",
+    args = ["-m", "experiment.name=orphans", *SHORT, "training.epochs=2", "peft.lora_rank=8",
             "optimizer.lr=1e-3,3e-3"]
     sweep_dir = tmp_path / "outputs" / "orphans"
     env = {**os.environ, "INSPECT_DISPLAY": "none"}

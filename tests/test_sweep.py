@@ -59,6 +59,10 @@ def test_report_has_three_runs_and_base_and_plots(sweep):
     assert (df[df["run"] != "base"]["score"] > 0.5).all()
     md = (sweep_dir / "summary.md").read_text()
     assert "3/4 runs finished, 1 failed" in md and BAD in md
+    # it opens with what the scores say: the selected checkpoint, its CI, its paired gain and p
+    assert md.startswith("# grid\n\n## Findings\n\n- **exact_match**: `")
+    assert "95% CI" in md and "over the base model on the same samples (McNemar p = " in md
+    assert {"ci_low", "ci_high", "gain", "gain_low", "gain_high", "p", "p_holm"} <= set(df.columns)
     for png in ("accuracy_vs_epoch.png", "loss.png"):
         assert (sweep_dir / "plots" / png).stat().st_size > 5000
     log = (sweep_dir / "run-experiment.log").read_text()
@@ -166,10 +170,11 @@ def test_second_launch_on_a_busy_sweep_dir_is_refused(tmp_path):
 
 def test_killed_job_is_recorded_the_others_finish_and_a_rerun_completes_it(tmp_path, tiny_model_dir):
     """A job SIGKILLed mid-training (as the OOM killer would): recorded, not hung, then redone."""
-    args = ["-m", "experiment.name=kill", "training.epochs=2", "peft.lora_rank=8", "optimizer.lr=1e-3,3e-3",
-            "eval.limit=20"]
+    # long enough for the kill to land while the victim trains (it comes after a status call)
+    args = ["-m", "experiment.name=kill", "training.epochs=2", "training.max_steps_per_epoch=60", "peft.lora_rank=8",
+            "optimizer.lr=1e-3,3e-3", "eval.limit=20"]
     sweep_dir = tmp_path / "outputs" / "kill"
-    victim = "rank8_lr1e-3_epochs2"
+    victim = "rank8_lr1e-3_epochs2_steps60"
     env = {**os.environ, "INSPECT_DISPLAY": "none"}
     proc = subprocess.Popen([sys.executable, str(LAUNCH), *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -192,14 +197,14 @@ def test_killed_job_is_recorded_the_others_finish_and_a_rerun_completes_it(tmp_p
     assert f"1/2 runs finished, 1 failed: {victim}: job process {state['pid']}" in out
     state = json.loads((sweep_dir / victim / "run.json").read_text())
     assert state["status"] == "failed" and "died while fine-tuning" in state["error"]
-    other = sweep_dir / "rank8_lr3e-3_epochs2"
+    other = sweep_dir / "rank8_lr3e-3_epochs2_steps60"
     assert json.loads((other / "eval" / "epoch_1" / "results.json").read_text())["tasks"]["exact_match"][
         "status"] == "success"
 
     again = launch(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "2/2 runs finished" in again.stdout
-    assert "rank8_lr3e-3_epochs2: submitted" not in again.stdout
+    assert "rank8_lr3e-3_epochs2_steps60: submitted" not in again.stdout
     state = json.loads((sweep_dir / victim / "run.json").read_text())
     assert state["status"] == "finished" and state["attempts"] == 2
 
@@ -274,3 +279,40 @@ def test_a_trials_own_config_error_reaches_its_record_the_log_and_the_summary(tm
     assert reason in (sweep_dir / "summary.md").read_text()
     assert f"ACTION: Run refused\n  Details: {name}\n  Result: {reason}" in (sweep_dir / "run-experiment.log").read_text()
 
+
+
+def test_seeds_are_replicates_in_the_report(tmp_path, tiny_model_dir):
+    """``seed=1,2`` x two learning rates: the runs that differ only in seed form a group whose mean
+    over seeds comes with a t-interval and each seed's value; the plot draws the group's spread."""
+    from cruijff.config import run_name
+
+    args = ["-m", "experiment.name=seeds", "training=smoke", "training.max_steps_per_epoch=30", "seed=1,2",
+            "optimizer.lr=1e-3,3e-3", "peft.lora_rank=8"]
+    proc = launch(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sweep_dir = tmp_path / "outputs" / "seeds"
+    members: dict[str, list[str]] = {}
+    for r in json.loads((sweep_dir / "sweep.json").read_text())["runs"]:
+        members.setdefault(run_name([o for o in r["overrides"] if not o.startswith("seed=")]), []).append(r["name"])
+    assert len(members) == 2 and all(len(m) == 2 for m in members.values())
+    groups = pd.read_csv(sweep_dir / "summary_seeds.csv")
+    assert set(groups["group"]) == set(members)
+    assert (groups["seeds"] == 2).all() and (groups["t_low"] <= groups["mean"]).all()
+    assert (groups["mean"] <= groups["t_high"]).all()
+    scores = pd.read_csv(sweep_dir / "summary.csv")
+    for row in groups.itertuples():
+        mine = scores[scores["run"].isin(members[row.group]) & (scores["task"] == row.task)
+                      & (scores["epoch"] == row.epoch)]
+        assert row.mean == pytest.approx(mine["score"].mean())
+        assert row.per_seed.startswith("1: ") and ", 2: " in row.per_seed
+    md = (sweep_dir / "summary.md").read_text()
+    assert "## Over seeds (mean, 95% t-interval)" in md and md.startswith("# seeds\n\n## Findings")
+    from cruijff.records import sweep_runs
+    from cruijff.report import accuracy_figure
+    from cruijff.report.analysis import seed_groups
+
+    fig = accuracy_figure(scores, seed_groups(sweep_runs(sweep_dir)))
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert {f"{g} (mean of 2 seeds)" for g in members} <= set(labels), labels
+    again = launch(*args, cwd=tmp_path)
+    assert "all 4 runs finished earlier; nothing to submit" in again.stdout  # resume keeps working

@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from ..config import TaskSpec, eval_config, prepare_job, resolve_paths, validate
-from ..config.chat import eval_template
+from ..config.chat import base_cell_dir, eval_template
 from ..hardware import resolve_device
 from ..records import ActionLog, RunState, layout
 from .backend import evaluate_cell
@@ -38,7 +38,8 @@ def evaluate_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
             limit=cfg.eval.limit, chat_template=eval_template(cfg),
             tags=[cfg.experiment.name, run or "base", cell.label],
             metadata={"experiment": cfg.experiment.name, "run": run, "checkpoint": cell.label,
-                      "config_hash": state.config_hash if state else None},
+                      "config_hash": state.config_hash if state else None,
+                      "base_cell": base_cell_dir(cfg, run_dir.parent).name},
         )
         summary = ", ".join(f"{k}={v.value if v.value is not None else v.status}" for k, v in results.tasks.items())
         act("Evaluate", f"{run_dir.name}/{cell.label}: {len(specs)} tasks, one model load",

@@ -20,32 +20,47 @@ def _plt():
     return plt
 
 
-def plot_accuracy(scores: pd.DataFrame, plots: Path) -> None:
-    fig = accuracy_figure(scores)
+def plot_accuracy(scores: pd.DataFrame, plots: Path, groups: dict[str, list[str]] | None = None) -> None:
+    fig = accuracy_figure(scores, groups)
     fig.savefig(plots / "accuracy_vs_epoch.png", dpi=110)
     _plt().close(fig)
 
 
-def accuracy_figure(scores: pd.DataFrame):
-    """Score vs epoch per run, one panel per task, each base model's control as a flat line."""
+def accuracy_figure(scores: pd.DataFrame, groups: dict[str, list[str]] | None = None):
+    """Score vs epoch, one panel per task: each run with its 95% interval as error bars, or a
+    group of runs that differ only in seed as its mean with the seeds' spread as a band; each base
+    model's control as a flat line."""
     plt = _plt()
     tasks = sorted(scores["task"].unique())
     fig, axs = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    grouped = {run: g for g, runs in (groups or {}).items() for run in runs}
     for ax, task in zip(axs[0], tasks):
         df = scores[scores["task"] == task]
-        for run, g in df[df["run"] != "base"].groupby("run"):
+        runs = df[df["run"] != "base"]
+        for run, g in runs[~runs["run"].isin(grouped)].groupby("run"):
             g = g.sort_values("epoch")
-            ax.plot(g["epoch"], g["score"], marker="o", label=run)
+            if "ci_low" in g and g["ci_low"].notna().all():
+                err = [g["score"] - g["ci_low"].astype(float), g["ci_high"].astype(float) - g["score"]]
+                ax.errorbar(g["epoch"], g["score"], yerr=err, marker="o", capsize=3, label=run)
+            else:
+                ax.plot(g["epoch"], g["score"], marker="o", label=run)
+        for group, names in (groups or {}).items():
+            g = runs[runs["run"].isin(names)].groupby("epoch")["score"]
+            mean, low, high = g.mean(), g.min(), g.max()
+            if mean.empty:
+                continue
+            line, = ax.plot(mean.index, mean.values, marker="o", label=f"{group} (mean of {len(names)} seeds)")
+            ax.fill_between(mean.index, low.values, high.values, color=line.get_color(), alpha=0.2)
         bases = df[df["run"] == "base"]
         styles = ["--", ":", "-.", (0, (5, 1))]
-        groups = bases.groupby("model") if not bases.empty else []  # no control with eval.base_model=false
-        for i, (model, g) in enumerate(groups):  # one line per base model (and layout)
+        groups_b = bases.groupby("model") if not bases.empty else []  # no control with eval.base_model=false
+        for i, (model, g) in enumerate(groups_b):  # one line per base model (and layout)
             label = "base model" if bases["model"].nunique() == 1 else f"base: {model}"
             ax.axhline(g["score"].iloc[0], color="gray", linestyle=styles[i % len(styles)], label=label)
         ax.set_xticks(sorted(int(e) for e in df["epoch"].unique() if e >= 0))
         ax.set_title(task)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("score")
+        ax.set_ylabel("score (95% CI; band: spread over seeds)")
         ax.set_ylim(-0.05, 1.05)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -18,9 +18,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-from ..records import PlannedRunRecord, RunState, cell_scores, layout, read_jsonl, sweep_runs
+from ..config import load_run, task_specs
+from ..config.chat import base_cell_dir
+from ..errors import CruijffError
+from ..records import CellResults, PlannedRunRecord, RunState, SweepPlan, layout, read_jsonl, sweep_runs
 from .format import markdown_table
+from .analysis import SEED_KEY, Pick, over_seeds, picks, seed_groups, validation_of, with_statistics
 from .plots import plot_accuracy, plot_heatmap, plot_losses
+from .samples import SampleScores
 
 
 def collect(sweep_dir: Path, plan: list[PlannedRunRecord]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
@@ -29,10 +34,12 @@ def collect(sweep_dir: Path, plan: list[PlannedRunRecord]) -> tuple[pd.DataFrame
 
     plan = plan or [PlannedRunRecord(name, []) for name in layout.run_dirs(sweep_dir)]
     rows, losses, failures = [], [], {}
-    for base in layout.base_dirs(sweep_dir):
-        for task, value in cell_scores(base).items():
-            rows.append({"run": "base", "model": base.name, "checkpoint": "base", "epoch": -1,
-                         "task": task, "score": value})
+    bases = layout.base_dirs(sweep_dir)
+    for base in bases:
+        cell = CellResults.of(base)
+        for task, value in (cell.scores() if cell else {}).items():
+            rows.append({"run": "base", "model": base.name, "base": base.name, "checkpoint": "base", "epoch": -1,
+                         "task": task, "score": value, "log": cell.tasks[task].log})
     for r in plan:
         run_dir = sweep_dir / r.name
         state = RunState.of(run_dir)
@@ -41,15 +48,31 @@ def collect(sweep_dir: Path, plan: list[PlannedRunRecord]) -> tuple[pd.DataFrame
             continue
         params = dict(o.split("=", 1) for o in r.overrides if "=" in o)
         epoch_loss = {e.epoch: e for e in state.epochs}
+        base_name = None
         for ckpt in state.checkpoints:
             epoch = layout.epoch_of(ckpt)
             loss = epoch_loss.get(epoch)
-            for task, value in cell_scores(layout.eval_dir(run_dir, ckpt)).items():
-                rows.append({"run": r.name, **params, "checkpoint": ckpt, "epoch": epoch, "task": task,
-                             "score": value, "mean_loss": loss.mean_loss if loss else None,
-                             "final_loss": loss.final_loss if loss else None})
+            cell = CellResults.of(layout.eval_dir(run_dir, ckpt))
+            if cell is None:
+                continue
+            base_name = base_name or cell.metadata.get("base_cell") or _base_of(run_dir, bases)
+            for task, value in cell.scores().items():
+                rows.append({"run": r.name, **params, "base": base_name, "checkpoint": ckpt, "epoch": epoch,
+                             "task": task, "score": value, "mean_loss": loss.mean_loss if loss else None,
+                             "final_loss": loss.final_loss if loss else None, "log": cell.tasks[task].log})
         losses += [{"run": r.name, **row} for row in read_jsonl(layout.loss_file(run_dir))]
     return pd.DataFrame(rows), pd.DataFrame(losses), failures
+
+
+def _base_of(run_dir: Path, bases: list[Path]) -> str | None:
+    """The base control a run is compared with (cells written before they named it): the only one,
+    or the one its saved config names."""
+    if len(bases) == 1:
+        return bases[0].name
+    try:
+        return base_cell_dir(load_run(run_dir), run_dir.parent).name
+    except CruijffError:
+        return None
 
 
 def _report_inputs(sweep_dir: Path, plan: list[PlannedRunRecord]) -> str:
@@ -77,18 +100,27 @@ def report_sweep(sweep_dir: Path, plan: list[PlannedRunRecord] | None = None) ->
         plan = sweep_runs(sweep_dir)
     key = _report_inputs(sweep_dir, plan)
     scores, losses, failures = collect(sweep_dir, plan)
+    samples = SampleScores(sweep_dir)
+    scores = with_statistics(scores, samples)
+    samples.save()
     values: dict[str, set[str]] = {}
     for r in plan:
         for o in r.overrides:
             if "=" in o:
                 values.setdefault(o.split("=", 1)[0], set()).add(o.split("=", 1)[1])
-    axes = [k for k, v in values.items() if len(v) > 1]  # the swept keys, in grid order
-    scores.to_csv(sweep_dir / "summary.csv", index=False)
-    _write_markdown(sweep_dir, scores, failures, len(plan) or None)
+    axes = [k for k, v in values.items() if len(v) > 1 and not SEED_KEY.match(k + "=")]  # the swept keys
+    groups = seed_groups(plan)
+    seeds = {r.name: o.split("=", 1)[1] for r in plan for o in r.overrides if SEED_KEY.match(o)}
+    by_seed = over_seeds(scores, groups, seeds) if not scores.empty else None
+    chosen = picks(scores, validation_of(_specs(sweep_dir))) if not scores.empty else []
+    scores.drop(columns=["log"], errors="ignore").to_csv(sweep_dir / "summary.csv", index=False)
+    if by_seed is not None and not by_seed.empty:
+        by_seed.to_csv(sweep_dir / "summary_seeds.csv", index=False)
+    _write_markdown(sweep_dir, scores, failures, len(plan) or None, by_seed, chosen)
     plots = sweep_dir / "plots"
     plots.mkdir(exist_ok=True)
     if not scores.empty:
-        plot_accuracy(scores, plots)
+        plot_accuracy(scores, plots, groups)
         plot_heatmap(scores, axes, plots)
     if not losses.empty:
         plot_losses(losses, plots)
@@ -96,22 +128,81 @@ def report_sweep(sweep_dir: Path, plan: list[PlannedRunRecord] | None = None) ->
     return scores
 
 
-def _write_markdown(sweep_dir: Path, scores: pd.DataFrame, failures: dict[str, str], planned) -> None:
+def _specs(sweep_dir: Path) -> list:
+    plan = SweepPlan.of(sweep_dir)
+    return task_specs((plan.eval if plan else {}).get("tasks"))
+
+
+def _write_markdown(sweep_dir: Path, scores: pd.DataFrame, failures: dict[str, str], planned,
+                    by_seed: "pd.DataFrame | None", chosen: list[Pick]) -> None:
     lines = [f"# {sweep_dir.name}", ""]
     runs = sorted(set(scores["run"]) - {"base"}) if not scores.empty else []
     total = planned or len(runs) + len(failures)
+    if chosen:
+        lines += ["## Findings", ""] + [f"- {finding(p)}" for p in chosen] + [""]
     lines.append(f"{total - len(failures)}/{total} runs finished" +
                  (f", {len(failures)} failed" if failures else "") + ".")
     lines.append("")
     if not scores.empty:
-        table = scores.pivot_table(index=["run", "checkpoint"], columns="task", values="score", sort=False)
-        lines += ["## Scores (run x checkpoint x task)", "", markdown_table(table.reset_index()), ""]
-        last = scores[scores["run"] != "base"].sort_values("epoch").groupby(["run", "task"]).tail(1)
-        if not last.empty:
-            lines += ["## Best run per task (last epoch)", ""]
-            best = last.loc[last.groupby("task")["score"].idxmax(), ["task", "run", "checkpoint", "score"]]
-            lines += [markdown_table(best), ""]
+        shown = scores.assign(score=[_ci(r) for r in scores.itertuples()],
+                              gain=[_gain(r) for r in scores.itertuples()])
+        table = shown.pivot_table(index=["run", "checkpoint"], columns="task", values="score", sort=False,
+                                  aggfunc="first")
+        lines += ["## Scores (run x checkpoint x task), 95% CI", "", markdown_table(table.reset_index()), ""]
+        gains = shown[shown["run"] != "base"][["task", "run", "checkpoint", "gain", "p", "p_holm"]]
+        gains = gains.assign(p=[_p(v) for v in gains["p"]], p_holm=[_p(v) for v in gains["p_holm"]])
+        if not gains.empty and (gains["gain"] != "—").any():
+            lines += ["## Paired gain over the base model (same samples)", "",
+                      "Gain: mean score difference with a paired bootstrap 95% CI; p: McNemar's exact test on "
+                      "the samples only one of the two got right; p (Holm): adjusted over the task's checkpoints.",
+                      "", markdown_table(gains.rename(columns={"p_holm": "p (Holm)"})), ""]
+    if by_seed is not None and not by_seed.empty:
+        seeds = by_seed.assign(mean=[f"{r.mean:.3f} [{r.t_low:.3f}, {r.t_high:.3f}]" for r in by_seed.itertuples()])
+        lines += ["## Over seeds (mean, 95% t-interval)", "",
+                  markdown_table(seeds[["group", "epoch", "task", "seeds", "mean", "per_seed"]]), ""]
+    if chosen:
+        lines += ["## Selected checkpoint per task", "",
+                  markdown_table(_picks_table(chosen)), ""]
     if failures:
         lines += ["## Failed runs", ""] + [f"- `{n}`: {why}" for n, why in failures.items()] + [""]
     lines += ["Plots: `plots/accuracy_vs_epoch.png`, `plots/loss.png`, `plots/heatmap.png`.", ""]
     (sweep_dir / "summary.md").write_text("\n".join(lines))
+
+
+def _ci(r) -> str:
+    if r.ci_low is None or r.ci_low != r.ci_low:
+        return f"{r.score:.3f}"
+    return f"{r.score:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+
+
+def _gain(r) -> str:
+    if r.gain is None or r.gain != r.gain:
+        return "—"
+    return f"{r.gain:+.3f} [{r.gain_low:+.3f}, {r.gain_high:+.3f}]"
+
+
+def _p(p) -> str:
+    if p is None or p != p:
+        return "—"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def finding(p: Pick) -> str:
+    """One sentence of results: the selected checkpoint, its score with CI, its paired gain."""
+    r = p.row
+    how = (f"selected on {p.by} (validation)" if p.on_validation else
+           "selected on the test scores themselves (no validation task: the pick is optimistic)")
+    text = f"**{p.task}**: `{p.run}` at {p.checkpoint}, {how}, scores {_ci(r)} on {int(r.n) if r.n == r.n and r.n else '?'} samples"
+    if r.gain is not None and r.gain == r.gain:
+        text += (f"; {_gain(r)} over the base model on the same samples (McNemar p = {_p(r.p)}"
+                 + (f", Holm-adjusted {_p(r.p_holm)}" if r.p_holm is not None else "") + ")")
+    return text + "."
+
+
+def _picks_table(chosen: list[Pick]):
+    import pandas as pd
+
+    return pd.DataFrame([{"task": p.task, "run": p.run, "checkpoint": p.checkpoint,
+                          "picked on": p.by + ("" if p.on_validation else " (test: no validation task)"),
+                          "score (95% CI)": _ci(p.row), "gain over base": _gain(p.row), "p": _p(p.row.p)}
+                         for p in chosen])

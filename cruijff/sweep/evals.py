@@ -55,12 +55,15 @@ class EvalJobs:
         self.names: dict[int, str] = {}
         self.bases_taken: set[Path] = set()
 
-    def submit(self, batch: list[tuple[str, Path | None]]) -> list:
+    def submit(self, batch: list[tuple[str, Path | None]], per_job: int = 1) -> list:
+        """Eval jobs for these runs: ``per_job`` runs in turn in each (one job's start-up and imports
+        serve them all), the jobs side by side."""
         batch = [(n, base if base not in self.bases_taken else None) for n, base in batch]
         self.bases_taken.update(base for _, base in batch if base is not None)
-        jobs = [self.executor(n).submit(evaluate_run_dir, self.sweep_dir / n, self.eval_cfg, base is not None, slot)
-                for slot, (n, base) in enumerate(batch)]
-        self.names.update({id(j): n for j, (n, _) in zip(jobs, batch)})
+        groups = [batch[i:i + per_job] for i in range(0, len(batch), per_job)]
+        jobs = [self.executor(group[0][0]).submit(evaluate_group, self.sweep_dir, group, self.eval_cfg, slot)
+                for slot, group in enumerate(groups)]
+        self.names.update({id(j): ", ".join(n for n, _ in group) for j, group in zip(jobs, groups)})
         self.act("Submit eval", ", ".join(n + (" (+ base)" if base is not None else "") for n, base in batch),
                  f"{self.kind} job ids " + ", ".join(j.job_id for j in jobs))
         return jobs
@@ -88,18 +91,25 @@ class EvalJobs:
 
 def evaluate_runs(config: DictConfig, sweep_dir: Path, todo: list[tuple[str, Path | None]],
                   act: ActionLog) -> None:
-    """Evaluate these runs and wait. Locally the jobs go in batches of what the machine holds, the
-    first with a base control first and alone; on SLURM all at once (the scheduler queues them)."""
+    """Evaluate these runs and wait. Locally as many jobs as the machine holds at once, each
+    evaluating its share of the runs in turn (the runs with a base control first); on SLURM one
+    job per run, all at once (the scheduler queues them)."""
     evals = EvalJobs(config, sweep_dir, act)
-    if evals.kind == "local":
-        parallel = local_jobs(config)
-        first = todo[:1] if todo and todo[0][1] is not None else []
-        rest = todo[len(first):]
-        batches = ([first] if first else []) + [rest[i:i + parallel] for i in range(0, len(rest), parallel)]
-    else:
-        batches = [todo]
-    for batch in batches:
-        watch(evals.submit(batch), evals.ended, evals.kind)
+    per_job = -(-len(todo) // local_jobs(config)) if evals.kind == "local" else 1
+    watch(evals.submit(todo, per_job=max(1, per_job)), evals.ended, evals.kind)
+
+
+def evaluate_group(sweep_dir: Path, group: list[tuple[str, Path | None]], eval_cfg: Any, slot: int | None) -> None:
+    """An eval job of several runs, one after another (each with its base control where it has
+    one); a run whose eval fails does not stop the others, and the job then fails naming them."""
+    failed = []
+    for name, base in group:
+        try:
+            evaluate_run_dir(sweep_dir / name, eval_cfg, base is not None, slot)
+        except Exception as e:
+            failed.append(f"{name}: {type(e).__name__}: {last_line(e)}")
+    if failed:
+        raise RuntimeError("eval failed: " + "; ".join(failed))
 
 
 def evaluate_in_turn(sweep_dir: Path, finished: list[str], eval_cfg: dict | None, act: ActionLog) -> list[str]:

@@ -1,0 +1,104 @@
+"""The sweep report with its statistics, against the floor of any per-sample report.
+
+    python bench/report.py [--runs 100] [--epochs 3] [--tasks 2] [--samples 1000]
+
+Writes a synthetic sweep with inspect's own log API (100 runs x 3 epochs x 2 tasks x 1000
+samples of 0/1 scores, plus the base control), then times
+- the floor, measured in the same run: reading every log's per-sample scores with inspect's API
+  alone (``read_eval_log_samples``, the scores only), no statistics;
+- ours: ``python -m cruijff report`` on the sweep — every interval, paired test and Holm
+  adjustment, the tables and plots — once from cold, and once more on the unchanged logs.
+Prints both, the ratio (goal <= 1.5) and how many logs the second report read (goal 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def build(sweep_dir: Path, runs: int, epochs: int, tasks: int, samples: int) -> list[str]:
+    import numpy as np
+    from test_stats import write_log  # the tests' writer: inspect's EvalLog + write_eval_log
+
+    from cruijff.records import CellResults, PlannedRunRecord, RunState, RunStatus, SweepPlan, TaskResult
+
+    rng = np.random.default_rng(0)
+    labels = [f"task{t}" for t in range(tasks)]
+    logs: list[str] = []
+
+    def cell(path: Path, p: float) -> None:
+        results = {}
+        for label in labels:
+            scores = (rng.random(samples) < p).astype(int).tolist()
+            log = write_log(path / f"{label}.eval", scores, label)
+            logs.append(log)
+            results[label] = TaskResult("success", log, label, "accuracy", float(np.mean(scores)), samples)
+        CellResults(model="m", tasks=results, metadata={"base_cell": "tiny_llama"}).save(path)
+
+    cell(sweep_dir / "base" / "tiny_llama", 0.3)
+    plan = []
+    for r in range(runs):
+        name = f"run{r}"
+        for e in range(epochs):
+            cell(sweep_dir / name / "eval" / f"epoch_{e}", 0.3 + 0.5 * (e + 1) / epochs * rng.random())
+        RunState(RunStatus.FINISHED, name=name, checkpoints=[f"epoch_{e}" for e in range(epochs)]).save(sweep_dir / name)
+        plan.append(PlannedRunRecord(name, [f"optimizer.lr={r}"]))
+    SweepPlan("bench", runs=plan, eval={"tasks": [{"name": f"x.py@{label}"} for label in labels]}).save(sweep_dir)
+    return logs
+
+
+FLOOR = """
+import sys
+from inspect_ai.log import read_eval_log_samples
+n = 0
+for log in open(sys.argv[1]).read().split():
+    for s in read_eval_log_samples(log, all_samples_required=False,
+                                   exclude_fields={"messages", "output", "events", "store", "attachments"}):
+        n += len(s.scores or {})
+print(n)
+"""
+
+
+def timed(cmd: list[str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return time.perf_counter() - t0, proc.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--tasks", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=1000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        sweep_dir = Path(tmp) / "bench"
+        t0 = time.perf_counter()
+        logs = build(sweep_dir, args.runs, args.epochs, args.tasks, args.samples)
+        print(f"synthetic sweep: {len(logs)} logs x {args.samples} samples written in {time.perf_counter() - t0:.1f} s")
+        listing = Path(tmp) / "logs.txt"
+        listing.write_text("\n".join(logs))
+        floor, out = timed([sys.executable, "-c", FLOOR, str(listing)])
+        assert int(out) == len(logs) * args.samples, out
+        ours, _ = timed([sys.executable, "-m", "cruijff", "report", str(sweep_dir)])
+        cache = sweep_dir / ".sample-scores.pkl"
+        before = cache.stat().st_mtime_ns
+        again, _ = timed([sys.executable, "-m", "cruijff", "report", str(sweep_dir)])
+        reread = "0 logs read again" if cache.stat().st_mtime_ns == before else "logs were read again"
+    print(f"floor: per-sample scores through inspect's API alone:  {floor:7.2f} s")
+    print(f"ours: report with every interval and paired test:       {ours:7.2f} s")
+    print(f"ratio ours / floor: {ours / floor:.2f}   (goal <= 1.5)")
+    print(f"second report on unchanged logs: {again:7.2f} s, {reread}   (goal: 0 logs read)")
+
+
+if __name__ == "__main__":
+    main()

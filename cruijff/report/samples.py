@@ -1,0 +1,73 @@
+"""Per-sample scores of an eval cell, read from its inspect log through inspect's own API.
+
+A sweep's report needs every sample's score of every cell (for intervals and paired tests);
+reading 600 logs of 1000 samples each is the report's main cost, so what was read is kept in
+``<sweep dir>/.sample-scores.pkl`` by log path, size and mtime: a report on unchanged logs reads
+no log again.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+CACHE = ".sample-scores.pkl"
+_FIELDS = {"messages", "output", "events", "store", "attachments", "model_usage", "metadata"}  # not needed for scores
+
+
+def read_sample_scores(log: str | Path) -> dict[Any, float]:
+    """Sample id -> score (its first scorer's value as a float) of one inspect log."""
+    from inspect_ai.log import read_eval_log_samples
+    from inspect_ai.scorer import value_to_float
+
+    to_float = value_to_float()
+    out: dict[Any, float] = {}
+    for sample in read_eval_log_samples(str(log), all_samples_required=False, exclude_fields=_FIELDS):
+        if not sample.scores:
+            continue
+        score = next(iter(sample.scores.values()))
+        key = sample.id if sample.epoch == 1 else (sample.id, sample.epoch)
+        out[key] = to_float(score.value)
+    return out
+
+
+class SampleScores:
+    """Per-sample scores of a sweep's logs, read once per version of each log."""
+
+    def __init__(self, sweep_dir: Path):
+        self.path = sweep_dir / CACHE
+        try:
+            with open(self.path, "rb") as f:
+                self.cache: dict[str, tuple[int, int, dict]] = pickle.load(f)
+        except (OSError, pickle.UnpicklingError, EOFError, ValueError):
+            self.cache = {}
+        self.read = 0  # logs read by this instance (not from the cache)
+        self.used: set[str] = set()
+
+    def get(self, log: str | None) -> dict[Any, float]:
+        if not log:
+            return {}
+        try:
+            st = os.stat(log)
+        except OSError:
+            return {}
+        self.used.add(log)
+        hit = self.cache.get(log)
+        if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            return hit[2]
+        scores = read_sample_scores(log)
+        self.cache[log] = (st.st_size, st.st_mtime_ns, scores)
+        self.read += 1
+        return scores
+
+    def save(self) -> None:
+        """Keep what was used (logs no longer in the report are dropped)."""
+        if not self.read and set(self.cache) == self.used:
+            return
+        kept = {k: v for k, v in self.cache.items() if k in self.used}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(kept, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, self.path)

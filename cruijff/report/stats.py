@@ -1,0 +1,122 @@
+"""Statistics of eval scores: intervals per cell, paired comparisons between checkpoints that
+answered the same samples, means over seeds. Everything that scipy has comes from scipy.
+
+A score array holds one value per sample (0/1 for exact match), in sample-id order; two arrays
+are paired by sample id (:func:`paired`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+SEED = 0  # bootstrap intervals are reproducible: the same scores give the same interval
+
+
+@dataclass(frozen=True)
+class Interval:
+    value: float
+    low: float
+    high: float
+    method: str  # wilson | bootstrap | t | single
+
+    def text(self, digits: int = 3) -> str:
+        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``b`` against ``a`` on the same samples: mean difference (b - a) with its interval, and for
+    0/1 scores McNemar's exact p-value on the discordant pairs."""
+
+    n: int
+    diff: Interval
+    p_value: float | None
+    a_only: int | None = None  # samples right only for a (0/1 scores)
+    b_only: int | None = None
+
+
+def is_binary(x: np.ndarray) -> bool:
+    return bool(np.isin(x, (0.0, 1.0)).all())
+
+
+def _bootstrap(data: tuple[np.ndarray, ...], statistic, paired: bool = False) -> tuple[float, float]:
+    from scipy import stats
+
+    if len(data[0]) < 2 or np.ptp(np.concatenate(data)) == 0:  # no spread: the interval is the point
+        v = float(statistic(*data))
+        return v, v
+    res = stats.bootstrap(data, statistic, paired=paired, vectorized=True, n_resamples=BOOTSTRAP_RESAMPLES,
+                          confidence_level=CONFIDENCE, method="percentile", random_state=np.random.default_rng(SEED))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def mean_interval(scores: Sequence[float]) -> Interval:
+    """A cell's score with its 95% interval: Wilson for 0/1 scores, bootstrap otherwise."""
+    from scipy import stats
+
+    x = np.asarray(scores, dtype=float)
+    if len(x) == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), "none")
+    mean = float(x.mean())
+    if is_binary(x):
+        ci = stats.binomtest(int(x.sum()), len(x)).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
+        return Interval(mean, float(ci.low), float(ci.high), "wilson")
+    low, high = _bootstrap((x,), lambda s, axis=-1: np.mean(s, axis=axis))
+    return Interval(mean, low, high, "bootstrap")
+
+
+def compare(a: Sequence[float], b: Sequence[float]) -> Comparison:
+    """``b`` minus ``a``, sample by sample (the arrays are paired): a paired bootstrap interval
+    of the mean difference, and McNemar's exact test where both are 0/1."""
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(x) != len(y):
+        raise ValueError(f"paired scores need the same samples ({len(x)} != {len(y)})")
+    d = y - x
+    low, high = _bootstrap((x, y), lambda s, t, axis=-1: np.mean(t, axis=axis) - np.mean(s, axis=axis), paired=True)
+    diff = Interval(float(d.mean()) if len(d) else float("nan"), low, high, "bootstrap")
+    if is_binary(x) and is_binary(y):
+        a_only, b_only = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
+        p = stats.binomtest(b_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+        return Comparison(len(d), diff, float(p), a_only, b_only)
+    return Comparison(len(d), diff, None)
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of a family of p-values (scipy has no Holm: this is its
+    definition; None stays None)."""
+    known = [(p, i) for i, p in enumerate(p_values) if p is not None]
+    m = len(known)
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(known)):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def seed_interval(values: Sequence[float]) -> Interval:
+    """The mean over seeds with a t-interval (n >= 2); one seed is a point."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return Interval(mean, mean, mean, "single")
+    sem = float(stats.sem(x))
+    if sem == 0:
+        return Interval(mean, mean, mean, "t")
+    low, high = stats.t.interval(CONFIDENCE, len(x) - 1, loc=mean, scale=sem)
+    return Interval(mean, float(low), float(high), "t")
+
+
+def paired(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Two cells' per-sample scores (sample id -> score) on the samples both answered, in id order."""
+    ids = sorted(set(a) & set(b), key=lambda k: (str(type(k)), k))
+    return np.array([a[i] for i in ids], dtype=float), np.array([b[i] for i in ids], dtype=float)

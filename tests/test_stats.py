@@ -1,0 +1,164 @@
+"""A sweep report's statistics, on logs written with inspect's own log API with known per-sample
+scores: each interval and p-value must equal scipy's on the same arrays."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from cruijff.records import CellResults, PlannedRunRecord, RunState, RunStatus, SweepPlan, TaskResult
+
+
+def write_log(path, scores, task="exact_match"):
+    """An inspect log of ``task`` whose sample i (id i + 1) scored ``scores[i]`` (0/1 as C/I)."""
+    from inspect_ai.log import (EvalConfig, EvalDataset, EvalLog, EvalMetric, EvalResults, EvalSample, EvalScore,
+                                EvalSpec, write_eval_log)
+    from inspect_ai.scorer import Score
+
+    binary = set(scores) <= {0, 1}
+    ids = list(range(1, len(scores) + 1))
+    samples = [EvalSample(id=i, epoch=1, input="q", target="t",
+                          scores={"match": Score(value=("C" if s else "I") if binary else float(s))})
+               for i, s in zip(ids, scores)]
+    mean = float(np.mean(scores))
+    log = EvalLog(eval=EvalSpec(created="2026-12-01T00:00:00+00:00", task=task, model="hf/m", config=EvalConfig(),
+                                dataset=EvalDataset(name="d", samples=len(ids), sample_ids=ids)),
+                  status="success", samples=samples,
+                  results=EvalResults(total_samples=len(ids), completed_samples=len(ids), scores=[
+                      EvalScore(name="match", scorer="match", metrics={"accuracy": EvalMetric(name="accuracy", value=mean)})]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_eval_log(log, str(path))
+    return str(path)
+
+
+def write_cell(cell_dir, tasks: dict[str, list[float]], base_cell="tiny_llama"):
+    results = {label: TaskResult("success", write_log(cell_dir / f"{label}.eval", s, label), label, "accuracy",
+                                 float(np.mean(s)), len(s)) for label, s in tasks.items()}
+    CellResults(model="m", tasks=results, metadata={"base_cell": base_cell}).save(cell_dir)
+
+
+def make_sweep(tmp_path, runs: dict[str, dict[int, dict[str, list[float]]]], base: dict[str, list[float]],
+               eval_tasks=None, overrides=None):
+    sweep_dir = tmp_path / "sweep"
+    write_cell(sweep_dir / "base" / "tiny_llama", base)
+    for name, epochs in runs.items():
+        for epoch, tasks in epochs.items():
+            write_cell(sweep_dir / name / "eval" / f"epoch_{epoch}", tasks)
+        RunState(RunStatus.FINISHED, name=name, checkpoints=[f"epoch_{e}" for e in epochs]).save(sweep_dir / name)
+    SweepPlan("sweep", runs=[PlannedRunRecord(n, (overrides or {}).get(n, [f"x={n}"])) for n in runs],
+              eval={"tasks": eval_tasks or [{"name": "exact_match"}]}).save(sweep_dir)
+    return sweep_dir
+
+
+rng = np.random.default_rng(7)
+BASE = (rng.random(60) < 0.3).astype(int).tolist()
+A0 = (rng.random(60) < 0.5).astype(int).tolist()
+A1 = (rng.random(60) < 0.8).astype(int).tolist()
+
+
+def _bootstrap_diff(x, y):
+    res = stats.bootstrap((np.array(x, float), np.array(y, float)), lambda s, t, axis=-1: t.mean(axis) - s.mean(axis),
+                          paired=True, vectorized=True, n_resamples=2000, confidence_level=0.95, method="percentile",
+                          random_state=np.random.default_rng(0))
+    return res.confidence_interval
+
+
+def test_intervals_and_paired_tests_equal_scipys(tmp_path):
+    from cruijff.report import report_sweep
+
+    sweep_dir = make_sweep(tmp_path, {"a": {0: {"exact_match": A0}, 1: {"exact_match": A1}}},
+                           {"exact_match": BASE})
+    report_sweep(sweep_dir)
+    df = pd.read_csv(sweep_dir / "summary.csv").set_index("checkpoint")
+    for ckpt, scores in (("base", BASE), ("epoch_0", A0), ("epoch_1", A1)):
+        ci = stats.binomtest(sum(scores), len(scores)).proportion_ci(method="wilson")
+        assert df.loc[ckpt, "ci_low"] == pytest.approx(ci.low) and df.loc[ckpt, "ci_high"] == pytest.approx(ci.high)
+        assert df.loc[ckpt, "n"] == 60
+    ps = []
+    for ckpt, scores in (("epoch_0", A0), ("epoch_1", A1)):
+        x, y = np.array(BASE), np.array(scores)
+        b, c = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
+        p = stats.binomtest(c, b + c, 0.5).pvalue  # McNemar's exact test on the discordant pairs
+        assert df.loc[ckpt, "p"] == pytest.approx(p)
+        assert df.loc[ckpt, "gain"] == pytest.approx(y.mean() - x.mean())
+        ci = _bootstrap_diff(BASE, scores)
+        assert df.loc[ckpt, "gain_low"] == pytest.approx(ci.low) and df.loc[ckpt, "gain_high"] == pytest.approx(ci.high)
+        ps.append(p)
+    lo, hi = sorted(ps)  # Holm over two tests: the smaller times 2, the larger as it is, kept monotone
+    holm = {lo: min(1, 2 * lo), hi: min(1, max(2 * lo, hi))}
+    for ckpt, p in zip(("epoch_0", "epoch_1"), ps):
+        assert df.loc[ckpt, "p_holm"] == pytest.approx(holm[p])
+    md = (sweep_dir / "summary.md").read_text()
+    assert md.startswith("# sweep\n\n## Findings\n\n- **exact_match**: `a` at epoch_1, selected on the test scores "
+                         "themselves (no validation task: the pick is optimistic)")
+    assert "McNemar p =" in md
+
+
+def test_scores_that_are_not_0_or_1_get_a_bootstrap_interval(tmp_path):
+    from cruijff.report import report_sweep
+
+    partial = [0.25, 0.5, 0.75, 1.0, 0.0, 0.5] * 5
+    sweep_dir = make_sweep(tmp_path, {"a": {0: {"exact_match": partial}}}, {"exact_match": [0.5] * 30})
+    report_sweep(sweep_dir)
+    df = pd.read_csv(sweep_dir / "summary.csv").set_index("checkpoint")
+    ci = stats.bootstrap((np.array(partial),), lambda s, axis=-1: s.mean(axis), vectorized=True, n_resamples=2000,
+                         method="percentile", random_state=np.random.default_rng(0)).confidence_interval
+    assert df.loc["epoch_0", "ci_low"] == pytest.approx(ci.low)
+    assert pd.isna(df.loc["epoch_0", "p"])  # McNemar is for 0/1 scores only
+
+
+def test_the_best_checkpoint_is_picked_on_validation_and_reported_on_test(tmp_path):
+    """``b`` is best on test, ``a`` on validation: the report picks ``a`` and reports its test score."""
+    from cruijff.report import report_sweep
+
+    tasks = [{"name": "exact_match"}, {"name": "exact_match", "label": "exact_match_val", "args": {"split": "validation"}}]
+    good, better, poor = [1] * 50 + [0] * 10, [1] * 58 + [0] * 2, [1] * 20 + [0] * 40
+    sweep_dir = make_sweep(tmp_path, {"a": {0: {"exact_match": good, "exact_match_val": better}},
+                                      "b": {0: {"exact_match": better, "exact_match_val": poor}}},
+                           {"exact_match": BASE, "exact_match_val": BASE}, eval_tasks=tasks)
+    report_sweep(sweep_dir)
+    md = (sweep_dir / "summary.md").read_text()
+    findings = md.split("## Findings")[1].split("##")[0]
+    assert "**exact_match**: `a` at epoch_0, selected on exact_match_val (validation), scores 0.833" in findings
+    assert "exact_match_val" not in findings.split("selected on exact_match_val")[1]  # one finding per test task
+    assert "`b`" not in findings
+
+
+def test_compare_tests_any_two_checkpoints_on_the_same_samples(tmp_path):
+    sweep_dir = make_sweep(tmp_path, {"a": {0: {"exact_match": A0}, 1: {"exact_match": A1}}}, {"exact_match": BASE})
+    proc = subprocess.run([sys.executable, "-m", "cruijff", "compare", str(sweep_dir), "a/epoch_0", "a"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    x, y = np.array(A0), np.array(A1)
+    p = stats.binomtest(int(((x == 0) & (y == 1)).sum()), int((x != y).sum()), 0.5).pvalue
+    assert f"{y.mean() - x.mean():+.3f}" in proc.stdout and f"{p:.3f}" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "cruijff", "compare", str(sweep_dir), "a/epoch_7", "base"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "cruijff: error: a/epoch_7: not an evaluated checkpoint of a; it has: epoch_0, epoch_1"
+
+
+def test_a_second_report_on_unchanged_logs_reads_no_log(tmp_path, monkeypatch):
+    from cruijff.report import report_sweep, samples
+
+    sweep_dir = make_sweep(tmp_path, {"a": {0: {"exact_match": A0}}}, {"exact_match": BASE})
+    report_sweep(sweep_dir)
+    first = (sweep_dir / "summary.csv").read_text()
+    monkeypatch.setattr(samples, "read_sample_scores", lambda log: pytest.fail(f"read {log} again"))
+    report_sweep(sweep_dir)
+    assert (sweep_dir / "summary.csv").read_text() == first
+
+
+def test_seed_groups_are_replicates():
+    from cruijff.report.analysis import seed_groups
+
+    plan = [PlannedRunRecord(f"lr{lr}_seed{s}", [f"optimizer.lr={lr}", f"seed={s}"]) for lr in ("1e-3", "3e-3")
+            for s in (1, 2, 3)]
+    assert seed_groups(plan) == {"lr1e-3": ["lr1e-3_seed1", "lr1e-3_seed2", "lr1e-3_seed3"],
+                                 "lr3e-3": ["lr3e-3_seed1", "lr3e-3_seed2", "lr3e-3_seed3"]}

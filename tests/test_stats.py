@@ -3,7 +3,6 @@ scores: each interval and p-value must equal scipy's on the same arrays."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 

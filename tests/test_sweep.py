@@ -241,7 +241,7 @@ def test_smoke_preset_runs_a_whole_sweep_in_a_few_steps_with_a_base_control_per_
     assert proc.returncode == 0, proc.stderr[-2000:]
     sweep_dir = tmp_path / "outputs" / "smoke"
     assert not (sweep_dir / ".submitit").exists()
-    kinds = {p.read_bytes().count(b"evaluate_run_dir") > 0 for p in jobs.glob("*/*_submitted.pkl")}
+    kinds = {b"evaluate_group" in p.read_bytes() for p in jobs.glob("*/*_submitted.pkl")}
     assert kinds == {True, False}  # fine-tuning jobs and eval jobs
     runs = sorted(p.parent.name for p in sweep_dir.glob("*/run.json"))
     assert len(runs) == 2

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..config import run_name
 from .samples import SampleScores
 from .stats import compare, holm, mean_interval, paired, seed_interval
 
@@ -55,8 +56,6 @@ def with_statistics(scores: "pd.DataFrame", samples: SampleScores) -> "pd.DataFr
 
 def seed_groups(plan) -> dict[str, list[str]]:
     """Runs that differ only in ``seed``: a group's name is its run name without the seed."""
-    from ..config import run_name
-
     groups: dict[str, list[str]] = {}
     for r in plan:
         rest = [o for o in r.overrides if not SEED_KEY.match(o)]

@@ -2,10 +2,13 @@
 
     python bench/report.py [--runs 100] [--epochs 3] [--tasks 2] [--samples 1000]
 
-Writes a synthetic sweep with inspect's own log API (100 runs x 3 epochs x 2 tasks x 1000
-samples of 0/1 scores, plus the base control), then times
+Writes a synthetic sweep of inspect logs (100 runs x 3 epochs x 2 tasks x 1000 samples of 0/1
+scores, plus the base control) — a pool of distinct logs written with inspect's own log API
+(``--pool``, 1.5 s each here), each cell a copy of one drawn at random, since writing 602 logs
+would take longer than everything measured — then times
 - the floor, measured in the same run: reading every log's per-sample scores with inspect's API
-  alone (``read_eval_log_samples``, the scores only), no statistics;
+  alone (``read_eval_log_sample_summaries``: each sample's scores, without
+  its messages — the fastest per-sample read inspect has, and what ``samples_df`` uses), no statistics;
 - ours: ``python -m cruijff report`` on the sweep — every interval, paired test and Holm
   adjustment, the tables and plots — once from cold, and once more on the unchanged logs.
 Prints both, the ratio (goal <= 1.5) and how many logs the second report read (goal 0).
@@ -14,6 +17,7 @@ Prints both, the ratio (goal <= 1.5) and how many logs the second report read (g
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def build(sweep_dir: Path, runs: int, epochs: int, tasks: int, samples: int) -> list[str]:
+def build(sweep_dir: Path, runs: int, epochs: int, tasks: int, samples: int, pool: int) -> list[str]:
     import numpy as np
     from test_stats import write_log  # the tests' writer: inspect's EvalLog + write_eval_log
 
@@ -32,23 +36,30 @@ def build(sweep_dir: Path, runs: int, epochs: int, tasks: int, samples: int) -> 
 
     rng = np.random.default_rng(0)
     labels = [f"task{t}" for t in range(tasks)]
+    originals = []  # (path, mean) per distinct log, accuracies spread over 0.3..0.8
+    for i in range(pool):
+        p = 0.3 + 0.5 * i / max(pool - 1, 1)
+        scores = (rng.random(samples) < p).astype(int)
+        originals.append((write_log(sweep_dir / ".pool" / f"{i}.eval", scores.tolist(), "task"), float(scores.mean())))
     logs: list[str] = []
 
-    def cell(path: Path, p: float) -> None:
+    def cell(path: Path, which: int | None = None) -> None:
+        path.mkdir(parents=True, exist_ok=True)
         results = {}
         for label in labels:
-            scores = (rng.random(samples) < p).astype(int).tolist()
-            log = write_log(path / f"{label}.eval", scores, label)
+            source, mean = originals[int(rng.integers(pool)) if which is None else which]
+            log = str(path / f"{label}.eval")
+            shutil.copyfile(source, log)
             logs.append(log)
-            results[label] = TaskResult("success", log, label, "accuracy", float(np.mean(scores)), samples)
+            results[label] = TaskResult("success", log, label, "accuracy", mean, samples)
         CellResults(model="m", tasks=results, metadata={"base_cell": "tiny_llama"}).save(path)
 
-    cell(sweep_dir / "base" / "tiny_llama", 0.3)
+    cell(sweep_dir / "base" / "tiny_llama", which=0)
     plan = []
     for r in range(runs):
         name = f"run{r}"
         for e in range(epochs):
-            cell(sweep_dir / name / "eval" / f"epoch_{e}", 0.3 + 0.5 * (e + 1) / epochs * rng.random())
+            cell(sweep_dir / name / "eval" / f"epoch_{e}")
         RunState(RunStatus.FINISHED, name=name, checkpoints=[f"epoch_{e}" for e in range(epochs)]).save(sweep_dir / name)
         plan.append(PlannedRunRecord(name, [f"optimizer.lr={r}"]))
     SweepPlan("bench", runs=plan, eval={"tasks": [{"name": f"x.py@{label}"} for label in labels]}).save(sweep_dir)
@@ -57,11 +68,10 @@ def build(sweep_dir: Path, runs: int, epochs: int, tasks: int, samples: int) -> 
 
 FLOOR = """
 import sys
-from inspect_ai.log import read_eval_log_samples
+from inspect_ai.log import read_eval_log_sample_summaries
 n = 0
 for log in open(sys.argv[1]).read().split():
-    for s in read_eval_log_samples(log, all_samples_required=False,
-                                   exclude_fields={"messages", "output", "events", "store", "attachments"}):
+    for s in read_eval_log_sample_summaries(log):
         n += len(s.scores or {})
 print(n)
 """
@@ -79,11 +89,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=2)
     parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--pool", type=int, default=12, help="distinct logs written (each cell copies one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         sweep_dir = Path(tmp) / "bench"
         t0 = time.perf_counter()
-        logs = build(sweep_dir, args.runs, args.epochs, args.tasks, args.samples)
+        logs = build(sweep_dir, args.runs, args.epochs, args.tasks, args.samples, args.pool)
         print(f"synthetic sweep: {len(logs)} logs x {args.samples} samples written in {time.perf_counter() - t0:.1f} s")
         listing = Path(tmp) / "logs.txt"
         listing.write_text("\n".join(logs))

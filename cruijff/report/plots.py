@@ -20,6 +20,18 @@ def _plt():
     return plt
 
 
+LEGEND_MAX = 12  # more lines than this and a legend hides the plot: the title says how many instead
+
+
+def _legend(ax, title: str) -> None:
+    n = len(ax.get_legend_handles_labels()[0])
+    if n <= LEGEND_MAX:
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    else:
+        ax.set_title(f"{title} ({n} lines; summary.md names them)")
+
+
 def plot_accuracy(scores: pd.DataFrame, plots: Path, groups: dict[str, list[str]] | None = None) -> None:
     fig = accuracy_figure(scores, groups)
     fig.savefig(plots / "accuracy_vs_epoch.png", dpi=110)
@@ -58,11 +70,10 @@ def accuracy_figure(scores: pd.DataFrame, groups: dict[str, list[str]] | None = 
             label = "base model" if bases["model"].nunique() == 1 else f"base: {model}"
             ax.axhline(g["score"].iloc[0], color="gray", linestyle=styles[i % len(styles)], label=label)
         ax.set_xticks(sorted(int(e) for e in df["epoch"].unique() if e >= 0))
-        ax.set_title(task)
         ax.set_xlabel("epoch")
         ax.set_ylabel("score (95% CI; band: spread over seeds)")
         ax.set_ylim(-0.05, 1.05)
-        ax.legend(fontsize=7)
+        _legend(ax, task)
     fig.tight_layout()
     return fig
 
@@ -75,7 +86,7 @@ def plot_losses(losses: pd.DataFrame, plots: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("train loss (10-step mean)")
     ax.set_yscale("log")
-    ax.legend(fontsize=7)
+    _legend(ax, "train loss")
     fig.tight_layout()
     fig.savefig(plots / "loss.png", dpi=110)
     plt.close(fig)

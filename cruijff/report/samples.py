@@ -14,17 +14,20 @@ from pathlib import Path
 from typing import Any
 
 CACHE = ".sample-scores.pkl"
-_FIELDS = {"messages", "output", "events", "store", "attachments", "model_usage", "metadata"}  # not needed for scores
 
 
 def read_sample_scores(log: str | Path) -> dict[Any, float]:
-    """Sample id -> score (its first scorer's value as a float) of one inspect log."""
-    from inspect_ai.log import read_eval_log_samples
+    """Sample id -> score (its first scorer's value as a float) of one inspect log.
+
+    Read from the log's sample summaries (what ``samples_df`` reads for its summary columns): they
+    carry every sample's scores without its messages and events — ten times faster than the samples.
+    """
+    from inspect_ai.log import read_eval_log_sample_summaries
     from inspect_ai.scorer import value_to_float
 
     to_float = value_to_float()
     out: dict[Any, float] = {}
-    for sample in read_eval_log_samples(str(log), all_samples_required=False, exclude_fields=_FIELDS):
+    for sample in read_eval_log_sample_summaries(str(log)):
         if not sample.scores:
             continue
         score = next(iter(sample.scores.values()))

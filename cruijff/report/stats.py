@@ -44,13 +44,13 @@ def is_binary(x: np.ndarray) -> bool:
     return bool(np.isin(x, (0.0, 1.0)).all())
 
 
-def _bootstrap(data: tuple[np.ndarray, ...], statistic, paired: bool = False) -> tuple[float, float]:
+def _bootstrap(data: tuple[np.ndarray, ...], statistic) -> tuple[float, float]:
     from scipy import stats
 
     if len(data[0]) < 2 or np.ptp(np.concatenate(data)) == 0:  # no spread: the interval is the point
         v = float(statistic(*data))
         return v, v
-    res = stats.bootstrap(data, statistic, paired=paired, vectorized=True, n_resamples=BOOTSTRAP_RESAMPLES,
+    res = stats.bootstrap(data, statistic, vectorized=True, n_resamples=BOOTSTRAP_RESAMPLES,
                           confidence_level=CONFIDENCE, method="percentile", random_state=np.random.default_rng(SEED))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
@@ -79,7 +79,9 @@ def compare(a: Sequence[float], b: Sequence[float]) -> Comparison:
     if len(x) != len(y):
         raise ValueError(f"paired scores need the same samples ({len(x)} != {len(y)})")
     d = y - x
-    low, high = _bootstrap((x, y), lambda s, t, axis=-1: np.mean(t, axis=axis) - np.mean(s, axis=axis), paired=True)
+    # The paired bootstrap of mean(y) - mean(x) resamples sample indices; resampling d with the same
+    # indices is the same interval (scipy draws the same indices either way) at half the work.
+    low, high = _bootstrap((d,), lambda s, axis=-1: np.mean(s, axis=axis))
     diff = Interval(float(d.mean()) if len(d) else float("nan"), low, high, "bootstrap")
     if is_binary(x) and is_binary(y):
         a_only, b_only = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())

@@ -1,11 +1,12 @@
-"""``python -m cruijff eval|report|status|plan|compare <dir>``: each stage on its own, on an existing output dir.
+"""``python -m cruijff eval|report|status|plan|compare|export <dir>``: each stage on its own, on an existing output dir.
 
 A run dir's own saved config (``<run dir>/.hydra/config.yaml``) drives ``eval`` and ``report``, so
 the result is what the launcher would have produced. On a sweep dir (``outputs/<experiment>``),
 ``eval`` evaluates every finished run, ``report`` writes the sweep's summary and plots, and
 ``status`` shows the state of every run and eval cell (also while the sweep runs), and ``plan`` what
 the sweep's command would run now and what it would cost; ``compare`` tests two checkpoints of a
-sweep against each other on the same samples.
+sweep against each other on the same samples; ``export`` writes one adapter checkpoint merged into
+its base as Hugging Face weights.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from .config import load_run, validate
 from .errors import CruijffError
 from .evaluate import evaluate_run_dir
+from .evaluate.export import export_checkpoint
 from .records import ActionLog, SweepPlan, acquire_lock, layout, run_state, sweep_runs
 from .report import print_comparison, report_run, report_sweep
 from .status import show
@@ -36,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dir", type=Path, help="a sweep dir (outputs/<experiment>)")
     p.add_argument("a", help="RUN/epoch_N, RUN (its last evaluated epoch), base or base/<model>")
     p.add_argument("b", help="the checkpoint compared with A (B - A)")
+    p = sub.add_parser("export", help="one adapter checkpoint merged into its base: Hugging Face weights to share or serve")
+    p.add_argument("dir", type=Path, help="a checkpoint: <run dir>/epoch_N")
+    p.add_argument("--out", type=Path, default=None, help="where to write (default: <run dir>/epoch_N_merged)")
+    p.add_argument("--base", type=Path, default=None, help="the base model dir (default: the one it was trained on)")
     args = parser.parse_args(argv)
 
     try:
@@ -48,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             print_comparison(target, args.a, args.b)
         elif args.command == "plan":
             replan(target)
+        elif args.command == "export":
+            out = export_checkpoint(target, args.out, args.base)
+            print(f"cruijff: merged weights of {target} written to {out}")
         elif layout.is_sweep_dir(target):
             return sweep_command(args.command, target)
         else:

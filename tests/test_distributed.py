@@ -54,8 +54,6 @@ def test_local_jobs_each_get_their_own_gpus(monkeypatch):
 
 @pytest.mark.slow
 def test_two_process_run_trains_checkpoints_and_evaluates(tmp_path, tiny_model_dir):
-    from safetensors.torch import load_file
-
     proc = launch("training.nproc=2", "training.epochs=2", "training.max_steps_per_epoch=3",
                   "experiment.name=dist", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -66,17 +64,12 @@ def test_two_process_run_trains_checkpoints_and_evaluates(tmp_path, tiny_model_d
     assert [e["steps"] for e in state["epochs"]] == [3, 3]
     assert "tune run --nproc_per_node 2 lora_finetune_distributed" in (run_dir / "finetune.yaml").read_text()
     assert "lora_finetune_distributed on 2 processes" in (sweep_dir / "run-experiment.log").read_text()
-    # each epoch's merged weights are the base plus that epoch's adapter, as on one device
-    base = load_file(tiny_model_dir / "model.safetensors")
-    cfg = yaml.safe_load((run_dir / "finetune.yaml").read_text())
-    scale = cfg["model"]["lora_alpha"] / cfg["model"]["lora_rank"]
+    # rank 0 tidies each adapter-only epoch as one device does: PEFT's files, no weights, no .pt
     for epoch in (0, 1):
-        merged = load_file(run_dir / f"epoch_{epoch}" / "model-00001-of-00001.safetensors")
-        adapter = load_file(run_dir / f"epoch_{epoch}" / "adapter_model.safetensors")
-        key = next(k for k in adapter if ".lora_A." in k)
-        w = key.replace("base_model.model.", "").replace(".lora_A.weight", ".weight")
-        b = adapter[key.replace(".lora_A.", ".lora_B.")]
-        assert (merged[w] - (base[w] + scale * (b @ adapter[key]))).abs().max() < 1e-5
+        names = sorted(p.name for p in (run_dir / f"epoch_{epoch}").iterdir())
+        assert "adapter_config.json" in names and "adapter_model.safetensors" in names, names
+        assert not any(n.startswith("model-") or n.endswith(".pt") for n in names), names
+    assert json.loads((run_dir / "epoch_1" / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
     for epoch in (0, 1):
         cell = json.loads((run_dir / "eval" / f"epoch_{epoch}" / "results.json").read_text())
         assert cell["tasks"]["exact_match"]["status"] == "success"

@@ -248,7 +248,7 @@ def test_requeued_job_resumes_after_its_last_epoch_not_from_scratch(slurm, tmp_p
     env = {**os.environ, "INSPECT_DISPLAY": "none"}
     proc = subprocess.Popen([sys.executable, str(LAUNCH), *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait(lambda: (run_dir / "epoch_1" / "adapter_model.pt").exists(), 300, "two epochs")
+    _wait(lambda: (run_dir / "epoch_1" / "adapter_config.json").exists(), 300, "two epochs")
     job = json.loads((run_dir.parent / "sweep.json").read_text())["jobs"][run_dir.name]
     subprocess.run(["scontrol", "requeue", job], check=True)
 

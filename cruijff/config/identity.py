@@ -102,7 +102,8 @@ def config_hash(cfg: DictConfig, model_dir: Path | None = None, data_file: Path 
            else cfg[k] for k in RUN_KEYS if k in cfg}
     if cfg.get("base_recipe"):
         sub["base_recipe"] = cfg.base_recipe
-    for key in ("metric_logger", "tracking"):  # where the losses are sent does not change the run
+    # where the losses are sent and how the checkpoints are stored do not change what is trained
+    for key in ("metric_logger", "tracking", "checkpoint"):
         sub.get("training", {}).pop(key, None)
     # hints for clusters, plans and evals, not for training (model.training reaches training.*);
     # the paths are replaced by what they hold
@@ -111,7 +112,7 @@ def config_hash(cfg: DictConfig, model_dir: Path | None = None, data_file: Path 
     sub.get("dataset", {}).pop("path", None)
     if "training" in sub:  # the processes it trains on (nproc=auto follows the GPUs a run gets)
         sub["training"]["nproc"] = processes(cfg)
-    if "peft" in sub and "model" in sub:  # what the builder gets: auto is true or false per model
+    if "peft" in sub and "model" in sub and sub["peft"].get("method", "lora") == "lora":  # what the builder gets: auto is true or false per model
         sub["peft"]["apply_lora_to_output"] = lora_on_output(cfg)
     sub["inputs"] = {
         "model": model_identity(model_dir) if cfg.model.get("path") is not None

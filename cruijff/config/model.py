@@ -19,6 +19,24 @@ def model_files(model: DictConfig) -> list[str]:
     return list(model.checkpoint_files) + [str(tok[k]) for k in TOKENIZER_FILES if tok.get(k)]
 
 
+PEFT_METHODS = ("lora", "none")
+CHECKPOINT_MODES = ("adapter", "merged")
+
+
+def peft_method(cfg: DictConfig) -> str:
+    """``peft.method``: ``lora`` (adapters on a frozen base) or ``none`` (full fine-tuning)."""
+    return str(cfg.peft.get("method", "lora"))
+
+
+def checkpoint_mode(cfg: DictConfig) -> str:
+    """What each epoch saves: ``adapter`` (the LoRA adapter in PEFT format, no weights), ``merged``
+    (full weights with the adapter merged in, and the adapter), or ``full`` (full fine-tuning's
+    weights, whatever ``training.checkpoint`` says)."""
+    if peft_method(cfg) == "none":
+        return "full"
+    return str(cfg.training.get("checkpoint", "adapter"))
+
+
 def lora_on_output(cfg: DictConfig) -> bool:
     """``peft.apply_lora_to_output``; ``auto`` is true unless the model ties its output layer to
     the input embeddings (Llama 3.2 1B/3B, Qwen2.5 3B), where torchtune has no output layer to adapt."""

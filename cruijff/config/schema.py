@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..errors import ConfigError, did_you_mean
 from . import chat
 from .identity import check_name
-from .model import model_files
+from .model import CHECKPOINT_MODES, PEFT_METHODS, model_files
 from .tasks import TaskSpec, check_tasks
 
 
@@ -106,7 +106,16 @@ def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> list[TaskSpe
         if value is not _MISSING:
             check_value(key, value, SCHEMA[key])
     check_name("experiment.name", cfg.experiment.name)
-    dropout = cfg.peft.lora_dropout
+    method = cfg.peft.get("method", "lora")
+    if method not in PEFT_METHODS:
+        raise ConfigError("peft.method", method, "lora (peft=lora) or none (peft=none: full fine-tuning)")
+    saved = cfg.training.get("checkpoint", "adapter")
+    if saved not in CHECKPOINT_MODES:
+        raise ConfigError("training.checkpoint", saved, "adapter (the adapter alone per epoch) or merged "
+                          "(full weights with the adapter merged in, as well)")
+    if method == "none" and not cfg.model.get("full_component"):
+        raise ConfigError("peft", "none", f"model {cfg.model.name} names no full-weight builder (model.full_component)")
+    dropout = cfg.peft.get("lora_dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ConfigError("peft.lora_dropout", dropout, "must be a number with 0 <= dropout < 1")
     logger = cfg.training.get("metric_logger", "disk")

@@ -1,12 +1,20 @@
-"""inspect-ai backend: evaluate a model directory on every configured task, loading it once.
+"""inspect-ai backend (``hf``): evaluate checkpoints on every configured task, each model loaded once.
 
 A *cell* is one checkpoint (the base model or an ``epoch_N`` dir) evaluated on all tasks. Its
 inspect logs (``.eval``) and a ``results.json`` summary go to one log dir.
 
-Checkpoints written by torchtune hold merged weights *and* ``adapter_*`` files. When ``peft`` is
-importable, transformers would apply that adapter on top of the merged weights (double LoRA), so the
-weights are loaded from a link-only view of the dir without the adapter files; inspect still records
-the real checkpoint path as the model name.
+An :class:`Evaluator` lives for an eval job. It loads a base model once and evaluates every adapter
+checkpoint of it by applying the adapter to the weights in memory (:mod:`.adapter`), then restoring
+them; the base control uses the same load. A checkpoint of full weights (``training.checkpoint=merged``,
+``peft=none``) is loaded by itself. Each log's metadata names its checkpoint (run, checkpoint, path).
+
+Merged checkpoints hold ``adapter_*`` files beside the weights. When ``peft`` is importable,
+transformers would apply that adapter on top of the merged weights (double LoRA), so such weights
+are loaded from a link-only view of the dir without the adapter files; inspect still records the real
+checkpoint path as the model name.
+
+The seam for a second backend (inspect's ``vllm`` provider, which serves many adapters from one
+server) is this module's :class:`Evaluator`: ``evaluate(model_dir, adapter, ...)`` per cell.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any
 from ..config import TaskSpec
 from ..hardware import eval_device
 from ..records import CellResults, TaskResult, headline_metric
+from .adapter import AdapterSwap, read_adapter
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,81 +85,134 @@ def _weights_view(model_dir: Path) -> Path | None:
     return view
 
 
-def evaluate_cell(
-    model_dir: Path,
-    tasks: list[TaskSpec],
-    log_dir: Path,
-    *,
-    data_file: Path,
-    input_key: str,
-    output_key: str,
-    device: str,
-    gpus: int = 1,
-    max_tokens: int = 16,
-    batch_size: int = 32,
-    limit: int | None = None,
-    chat_template: str | None = None,
-    tags: list[str] | None = None,
-    metadata: dict | None = None,
-    display: str | None = None,
-) -> CellResults:
-    """Evaluate one model dir on all tasks with one model load; write ``results.json``.
+class Evaluator:
+    """The models of one eval job: a model dir is loaded once, and an adapter checkpoint of it is
+    applied in memory. ``loads``: the model loads so far."""
 
-    ``chat_template``: Jinja text that lays out the prompts (None: the model dir's own template)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from inspect_ai import eval as inspect_eval
-    from inspect_ai.model import GenerateConfig, ModelInfo, get_model, set_model_info
+    def __init__(self) -> None:
+        self._model: Any = None
+        self._key: tuple | None = None
+        self._swap: AdapterSwap | None = None
+        self.loads = 0
 
-    log_dir.mkdir(parents=True, exist_ok=True)
-    view = _weights_view(model_dir)
-    model_args: dict[str, Any] = dict(device=eval_device(device, gpus), do_sample=False)
-    if view is not None:
-        model_args["model_path"] = str(view)
-    if chat_template is not None:
-        model_args["chat_template"] = chat_template
-    try:
-        model = get_model(
-            f"hf/{model_dir.resolve()}",
-            config=GenerateConfig(max_tokens=max_tokens, max_connections=batch_size),
-            memoize=False,
-            **model_args,
-        )
+    def model(self, model_dir: Path, chat_template: str | None, device: str, gpus: int = 1,
+              max_tokens: int = 16, batch_size: int = 32):
+        """inspect's model for ``model_dir`` (loaded unless it is the one held), with its base weights."""
+        key = (str(model_dir.resolve()), chat_template, device, gpus, max_tokens, batch_size)
+        if key == self._key:
+            if self._swap is not None:
+                self._swap.restore()
+            return self._model
+        self.close()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from inspect_ai.model import GenerateConfig, ModelInfo, get_model, set_model_info
+
+        view = _weights_view(model_dir)
+        model_args: dict[str, Any] = dict(device=eval_device(device, gpus), do_sample=False)
+        if view is not None:
+            model_args["model_path"] = str(view)
+        if chat_template is not None:
+            model_args["chat_template"] = chat_template
+        try:
+            model = get_model(
+                f"hf/{model_dir.resolve()}",
+                config=GenerateConfig(max_tokens=max_tokens, max_connections=batch_size),
+                memoize=False,
+                **model_args,
+            )
+        finally:
+            if view is not None:
+                shutil.rmtree(view, ignore_errors=True)
         # inspect looks up model info by name while it runs; for an unknown "hf/<path>" it would
         # build the provider (and load the weights) a second time. Register the info instead.
         set_model_info(str(model), ModelInfo(organization="local", context_length=_context_length(model_dir)))
+        self._model, self._key, self._swap = model, key, None
+        self.loads += 1
+        return model
+
+    def evaluate(
+        self,
+        model_dir: Path,
+        tasks: list[TaskSpec],
+        log_dir: Path,
+        *,
+        adapter: Path | None = None,
+        device: str,
+        gpus: int = 1,
+        max_tokens: int = 16,
+        batch_size: int = 32,
+        data_file: Path,
+        input_key: str,
+        output_key: str,
+        limit: int | None = None,
+        chat_template: str | None = None,
+        tags: list[str] | None = None,
+        metadata: dict | None = None,
+        display: str | None = None,
+    ) -> CellResults:
+        """Evaluate ``model_dir`` (with ``adapter``, an adapter checkpoint of it, applied) on all
+        tasks; write ``results.json``. ``chat_template``: Jinja text that lays out the prompts
+        (None: the model dir's own template)."""
+        from inspect_ai import eval as inspect_eval
+
+        log_dir.mkdir(parents=True, exist_ok=True)
+        model = self.model(model_dir, chat_template, device, gpus, max_tokens, batch_size)
+        if adapter is not None:
+            if self._swap is None:
+                self._swap = AdapterSwap(model.api.model)
+            self._swap.apply(read_adapter(adapter))
         built = [build_task(t, data_file, input_key, output_key) for t in tasks]
-        logs = inspect_eval(
-            built,
-            model=model,
-            log_dir=str(log_dir),
-            limit=limit,
-            # all tasks at once: their samples share the model's generation batches
-            max_tasks=len(built),
-            tags=tags or [],
-            metadata=metadata or {},
-            display=display or os.environ.get("INSPECT_DISPLAY") or "plain",
-            log_format="eval",
-            score_display=False,
-        )
-    finally:
-        if view is not None:
-            shutil.rmtree(view, ignore_errors=True)
+        try:
+            logs = inspect_eval(
+                built,
+                model=model,
+                log_dir=str(log_dir),
+                limit=limit,
+                # all tasks at once: their samples share the model's generation batches
+                max_tasks=len(built),
+                tags=tags or [],
+                metadata=metadata or {},
+                display=display or os.environ.get("INSPECT_DISPLAY") or "plain",
+                log_format="eval",
+                score_display=False,
+            )
+        finally:
+            if self._swap is not None:
+                self._swap.restore()
+        results: dict[str, TaskResult] = {}
+        for spec, log in zip(tasks, logs):
+            entry = TaskResult(status=log.status, log=log.location, task=log.eval.task)
+            if log.status == "success" and log.results and log.results.scores:
+                score = log.results.scores[0]
+                entry.metric = headline_metric(score.metrics)
+                entry.value = score.metrics[entry.metric].value
+                entry.samples = log.results.completed_samples
+            elif log.error:
+                entry.error = log.error.message
+            results[spec.label] = entry
+        cell = CellResults(model=str(adapter or model_dir), tasks=results, limit=limit, chat_template=chat_template,
+                           metadata=metadata or {})
+        cell.save(log_dir)
+        return cell
+
+    def close(self) -> None:
+        """Let the held model go (its memory with it)."""
+        if self._model is not None:
+            try:
+                self._model.api.close()
+            except Exception:
+                pass
+        self._model = self._key = self._swap = None
         gc.collect()
-    results: dict[str, TaskResult] = {}
-    for spec, log in zip(tasks, logs):
-        entry = TaskResult(status=log.status, log=log.location, task=log.eval.task)
-        if log.status == "success" and log.results and log.results.scores:
-            score = log.results.scores[0]
-            entry.metric = headline_metric(score.metrics)
-            entry.value = score.metrics[entry.metric].value
-            entry.samples = log.results.completed_samples
-        elif log.error:
-            entry.error = log.error.message
-        results[spec.label] = entry
-    cell = CellResults(model=str(model_dir), tasks=results, limit=limit, chat_template=chat_template,
-                       metadata=metadata or {})
-    cell.save(log_dir)
-    return cell
+
+
+def evaluate_cell(model_dir: Path, tasks: list[TaskSpec], log_dir: Path, **kwargs: Any) -> CellResults:
+    """One cell with a model loaded for it alone (see :meth:`Evaluator.evaluate`)."""
+    evaluator = Evaluator()
+    try:
+        return evaluator.evaluate(model_dir, tasks, log_dir, **kwargs)
+    finally:
+        evaluator.close()
 
 
 def _context_length(model_dir: Path) -> int | None:

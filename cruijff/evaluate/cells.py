@@ -19,8 +19,14 @@ class Cell:
     """One checkpoint to evaluate on every task: ``base`` or ``epoch_N``."""
 
     label: str
-    model_dir: Path   # the weights: the base model's dir, or the epoch checkpoint
+    model_dir: Path   # the weights loaded: the base model's dir, or a checkpoint of full weights
     log_dir: Path     # its inspect logs and results.json
+    adapter: Path | None = None  # an adapter checkpoint, applied to the base model's weights
+
+    @property
+    def checkpoint(self) -> Path:
+        """The checkpoint this cell evaluates."""
+        return self.adapter or self.model_dir
 
     @property
     def is_base(self) -> bool:
@@ -35,7 +41,10 @@ def cells(cfg: DictConfig, run_dir: Path, model_dir: Path) -> list[Cell]:
     wanted = None if cfg.eval.epochs == "all" else set(cfg.eval.epochs)
     for ckpt in layout.checkpoints(run_dir):
         if wanted is None or layout.epoch_of(ckpt.name) in wanted:
-            out.append(Cell(ckpt.name, ckpt, layout.eval_dir(run_dir, ckpt.name)))
+            if layout.checkpoint_kind(ckpt) == "adapter":
+                out.append(Cell(ckpt.name, model_dir, layout.eval_dir(run_dir, ckpt.name), adapter=ckpt))
+            else:
+                out.append(Cell(ckpt.name, ckpt, layout.eval_dir(run_dir, ckpt.name)))
     return out
 
 

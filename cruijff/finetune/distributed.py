@@ -1,4 +1,5 @@
-"""One run on several GPUs: torchtune's stock ``lora_finetune_distributed`` recipe under torchrun.
+"""One run on several GPUs: torchtune's stock ``lora_finetune_distributed`` recipe (or
+``full_finetune_distributed`` with ``peft=none``) under torchrun.
 
 ``launch`` (in the job) starts ``torchrun --standalone --nproc_per_node N -m
 cruijff.finetune.rank finetune.yaml loss.jsonl`` (each rank: :mod:`.rank`), which is what ``tune run --nproc_per_node N
@@ -35,7 +36,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def launch(config: Path, nproc: int, loss_file: Path | None) -> None:
+def launch(config: Path, nproc: int, loss_file: Path | None, method: str = "lora") -> None:
     """Run ``config`` with ``nproc`` processes; raise with the failure's reason if training failed."""
     loss_file = loss_file or config.parent / "logs" / "loss.jsonl"
     for stale in loss_file.parent.glob("train-error*.json"):
@@ -47,7 +48,7 @@ def launch(config: Path, nproc: int, loss_file: Path | None) -> None:
     threads = int(env.get("OMP_NUM_THREADS") or env.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
     env["OMP_NUM_THREADS"] = str(max(1, threads // nproc))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-           "--nproc_per_node", str(nproc), "-m", f"{__package__}.rank", str(config), str(loss_file)]
+           "--nproc_per_node", str(nproc), "-m", f"{__package__}.rank", str(config), str(loss_file), method]
     proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
     try:
         code = proc.wait()

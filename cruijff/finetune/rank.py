@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from .recipe import _clone_before_merge, _load_recipe_module, _LossTap
-from .render import DISTRIBUTED
+from .recipe import _clone_before_merge, _load_recipe_module, _LossTap, watch_saves
+from .render import recipe_class, recipe_name
 
 
 def main(argv: list[str]) -> None:
@@ -21,21 +21,24 @@ def main(argv: list[str]) -> None:
 
 
     config, loss_file = Path(argv[0]), Path(argv[1])
+    method = argv[2] if len(argv) > 2 else "lora"
     cfg = OmegaConf.load(config)
     rank = int(os.environ.get("RANK", "0"))
-    module = _load_recipe_module(DISTRIBUTED)
+    module = _load_recipe_module(recipe_name(2, method))
     on_gpu = str(cfg.device).startswith("cuda")
     init_process_group("cuda:nccl,cpu:gloo" if on_gpu else "gloo")
     if not on_gpu:
         # the same in-place merge fix as on one device; and the recipe's unconditional memory
         # report after loading the model, which raises on CPU, is skipped (this process only)
-        module.get_merged_lora_ckpt = _clone_before_merge(module.get_merged_lora_ckpt)
+        if hasattr(module, "get_merged_lora_ckpt"):
+            module.get_merged_lora_ckpt = _clone_before_merge(module.get_merged_lora_ckpt)
         module.training.get_memory_stats = lambda device: {}
         module.training.log_memory_stats = lambda stats, *a, **k: None
         module.training.cleanup_before_training = gc.collect  # it also resets CUDA memory counters
     try:
-        tt_config.log_config(recipe_name="LoRAFinetuneRecipeDistributed", cfg=cfg)
-        recipe = module.LoRAFinetuneRecipeDistributed(cfg=cfg)
+        tt_config.log_config(recipe_name=recipe_class(2, method), cfg=cfg)
+        recipe = getattr(module, recipe_class(2, method))(cfg=cfg)
+        watch_saves(recipe, cfg)
         recipe.setup(cfg=cfg)
         if recipe._is_rank_zero:
             loss_file.parent.mkdir(parents=True, exist_ok=True)

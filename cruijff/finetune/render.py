@@ -9,11 +9,20 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import TOKENIZER_FILES, lora_on_output, stock_configs
+from ..config import TOKENIZER_FILES, checkpoint_mode, lora_on_output, peft_method, stock_configs
 from ..hardware import resolve_device, resolve_dtype
 
 RECIPE = "lora_finetune_single_device"
 DISTRIBUTED = "lora_finetune_distributed"
+# torchtune's stock recipe per (peft.method, more than one process): its file and its class
+RECIPES = {
+    ("lora", False): (RECIPE, "LoRAFinetuneRecipeSingleDevice"),
+    ("lora", True): (DISTRIBUTED, "LoRAFinetuneRecipeDistributed"),
+    ("none", False): ("full_finetune_single_device", "FullFinetuneRecipeSingleDevice"),
+    ("none", True): ("full_finetune_distributed", "FullFinetuneRecipeDistributed"),
+}
+# where an adapter-only run keeps the adapter torchtune resumes from (its epoch dirs hold PEFT's)
+RESUME_ADAPTER = "recipe_state/adapter_model.pt"
 
 HEADER = """\
 # torchtune config rendered by cruijff for run {name!r}.
@@ -26,15 +35,19 @@ HEADER = """\
 """
 
 
-def recipe_name(nproc: int) -> str:
-    return DISTRIBUTED if nproc > 1 else RECIPE
+def recipe_name(nproc: int, method: str = "lora") -> str:
+    return RECIPES[(method, nproc > 1)][0]
 
 
-def tune_command(nproc: int, config: Path | str) -> str:
+def recipe_class(nproc: int, method: str = "lora") -> str:
+    return RECIPES[(method, nproc > 1)][1]
+
+
+def tune_command(nproc: int, config: Path | str, method: str = "lora") -> str:
     """The stock torchtune command that runs ``config`` like cruijff does."""
     if nproc > 1:
-        return f"tune run --nproc_per_node {nproc} {DISTRIBUTED} --config {config}"
-    return f"tune run {RECIPE} --config {config}"
+        return f"tune run --nproc_per_node {nproc} {recipe_name(nproc, method)} --config {config}"
+    return f"tune run {recipe_name(nproc, method)} --config {config}"
 
 SECTIONS = [
     ("output_dir", None),
@@ -43,6 +56,7 @@ SECTIONS = [
     ("checkpointer", "# Checkpointer"),
     ("resume_from_checkpoint", None),
     ("save_adapter_weights_only", None),
+    ("optimizer_in_bwd", None),
     ("dataset", "# Dataset and Sampler"),
     ("seed", None),
     ("shuffle", None),
@@ -89,9 +103,13 @@ def metric_logger(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def model_section(cfg: DictConfig) -> dict[str, Any]:
-    """The ``model:`` section of ``finetune.yaml``: the builder, its architecture, the LoRA settings."""
+    """The ``model:`` section of ``finetune.yaml``: the builder, its architecture, the LoRA settings
+    (with ``peft.method=none`` the model's full-weight builder, no LoRA)."""
     m, peft = cfg.model, cfg.peft
-    model = {"_component_": m.component, **(OmegaConf.to_container(m.args, resolve=True) if m.get("args") else {})}
+    args = OmegaConf.to_container(m.args, resolve=True) if m.get("args") else {}
+    if peft_method(cfg) == "none":
+        return {"_component_": m.full_component, **args}
+    model = {"_component_": m.component, **args}
     model.update(
         lora_attn_modules=list(peft.lora_attn_modules),
         apply_lora_to_mlp=bool(peft.apply_lora_to_mlp),
@@ -133,7 +151,8 @@ def render(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path,
             "model_type": m.model_type,
         },
         "resume_from_checkpoint": False,
-        "save_adapter_weights_only": False,
+        # adapter: torchtune writes the adapter alone per epoch (PEFT's safetensors + config), no weights
+        "save_adapter_weights_only": checkpoint_mode(cfg) == "adapter",
         "dataset": {
             "_component_": "torchtune.datasets.instruct_dataset",
             "source": "json",
@@ -172,6 +191,9 @@ def render(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path,
         "enable_activation_offloading": False,
         "profiler": {"_component_": "torchtune.training.setup_torch_profiler", "enabled": False},
     }
+    if peft_method(cfg) == "none":  # the full recipes: no adapter to save, optimizer stepped as usual
+        del conf["save_adapter_weights_only"]
+        conf["optimizer_in_bwd"] = False
     if cfg.get("base_recipe"):
         conf = seed_from_stock(str(cfg.base_recipe), conf)
     return conf
@@ -195,14 +217,14 @@ def _merge(base: Any, ours: Any) -> Any:
 
 
 def write_config(conf: dict[str, Any], path: Path, run_name: str, nproc: int = 1,
-                 base_recipe: str | None = None) -> None:
+                 base_recipe: str | None = None, method: str = "lora") -> None:
     """Write ``finetune.yaml`` laid out like torchtune's own configs (sections, header)."""
-    path.write_text(config_text(conf, path, run_name, nproc, base_recipe))
+    path.write_text(config_text(conf, path, run_name, nproc, base_recipe, method))
 
 
 def config_text(conf: dict[str, Any], path: Path, run_name: str, nproc: int = 1,
-                base_recipe: str | None = None) -> str:
-    out = [HEADER.format(name=run_name, command=tune_command(nproc, path))]
+                base_recipe: str | None = None, method: str = "lora") -> str:
+    out = [HEADER.format(name=run_name, command=tune_command(nproc, path, method))]
     if base_recipe:
         out.append(f"#\n# Seeded from torchtune's {base_recipe}: cruijff's values override it; what cruijff\n"
                    "# leaves open (null, or keys it does not set) is the stock config's.\n")

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..config import effective_batch, processes
+from ..config import effective_batch, peft_method, processes
 from ..records import (ActionLog, EpochLoss, RunState, RunStatus, finish_manifest, layout, read_jsonl,
                        slurm_job_id, write_jsonl, write_manifest)
 from . import distributed, recipe
-from .render import recipe_name, render, write_config
+from .render import RESUME_ADAPTER, recipe_name, render, write_config
 
 
 def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path, chash: str,
@@ -40,8 +40,12 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     conf = render(cfg, run_dir, model_dir, data_file)
     if resume:  # torchtune's own resume: base weights + this adapter + optimizer/scheduler/epoch state
         conf["resume_from_checkpoint"] = True
+        adapter = resume_adapter(run_dir, resume)
+        if adapter is not None:  # an adapter-only run keeps it in recipe_state/ (relative to output_dir)
+            conf["checkpointer"]["adapter_checkpoint"] = str(adapter.relative_to(run_dir))
     nproc = processes(cfg)
-    write_config(conf, run_dir / "finetune.yaml", run_dir.name, nproc, cfg.get("base_recipe"))
+    method = peft_method(cfg)
+    write_config(conf, run_dir / "finetune.yaml", run_dir.name, nproc, cfg.get("base_recipe"), method)
     write_manifest(run_dir, seed=int(cfg.seed), config_hash=chash,
                    extra={"model_dir": str(model_dir), "data_file": str(data_file)})
     state = RunState(
@@ -52,7 +56,7 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
         resumed_from=resume,
     )
     state.save(run_dir)
-    act("Fine-tune", f"{run_dir.name}: {recipe_name(nproc)}"
+    act("Fine-tune", f"{run_dir.name}: {recipe_name(nproc, method)}"
         + (f" on {nproc} processes" if nproc > 1 else "")
         + f", {epochs} epochs, device {conf['device']}, attempt {state.attempts}")
     t0 = time.time()
@@ -70,7 +74,7 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     try:
         write_jsonl(rows, loss_file)  # then one line per step, so a killed job keeps its losses
         if nproc > 1:  # the recipe's rank 0 appends them
-            distributed.launch(run_dir / "finetune.yaml", nproc, loss_file)
+            distributed.launch(run_dir / "finetune.yaml", nproc, loss_file, method)
         else:
             with loss_file.open("a") as sink:
                 def on_step(row: dict) -> None:
@@ -78,7 +82,7 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
                     sink.write(json.dumps(row) + "\n")
                     sink.flush()
 
-                recipe.run(run_dir / "finetune.yaml", on_step=on_step)
+                recipe.run(run_dir / "finetune.yaml", on_step=on_step, method=method)
         status, error = RunStatus.FINISHED, None
     except Exception as e:  # an ordinary failure is recorded, not raised
         status = RunStatus.FAILED
@@ -111,15 +115,16 @@ def resume_point(state: RunState | None, chash: str, run_dir: Path, done: list[P
     """The epoch checkpoint an unfinished run of the same config can resume after, if any.
 
     torchtune writes ``recipe_state/recipe_state.pt`` (optimizer, scheduler, epochs run) after
-    every epoch but the last, and ``adapter_model.pt`` in each epoch dir; both must match the newest
-    complete epoch.
+    every epoch but the last, and the adapter in torchtune's format (``adapter_model.pt``: in the
+    epoch dir, or ``recipe_state/`` for an adapter-only run); both must match the newest complete
+    epoch. A full fine-tuning run starts again (torchtune resumes it only from renamed weights).
     """
     if state is None or not done or len(done) >= epochs or state.config_hash != chash:
         return None
     if state.status not in (RunStatus.RUNNING, RunStatus.FAILED):
         return None
     recipe_state = run_dir / "recipe_state" / "recipe_state.pt"
-    if not recipe_state.exists() or not (done[-1] / "adapter_model.pt").exists():
+    if not recipe_state.exists() or resume_adapter(run_dir, done[-1].name) is None:
         return None
     import torch
 
@@ -128,6 +133,15 @@ def resume_point(state: RunState | None, chash: str, run_dir: Path, done: list[P
     except Exception:
         return None
     return done[-1].name if epochs_run == len(done) else None
+
+
+def resume_adapter(run_dir: Path, checkpoint: str) -> Path | None:
+    """The torchtune-format adapter to resume after ``checkpoint``: the epoch dir's own (merged
+    runs, or an adapter-only save the job did not live to tidy), else the one in ``recipe_state/``."""
+    for path in (run_dir / checkpoint / "adapter_model.pt", run_dir / RESUME_ADAPTER):
+        if path.exists():
+            return path
+    return None
 
 
 def epoch_summary(rows: list[dict]) -> list[EpochLoss]:

@@ -5,7 +5,7 @@
       base/<model>[+<template>]/     the base model's control cell
       <run>/                         a run dir
         .hydra/config.yaml  finetune.yaml  manifest.json  run.json  logs/loss.jsonl
-        epoch_<N>/                   a checkpoint
+        epoch_<N>/                   a checkpoint: an adapter (PEFT format), or full weights
         eval/epoch_<N>/              its cell: inspect .eval logs + results.json
 """
 
@@ -85,14 +85,26 @@ def epoch_of(checkpoint: str) -> int | None:
     return int(n) if head == "epoch" and n.isdigit() else None
 
 
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+def checkpoint_kind(ckpt: Path) -> str | None:
+    """What an epoch dir holds, once its files are all written: ``adapter`` (a LoRA adapter alone,
+    applied to the base to use it), ``merged`` (full weights with the adapter merged in, and the
+    adapter), ``full`` (full fine-tuning's weights); None while it is incomplete. torchtune writes
+    the weights, then their index, then the adapter and its config."""
+    shards = any(ckpt.glob("model-*.safetensors"))
+    adapter = (ckpt / ADAPTER_WEIGHTS).exists()
+    if shards:
+        return "merged" if adapter else "full" if (ckpt / WEIGHTS_INDEX).exists() else None
+    return "adapter" if adapter and (ckpt / ADAPTER_CONFIG).exists() else None
+
+
 def checkpoints(run_dir: Path) -> list[Path]:
-    """Finished epoch checkpoints of a run, in epoch order (a dir counts once its weights are there)."""
-    found = []
-    for d in run_dir.glob("epoch_*"):
-        if epoch_of(d.name) is not None and (d / "adapter_model.safetensors").exists() and any(
-            d.glob("model-*.safetensors")
-        ):
-            found.append(d)
+    """Finished epoch checkpoints of a run, in epoch order (a dir counts once its files are there)."""
+    found = [d for d in run_dir.glob("epoch_*") if epoch_of(d.name) is not None and checkpoint_kind(d)]
     return sorted(found, key=lambda d: epoch_of(d.name))
 
 

@@ -1,5 +1,6 @@
-"""Eval jobs of a sweep: one per finished run with incomplete cells (all its checkpoints, each
-loaded once for all tasks), through submitit; each base model's control goes with the first run
+"""Eval jobs of a sweep: one per finished run with incomplete cells (locally, a share of the runs
+per job), through submitit; each job loads a base model once for its control and every adapter
+checkpoint it evaluates; each base model's control goes with the first run
 of that model that needs it."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..cluster import job_folder, job_name, make_executor, watch
 from ..config import eval_config, local_jobs, resolve_paths, task_specs
 from ..errors import last_line
-from ..evaluate import cell_done, cells, evaluate_run_dir
+from ..evaluate import Evaluator, cell_done, cells, evaluate_run_dir
 from ..records import ActionLog, SweepPlan
 
 
@@ -101,13 +102,18 @@ def evaluate_runs(config: DictConfig, sweep_dir: Path, todo: list[tuple[str, Pat
 
 def evaluate_group(sweep_dir: Path, group: list[tuple[str, Path | None]], eval_cfg: Any, slot: int | None) -> None:
     """An eval job of several runs, one after another (each with its base control where it has
-    one); a run whose eval fails does not stop the others, and the job then fails naming them."""
+    one), on one load of each base model; a run whose eval fails does not stop the others, and the
+    job then fails naming them."""
     failed = []
-    for name, base in group:
-        try:
-            evaluate_run_dir(sweep_dir / name, eval_cfg, base is not None, slot)
-        except Exception as e:
-            failed.append(f"{name}: {type(e).__name__}: {last_line(e)}")
+    evaluator = Evaluator()
+    try:
+        for name, base in group:
+            try:
+                evaluate_run_dir(sweep_dir / name, eval_cfg, base is not None, slot, evaluator)
+            except Exception as e:
+                failed.append(f"{name}: {type(e).__name__}: {last_line(e)}")
+    finally:
+        evaluator.close()
     if failed:
         raise RuntimeError("eval failed: " + "; ".join(failed))
 
@@ -118,12 +124,16 @@ def evaluate_in_turn(sweep_dir: Path, finished: list[str], eval_cfg: dict | None
     the eval section to use (None: each run's saved one)."""
     todo = eval_todo(sweep_dir, finished, None if eval_cfg is None else OmegaConf.create(eval_cfg))
     failed = []
-    for i, (name, base) in enumerate(todo, 1):
-        print(f"cruijff: evaluating {name} ({i}/{len(todo)})")
-        try:
-            evaluate_run_dir(sweep_dir / name, eval_cfg, base is not None)
-        except Exception as e:  # one run's eval failing is reported, not fatal to the others
-            act("Eval failed", name, f"{type(e).__name__}: {e}")
-            print(f"cruijff: {name}: eval failed: {type(e).__name__}: {e}", file=sys.stderr)
-            failed.append(name)
+    evaluator = Evaluator()  # one load of each base model for all of them
+    try:
+        for i, (name, base) in enumerate(todo, 1):
+            print(f"cruijff: evaluating {name} ({i}/{len(todo)})")
+            try:
+                evaluate_run_dir(sweep_dir / name, eval_cfg, base is not None, evaluator=evaluator)
+            except Exception as e:  # one run's eval failing is reported, not fatal to the others
+                act("Eval failed", name, f"{type(e).__name__}: {e}")
+                print(f"cruijff: {name}: eval failed: {type(e).__name__}: {e}", file=sys.stderr)
+                failed.append(name)
+    finally:
+        evaluator.close()
     return failed

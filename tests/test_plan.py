@@ -181,8 +181,13 @@ def test_dry_run_estimates_a_70b_sweep_on_slurm(tmp_path):
     # 8 GPUs at 3497 tok/s for a 70.6B model (torchtune's table): 0.4M tokens per run -> ~114 s
     gpu_hours = float(re.search(r"([0-9.]+) GPU-hours", out).group(1))
     assert gpu_hours == pytest.approx(2 * 0.4e6 / 3497 * 70.6e9 / 70.55e9 * 8 / 3600, rel=0.02)
-    disk_gb = float(re.search(r"disk: ([0-9.]+) GB of checkpoints", out).group(1))
-    assert disk_gb == pytest.approx(2 * 2 * 70.55e9 * 2 / 1e9, rel=0.02)  # merged bf16, 2 epochs, 2 runs
+    # adapters alone by default; merged bf16 weights would be 2 epochs x 2 runs x 141 GB
+    disk = re.search(r"disk: ([0-9.]+) GB of checkpoints as saved \(adapters alone.*; ([0-9.]+) GB with "
+                     r"training.checkpoint=merged", out)
+    adapter_gb, merged_gb = float(disk.group(1)), float(disk.group(2))
+    assert merged_gb == pytest.approx(2 * 2 * 70.55e9 * 2 / 1e9, rel=0.02)
+    assert 0 < adapter_gb < 0.01 * merged_gb
+    assert re.search(r"GPU memory: 14\d\.\d GB per run", out)  # the bf16 weights, and the adapters' training state
     assert "torchtune README 'Memory and training speed'" in out
     assert "eval cells: 5 (1 base)" in out  # 2 runs x 2 epochs x 1 task + base
     assert not (work / "outputs").exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ..assets import cache_root
-from ..config import device_guess, processes, resolve_paths, task_specs
+from ..config import checkpoint_mode, device_guess, processes, resolve_paths, task_specs
 from ..errors import CruijffError
 from ..finetune import model_section, parameter_counts
 from ..records import RunState, layout
@@ -41,9 +41,16 @@ class Estimate:
     gpus: int
     hours: float | None     # wall-clock hours of the fine-tuning job (None: no basis, e.g. CPU before any run)
     basis: str              # "table", "measured" or "none"
-    disk_merged: int        # bytes of all epoch checkpoints as saved (merged weights + adapters)
-    disk_adapter: int       # bytes if only adapters were kept
+    disk_merged: int        # bytes of all epoch checkpoints with merged weights (training.checkpoint=merged)
+    disk_adapter: int       # bytes of all epoch checkpoints as adapters alone (training.checkpoint=adapter)
     cells: int              # eval cells of this run (epochs x tasks)
+    checkpoint: str = "adapter"  # what each epoch saves: adapter | merged | full (peft=none)
+    gpu_mem: int = 0        # bytes of GPU memory per run before activations: weights, gradients, AdamW state
+
+    @property
+    def disk(self) -> int:
+        """Bytes of the run's checkpoints as this config saves them."""
+        return self.disk_adapter if self.checkpoint == "adapter" else self.disk_merged
 
     @property
     def gpu_hours(self) -> float | None:
@@ -161,14 +168,19 @@ def estimate(cfg: DictConfig, data_file: Path, rates: dict[tuple, float] | None 
     else:  # the table is for GPUs; on CPU only measured runs tell (and with no data, nothing does)
         hours, basis = None, "none"
     width = 4 if (cfg.training.dtype == "fp32" or (cfg.training.dtype == "auto" and not device.startswith("cuda"))) else 2
-    adapters = 2 * lora * width  # torchtune writes the adapter twice: adapter_model.pt and .safetensors
+    mode = checkpoint_mode(cfg)
+    trained = base if mode == "full" else lora
+    # weights, plus gradients and AdamW's two moments of what trains, at the training width
+    gpu_mem = base * width + trained * 3 * width
+    adapter = lora * width  # adapter_model.safetensors (the torchtune copy a resume needs is kept once)
     if cfg.eval.enabled:
         chosen = epochs if cfg.eval.epochs == "all" else len(cfg.eval.epochs)
         cells = chosen * len(task_specs(cfg.eval.tasks))
     else:
         cells = 0
     return Estimate(samples=samples, steps=steps, tokens=tokens, gpus=gpus, hours=hours, basis=basis,
-                    disk_merged=epochs * (base * width + adapters), disk_adapter=epochs * adapters, cells=cells)
+                    disk_merged=epochs * (base * width + (0 if mode == "full" else 2 * adapter)),
+                    disk_adapter=epochs * adapter, cells=cells, checkpoint=mode, gpu_mem=gpu_mem)
 
 
 def human_bytes(n: float) -> str:
@@ -187,8 +199,9 @@ def summary(estimates: list[Estimate | None], base_cells: int) -> list[str]:
         f"time: {_total([e.hours for e in todo])} of jobs, {_total([e.gpu_hours for e in todo], gpu=True)}"
         + (f" ({sum(e.hours is None for e in todo)} runs unknown: no GPU throughput applies to CPU runs "
            "until one finishes here)" if any(e.hours is None for e in todo) else ""),
-        f"disk: {human_bytes(sum(e.disk_merged for e in todo))} of checkpoints as saved (merged weights + "
-        f"adapters per epoch); {human_bytes(sum(e.disk_adapter for e in todo))} adapter-only",
+        disk_line(todo),
+        f"GPU memory: {human_bytes(max((e.gpu_mem for e in todo), default=0))} per run before activations "
+        "(weights; gradients and AdamW state of what trains)",
         f"eval cells: {sum(e.cells for e in todo) + base_cells} ({base_cells} base)",
     ]
     bases = {e.basis for e in todo}
@@ -197,6 +210,19 @@ def summary(estimates: list[Estimate | None], base_cells: int) -> list[str]:
     if "measured" in bases:
         lines.append("throughput (*): measured from this sweep's finished runs (seconds per training sample)")
     return lines
+
+
+def disk_line(todo: list[Estimate]) -> str:
+    """The checkpoints' disk as they will be saved, and the other mode's for comparison."""
+    modes = {e.checkpoint for e in todo}
+    total = human_bytes(sum(e.disk for e in todo))
+    if modes == {"adapter"}:
+        return (f"disk: {total} of checkpoints as saved (adapters alone, training.checkpoint=adapter); "
+                f"{human_bytes(sum(e.disk_merged for e in todo))} with training.checkpoint=merged")
+    if modes == {"merged"}:
+        return (f"disk: {total} of checkpoints as saved (merged weights + adapter per epoch); "
+                f"{human_bytes(sum(e.disk_adapter for e in todo))} with training.checkpoint=adapter")
+    return f"disk: {total} of checkpoints as saved ({', '.join(sorted(modes))} weights per epoch)"
 
 
 def duration(hours: float | None) -> str:
@@ -221,7 +247,7 @@ def as_row(e: Estimate | None) -> list[str]:
         return ["", "", "", "", "", ""]
     gpu_h = "?" if e.gpu_hours is None else f"{e.gpu_hours:.2f}"
     return [str(e.steps), f"{e.tokens / 1e6:.2f}M", duration(e.hours) + ("*" if e.basis == "measured" else ""),
-            gpu_h, human_bytes(e.disk_merged), str(e.cells)]
+            gpu_h, human_bytes(e.disk), str(e.cells)]
 
 
 COLUMNS = ["steps/epoch", "tokens", "hours", "GPU-h", "disk", "eval cells"]

@@ -57,7 +57,8 @@ def _answers(cell):
 
 
 def test_adapter_applied_in_memory_answers_as_its_merged_checkpoint(merged_run, tiny_model_dir, tmp_path, monkeypatch):
-    """One load of the base serves the base control and both epochs' adapters, and each epoch's
+    """One load of the base serves the base control and both epochs' adapters (the base weights are
+    put back bit for bit between them: the next test), and each epoch's
     completions and scores equal, sample by sample, those of its merged weights loaded alone."""
     import transformers
 
@@ -75,15 +76,13 @@ def test_adapter_applied_in_memory_answers_as_its_merged_checkpoint(merged_run, 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(counting))
     specs = [TaskSpec("exact_match")]
     kw = dict(data_file=assets.capitalization_file(), input_key="input", output_key="output", device="cpu",
-              limit=40, display="none")
+              limit=20, display="none")
     evaluator = Evaluator()
     base = evaluator.evaluate(tiny_model_dir, specs, tmp_path / "base", **kw)
     swapped = {e: evaluator.evaluate(tiny_model_dir, specs, tmp_path / f"a{e}", adapter=merged_run / f"epoch_{e}", **kw)
                for e in (0, 1)}
-    again = evaluator.evaluate(tiny_model_dir, specs, tmp_path / "base2", **kw)
     evaluator.close()
     assert len(loads) == 1 and evaluator.loads == 1, loads
-    assert _answers(again) == _answers(base)  # the base weights were put back
     for e in (0, 1):
         merged = evaluate_cell(merged_run / f"epoch_{e}", specs, tmp_path / f"m{e}", **kw)
         assert _answers(swapped[e]) == _answers(merged), e

@@ -2,7 +2,9 @@
 
     python bench/eval.py [--batch-size 32]
 
-Fine-tunes the tiny model for 2 epochs (not timed), then times
+Fine-tunes the tiny model for 2 epochs (not timed), saving merged weights per epoch
+(``training.checkpoint=merged``) so that ``inspect eval --model hf/<epoch dir>`` can load them, then
+times
 - ours: `python -m cruijff eval`-style evaluation of both epochs (each checkpoint loaded once for
   all 3 tasks, one process), and
 - the anchor, measured in the same run: `inspect eval bench/tasks.py@<task> --model hf/<epoch dir>`
@@ -44,8 +46,9 @@ def main() -> None:
     data = assets.capitalization_file()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        run([sys.executable, str(ROOT / "launch.py"), "eval=none", "experiment.name=bench"], work)
-        run_dir = work / "outputs" / "bench" / "default"
+        run([sys.executable, str(ROOT / "launch.py"), "eval=none", "training.checkpoint=merged",
+             "experiment.name=bench"], work)
+        (run_dir,) = [p.parent for p in (work / "outputs" / "bench").glob("*/run.json")]
         tasks = ", ".join(f"{{name: '{ROOT}/bench/tasks.py@{t}', args: {{data_file: '{data}'}}}}" for t in TASKS)
         code = ("import sys; from pathlib import Path; from omegaconf import OmegaConf; "
                 "from cruijff.evaluate import evaluate_run_dir as evaluate_saved; "

@@ -56,6 +56,22 @@ def _git(cwd: Path, *args: str) -> None:
                         "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
 
 
+@pytest.fixture
+def model_loads(monkeypatch) -> list:
+    """Every ``AutoModelForCausalLM.from_pretrained`` of the test (inspect's hf provider loads through it)."""
+    import transformers
+
+    loads = []
+    real = transformers.AutoModelForCausalLM.from_pretrained.__func__
+
+    def counting(cls, *a, **kw):
+        loads.append(a[0] if a else kw.get("pretrained_model_name_or_path"))
+        return real(cls, *a, **kw)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(counting))
+    return loads
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     from cruijff import assets

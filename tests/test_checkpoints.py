@@ -56,24 +56,15 @@ def _answers(cell):
     return [(s.id, s.output.completion, s.scores["match"].value) for s in log.samples]
 
 
-def test_adapter_applied_in_memory_answers_as_its_merged_checkpoint(merged_run, tiny_model_dir, tmp_path, monkeypatch):
+def test_adapter_applied_in_memory_answers_as_its_merged_checkpoint(merged_run, tiny_model_dir, tmp_path, model_loads):
     """One load of the base serves the base control and both epochs' adapters (the base weights are
     put back bit for bit between them: the next test), and each epoch's
     completions and scores equal, sample by sample, those of its merged weights loaded alone."""
-    import transformers
-
     from cruijff import assets
     from cruijff.config import TaskSpec
     from cruijff.evaluate import Evaluator, evaluate_cell
 
-    loads = []
-    real = transformers.AutoModelForCausalLM.from_pretrained.__func__
-
-    def counting(cls, *a, **kw):
-        loads.append(a[0] if a else kw.get("pretrained_model_name_or_path"))
-        return real(cls, *a, **kw)
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(counting))
+    loads = model_loads
     specs = [TaskSpec("exact_match")]
     kw = dict(data_file=assets.capitalization_file(), input_key="input", output_key="output", device="cpu",
               limit=20, display="none")

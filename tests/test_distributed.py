@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
 from conftest import compose_config, launch
 from cruijff import config, finetune

@@ -46,21 +46,12 @@ def test_training_and_evaluation_see_the_same_token_ids(tiny_model_dir):
         assert api.tokenizer(full)["input_ids"] == tokens, r
 
 
-def test_one_model_load_per_checkpoint_for_all_tasks(tmp_path, tiny_model_dir, monkeypatch):
-    import transformers
-
+def test_one_model_load_per_checkpoint_for_all_tasks(tmp_path, tiny_model_dir, model_loads):
     from cruijff import assets
     from cruijff.config import TaskSpec
     from cruijff.evaluate import cell_complete, evaluate_cell
 
-    loads = []
-    real = transformers.AutoModelForCausalLM.from_pretrained.__func__
-
-    def counting(cls, *a, **kw):
-        loads.append(a[0] if a else kw.get("pretrained_model_name_or_path"))
-        return real(cls, *a, **kw)
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(counting))
+    loads = model_loads
     specs = [TaskSpec("exact_match", {"split": "validation"}), TaskSpec(f"{TASK_FILE}@first_letter", {"n": 5})]
     results = evaluate_cell(
         tiny_model_dir, specs, tmp_path / "cell", data_file=assets.capitalization_file(),

@@ -6,8 +6,9 @@ from . import chat
 from .compose import (CONF_DIR, GROUPS, check_group_overrides, eval_config, job_minutes, leaf_keys, load_run,
                       override_identity, parse_override, register_resolvers)
 from .identity import RUN_KEYS, check_name, config_hash, file_sha256, model_identity, run_name
-from .model import (CHECKPOINT_MODES, PEFT_METHODS, TOKENIZER_FILES, checkpoint_mode, device_guess, effective_batch, local_jobs, lora_on_output, model_files,
-                    peft_method, prepare_job, processes, resolve_paths, run_gpus, sweep_batch)
+from .model import (CHECKPOINT_MODES, PEFT_METHODS, TOKENIZER_FILES, checkpoint_mode, device_guess, effective_batch,
+                    local_jobs, lora_on_output, model_files, peft_method, prepare_job, processes, resolve_paths,
+                    run_gpus, sweep_batch)
 from .schema import SCHEMA, check_value, stock_configs, validate, validate_dataset
 from .tasks import BUILTIN_TASKS, TaskSpec, check_task, check_tasks, task_specs
 
@@ -16,8 +17,8 @@ __all__ = [
     "CONF_DIR", "GROUPS", "check_group_overrides", "eval_config", "job_minutes", "leaf_keys", "load_run",
     "override_identity", "parse_override", "register_resolvers",
     "RUN_KEYS", "check_name", "config_hash", "file_sha256", "model_identity", "run_name",
-    "CHECKPOINT_MODES", "PEFT_METHODS", "TOKENIZER_FILES", "checkpoint_mode", "device_guess", "effective_batch", "local_jobs", "lora_on_output", "model_files",
-    "peft_method", "prepare_job", "processes", "resolve_paths", "run_gpus", "sweep_batch",
+    "CHECKPOINT_MODES", "PEFT_METHODS", "TOKENIZER_FILES", "checkpoint_mode", "device_guess", "effective_batch",
+    "local_jobs", "lora_on_output", "model_files", "peft_method", "prepare_job", "processes", "resolve_paths", "run_gpus", "sweep_batch",
     "SCHEMA", "check_value", "stock_configs", "validate", "validate_dataset",
     "BUILTIN_TASKS", "TaskSpec", "check_task", "check_tasks", "task_specs",
 ]

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import assets
 from ..errors import ConfigError
-from .model import lora_on_output, processes, resolve_paths
+from .model import lora_on_output, peft_method, processes, resolve_paths
 
 # Keys that decide what a fine-tuning run computes; they make up its config hash. Eval settings are
 # left out on purpose: re-evaluating a finished run with other tasks must not invalidate it.
@@ -112,7 +112,8 @@ def config_hash(cfg: DictConfig, model_dir: Path | None = None, data_file: Path 
     sub.get("dataset", {}).pop("path", None)
     if "training" in sub:  # the processes it trains on (nproc=auto follows the GPUs a run gets)
         sub["training"]["nproc"] = processes(cfg)
-    if "peft" in sub and "model" in sub and sub["peft"].get("method", "lora") == "lora":  # what the builder gets: auto is true or false per model
+    # what the LoRA builder gets: auto is true or false per model
+    if "peft" in sub and "model" in sub and peft_method(cfg) == "lora":
         sub["peft"]["apply_lora_to_output"] = lora_on_output(cfg)
     sub["inputs"] = {
         "model": model_identity(model_dir) if cfg.model.get("path") is not None

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..errors import ConfigError, did_you_mean
 from . import chat
 from .identity import check_name
-from .model import CHECKPOINT_MODES, PEFT_METHODS, model_files
+from .model import CHECKPOINT_MODES, PEFT_METHODS, model_files, peft_method
 from .tasks import TaskSpec, check_tasks
 
 
@@ -106,7 +106,7 @@ def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> list[TaskSpe
         if value is not _MISSING:
             check_value(key, value, SCHEMA[key])
     check_name("experiment.name", cfg.experiment.name)
-    method = cfg.peft.get("method", "lora")
+    method = peft_method(cfg)
     if method not in PEFT_METHODS:
         raise ConfigError("peft.method", method, "lora (peft=lora) or none (peft=none: full fine-tuning)")
     saved = cfg.training.get("checkpoint", "adapter")

@@ -11,5 +11,5 @@ from .backend import Evaluator, build_task, evaluate_cell, exact_match_task
 from .cells import Cell, cell_complete, cell_done, cells
 from .stage import evaluate_run, evaluate_run_dir
 
-__all__ = ["Adapter", "AdapterSwap", "read_adapter", "Evaluator", "build_task", "evaluate_cell", "exact_match_task", "Cell", "cell_complete", "cell_done", "cells",
-           "evaluate_run", "evaluate_run_dir"]
+__all__ = ["Adapter", "AdapterSwap", "read_adapter", "Evaluator", "build_task", "evaluate_cell", "exact_match_task",
+           "Cell", "cell_complete", "cell_done", "cells", "evaluate_run", "evaluate_run_dir"]

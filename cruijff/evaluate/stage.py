@@ -22,11 +22,14 @@ def evaluate_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
                  evaluator: Evaluator | None = None) -> None:
     """Evaluate the run's cells that are not complete; ``base``: its base control too.
     ``evaluator``: the job's (its loaded model serves this run too), else one for this run."""
-    todo = [c for c in cells(cfg, run_dir, model_dir) if base or not c.is_base]
-    todo_left = [c for c in todo if not cell_done(cfg, c.log_dir, specs)]
-    for cell in todo:
-        if cell not in todo_left:
+    todo_left = []
+    for cell in cells(cfg, run_dir, model_dir):
+        if cell.is_base and not base:
+            continue
+        if cell_done(cfg, cell.log_dir, specs):
             act("Skip eval", f"{run_dir.name}/{cell.label}: complete")
+        else:
+            todo_left.append(cell)
     if not todo_left:
         return
     own = evaluator is None

@@ -27,6 +27,7 @@ from typing import Callable
 
 from omegaconf import OmegaConf
 
+from ..records import layout, write_json
 from .render import RECIPE, RESUME_ADAPTER, recipe_class, recipe_name
 
 
@@ -72,14 +73,12 @@ def tidy_adapter_epoch(output_dir: Path, epoch: int, last: bool, base_dir: str, 
         target = output_dir / RESUME_ADAPTER
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(pt, target)
-    config = epoch_dir / "adapter_config.json"
+    config = epoch_dir / layout.ADAPTER_CONFIG
     if config.exists():
         peft = json.loads(config.read_text())
         peft.update(base_model_name_or_path=base_dir, task_type="CAUSAL_LM", peft_type="LORA",
                     lora_dropout=dropout, bias="none", fan_in_fan_out=False, inference_mode=True)
-        tmp = config.with_name(".adapter_config.json.tmp")
-        tmp.write_text(json.dumps(peft, indent=2) + "\n")
-        os.replace(tmp, config)
+        write_json(config, peft)
 
 
 def watch_saves(recipe, cfg) -> None:

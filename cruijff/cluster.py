@@ -87,7 +87,7 @@ def make_executor(cluster: DictConfig, folder: Path | str, *, name: str,
         cpus_per_task=int(res["cpus_per_task"]),
         mem_gb=float(res["mem_gb"]),
         slurm_array_parallelism=int(parallel or cluster.max_parallel),
-        slurm_signal_delay_s=int(cluster.get("signal_delay_s", 120)),
+        slurm_signal_delay_s=signal_delay(cluster, timeout),
         slurm_setup=[str(line) for line in cluster.setup or []],
         slurm_additional_parameters=extra,
     )
@@ -98,6 +98,21 @@ def make_executor(cluster: DictConfig, folder: Path | str, *, name: str,
         del params["gpus_per_node"]
     executor.update_parameters(**params)
     return executor
+
+
+def signal_delay(cluster: DictConfig, timeout_min: int) -> int:
+    """Seconds before its time limit a job is told to requeue itself: ``cluster.signal_delay_s``,
+    at most half the limit (a job told at once would stop before it starts)."""
+    return min(int(cluster.get("signal_delay_s", 120)), timeout_min * 30)
+
+
+def time_limit_message(error: BaseException, cluster: DictConfig) -> str | None:
+    """What to record when submitit stopped a job at its time limit with no requeue left (its
+    ``UncompletedJobError``, raised wherever the job was); None for any other error."""
+    if type(error).__name__ != "UncompletedJobError" or "timed-out" not in str(error):
+        return None
+    return (f"stopped at its time limit (cluster.timeout_min={cluster.get('timeout_min')}) with no requeue left "
+            f"(cluster.max_requeue={cluster.get('max_requeue')}); a re-run resumes after its last complete epoch")
 
 
 def max_array_size(cluster: DictConfig) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .cluster import time_limit_message
 from .config import check_name, config_hash, prepare_job, resolve_paths, validate
 from .errors import ConfigError, CruijffError, first_line, omegaconf_message
 from .evaluate import evaluate_run
@@ -73,7 +74,9 @@ def main(cfg: DictConfig) -> int | float:
     except Exception as e:  # never raise into Hydra: the sweep must complete and report
         if not sweep:
             raise
-        print(f"cruijff: {run_dir.name}: {type(e).__name__}: {e}", file=sys.stderr)
+        msg = time_limit_message(e, cfg.cluster) or f"{type(e).__name__}: {e}"
+        print(f"cruijff: {run_dir.name}: {msg}", file=sys.stderr)
+        mark_failed(run_dir, msg)  # stopped outside a stage (the time limit may strike anywhere): say so
         code = 1
     if not sweep and code:
         sys.exit(code)

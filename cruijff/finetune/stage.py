@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from ..cluster import time_limit_message
 from ..config import effective_batch, peft_method, processes
 from ..records import (ActionLog, EpochLoss, RunState, RunStatus, finish_manifest, layout, read_jsonl,
                        slurm_job_id, write_jsonl, write_manifest)
@@ -87,10 +88,7 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     except Exception as e:  # an ordinary failure is recorded, not raised
         status = RunStatus.FAILED
         error = str(e) if isinstance(e, recipe.TrainingDiverged) else f"{type(e).__name__}: {e}"
-        if type(e).__name__ == "UncompletedJobError" and "timed-out" in str(e):  # submitit, at the time limit
-            error = (f"stopped at its time limit (cluster.timeout_min={cfg.cluster.get('timeout_min')}) with no "
-                     f"requeue left (cluster.max_requeue={cfg.cluster.get('max_requeue')}); a re-run resumes "
-                     "after its last complete epoch")
+        error = time_limit_message(e, cfg.cluster) or error
         (run_dir / "logs").mkdir(exist_ok=True)
         (run_dir / "logs" / "error.txt").write_text(traceback.format_exc())
     if nproc > 1:

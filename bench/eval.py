@@ -11,6 +11,17 @@ times
   once per cell, 6 processes, as users script it today.
 Both sides use the same generation settings (greedy, max 16 tokens, --batch-size prompts per
 batch, which is inspect's max_connections for the hf provider). Goal: ours >= 3x faster.
+
+Part two (``--part loads``), on a model big enough that loading counts: a random-init Llama of
+~100M parameters built here in safetensors (fp32, 0.4 GB; the tiny model's tokenizer), a sweep of
+R=2 runs x E=3 epochs (2 steps each, not timed), its eval stage (base control + 6 checkpoints x
+T=2 tasks, one process) timed two ways:
+- the anchor: the sweep trained with ``training.checkpoint=merged``, one full load per checkpoint;
+- ours: the same sweep with adapter checkpoints (the default), one base load for the eval job and
+  each adapter applied in memory.
+Prints the model loads, the bytes of weight files opened (every safetensors file the process opens,
+counted by wrapping ``safetensors.safe_open``), the wall time of each eval stage and the ratios.
+Goal: >= 5x fewer bytes read and >= 2x faster.
 """
 
 from __future__ import annotations
@@ -38,11 +49,19 @@ def run(cmd: list[str], cwd: Path) -> float:
 def main() -> None:
     import argparse
 
-    from cruijff import assets
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch-size", type=int, default=32)
-    bs = parser.parse_args().batch_size
+    parser.add_argument("--part", choices=["processes", "loads", "both"], default="both")
+    args = parser.parse_args()
+    if args.part in ("processes", "both"):
+        processes(args.batch_size)
+    if args.part in ("loads", "both"):
+        loads(args.batch_size)
+
+
+def processes(bs: int) -> None:
+    from cruijff import assets
+
     data = assets.capitalization_file()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -67,6 +86,117 @@ def main() -> None:
     print(f"eval 2 epochs x 3 tasks, ours (one process, one load per checkpoint): {ours:6.1f} s")
     print(f"anchor: one `inspect eval` process per (task, epoch), 6 processes:   {anchor:6.1f} s")
     print(f"ratio anchor / ours: {anchor / ours:.1f}x faster   (goal >= 3x)")
+
+
+# ~100M parameters: 8 layers of width 1024 (the tiny model's 354-token vocabulary and tokenizer)
+BIG = dict(embed_dim=1024, num_layers=8, num_heads=16, num_kv_heads=16, intermediate_dim=2816)
+
+# Run in the timed process before anything imports safetensors' users: every weight file opened,
+# with its size, goes to stdout as one "OPENED <bytes> <path>" line.
+COUNT_OPENS = """
+import os, safetensors
+_open = safetensors.safe_open
+def _counted(filename, *a, **k):
+    print(f"OPENED {os.path.getsize(filename)} {filename}", flush=True)
+    return _open(filename, *a, **k)
+safetensors.safe_open = _counted
+import safetensors.torch
+safetensors.torch.safe_open = _counted
+import time
+from cruijff.evaluate import backend, adapter
+def _timed(cls, name, tag):
+    real = getattr(cls, name)
+    def timed(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return real(*a, **k)
+        finally:
+            print(f"{tag} {time.perf_counter() - t0}", flush=True)
+    setattr(cls, name, timed)
+_timed(backend.Evaluator, "model", "MODEL")   # a load, or the held model with its base weights restored
+_timed(adapter.AdapterSwap, "apply", "APPLY")
+"""
+
+
+def build_big_model(dest: Path) -> int:
+    """A random-init Llama of ~100M parameters in Hugging Face format; its parameter count."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from cruijff import assets
+
+    tiny = assets.tiny_model_dir()
+    dest.mkdir(parents=True)
+    for f in tiny.iterdir():
+        if f.is_file() and not f.name.endswith(".safetensors"):
+            shutil.copy(f, dest / f.name)
+    base = LlamaConfig.from_pretrained(tiny)
+    config = LlamaConfig(
+        vocab_size=base.vocab_size, hidden_size=BIG["embed_dim"], intermediate_size=BIG["intermediate_dim"],
+        num_hidden_layers=BIG["num_layers"], num_attention_heads=BIG["num_heads"],
+        num_key_value_heads=BIG["num_kv_heads"], max_position_embeddings=base.max_position_embeddings,
+        rms_norm_eps=base.rms_norm_eps, tie_word_embeddings=False, bos_token_id=base.bos_token_id,
+        eos_token_id=base.eos_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config.do_sample = False
+    model.save_pretrained(str(dest), safe_serialization=True)
+    return sum(p.numel() for p in model.parameters())
+
+
+def loads(bs: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model_dir = work / "big_llama"
+        n = build_big_model(model_dir)
+        arch = [f"model.args.{k}={v}" for k, v in BIG.items()]
+        measured = {}
+        for mode in ("merged", "adapter"):
+            name = f"loads_{mode}"
+            run([sys.executable, str(ROOT / "launch.py"), "-m", f"experiment.name={name}",
+                 f"model.path={model_dir}", *arch, "peft.lora_rank=8", "optimizer.lr=1e-4,1e-3", "training.epochs=3",
+                 "training.max_steps_per_epoch=2", "training.batch_size=4", f"training.checkpoint={mode}",
+                 "eval=none"], work)
+            sweep_dir = work / "outputs" / name
+            runs = sorted(p.parent.name for p in sweep_dir.glob("*/run.json"))
+            eval_cfg = dict(enabled=True, epochs="all", base_model=True, max_tokens=8, batch_size=bs, limit=20,
+                            tasks=[dict(name="exact_match", args={}),
+                                   dict(name="exact_match", label="validation", args=dict(split="validation"))])
+            code = COUNT_OPENS + (
+                "from pathlib import Path\n"
+                "from cruijff.records import ActionLog, layout\n"
+                "from cruijff.sweep import evaluate_in_turn\n"
+                f"sweep = Path({str(sweep_dir)!r})\n"
+                f"failed = evaluate_in_turn(sweep, {runs!r}, {eval_cfg!r}, ActionLog(layout.action_log(sweep)))\n"
+                "assert not failed, failed\n")
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-c", code], cwd=work, env=ENV, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                sys.exit(f"eval of the {mode} sweep failed:\n{proc.stdout[-1000:]}\n{proc.stderr[-2000:]}")
+            opened = [ln.split(" ", 2) for ln in proc.stdout.splitlines() if ln.startswith("OPENED ")]
+            weights = [int(size) for _, size, path in opened if not Path(path).name.startswith("adapter_")]
+            adapters = [int(size) for _, size, path in opened if Path(path).name.startswith("adapter_")]
+            cells = sum(1 for _ in sweep_dir.glob("*/eval/*/results.json")) + sum(
+                1 for _ in sweep_dir.glob("base/*/results.json"))
+            seconds = {tag: sum(float(ln.split()[1]) for ln in proc.stdout.splitlines() if ln.startswith(tag + " "))
+                       for tag in ("MODEL", "APPLY")}
+            measured[mode] = dict(wall=wall, loads=len(weights), bytes=sum(weights) + sum(adapters),
+                                  adapters=len(adapters), cells=cells, **seconds)
+    gb = 1e9
+    print(f"\nrandom-init Llama, {n / 1e6:.0f}M parameters (fp32); R=2 runs x E=3 epochs x T=2 tasks, "
+          f"limit 20, max 8 tokens")
+    for mode, label in (("merged", "anchor (merged checkpoints, a full load each)"),
+                        ("adapter", "ours (adapters, one base load, applied in memory)")):
+        m = measured[mode]
+        print(f"{label:52s} {m['cells']} cells, {m['loads']} model loads, {m['adapters']} adapters read, "
+              f"{m['bytes'] / gb:5.2f} GB read, eval stage {m['wall']:6.1f} s "
+              f"(getting the model {m['MODEL']:.1f} s, applying adapters {m['APPLY']:.1f} s)")
+    a, o = measured["merged"], measured["adapter"]
+    print(f"ratio bytes read, anchor / ours: {a['bytes'] / o['bytes']:.1f}x fewer   (goal >= 5x)")
+    print(f"ratio eval stage wall, anchor / ours: {a['wall'] / o['wall']:.1f}x faster   (goal >= 2x)")
 
 
 if __name__ == "__main__":

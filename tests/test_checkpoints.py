@@ -95,7 +95,10 @@ def test_base_weights_are_bit_identical_after_an_adapter(merged_run, tiny_model_
     swap.apply(adapter)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert sorted(changed) == sorted(adapter.pairs)
-    swap.apply(read_adapter(merged_run / "epoch_0"))  # the next adapter goes onto the base, not onto epoch_1
+    second = read_adapter(merged_run / "epoch_0")
+    swap.apply(second)  # the next adapter goes onto the base, not onto epoch_1
+    weights = model.state_dict()
+    assert all(torch.equal(weights[n], before[n] + second.delta(n, before[n].dtype)) for n in second.pairs)
     swap.restore()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 

@@ -193,6 +193,16 @@ def test_dry_run_estimates_a_70b_sweep_on_slurm(tmp_path):
     assert not (work / "outputs").exists()
 
 
+@pytest.mark.parametrize("peft, gpus, mem_gb, timeout_min", [("lora", 1, 64, 154), ("none", 2, 128, 154)])
+def test_full_fine_tuning_asks_slurm_for_what_it_needs(peft, gpus, mem_gb, timeout_min):
+    """An 8B model: LoRA fits one GPU; full fine-tuning holds gradients and AdamW state for every
+    weight, so the catalogue's hint is two GPUs (FSDP shards it) and twice the host memory."""
+    from conftest import compose_config
+
+    cfg = compose_config("cluster=slurm", "model=llama3_1_8b_instruct", f"peft={peft}", "training.epochs=2")
+    assert (cfg.cluster.gpus_per_node, cfg.cluster.mem_gb, cfg.cluster.timeout_min) == (gpus, mem_gb, timeout_min)
+
+
 def test_scaffold_renders_every_config_and_the_array_script_and_submits_nothing(tmp_path):
     proc = launch("-m", "cluster=slurm", "experiment.name=scaf", "scaffold=true", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -28,6 +28,12 @@ def job_minutes(epoch_min: float, epochs: int) -> int:
     return int(math.ceil(float(epoch_min) * int(epochs) * 1.2)) + 10
 
 
+def by_peft(method: str, lora: Any, full: Any) -> Any:
+    """A model's resource hint for LoRA, or for full fine-tuning (``peft=none``), which holds
+    gradients and optimizer state for every weight."""
+    return full if str(method) == "none" else lora
+
+
 def register_resolvers() -> None:
     """The ``cruijff_*`` resolvers the config groups use."""
     resolvers = {
@@ -37,6 +43,7 @@ def register_resolvers() -> None:
         "cruijff_timeout": job_minutes,
         "cruijff_cpus": lambda per_gpu, gpus: int(per_gpu) * max(1, int(gpus)),
         "cruijff_batch": sweep_batch,
+        "cruijff_by_peft": by_peft,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -2,8 +2,8 @@
 
 An eval job loads its base model once; for each adapter checkpoint it adds the adapter's update to
 the targeted weights, ``W + (lora_alpha / r) * B @ A`` (what torchtune's merge and PEFT's
-``merge_and_unload`` compute), evaluates, and puts the base weights back exactly as they were (from
-a copy of the weights it touched, kept in CPU memory for the job), so the next checkpoint and the
+``merge_and_unload`` compute), evaluates, and puts the base weights back exactly as they were (the
+weights it touched are kept untouched for the job, in CPU memory), so the next checkpoint and the
 base control see the base bit for bit. No PEFT needed.
 """
 
@@ -31,7 +31,7 @@ class Adapter:
     def delta(self, name: str, dtype: Any = None):
         """The update of one weight, computed in fp32 and returned in ``dtype``."""
         a, b = self.pairs[name]
-        d = (b.float() @ a.float()) * self.scale
+        d = (self.scale * b.float()) @ a.float()  # torchtune's order: (alpha / r) * B @ A
         return d if dtype is None else d.to(dtype)
 
 
@@ -58,28 +58,46 @@ def read_adapter(ckpt: Path) -> Adapter:
 
 
 class AdapterSwap:
-    """Applies one adapter at a time to a loaded model and restores its base weights exactly."""
+    """Applies one adapter at a time to a loaded model and restores its base weights exactly.
+
+    Where the model is on the CPU, a targeted weight's own tensor is kept as it was loaded and the
+    adapted weight is written into a second tensor put in its place, so restoring is a swap back,
+    not a copy. On a GPU
+    the base weights are copied to CPU memory once and copied back, so the GPU holds one copy.
+    """
 
     def __init__(self, model: Any):
         self.model = model
         self.params = dict(model.named_parameters())
-        self.saved: dict[str, Any] = {}   # base weights touched so far, copied to CPU once
+        self.saved: dict[str, Any] = {}   # base weights touched so far, never written to
+        self.adapted: dict[str, Any] = {}  # on CPU: the tensor each adapted weight is written into
         self.current: Path | None = None
 
     def apply(self, adapter: Adapter) -> None:
         import torch
 
-        self.restore()
         missing = [n for n in adapter.pairs if n not in self.params]
         if missing:
+            self.restore()
             raise CruijffError(f"{adapter.path}: the adapter targets {missing[0]}, which the base model "
                                f"has not (an adapter of another model?)")
         with torch.no_grad():
+            if self.current is not None:  # what the last adapter touched and this one does not
+                for name in self.saved.keys() - adapter.pairs.keys():
+                    self._put_back(name)
             for name in adapter.pairs:
                 p = self.params[name]
-                if name not in self.saved:
-                    self.saved[name] = p.detach().to("cpu", copy=True)
-                p.add_(adapter.delta(name, p.dtype).to(p.device))
+                if name not in self.saved:  # never touched: the base weight is in place
+                    self.saved[name] = p.detach() if p.device.type == "cpu" else p.detach().to("cpu", copy=True)
+                base = self.saved[name]
+                d = adapter.delta(name, p.dtype).to(p.device)
+                if base.device == p.device:
+                    out = self.adapted.setdefault(name, torch.empty_like(base))
+                    torch.add(base, d, out=out)
+                    p.data = out
+                else:
+                    p.copy_(base)
+                    p.add_(d)
         self.current = adapter.path
 
     def restore(self) -> None:
@@ -89,6 +107,13 @@ class AdapterSwap:
         if self.current is None:
             return
         with torch.no_grad():
-            for name, w in self.saved.items():
-                self.params[name].copy_(w)
+            for name in self.saved:
+                self._put_back(name)
         self.current = None
+
+    def _put_back(self, name: str) -> None:
+        p, base = self.params[name], self.saved[name]
+        if base.device == p.device:
+            p.data = base
+        else:
+            p.copy_(base)

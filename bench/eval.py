@@ -19,8 +19,9 @@ T=2 tasks, one process) timed two ways:
 - the anchor: the sweep trained with ``training.checkpoint=merged``, one full load per checkpoint;
 - ours: the same sweep with adapter checkpoints (the default), one base load for the eval job and
   each adapter applied in memory.
-Prints the model loads, the bytes of weight files opened (every safetensors file the process opens,
-counted by wrapping ``safetensors.safe_open``), the wall time of each eval stage and the ratios.
+Prints the weight files opened (the model is one file, so one per load) and their bytes (every
+safetensors file the process opens, counted by wrapping ``safetensors.safe_open``), the wall time
+of each eval stage and the ratios.
 Goal: >= 5x fewer bytes read and >= 2x faster.
 """
 
@@ -147,6 +148,8 @@ def build_big_model(dest: Path) -> int:
 
 
 def loads(bs: int) -> None:
+    from cruijff.records import layout
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_dir = work / "big_llama"
@@ -160,7 +163,7 @@ def loads(bs: int) -> None:
                  "training.max_steps_per_epoch=2", "training.batch_size=4", f"training.checkpoint={mode}",
                  "eval=none"], work)
             sweep_dir = work / "outputs" / name
-            runs = sorted(p.parent.name for p in sweep_dir.glob("*/run.json"))
+            runs = layout.run_dirs(sweep_dir)
             eval_cfg = dict(enabled=True, epochs="all", base_model=True, max_tokens=8, batch_size=bs, limit=20,
                             tasks=[dict(name="exact_match", args={}),
                                    dict(name="exact_match", label="validation", args=dict(split="validation"))])
@@ -179,11 +182,10 @@ def loads(bs: int) -> None:
             opened = [ln.split(" ", 2) for ln in proc.stdout.splitlines() if ln.startswith("OPENED ")]
             weights = [int(size) for _, size, path in opened if not Path(path).name.startswith("adapter_")]
             adapters = [int(size) for _, size, path in opened if Path(path).name.startswith("adapter_")]
-            cells = sum(1 for _ in sweep_dir.glob("*/eval/*/results.json")) + sum(
-                1 for _ in sweep_dir.glob("base/*/results.json"))
+            cells = len(layout.cell_files(sweep_dir))
             seconds = {tag: sum(float(ln.split()[1]) for ln in proc.stdout.splitlines() if ln.startswith(tag + " "))
                        for tag in ("MODEL", "APPLY")}
-            measured[mode] = dict(wall=wall, loads=len(weights), bytes=sum(weights) + sum(adapters),
+            measured[mode] = dict(wall=wall, files=len(weights), bytes=sum(weights) + sum(adapters),
                                   adapters=len(adapters), cells=cells, **seconds)
     gb = 1e9
     print(f"\nrandom-init Llama, {n / 1e6:.0f}M parameters (fp32); R=2 runs x E=3 epochs x T=2 tasks, "
@@ -191,7 +193,7 @@ def loads(bs: int) -> None:
     for mode, label in (("merged", "anchor (merged checkpoints, a full load each)"),
                         ("adapter", "ours (adapters, one base load, applied in memory)")):
         m = measured[mode]
-        print(f"{label:52s} {m['cells']} cells, {m['loads']} model loads, {m['adapters']} adapters read, "
+        print(f"{label:52s} {m['cells']} cells, {m['files']} weight files opened, {m['adapters']} adapters read, "
               f"{m['bytes'] / gb:5.2f} GB read, eval stage {m['wall']:6.1f} s "
               f"(getting the model {m['MODEL']:.1f} s, applying adapters {m['APPLY']:.1f} s)")
     a, o = measured["merged"], measured["adapter"]

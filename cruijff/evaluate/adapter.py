@@ -62,8 +62,8 @@ class AdapterSwap:
 
     Where the model is on the CPU, a targeted weight's own tensor is kept as it was loaded and the
     adapted weight is written into a second tensor put in its place, so restoring is a swap back,
-    not a copy. On a GPU
-    the base weights are copied to CPU memory once and copied back, so the GPU holds one copy.
+    not a copy. On a GPU the base weights are copied to CPU memory once and copied back, so the GPU
+    holds one copy.
     """
 
     def __init__(self, model: Any):

@@ -96,7 +96,8 @@ def test_intervals_and_paired_tests_equal_scipys(tmp_path):
     md = (sweep_dir / "summary.md").read_text()
     assert md.startswith("# sweep\n\n## Findings\n\n- **exact_match**: `a` at epoch_1, selected on the test scores "
                          "themselves (no validation task: the pick is optimistic)")
-    assert "McNemar p =" in md
+    selected = ps[1]  # epoch_1's, in a sentence: "p = 0.012", or "p < 0.001" below that
+    assert f"McNemar {'p < 0.001' if selected < 0.001 else f'p = {selected:.3f}'}, Holm-adjusted p" in md
 
 
 def test_scores_that_are_not_0_or_1_get_a_bootstrap_interval(tmp_path):

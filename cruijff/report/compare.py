@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import CruijffError, did_you_mean
 from ..records import CellResults, layout
+from .format import p_value
 from .samples import SampleScores
 from .stats import compare, mean_interval, paired
 
@@ -76,7 +77,7 @@ def print_comparison(sweep_dir: Path, a: str, b: str) -> None:
     for c in ("task", "samples", a, b, f"{b} - {a}", "McNemar p", "right only in A / B"):
         table.add_column(c, justify="left" if c == "task" else "right")
     for r in compare_cells(sweep_dir, a, b):
-        p = "—" if r["p"] is None else ("< 0.001" if r["p"] < 0.001 else f"{r['p']:.3f}")
+        p = p_value(r["p"])
         only = "—" if r["a_only"] is None else f"{r['a_only']} / {r['b_only']}"
         diff = r["diff"]
         table.add_row(r["task"], str(r["n"]), r["a"].text(), r["b"].text(),

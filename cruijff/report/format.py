@@ -17,6 +17,19 @@ def fmt(v) -> str:
     return str(v)
 
 
+def p_value(p) -> str:
+    """A p-value for a table cell: three decimals, ``< 0.001`` below that, a dash when missing."""
+    if p is None or p != p:
+        return "—"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def p_clause(p) -> str:
+    """A p-value in a sentence: ``p < 0.001`` or ``p = 0.012``."""
+    text = p_value(p)
+    return "p " + text if text.startswith("<") else "p = " + text
+
+
 def markdown_table(df: pd.DataFrame) -> str:
     cols = [str(c) for c in df.columns]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

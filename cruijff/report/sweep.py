@@ -22,7 +22,7 @@ from ..config import load_run, task_specs
 from ..config.chat import base_cell_dir
 from ..errors import CruijffError
 from ..records import CellResults, PlannedRunRecord, RunState, SweepPlan, layout, read_jsonl, sweep_runs
-from .format import markdown_table
+from .format import markdown_table, p_clause, p_value
 from .analysis import SEED_KEY, Pick, over_seeds, picks, seed_groups, validation_of, with_statistics
 from .plots import plot_accuracy, plot_heatmap, plot_losses
 from .samples import SampleScores
@@ -150,7 +150,7 @@ def _write_markdown(sweep_dir: Path, scores: pd.DataFrame, failures: dict[str, s
                                   aggfunc="first")
         lines += ["## Scores (run x checkpoint x task), 95% CI", "", markdown_table(table.reset_index()), ""]
         gains = shown[shown["run"] != "base"][["task", "run", "checkpoint", "gain", "p", "p_holm"]]
-        gains = gains.assign(p=[_p(v) for v in gains["p"]], p_holm=[_p(v) for v in gains["p_holm"]])
+        gains = gains.assign(p=[p_value(v) for v in gains["p"]], p_holm=[p_value(v) for v in gains["p_holm"]])
         if not gains.empty and (gains["gain"] != "—").any():
             lines += ["## Paired gain over the base model (same samples)", "",
                       "Gain: mean score difference with a paired bootstrap 95% CI; p: McNemar's exact test on "
@@ -181,12 +181,6 @@ def _gain(r) -> str:
     return f"{r.gain:+.3f} [{r.gain_low:+.3f}, {r.gain_high:+.3f}]"
 
 
-def _p(p) -> str:
-    if p is None or p != p:
-        return "—"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
-
-
 def finding(p: Pick) -> str:
     """One sentence of results: the selected checkpoint, its score with CI, its paired gain."""
     r = p.row
@@ -194,8 +188,8 @@ def finding(p: Pick) -> str:
            "selected on the test scores themselves (no validation task: the pick is optimistic)")
     text = f"**{p.task}**: `{p.run}` at {p.checkpoint}, {how}, scores {_ci(r)} on {int(r.n) if r.n == r.n and r.n else '?'} samples"
     if r.gain is not None and r.gain == r.gain:
-        text += (f"; {_gain(r)} over the base model on the same samples (McNemar p = {_p(r.p)}"
-                 + (f", Holm-adjusted {_p(r.p_holm)}" if r.p_holm is not None else "") + ")")
+        text += (f"; {_gain(r)} over the base model on the same samples (McNemar {p_clause(r.p)}"
+                 + (f", Holm-adjusted {p_clause(r.p_holm)}" if r.p_holm is not None else "") + ")")
     return text + "."
 
 
@@ -204,5 +198,5 @@ def _picks_table(chosen: list[Pick]):
 
     return pd.DataFrame([{"task": p.task, "run": p.run, "checkpoint": p.checkpoint,
                           "picked on": p.by + ("" if p.on_validation else " (test: no validation task)"),
-                          "score (95% CI)": _ci(p.row), "gain over base": _gain(p.row), "p": _p(p.row.p)}
+                          "score (95% CI)": _ci(p.row), "gain over base": _gain(p.row), "p": p_value(p.row.p)}
                          for p in chosen])

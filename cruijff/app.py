@@ -1,6 +1,9 @@
-"""``python launch.py``: the Hydra app around :func:`cruijff.job.main`, with every bad input
-reported as one line and exit 2 — before Hydra composes (group names, names that would leave
-``outputs/``), for what Hydra cannot compose, and for what the sweeper refuses before it submits."""
+"""``python launch.py`` and ``cruijff``: the Hydra app around :func:`cruijff.job.main`, with every
+bad input reported as one line and exit 2 — before Hydra composes (group names, names that would
+leave ``outputs/``), for what Hydra cannot compose, and for what the sweeper refuses before it submits.
+
+It composes cruijff's config groups (``CONF_DIR``: the checkout's ``conf/``, or the installed
+package's) under the working dir's own ``conf/``, if it has one (a project of the user's)."""
 
 from __future__ import annotations
 
@@ -8,11 +11,30 @@ import os
 import sys
 from typing import Any, Callable
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import CONF_DIR, check_group_overrides, check_name, leaf_keys
+from .config import CONF_DIR, check_group_overrides, check_name, leaf_keys, register_resolvers
 from .errors import CruijffError, first_line, omegaconf_message, unknown_key
+from .job import main as job_main
+from .records import ENTRY_ENV, entry
+
+
+def launch(argv: list[str] | None = None) -> None:
+    """Compose the config from the command line (Hydra's own: ``-m``, ``--cfg job``, ``--help``,
+    overrides) and run the job, or the sweep; exits with the job's code."""
+    import hydra
+
+    register_resolvers()
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    os.environ.setdefault(ENTRY_ENV, entry())  # the jobs record how to run them again
+
+    @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
+    def app(cfg: DictConfig) -> int:
+        return job_main(cfg)
+
+    run_app(app, sys.argv[1:])
 
 
 def precheck(argv: list[str]) -> None:

@@ -1,4 +1,6 @@
-"""``python -m cruijff eval|report|status|plan|compare|export <dir>``: each stage on its own, on an existing output dir.
+"""``cruijff``: ``python launch.py`` installed (``cruijff -m experiment=...``, from a project dir),
+and the verbs of ``python -m cruijff``: ``init`` a project; each stage on its own, on an existing
+output dir (``eval|report|status|plan|compare|export <dir>``).
 
 A run dir's own saved config (``<run dir>/.hydra/config.yaml``) drives ``eval`` and ``report``, so
 the result is what the launcher would have produced. On a sweep dir (``outputs/<experiment>``),
@@ -21,13 +23,30 @@ from .evaluate import evaluate_run_dir
 from .evaluate.export import export_checkpoint
 from .records import ActionLog, SweepPlan, acquire_lock, layout, run_state, sweep_runs
 from .report import print_comparison, report_run, report_sweep
+from .project import init_project
 from .status import show
 from .sweep import evaluate_in_turn
 
 
+VERBS = ("init", "eval", "report", "status", "plan", "compare", "export")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cruijff", description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in VERBS:  # anything else is the launcher's: overrides, -m, --cfg, --help
+        from .app import launch
+
+        launch(argv)
+        return 0
+    return verb(argv)
+
+
+def verb(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="cruijff", description="each stage on its own, on an existing output dir; "
+                                     "without a verb, cruijff [overrides] [-m] composes and runs, as python launch.py")
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("init", help="write a starter project: an experiment, a dataset, a task, a SLURM preset")
+    p.add_argument("dir", type=Path, nargs="?", default=Path("."), help="where (default: here)")
     for name, text in [("eval", "evaluate the base model and every epoch checkpoint (of a run, or of a sweep)"),
                        ("report", "write the results table (of a run) or summary and plots (of a sweep)"),
                        ("status", "state of every run and eval cell of a sweep"),
@@ -45,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
+        if args.command == "init":
+            return init_project(args.dir)
         target = args.dir.resolve()
         if not target.is_dir():
             raise CruijffError(f"{args.dir}: no such directory")
@@ -79,9 +100,11 @@ def replan(sweep_dir: Path) -> None:
     if not command:
         raise CruijffError(f"{sweep_dir}: no sweep command recorded (not a sweep dir, or made by an older version)")
     skip = ("dry_run=", "scaffold=", "detach=")
-    argv = [a for a in command["argv"][1:] if not a.lstrip("+").startswith(skip)]
+    argv = command["argv"]
+    head, rest = (argv[:2], argv[2:]) if argv[0] == "-m" else (argv[:1], argv[1:])  # the script, or -m cruijff
     os.chdir(command["cwd"])
-    os.execv(sys.executable, [sys.executable, command["argv"][0], *argv, "dry_run=true"])
+    os.execv(sys.executable, [sys.executable, *head, *(a for a in rest if not a.lstrip("+").startswith(skip)),
+                              "dry_run=true"])
 
 
 def sweep_command(command: str, sweep_dir: Path) -> int:

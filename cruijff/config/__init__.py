@@ -3,8 +3,8 @@ task checks, chat templates. Everything here runs before any job starts and writ
 
 from ..errors import ConfigError, CruijffError
 from . import chat
-from .compose import (CONF_DIR, GROUPS, check_group_overrides, eval_config, job_minutes, leaf_keys, load_run,
-                      override_identity, parse_override, register_resolvers)
+from .compose import (CONF_DIR, GROUPS, check_group_overrides, conf_dirs, eval_config, job_minutes, leaf_keys,
+                      load_run, override_identity, parse_override, project_conf, register_resolvers)
 from .identity import RUN_KEYS, check_name, config_hash, file_sha256, model_identity, run_name
 from .model import (CHECKPOINT_MODES, PEFT_METHODS, TOKENIZER_FILES, checkpoint_mode, device_guess, effective_batch,
                     local_jobs, lora_on_output, model_files, peft_method, prepare_job, processes, resolve_paths,
@@ -14,8 +14,8 @@ from .tasks import BUILTIN_TASKS, TaskSpec, check_task, check_tasks, task_specs
 
 __all__ = [
     "ConfigError", "CruijffError", "chat",
-    "CONF_DIR", "GROUPS", "check_group_overrides", "eval_config", "job_minutes", "leaf_keys", "load_run",
-    "override_identity", "parse_override", "register_resolvers",
+    "CONF_DIR", "GROUPS", "check_group_overrides", "conf_dirs", "eval_config", "job_minutes", "leaf_keys",
+    "load_run", "override_identity", "parse_override", "project_conf", "register_resolvers",
     "RUN_KEYS", "check_name", "config_hash", "file_sha256", "model_identity", "run_name",
     "CHECKPOINT_MODES", "PEFT_METHODS", "TOKENIZER_FILES", "checkpoint_mode", "device_guess", "effective_batch",
     "local_jobs", "lora_on_output", "model_files", "peft_method", "prepare_job", "processes", "resolve_paths", "run_gpus", "sweep_batch",

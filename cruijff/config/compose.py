@@ -16,7 +16,22 @@ from ..records import layout
 from .identity import run_name
 from .model import sweep_batch
 
-CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
+_PACKAGED_CONF = Path(__file__).resolve().parent.parent / "conf"  # an installed wheel: cruijff/conf
+# the config groups cruijff ships: package data when installed, the checkout's conf/ otherwise
+CONF_DIR = _PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).resolve().parents[2] / "conf"
+
+
+def project_conf(cwd: Path | None = None) -> Path | None:
+    """The conf/ of the project cruijff runs in (the working dir), when it has one of its own: its
+    groups' options add to or shadow the packaged ones, and its config.yaml, if any, replaces the
+    packaged one (Hydra's search path, hydra_plugins.cruijff_plugins.ProjectSearchPath)."""
+    conf = (cwd or Path.cwd()) / "conf"
+    return conf.resolve() if conf.is_dir() and conf.resolve() != CONF_DIR.resolve() else None
+
+
+def conf_dirs() -> list[Path]:
+    """Where config options are looked up, first match first: the project's conf/, then cruijff's."""
+    return [d for d in (project_conf(), CONF_DIR) if d is not None]
 
 # Config groups a user picks from on the command line (`group=option`).
 GROUPS = ("model", "dataset", "peft", "optimizer", "training", "eval", "cluster", "experiment")
@@ -68,7 +83,7 @@ def check_group_overrides(argv: list[str]) -> None:
         key = key.lstrip("+~")
         if key not in GROUPS:
             continue
-        options = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+        options = sorted({p.stem for d in conf_dirs() for p in (d / key).glob("*.yaml")})
         for v in value.split(","):
             if v not in options:
                 raise ConfigError(key, v, f"no such {key}{did_you_mean(v, options, quote=True)}; "

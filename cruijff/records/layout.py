@@ -47,6 +47,11 @@ def saved_config(run_dir: Path) -> Path:
     return run_dir / SAVED_CONFIG
 
 
+def saved_overrides(run_dir: Path) -> Path:
+    """The run's own command-line overrides (a YAML list), beside its saved config."""
+    return run_dir / SAVED_CONFIG.parent / "overrides.yaml"
+
+
 def loss_file(run_dir: Path) -> Path:
     return run_dir / "logs" / "loss.jsonl"
 

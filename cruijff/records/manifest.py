@@ -61,9 +61,43 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def command_line() -> str:
-    argv = [Path(sys.argv[0]).name if sys.argv[0].endswith("launch.py") else sys.argv[0], *sys.argv[1:]]
-    return "python " + " ".join(shlex.quote(a) for a in argv)
+# How the user started cruijff ("python launch.py", "cruijff"), for the jobs it starts: a job's own
+# command line is submitit's, so a run of a sweep records the entry and its own overrides.
+ENTRY_ENV = "CRUIJFF_ENTRY"
+
+
+def launcher_argv() -> list[str] | None:
+    """The launching command as the Python interpreter runs it again — ``[launch.py or the cruijff
+    script, *args]``, or ``["-m", "cruijff", *args]`` — or None in a job cruijff started."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "__main__.py" and argv0.parent.name == "cruijff":
+        return ["-m", "cruijff", *sys.argv[1:]]
+    if argv0.name in ("launch.py", "cruijff"):
+        return [str(argv0.resolve()), *sys.argv[1:]]
+    return None
+
+
+def entry() -> str:
+    """How the user started cruijff, as they typed it: ``python launch.py``, ``cruijff`` or ``python -m cruijff``."""
+    argv = launcher_argv()
+    if argv is None:
+        return os.environ.get(ENTRY_ENV, "python launch.py")
+    if argv[0] == "-m":
+        return "python -m cruijff"
+    return "cruijff" if Path(argv[0]).name == "cruijff" else "python " + Path(argv[0]).name
+
+
+def command_line(run_dir: Path) -> str:
+    """The command that runs this run again: the user's own, or, for a run of a sweep, the entry
+    with the run's overrides (as one run it lands in the same dir)."""
+    if launcher_argv() is not None:
+        args = sys.argv[1:]
+    else:
+        import yaml
+
+        saved = layout.saved_overrides(run_dir)
+        args = [str(a) for a in (yaml.safe_load(saved.read_text()) or [])] if saved.exists() else []
+    return " ".join([entry(), *(shlex.quote(a) for a in args)])
 
 
 def write_manifest(run_dir: Path, *, seed: int, config_hash: str, extra: dict | None = None) -> dict:
@@ -74,7 +108,7 @@ def write_manifest(run_dir: Path, *, seed: int, config_hash: str, extra: dict | 
         (run_dir / "git.diff").write_text(diff)
         git["diff_file"] = "git.diff"
     manifest = {
-        "command": command_line(),
+        "command": command_line(run_dir),
         "cwd": str(cwd),
         "seed": seed,
         "config_hash": config_hash,

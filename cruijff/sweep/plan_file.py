@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..records import PlannedRunRecord, SweepPlan
+from ..records import PlannedRunRecord, SweepPlan, launcher_argv
 
 
 def _target(config: DictConfig, key: str) -> str | None:
@@ -23,8 +22,9 @@ def write_plan(sweep_dir: Path, config: DictConfig, runs: list[PlannedRunRecord]
     evals = OmegaConf.to_container(config.eval, resolve=True)
     assert isinstance(evals, dict)
     tasks = [t["name"] if isinstance(t, dict) else t for t in evals["tasks"]] if evals["enabled"] else []
-    command: dict[str, Any] | None = ({"argv": [str(Path(sys.argv[0]).resolve()), *sys.argv[1:]], "cwd": os.getcwd()}
-                                      if Path(sys.argv[0]).name == "launch.py" else old.command if old else None)
+    argv = launcher_argv()
+    command: dict[str, Any] | None = ({"argv": argv, "cwd": os.getcwd()} if argv is not None
+                                      else old.command if old else None)
     plan = SweepPlan(
         experiment=str(config.experiment.name),
         sweeper=_target(config, "sweeper"),

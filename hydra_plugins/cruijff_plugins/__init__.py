@@ -4,7 +4,20 @@ Kept thin so Hydra's plugin discovery stays fast; the logic is in :mod:`cruijff.
 """
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_search_path import ConfigSearchPath
+from hydra.plugins.search_path_plugin import SearchPathPlugin
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+
+class ProjectSearchPath(SearchPathPlugin):
+    """The project's own ``conf/`` (in the working dir) first: its options add to or shadow cruijff's."""
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        from cruijff.config import project_conf
+
+        conf = project_conf()
+        if conf is not None:
+            search_path.prepend(provider="cruijff-project", path=f"file://{conf}")
 
 
 class GridSweeper(BasicSweeper):

@@ -137,13 +137,16 @@ def share(total: int, sizes: list[int]) -> list[int]:
     return [max(1, total * size // n) for size in sizes]
 
 
-def watch(jobs: list, on_end: Callable[[Any], list | None], kind: str) -> None:
+def watch(jobs: list, on_end: Callable[[Any], list | None], kind: str,
+          on_poll: Callable[[], None] | None = None) -> None:
     """Call ``on_end(job)`` for each job as it ends, polling every few seconds; returns when all
     ended. ``on_end`` may return new jobs (an eval job for a run that just finished): they are
-    watched too."""
+    watched too. ``on_poll`` is called at each poll (a live view redraws)."""
     pending = list(jobs)
     poll = POLL_S.get(kind, 3.0)
     while pending:
+        if on_poll:
+            on_poll()
         if kind == "slurm" and pending:
             pending[0].watcher.update()  # one sacct call for every job registered with the watcher
         still = []

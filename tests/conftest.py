@@ -50,6 +50,23 @@ def compose_config(*overrides: str):
         return compose(config_name="config", overrides=list(overrides))
 
 
+# Tests run on two processes (pytest-xdist, --dist loadgroup in pyproject.toml). Tests that share an
+# expensive fixture run on one of them, so it is built once; the SLURM tests share one node, so they
+# run one at a time.
+SHARED = ("array_sweep", "sweep", "merged_run", "installed", "demo")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        group = "slurm" if item.get_closest_marker("slurm") else next(
+            (f for f in SHARED if f in getattr(item, "fixturenames", ())), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 def _git(cwd: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
                    env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",

@@ -125,7 +125,7 @@ def test_eval_stage_runs_alone_on_an_existing_run_dir(demo):
                           capture_output=True, text=True, timeout=300,
                           env={**__import__("os").environ, "INSPECT_DISPLAY": "none"})
     assert proc.returncode == 0, proc.stderr
-    assert "evaluating epoch_0" in proc.stdout and "evaluating epoch_1" not in proc.stdout
+    assert "default: epoch_0: exact_match" in proc.stdout and "epoch_1:" not in proc.stdout
     res = json.loads((run_dir / "eval" / "epoch_0" / "results.json").read_text())
     assert res["tasks"]["exact_match"]["status"] == "success"
 

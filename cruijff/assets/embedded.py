@@ -22,6 +22,7 @@ words it never saw, so the demo shows a real effect (base ~0 %, last epoch ~95 %
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -89,6 +90,14 @@ def _ensure(name: str, build) -> Path:
     if (final / ".complete").exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{name}.lock", "w") as lock:  # one process builds; the others wait for it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (final / ".complete").exists():
+            _build_into(final, name, build)
+    return final
+
+
+def _build_into(final: Path, name: str, build) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
     try:
         build(tmp)
@@ -101,7 +110,6 @@ def _ensure(name: str, build) -> Path:
                 os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 # ----------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def stock_configs() -> dict[str, Path]:
 _MISSING = object()
 SCHEMA = {
     "seed": "int>=0",
-    "overwrite": "bool", "dry_run": "bool", "scaffold": "bool", "detach": "bool",
+    "overwrite": "bool", "dry_run": "bool", "scaffold": "bool", "detach": "bool", "verbose": "bool",
     "peft.lora_rank": "int>=1",
     "peft.lora_alpha": "number>0",
     "peft.apply_lora_to_mlp": "bool",

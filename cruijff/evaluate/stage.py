@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from .. import ui
 from ..config import TaskSpec, eval_config, prepare_job, resolve_paths, validate
 from ..config.chat import base_cell_dir, eval_template
 from ..hardware import resolve_device
@@ -38,23 +39,29 @@ def evaluate_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     state = RunState.of(run_dir)
     try:
         for i, cell in enumerate(todo_left, 1):
-            print(f"cruijff: evaluating {cell.label} ({i}/{len(todo_left)}) on {', '.join(s.label for s in specs)}")
             t0, loads = time.time(), evaluator.loads
             run = None if cell.is_base else run_dir.name
-            results = evaluator.evaluate(
-                cell.model_dir, specs, cell.log_dir, adapter=cell.adapter,
-                device=device, gpus=int(cfg.model.resources.gpus),
-                max_tokens=int(cfg.eval.max_tokens), batch_size=int(cfg.eval.batch_size),
-                data_file=data_file, input_key=cfg.dataset.input_key, output_key=cfg.dataset.output_key,
-                limit=cfg.eval.limit, chat_template=eval_template(cfg),
-                tags=[cfg.experiment.name, run or "base", cell.label],
-                metadata={"experiment": cfg.experiment.name, "run": run, "checkpoint": cell.label,
-                          "path": str(cell.checkpoint), "adapter": cell.adapter is not None,
-                          "config_hash": state.config_hash if state else None,
-                          "base_cell": base_cell_dir(cfg, run_dir.parent).name},
-            )
+            doing = (f"{run_dir.name}: evaluating {cell.label} ({i}/{len(todo_left)}) "
+                     f"on {', '.join(s.label for s in specs)}")
+            # inspect's and transformers' own output goes to the run's eval.log
+            with ui.library_output(layout.eval_log(run_dir), bool(cfg.get("verbose", False))), ui.status(doing):
+                results = evaluator.evaluate(
+                    cell.model_dir, specs, cell.log_dir, adapter=cell.adapter,
+                    device=device, gpus=int(cfg.model.resources.gpus),
+                    max_tokens=int(cfg.eval.max_tokens), batch_size=int(cfg.eval.batch_size),
+                    data_file=data_file, input_key=cfg.dataset.input_key, output_key=cfg.dataset.output_key,
+                    limit=cfg.eval.limit, chat_template=eval_template(cfg),
+                    tags=[cfg.experiment.name, run or "base", cell.label],
+                    metadata={"experiment": cfg.experiment.name, "run": run, "checkpoint": cell.label,
+                              "path": str(cell.checkpoint), "adapter": cell.adapter is not None,
+                              "config_hash": state.config_hash if state else None,
+                              "base_cell": base_cell_dir(cfg, run_dir.parent).name},
+                )
             summary = ", ".join(f"{k}={v.value if v.value is not None else v.status}"
                                 for k, v in results.tasks.items())
+            scores = ", ".join(f"{k} {v.value:.3f}" if v.value is not None else f"{k} {v.status}"
+                               for k, v in results.tasks.items())
+            ui.say(f"cruijff: {run_dir.name}: {cell.label}: {scores} ({time.time() - t0:.1f} s)")
             how = ("model loaded" if evaluator.loads > loads else "model held") + (
                 ", adapter applied in memory" if cell.adapter is not None else "")
             act("Evaluate", f"{run_dir.name}/{cell.label}: {len(specs)} tasks, {how}",

@@ -131,9 +131,11 @@ class _LossTap:
         return getattr(self._inner, name)
 
 
-def run(finetune_yaml: Path, on_step: Callable[[dict], None] | None = None, method: str = "lora") -> None:
+def run(finetune_yaml: Path, on_step: Callable[[dict], None] | None = None, method: str = "lora",
+        on_start: Callable[[int, int, int], None] | None = None) -> None:
     """Run the stock single-device recipe (LoRA, or full with ``method="none"``) on
-    ``finetune.yaml`` in this process; each logged step goes to ``on_step``."""
+    ``finetune.yaml`` in this process; each logged step goes to ``on_step``, and ``on_start`` is
+    told (epochs, steps per epoch, epochs already run) when training begins."""
     from torchtune import config as tt_config
 
     cfg = OmegaConf.load(finetune_yaml)
@@ -146,6 +148,8 @@ def run(finetune_yaml: Path, on_step: Callable[[dict], None] | None = None, meth
     recipe.setup(cfg=cfg)
     tap = _LossTap(recipe._metric_logger, recipe, on_step)
     recipe._metric_logger = tap
+    if on_start:
+        on_start(int(recipe.total_epochs), int(recipe._steps_per_epoch), int(recipe.epochs_run))
     try:
         recipe.train()
     finally:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from .. import ui
 from ..cluster import time_limit_message
 from ..config import effective_batch, peft_method, processes
 from ..records import (ActionLog, EpochLoss, RunState, RunStatus, finish_manifest, layout, read_jsonl,
@@ -34,7 +35,7 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     done = layout.checkpoints(run_dir)
     if previous is not None and previous.finished and len(done) == epochs:
         act("Skip fine-tune", f"{run_dir.name}: finished earlier, {len(done)} checkpoints intact")
-        print(f"cruijff: {run_dir.name}: fine-tuning finished earlier; skipped")
+        ui.say(f"cruijff: {run_dir.name}: fine-tuning finished earlier; skipped")
         return True
 
     resume = resume_point(previous, chash, run_dir, done, epochs)
@@ -71,19 +72,25 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
                 shutil.rmtree(partial)
         rows = [r for r in read_jsonl(loss_file) if r["epoch"] < kept]
         act("Resume", f"{run_dir.name}: from {resume} (epochs 0..{kept - 1} kept), attempt {state.attempts}")
-        print(f"cruijff: {run_dir.name}: resuming after {resume}")
+        ui.say(f"cruijff: {run_dir.name}: resuming after {resume}")
+    view = ui.TrainingView(run_dir.name)
     try:
         write_jsonl(rows, loss_file)  # then one line per step, so a killed job keeps its losses
-        if nproc > 1:  # the recipe's rank 0 appends them
-            distributed.launch(run_dir / "finetune.yaml", nproc, loss_file, method)
-        else:
-            with loss_file.open("a") as sink:
-                def on_step(row: dict) -> None:
-                    rows.append(row)
-                    sink.write(json.dumps(row) + "\n")
-                    sink.flush()
+        # torchtune's own output (its config, a bar per epoch, checkpoint lines) and its libraries' warnings
+        with ui.library_output(layout.finetune_log(run_dir), bool(cfg.get("verbose", False))), view:
+            if nproc > 1:  # the recipe's rank 0 appends them
+                view.start(epochs, 0, len(done) if resume else 0, f"{nproc} processes")
+                distributed.launch(run_dir / "finetune.yaml", nproc, loss_file, method)
+            else:
+                with loss_file.open("a") as sink:
+                    def on_step(row: dict) -> None:
+                        rows.append(row)
+                        sink.write(json.dumps(row) + "\n")
+                        sink.flush()
+                        view.step(row)
 
-                recipe.run(run_dir / "finetune.yaml", on_step=on_step, method=method)
+                    recipe.run(run_dir / "finetune.yaml", on_step=on_step, method=method,
+                               on_start=lambda e, s, r: view.start(e, s, r, conf["device"]))
         status, error = RunStatus.FINISHED, None
     except Exception as e:  # an ordinary failure is recorded, not raised
         status = RunStatus.FAILED

@@ -4,7 +4,9 @@
       sweep.json  run-experiment.log  .lock  summary.csv  summary.md  plots/  .submitit/
       base/<model>[+<template>]/     the base model's control cell
       <run>/                         a run dir
-        .hydra/config.yaml  finetune.yaml  manifest.json  run.json  logs/loss.jsonl
+        .hydra/config.yaml  finetune.yaml  manifest.json  run.json
+        logs/                        loss.jsonl, launch.log, and torchtune's and inspect's own output
+                                     (finetune.log, eval.log)
         epoch_<N>/                   a checkpoint: an adapter (PEFT format), or full weights
         eval/epoch_<N>/              its cell: inspect .eval logs + results.json
 """
@@ -54,6 +56,16 @@ def saved_overrides(run_dir: Path) -> Path:
 
 def loss_file(run_dir: Path) -> Path:
     return run_dir / "logs" / "loss.jsonl"
+
+
+def finetune_log(run_dir: Path) -> Path:
+    """torchtune's own output while the run fine-tunes (its config, progress bars, warnings)."""
+    return run_dir / "logs" / "finetune.log"
+
+
+def eval_log(run_dir: Path) -> Path:
+    """inspect's and transformers' own output while the run's cells are evaluated."""
+    return run_dir / "logs" / "eval.log"
 
 
 def cell_file(log_dir: Path) -> Path:

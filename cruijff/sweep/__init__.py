@@ -20,6 +20,7 @@ from .evals import eval_todo, evaluate_in_turn
 from .grid import run_grid
 from .launcher import submit
 from .settle import settle, summary_line
+from .table import SweepView, table as status_table
 
 __all__ = ["SweepCallback", "finish_sweep", "finish_detached", "eval_todo", "evaluate_in_turn", "run_grid",
-           "submit", "settle", "summary_line"]
+           "submit", "settle", "summary_line", "SweepView", "status_table"]

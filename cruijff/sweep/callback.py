@@ -15,8 +15,10 @@ from omegaconf import DictConfig
 from ..errors import CruijffError
 from ..records import ActionLog, SweepPlan, acquire_lock, layout, release_lock
 from ..report import report_is_current, report_sweep
+from ..ui import console
 from .evals import eval_todo, evaluate_runs
 from .settle import settle, summary_line
+from .table import table as status_table
 
 
 class SweepCallback(Callback):
@@ -85,6 +87,7 @@ def finish_sweep(config: DictConfig, sweep_dir: Path, act: ActionLog, t0: float)
         act("Skip report", "summary.md is current (no run or eval changed)")
     summary = summary_line(len(runs), finished, active, failed)
     act("Sweep done", f"{time.time() - t0:.1f} s", summary)
+    console().print(status_table(sweep_dir, "sweep done"))
     print(f"cruijff: {summary}")
     print(f"cruijff: report {sweep_dir / 'summary.md'}")
     return failed

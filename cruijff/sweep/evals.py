@@ -16,6 +16,7 @@ from ..config import eval_config, local_jobs, resolve_paths, task_specs
 from ..errors import last_line
 from ..evaluate import Evaluator, cell_done, cells, evaluate_run_dir
 from ..records import ActionLog, SweepPlan
+from .table import SweepView
 
 
 def eval_todo(sweep_dir: Path, runs: list[str], eval_cfg: DictConfig | None) -> list[tuple[str, Path | None]]:
@@ -97,7 +98,8 @@ def evaluate_runs(config: DictConfig, sweep_dir: Path, todo: list[tuple[str, Pat
     job per run, all at once (the scheduler queues them)."""
     evals = EvalJobs(config, sweep_dir, act)
     per_job = -(-len(todo) // local_jobs(config)) if evals.kind == "local" else 1
-    watch(evals.submit(todo, per_job=max(1, per_job)), evals.ended, evals.kind)
+    with SweepView(sweep_dir) as view:
+        watch(evals.submit(todo, per_job=max(1, per_job)), evals.ended, evals.kind, on_poll=view.refresh)
 
 
 def evaluate_group(sweep_dir: Path, group: list[tuple[str, Path | None]], eval_cfg: Any, slot: int | None) -> None:

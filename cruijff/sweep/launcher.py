@@ -17,11 +17,13 @@ from omegaconf import DictConfig
 
 from ..cluster import array_ids, job_folder, job_name, make_executor, max_array_size, share, watch
 from ..config import run_name
+from ..ui import say
 from ..errors import CruijffError
 from ..records import ActionLog, PlannedRunRecord, RunState, layout
 from .deaths import dead_reason, record_death
 from .evals import EvalJobs, eval_todo
 from .plan_file import add_runs, record_jobs
+from .table import SweepView
 
 
 def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
@@ -49,11 +51,12 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
                 reason = dead_reason(job, e, run_dir)
             else:  # evaluate this run now, while the rest of the grid trains
                 try:
-                    finished = evals is not None and bool((state := RunState.of(run_dir)) and state.finished)
+                    state = RunState.of(run_dir)
                 except CruijffError as e:  # the callback names it after the grid
                     act("Record unreadable", name, str(e))
-                    finished = False
-                if evals and finished:
+                    state = None
+                say_ended(name, state)
+                if evals and state is not None and state.finished:
                     todo = eval_todo(sweep_dir, [name], config.eval)
                     return evals.submit(todo) if todo else None
                 return None
@@ -65,8 +68,20 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         returns[name] = JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=float("nan"))
         return None
 
-    watch(jobs, ended, str(config.cluster.executor))
+    with SweepView(sweep_dir) as view:
+        watch(jobs, ended, str(config.cluster.executor), on_poll=view.refresh)
     return [returns[n] for n in names]
+
+
+def say_ended(name: str, state: RunState | None) -> None:
+    """One line as a run's job ends: finished (its last loss, its time) or failed (why)."""
+    if state is None:
+        return
+    if state.finished:
+        loss = f", loss {state.epochs[-1].final_loss:.4f}" if state.epochs else ""
+        say(f"cruijff: {name}: fine-tuning finished in {state.duration_s or 0:.0f} s{loss}")
+    elif state.error:
+        say(f"cruijff: {name}: fine-tuning failed: {state.error}")
 
 
 def eval_per_run(config: DictConfig) -> bool:

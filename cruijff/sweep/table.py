@@ -1,0 +1,163 @@
+"""The sweep's status table — runs x state, epochs, loss, evals — from files only: what
+``python -m cruijff status`` prints, and what the launcher redraws in place while it waits.
+
+Safe to read while a sweep runs: it reads ``sweep.json``, each ``run.json``, each eval cell's
+``results.json`` (all written atomically) and the tail of each running run's loss log.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import lru_cache
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from ..config import TaskSpec, task_specs
+from ..errors import CruijffError
+from ..evaluate import cell_complete
+from ..records import CellResults, RunState, SweepPlan, layout, sweep_runs
+from ..ui import console, is_live
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _cells(log_dirs: list[Path], specs: list[TaskSpec] | None) -> tuple[int, int]:
+    """Complete eval cells among these: every task of the sweep's list (when it has one) has a result
+    and its log, else every task recorded there succeeded. The sample limit and prompt layout the
+    next launch asks for are not known here: a cell counted here may still be redone by it."""
+    done = 0
+    for d in log_dirs:
+        if specs:
+            done += cell_complete(d, specs)
+        else:
+            cell = CellResults.of(d)
+            done += bool(cell and cell.tasks) and all(t.status == "success" for t in cell.tasks.values())
+    return done, len(log_dirs)
+
+
+def _last_loss(run_dir: Path, st: RunState | None) -> str:
+    """The run's latest loss: its last epoch's once recorded, else the last line of its loss log."""
+    if st and st.epochs and st.status.value != "running":
+        return f"{st.epochs[-1].final_loss:.4f}"
+    path = layout.loss_file(run_dir)
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - 512))
+            tail = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(tail):
+        try:
+            return f"{float(json.loads(line)['loss']):.4f}"
+        except (ValueError, KeyError, TypeError):
+            continue
+    return ""
+
+
+@lru_cache(maxsize=4096)
+def _epochs(saved: Path, mtime_ns: int) -> int | None:
+    return OmegaConf.load(saved).training.epochs
+
+
+def rows(sweep_dir: Path) -> list[dict]:
+    """One row per run of the plan (or per run dir found), plus the base-model controls."""
+    plan = SweepPlan.of(sweep_dir)
+    if plan is None and not layout.run_dirs(sweep_dir):
+        raise CruijffError(f"{sweep_dir}: not a sweep dir (no sweep.json, no runs)")
+    jobs = plan.jobs if plan else {}
+    specs = task_specs((plan.eval if plan else {}).get("tasks")) or None
+    out = []
+    now = time.time()
+    for r in sweep_runs(sweep_dir):
+        run_dir = sweep_dir / r.name
+        st = RunState.of(run_dir)
+        saved = layout.saved_config(run_dir)
+        epochs = _epochs(saved, saved.stat().st_mtime_ns) if saved.exists() else None
+        status = st.status.value if st else "pending"
+        duration = st.duration_s if st else None
+        if st and status == "running" and st.started:
+            duration = now - st.started
+        ckpts = [c.name for c in layout.checkpoints(run_dir)]
+        done, total = _cells([layout.eval_dir(run_dir, c) for c in ckpts], specs)
+        out.append({
+            "run": r.name, "state": status, "epochs": f"{len(ckpts)}/{epochs if epochs is not None else '?'}",
+            "loss": _last_loss(run_dir, st), "attempts": st.attempts if st else 0, "job": jobs.get(r.name, ""), "duration": _duration(duration),
+            "evals": f"{done}/{total}" if total else "", "error": ((st.error if st else None) or "")[:80],
+        })
+    for base in layout.base_dirs(sweep_dir):
+        done, total = _cells([base], specs)
+        out.append({"run": f"base ({base.name})", "state": "evaluated" if done else "pending",
+                    "epochs": "", "loss": "", "attempts": "", "job": "", "duration": "", "evals": f"{done}/{total}",
+                    "error": ""})
+    return out
+
+
+ORDER = {"running": 0, "failed": 1, "pending": 2}
+
+
+def table(sweep_dir: Path, note: str, limit: int | None = None):
+    """The status table: one row per run (state, epochs, loss, attempts, job, duration, evals,
+    error) and per base control, titled with the counts and ``note`` (who is launching);
+    ``limit``: at most that many rows, the running and failed runs first."""
+    from rich.table import Table
+
+    table_rows = rows(sweep_dir)
+    runs = [r for r in table_rows if not r["run"].startswith("base (")]
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    title = f"{sweep_dir.name}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f" — {note}"
+    left = 0
+    if limit is not None and len(table_rows) > limit:
+        table_rows = sorted(table_rows, key=lambda r: ORDER.get(r["state"], 3))
+        left, table_rows = len(table_rows) - limit, table_rows[:limit]
+    colors = {"finished": "green", "evaluated": "green", "failed": "red", "running": "yellow"}
+    out = Table(title=title, caption=f"… {left} more" if left else None)
+    for c in ("run", "state", "epochs", "loss", "attempts", "job", "duration", "evals", "error"):
+        out.add_column(c, justify="right" if c in ("epochs", "loss", "attempts", "evals") else "left")
+    for r in table_rows:
+        color = colors.get(r["state"])
+        state = f"[{color}]{r['state']}[/{color}]" if color else r["state"]
+        out.add_row(r["run"], state, r["epochs"], r["loss"], str(r["attempts"]), r["job"], r["duration"],
+                    r["evals"], r["error"])
+    return out
+
+
+class SweepView:
+    """The sweep's status table, redrawn in place while the launcher waits on its jobs (on a
+    terminal; where output is plain, the launcher's own lines say what happens). It goes when the
+    wait ends: the sweep prints its final table once, at its end."""
+
+    def __init__(self, sweep_dir: Path, every_s: float = 2.0):
+        self.sweep_dir, self.every_s = sweep_dir, every_s
+        self._live, self._last = None, 0.0
+
+    def __enter__(self) -> "SweepView":
+        if is_live():
+            from rich.live import Live
+
+            self._live = Live(self._render(), console=console(), auto_refresh=False, transient=True)
+            self._live.start()
+        return self
+
+    def _render(self):
+        try:
+            return table(self.sweep_dir, "launching", limit=max(5, console().size.height - 8))
+        except CruijffError as e:  # a record being replaced: keep the last view
+            return str(e)
+
+    def refresh(self) -> None:
+        if self._live is not None and time.time() - self._last >= self.every_s:
+            self._last = time.time()
+            self._live.update(self._render(), refresh=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.stop()

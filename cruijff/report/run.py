@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from ..config import TaskSpec
 from ..config.chat import base_cell_dir
 from ..records import RunState, cell_scores, layout
-from ..ui import console
+from ..ui import console, say
 from .format import fmt, markdown_table
 
 if TYPE_CHECKING:
@@ -59,4 +59,8 @@ def report_run(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec]) -> None:
     for _, r in df.iterrows():
         table.add_row(*(fmt(v) for v in r.values))
     console().print(table)
-    print(f"cruijff: run dir {run_dir}")
+    try:
+        shown = run_dir.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:  # not under the working dir
+        shown = run_dir
+    say(f"cruijff: run dir {shown}")

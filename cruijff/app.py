@@ -18,6 +18,7 @@ from .config import CONF_DIR, check_group_overrides, check_name, leaf_keys, regi
 from .errors import CruijffError, first_line, omegaconf_message, unknown_key
 from .job import main as job_main
 from .records import ENTRY_ENV, entry
+from .sweep import SweepCallback
 
 
 def launch(argv: list[str] | None = None) -> None:
@@ -66,6 +67,13 @@ def run_app(app: Callable[[], Any], argv: list[str]) -> None:
         if isinstance(e.__cause__, CruijffError):  # raised while Hydra built a plugin
             _exit(first_line(e.__cause__))
         _exit(composition_message(e, argv))
+    except ValueError as e:
+        if "No trials are completed yet" not in str(e):
+            raise
+        # hydra-optuna-sweeper, when every trial failed: the sweep ends as one whose runs failed
+        SweepCallback.end_after_sweeper_error()
+        print("cruijff: every trial failed", file=sys.stderr)
+        sys.exit(1)
 
 
 def _exit(message: str) -> None:

@@ -283,6 +283,16 @@ def test_a_trials_own_config_error_reaches_its_record_the_log_and_the_summary(tm
 
 
 
+def test_a_search_whose_every_trial_failed_ends_with_its_summary_not_a_traceback(tmp_path):
+    proc = launch("-m", "experiment=lr_search", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+                  "optimizer.lr=choice(-1,-2)", "peft.lora_rank=choice(8)", "training=smoke", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "No trials are completed" not in proc.stderr
+    assert "0/2 runs finished, 2 failed: " in proc.stdout and "must be a number > 0" in proc.stdout
+    assert "alembic" not in proc.stdout  # optuna's database layer keeps its INFO lines
+    assert (tmp_path / "outputs" / "lr_search" / "summary.md").is_file()
+
+
 def test_seeds_are_replicates_in_the_report(tmp_path, tiny_model_dir):
     """``seed=1,2`` x two learning rates: the runs that differ only in seed form a group whose mean
     over seeds comes with a t-interval and each seed's value; the plot draws the group's spread."""

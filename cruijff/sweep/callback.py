@@ -28,8 +28,11 @@ class SweepCallback(Callback):
     (one line, exit 2), and a failed run makes it exit 1.
     """
 
+    _active: tuple["SweepCallback", DictConfig] | None = None  # the sweep this process runs
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._t0 = time.time()
+        SweepCallback._active = (self, config)
         if config.get("dry_run", False) or _grid_sweeper(config):
             return  # the grid sweeper plans first, then takes the lock itself
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -42,7 +45,17 @@ class SweepCallback(Callback):
             "Sweep start", f"sweeper {config.hydra.sweeper._target_.rsplit('.', 1)[-1]}",
             f"launcher {config.hydra.launcher._target_.rsplit('.', 1)[-1]}")
 
+    @classmethod
+    def end_after_sweeper_error(cls) -> None:
+        """End the sweep whose sweeper raised after its jobs ran (hydra-optuna-sweeper asks for the
+        best trial when every trial failed): evaluate, report and summarise as at any sweep's end."""
+        if cls._active is not None:
+            callback, config = cls._active
+            cls._active = None
+            callback.on_multirun_end(config)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        SweepCallback._active = None
         if config.get("dry_run", False):
             return
         sweep_dir = Path(config.hydra.sweep.dir)

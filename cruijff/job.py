@@ -153,7 +153,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: str = "a
     saved = layout.saved_config(run_dir)
     saved.parent.mkdir(exist_ok=True)
     OmegaConf.save(cfg, saved, resolve=True)
-    (saved.parent / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides) if overrides else "[]\n")
+    layout.saved_overrides(run_dir).write_text("".join(f"- {o}\n" for o in overrides) if overrides else "[]\n")
     _log_to_file(run_dir / "logs" / "launch.log")
 
     ok = finetune_run(cfg, run_dir, model_dir, data_file, chash, act)

@@ -59,7 +59,6 @@ def library_output(log: Path, verbose: bool = False) -> Iterator[None]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    previous = _terminal
     with open(log, "ab") as sink:
         _terminal = os.fdopen(os.dup(saved[0]), "w", buffering=1)
         os.dup2(sink.fileno(), 1)
@@ -74,7 +73,7 @@ def library_output(log: Path, verbose: bool = False) -> Iterator[None]:
             for fd in saved:
                 os.close(fd)
             _terminal.close()
-            _terminal = previous
+            _terminal = None
 
 
 class TrainingView:

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from ..config import TaskSpec, task_specs
 from ..errors import CruijffError
 from ..evaluate import cell_complete
-from ..records import CellResults, RunState, SweepPlan, layout, sweep_runs
+from ..records import CellResults, RunState, RunStatus, SweepPlan, layout, sweep_runs
 from ..ui import console, is_live
 
 
@@ -44,7 +44,7 @@ def _cells(log_dirs: list[Path], specs: list[TaskSpec] | None) -> tuple[int, int
 
 def _last_loss(run_dir: Path, st: RunState | None) -> str:
     """The run's latest loss: its last epoch's once recorded, else the last line of its loss log."""
-    if st and st.epochs and st.status.value != "running":
+    if st and st.epochs and st.status is not RunStatus.RUNNING:
         return f"{st.epochs[-1].final_loss:.4f}"
     path = layout.loss_file(run_dir)
     try:

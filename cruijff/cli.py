@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from .config import load_run, validate
 from .errors import CruijffError
 from .evaluate import evaluate_run_dir
 from .evaluate.export import export_checkpoint
-from .records import ActionLog, SweepPlan, acquire_lock, layout, run_state, sweep_runs
+from .records import ActionLog, SweepPlan, acquire_lock, layout, sweep_runs
 from .report import print_comparison, report_run, report_sweep
 from .project import init_project
 from .status import show
-from .sweep import evaluate_in_turn
+from .sweep import finish
 
 
 VERBS = ("init", "eval", "report", "status", "plan", "compare", "export")
@@ -81,10 +82,13 @@ def verb(argv: list[str]) -> int:
         elif layout.is_sweep_dir(target):
             return sweep_command(args.command, target)
         else:
-            if args.command == "eval":
-                evaluate_run_dir(target)
+            unscored = evaluate_run_dir(target) if args.command == "eval" else {}
             cfg = load_run(target)
             report_run(cfg, target, validate(cfg))
+            for label, why in unscored.items():
+                print(f"cruijff: {target.name}: {label}: eval failed: {why}", file=sys.stderr)
+            if unscored:
+                return 1
     except CruijffError as e:
         print(f"cruijff: error: {e}", file=sys.stderr)
         return 2
@@ -108,16 +112,17 @@ def replan(sweep_dir: Path) -> None:
 
 
 def sweep_command(command: str, sweep_dir: Path) -> int:
-    """``eval`` or ``report`` of a sweep dir; 1 when a run's eval failed."""
-    runs = sweep_runs(sweep_dir)
-    failed: list[str] = []
-    if command == "eval":
-        acquire_lock(sweep_dir)
-        act = ActionLog(layout.action_log(sweep_dir))
-        finished = [r.name for r in runs if (st := run_state(sweep_dir / r.name)) is not None and st.finished]
-        failed = evaluate_in_turn(sweep_dir, finished, None, act)
-        act("Evaluate sweep", f"{len(finished)} finished runs", "python -m cruijff eval"
-            + (f"; eval failed: {', '.join(failed)}" if failed else ""))
-    report_sweep(sweep_dir, runs)
+    """``eval`` (the sweep's end, as its launch would: evaluate, report, summary) or ``report`` of a
+    sweep dir; 1 when a run or an eval cell failed."""
+    if command == "report":
+        report_sweep(sweep_dir, sweep_runs(sweep_dir))
+        print(f"cruijff: report {sweep_dir / 'summary.md'}")
+        return 0
+    acquire_lock(sweep_dir)
+    plan = SweepPlan.of(sweep_dir)
+    eval_cfg = plan.eval if plan and "max_tokens" in (plan.eval or {}) else None  # the launch's, else each run's
+    summary, failed = finish(sweep_dir, eval_cfg, False, ActionLog(layout.action_log(sweep_dir)), time.time(),
+                             done="Evaluate sweep (python -m cruijff eval)")
+    print(f"cruijff: {summary}")
     print(f"cruijff: report {sweep_dir / 'summary.md'}")
     return 1 if failed else 0

@@ -25,7 +25,7 @@ from .errors import ConfigError, CruijffError, first_line, omegaconf_message
 from .evaluate import evaluate_run
 from .finetune import finetune_run
 from .plan import FINISHED, NEW, REDO, PlannedRun, print_plan
-from .records import ActionLog, RunState, cell_scores, layout, mark_failed
+from .records import ActionLog, RunState, current_cell, expected_cells, layout, mark_failed
 from .report import report_run
 
 log = logging.getLogger("cruijff")
@@ -99,14 +99,17 @@ def record_refusal(run_dir: Path, message: str, error: Exception) -> None:
 
 
 def objective(cfg: DictConfig, run_dir: Path) -> float:
-    """The score an optimizing sweeper maximizes: ``eval.objective`` at the last evaluated epoch."""
+    """The score an optimizing sweeper maximizes: ``eval.objective`` at the last evaluated epoch
+    (of the cells that count under the keys expected now)."""
     specs = validate(cfg)
     label = cfg.eval.get("objective") or (specs[0].label if specs else None)
     state = RunState.of(run_dir)
-    evaluated = [c for c in (state.checkpoints if state else []) if layout.eval_dir(run_dir, c).is_dir()]
+    expected = expected_cells(run_dir)
+    evaluated = [c for c in (state.checkpoints if state else []) if c in expected]
     if label is None or not evaluated:
         return float("nan")
-    value = cell_scores(layout.eval_dir(run_dir, evaluated[-1])).get(label)
+    cell = current_cell(*expected[evaluated[-1]])
+    value = cell.scores().get(label) if cell else None
     return float(value) if value is not None else float("nan")
 
 
@@ -159,11 +162,15 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: str = "a
     ok = finetune_run(cfg, run_dir, model_dir, data_file, chash, act)
     if evaluate == "none":
         return 0 if ok else 1
+    unscored: dict[str, str] = {}
     if ok and cfg.eval.enabled:
-        evaluate_run(cfg, run_dir, model_dir, data_file, specs, act, base=evaluate == "all")
+        unscored = evaluate_run(cfg, run_dir, model_dir, data_file, specs, act, base=evaluate == "all")
     if evaluate == "all":
         report_run(cfg, run_dir, specs)
-    return 0 if ok else 1
+    for label, why in unscored.items():  # an eval cell without a score fails the run's command
+        act("Eval failed", f"{run_dir.name}/{label}", why)
+        print(f"cruijff: {run_dir.name}: {label}: eval failed: {why}", file=sys.stderr)
+    return 0 if ok and not unscored else 1
 
 
 def _log_to_file(path: Path) -> None:

@@ -85,7 +85,7 @@ def eval_template(cfg: Any) -> str | None:
     return resolve(template_choice(cfg))
 
 
-def base_cell_dir(cfg: Any, sweep_dir: Path) -> Path:
-    """The base model's control cell of a config: one per model and prompt layout in a sweep."""
+def base_cell_dir(cfg: Any, sweep_dir: Path, key: str) -> Path:
+    """A base model's control cell of a config, by its key: named for the model and prompt layout."""
     choice = template_choice(cfg)
-    return layout.base_dir(sweep_dir, str(cfg.model.name), None if choice is None else tag(choice))
+    return layout.base_dir(sweep_dir, str(cfg.model.name), None if choice is None else tag(choice), key)

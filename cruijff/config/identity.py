@@ -181,3 +181,38 @@ def _model_identity(path: str, mtime_ns: int, config_mtime_ns: int) -> str:
         if rel == "config.json" or rel.endswith(".index.json"):
             digest.update(f.read_bytes())
     return digest.hexdigest()
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def model_content_id(model_dir: Path) -> str:
+    """A model dir's content identity, for an eval cell: :func:`model_identity` (config, weight
+    index, file names and sizes) and, of every weight file, its first and last MiB — two checkpoints
+    of one architecture differ there — and the full content of its tokenizer and template files."""
+    path = Path(model_dir)
+    try:
+        path.stat()
+    except OSError:
+        return "missing"
+    stamps = tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file()))
+    return _model_content_id(str(path.resolve()), stamps)
+
+
+@lru_cache(maxsize=64)
+def _model_content_id(path: str, stamps: tuple) -> str:
+    root = Path(path)
+    digest = hashlib.sha256(model_identity(root).encode())
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and not any(
+            part.startswith(".") for part in p.relative_to(root).parts)):
+        rel = f.relative_to(root).as_posix()
+        if f.name.endswith(WEIGHT_SUFFIXES):
+            size = f.stat().st_size
+            with open(f, "rb") as fh:
+                digest.update(f"{rel}\0".encode() + fh.read(1 << 20))
+                if size > 2 << 20:
+                    fh.seek(size - (1 << 20))
+                    digest.update(fh.read())
+        elif f.suffix in (".json", ".jinja", ".model", ".txt", ".tiktoken") and f.stat().st_size < 64 << 20:
+            digest.update(f"{rel}\0".encode() + f.read_bytes())
+    return digest.hexdigest()

@@ -2,14 +2,16 @@
 
 ``backend`` evaluates checkpoints on every task, a base model loaded once per eval job for its
 control and all its adapter checkpoints (``adapter`` applies them in memory), and writes each
-cell's ``results.json``; ``cells`` says which checkpoints a run has to evaluate and when a cell is
-complete; ``stage`` is the stage over one run dir.
+cell's ``results.json``; ``cells`` says which checkpoints a run has to evaluate, each cell keyed by the content of what
+decides its scores (``identity``); ``stage`` is the stage over one run dir.
 """
 
 from .adapter import Adapter, AdapterSwap, read_adapter
-from .backend import Evaluator, build_task, evaluate_cell, exact_match_task
-from .cells import Cell, cell_complete, cell_done, cells
+from .backend import Evaluator, build_task, evaluate_cell, exact_match_task, samples_key
+from .cells import Cell, cells, plan_cells
+from .identity import cell_key, checkpoint_identity, settings_identity, task_identity
 from .stage import evaluate_run, evaluate_run_dir
 
 __all__ = ["Adapter", "AdapterSwap", "read_adapter", "Evaluator", "build_task", "evaluate_cell", "exact_match_task",
-           "Cell", "cell_complete", "cell_done", "cells", "evaluate_run", "evaluate_run_dir"]
+           "samples_key", "Cell", "cells", "plan_cells", "cell_key", "checkpoint_identity", "settings_identity",
+           "task_identity", "evaluate_run", "evaluate_run_dir"]

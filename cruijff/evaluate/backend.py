@@ -74,6 +74,24 @@ def build_task(spec: TaskSpec, data_file: Path, input_key: str, output_key: str)
     return getattr(module, fn)(**spec.args)
 
 
+def samples_key(task: Any, limit: int | None) -> str:
+    """sha256 of the (id, input) of the samples inspect will score of a task (the first ``limit``):
+    two cells are paired sample by sample only when these are the same."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    rows = []
+    for i, sample in enumerate(task.dataset):
+        if limit is not None and i >= limit:
+            break
+        text = sample.input if isinstance(sample.input, str) else [
+            m.model_dump(exclude={"id", "source", "metadata"}) for m in sample.input]
+        rows.append(json.dumps([str(sample.id if sample.id is not None else i + 1), text], default=str, sort_keys=True))
+    for row in sorted(rows):
+        digest.update(row.encode() + b"\n")
+    return digest.hexdigest()[:32]
+
+
 def _weights_view(model_dir: Path) -> Path | None:
     """A temporary dir of links to ``model_dir`` without ``adapter_*`` files, if any are there."""
     if not any(model_dir.glob("adapter_*")):
@@ -149,10 +167,11 @@ class Evaluator:
         tags: list[str] | None = None,
         metadata: dict | None = None,
         display: str | None = None,
+        record: dict | None = None,
     ) -> CellResults:
         """Evaluate ``model_dir`` (with ``adapter``, an adapter checkpoint of it, applied) on all
-        tasks; write ``results.json``. ``chat_template``: Jinja text that lays out the prompts
-        (None: the model dir's own template)."""
+        tasks; write ``results.json`` (with ``record``'s fields: the cell's key, its base control).
+        ``chat_template``: Jinja text that lays out the prompts (None: the model dir's own template)."""
         from inspect_ai import eval as inspect_eval
 
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -162,6 +181,7 @@ class Evaluator:
                 self._swap = AdapterSwap(model.api.model)
             self._swap.apply(read_adapter(adapter))
         built = [build_task(t, data_file, input_key, output_key) for t in tasks]
+        keys = [samples_key(task, limit) for task in built]
         try:
             logs = inspect_eval(
                 built,
@@ -180,8 +200,10 @@ class Evaluator:
             if self._swap is not None:
                 self._swap.restore()
         results: dict[str, TaskResult] = {}
-        for spec, log in zip(tasks, logs):
-            entry = TaskResult(status=log.status, log=log.location, task=log.eval.task)
+        for spec, log, key in zip(tasks, logs, keys):
+            # the log by its name in the cell's dir: a moved sweep dir still finds it
+            name = Path(log.location).name if log.location else None
+            entry = TaskResult(status=log.status, log=name, task=log.eval.task, samples_key=key)
             if log.status == "success" and log.results and log.results.scores:
                 score = log.results.scores[0]
                 entry.metric = headline_metric(score.metrics)
@@ -192,6 +214,8 @@ class Evaluator:
             results[spec.label] = entry
         cell = CellResults(model=str(adapter or model_dir), tasks=results, limit=limit, chat_template=chat_template,
                            metadata=metadata or {})
+        for k, v in (record or {}).items():
+            setattr(cell, k, v)
         cell.save(log_dir)
         return cell
 

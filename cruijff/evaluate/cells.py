@@ -1,27 +1,31 @@
-"""Eval cells: which checkpoints of a run are evaluated, where each cell's logs go, and when a
-cell is complete (so a re-run skips it)."""
+"""Eval cells: which checkpoints of a run are evaluated, their identity (:mod:`.identity`), where
+each cell's logs go, and whether a cell counts (``records.cell_standing``: its results have the key
+expected now and every task scored)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig
 
 from ..config import TaskSpec
-from ..config.chat import base_cell_dir, eval_template
-from ..records import CellResults, layout
+from ..config.chat import base_cell_dir
+from ..records import CellStanding, EvalPlan, ExpectedCell, cell_standing, layout
+from .identity import cell_key, checkpoint_identity, settings_identity, task_identity
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One checkpoint to evaluate on every task: ``base`` or ``epoch_N``."""
+    """One checkpoint to evaluate on every task: ``base`` or ``epoch_N``, with its key."""
 
     label: str
     model_dir: Path   # the weights loaded: the base model's dir, or a checkpoint of full weights
     log_dir: Path     # its inspect logs and results.json
     adapter: Path | None = None  # an adapter checkpoint, applied to the base model's weights
+    key: str = ""
+    parts: dict = field(default_factory=dict, compare=False)
+    base: "Cell | None" = field(default=None, compare=False)  # a run's checkpoint: its base control
 
     @property
     def checkpoint(self) -> Path:
@@ -32,43 +36,44 @@ class Cell:
     def is_base(self) -> bool:
         return self.label == "base"
 
+    def standing(self) -> CellStanding:
+        return cell_standing(self.log_dir, self.key)
 
-def cells(cfg: DictConfig, run_dir: Path, model_dir: Path) -> list[Cell]:
-    """Every checkpoint of a run to evaluate: the base control first (when asked for), then the epochs."""
-    out = []
-    if cfg.eval.base_model:
-        out.append(Cell("base", model_dir, base_cell_dir(cfg, run_dir.parent)))
+
+def cells(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path, specs: list[TaskSpec]) -> list[Cell]:
+    """Every checkpoint of a run to evaluate under this config, with its key: the base control
+    first (when asked for), then the complete epochs asked for."""
+    settings = settings_identity(cfg)
+    tasks = [task_identity(s, data_file, cfg.dataset.input_key, cfg.dataset.output_key) for s in specs]
+    key, parts = cell_key(checkpoint_identity(model_dir, None, False), tasks, settings)
+    base = Cell("base", model_dir, base_cell_dir(cfg, run_dir.parent, key), key=key, parts=parts)
+    out = [base] if cfg.eval.base_model else []
     wanted = None if cfg.eval.epochs == "all" else set(cfg.eval.epochs)
     for ckpt in layout.checkpoints(run_dir):
-        if wanted is None or layout.epoch_of(ckpt.name) in wanted:
-            if layout.checkpoint_kind(ckpt) == "adapter":
-                out.append(Cell(ckpt.name, model_dir, layout.eval_dir(run_dir, ckpt.name), adapter=ckpt))
-            else:
-                out.append(Cell(ckpt.name, ckpt, layout.eval_dir(run_dir, ckpt.name)))
+        if wanted is not None and layout.epoch_of(ckpt.name) not in wanted:
+            continue
+        adapter = layout.checkpoint_kind(ckpt) == "adapter"
+        ident = checkpoint_identity(model_dir, ckpt, adapter)
+        if ident is None:  # not complete
+            continue
+        key, parts = cell_key(ident, tasks, settings)
+        log_dir = layout.eval_dir(run_dir, ckpt.name)
+        out.append(Cell(ckpt.name, model_dir, log_dir, ckpt, key, parts, base) if adapter
+                   else Cell(ckpt.name, ckpt, log_dir, None, key, parts, base))
     return out
 
 
-_ANY: Any = object()
-
-
-def cell_complete(log_dir: Path, tasks: list[TaskSpec], limit: Any = _ANY, chat_template: Any = _ANY) -> bool:
-    """True when every task has a successful result and its log file is on disk, over the same
-    ``eval.limit`` (a smoke test's 10-sample cell does not stand for a full one) and prompted with
-    the same chat template, when these are given."""
-    cell = CellResults.of(log_dir)
-    if cell is None:
-        return False
-    if limit is not _ANY and cell.limit != limit:
-        return False
-    if chat_template is not _ANY and cell.chat_template != chat_template:
-        return False
-    for t in tasks:
-        r = cell.tasks.get(t.label)
-        if r is None or r.status != "success" or not r.log or not Path(r.log).exists():
-            return False
-    return True
-
-
-def cell_done(cfg: DictConfig, log_dir: Path, specs: list[TaskSpec]) -> bool:
-    """The cell has every task's result, over this config's sample limit and prompt layout."""
-    return cell_complete(log_dir, specs, cfg.eval.limit, eval_template(cfg))
+def plan_cells(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path, specs: list[TaskSpec]) -> list[Cell]:
+    """:func:`cells`, recorded as what the run's cells must be now (``eval/cells.json``), so that
+    ``status`` and the reports count only cells of these keys; the record is rewritten only when
+    it changes."""
+    out = cells(cfg, run_dir, model_dir, data_file, specs)
+    sweep_dir = run_dir.parent
+    plan = EvalPlan({c.label: ExpectedCell(layout.relative(c.log_dir, sweep_dir), c.key) for c in out})
+    try:
+        old = EvalPlan.of(run_dir)
+    except Exception:
+        old = None
+    if old is None or old.to_dict() != plan.to_dict():
+        plan.save(run_dir)
+    return out

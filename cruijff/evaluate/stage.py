@@ -1,8 +1,10 @@
-"""The eval stage over one run dir: every checkpoint not evaluated yet (and the base control) on
-all tasks, with one load of the base model for the base control and every adapter checkpoint."""
+"""The eval stage over one run dir: every checkpoint whose cell does not count under its key now
+(and the base control), on all tasks, with one load of the base model for the base control and
+every adapter checkpoint. A stale cell's files are kept aside in ``.stale/`` before it is redone."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -11,38 +13,47 @@ from omegaconf import DictConfig
 
 from .. import ui
 from ..config import TaskSpec, eval_config, prepare_job, resolve_paths, validate
-from ..config.chat import base_cell_dir, eval_template
+from ..config.chat import eval_template
 from ..hardware import resolve_device
-from ..records import ActionLog, RunState, layout
+from ..records import ActionLog, CellResults, CellStanding, RunState, layout
 from .backend import Evaluator
-from .cells import cell_done, cells
+from .cells import Cell, plan_cells
+from .identity import changed
 
 
 def evaluate_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path,
                  specs: list[TaskSpec], act: ActionLog, base: bool = True,
-                 evaluator: Evaluator | None = None) -> None:
-    """Evaluate the run's cells that are not complete; ``base``: its base control too.
-    ``evaluator``: the job's (its loaded model serves this run too), else one for this run."""
+                 evaluator: Evaluator | None = None) -> dict[str, str]:
+    """Evaluate the run's cells that do not count under their key now; ``base``: its base control
+    too. ``evaluator``: the job's (its loaded model serves this run too), else one for this run.
+    Returns the cells that have no score for some task (label -> why), after this evaluation."""
     todo_left = []
-    for cell in cells(cfg, run_dir, model_dir):
+    for cell in plan_cells(cfg, run_dir, model_dir, data_file, specs):
         if cell.is_base and not base:
             continue
-        if cell_done(cfg, cell.log_dir, specs):
-            act("Skip eval", f"{run_dir.name}/{cell.label}: complete")
+        standing = cell.standing()
+        if standing is CellStanding.COMPLETE:
+            act("Skip eval", f"{run_dir.name}/{cell.label}: complete (key {cell.key[:10]})")
         else:
             todo_left.append(cell)
+    failed: dict[str, str] = {}
     if not todo_left:
-        return
+        return failed
     own = evaluator is None
     evaluator = evaluator or Evaluator()
     device = resolve_device(cfg.training.device)
     state = RunState.of(run_dir)
+    sweep_dir = run_dir.parent
     try:
         for i, cell in enumerate(todo_left, 1):
+            set_aside(cell, run_dir.name, act)
             t0, loads = time.time(), evaluator.loads
             run = None if cell.is_base else run_dir.name
             doing = (f"{run_dir.name}: evaluating {cell.label} ({i}/{len(todo_left)}) "
                      f"on {', '.join(s.label for s in specs)}")
+            record = {"model": layout.relative(cell.checkpoint, sweep_dir), "key": cell.key, "key_parts": cell.parts}
+            if cell.base is not None:
+                record.update(base_cell=layout.relative(cell.base.log_dir, sweep_dir), base_key=cell.base.key)
             # inspect's and transformers' own output goes to the run's eval.log
             with ui.library_output(layout.eval_log(run_dir), bool(cfg.get("verbose", False))), ui.status(doing):
                 results = evaluator.evaluate(
@@ -53,9 +64,10 @@ def evaluate_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
                     limit=cfg.eval.limit, chat_template=eval_template(cfg),
                     tags=[cfg.experiment.name, run or "base", cell.label],
                     metadata={"experiment": cfg.experiment.name, "run": run, "checkpoint": cell.label,
-                              "path": str(cell.checkpoint), "adapter": cell.adapter is not None,
-                              "config_hash": state.config_hash if state else None,
-                              "base_cell": base_cell_dir(cfg, run_dir.parent).name},
+                              "path": record["model"], "adapter": cell.adapter is not None,
+                              "config_hash": state.config_hash if state and run else None,
+                              "cell_key": cell.key, "base_cell": record.get("base_cell")},
+                    record=record,
                 )
             summary = ", ".join(f"{k}={v.value if v.value is not None else v.status}"
                                 for k, v in results.tasks.items())
@@ -64,22 +76,47 @@ def evaluate_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
             ui.say(f"cruijff: {run_dir.name}: {cell.label}: {scores} ({time.time() - t0:.1f} s)")
             how = ("model loaded" if evaluator.loads > loads else "model held") + (
                 ", adapter applied in memory" if cell.adapter is not None else "")
-            act("Evaluate", f"{run_dir.name}/{cell.label}: {len(specs)} tasks, {how}",
+            act("Evaluate", f"{run_dir.name}/{cell.label}: {len(specs)} tasks, {how}, key {cell.key[:10]}",
                 f"{summary} in {time.time() - t0:.1f} s")
+            if results.failures():
+                failed[cell.label] = "; ".join(f"{k}: {why}" for k, why in results.failures().items())
     finally:
         if own:
             evaluator.close()
+    return failed
+
+
+def set_aside(cell: Cell, run: str, act: ActionLog) -> None:
+    """Before a cell is evaluated again, keep its earlier files (a stale or failed result) in
+    ``.stale/`` beside it: never mixed into the new results, never deleted."""
+    if not cell.log_dir.is_dir() or not any(cell.log_dir.iterdir()):
+        return
+    try:
+        old = CellResults.of(cell.log_dir)
+    except Exception:
+        old = None
+    target = layout.stale_dir(cell.log_dir, old.key if old else None)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(cell.log_dir), str(target))
+    if old is not None and old.key != cell.key:
+        why = ", ".join(changed(old.key_parts, cell.parts)) if old.key_parts else "made before cells had keys"
+        act("Stale eval", f"{run}/{cell.label}: key {(old.key or '-')[:10]} -> {cell.key[:10]} ({why})",
+            f"earlier files kept in {target}")
+    else:
+        act("Eval again", f"{run}/{cell.label}: an earlier try left no score for every task",
+            f"its files kept in {target}")
 
 
 def evaluate_run_dir(run_dir: Path, eval_cfg: Any = None, base: bool = True, slot: int | None = None,
-                     evaluator: Evaluator | None = None) -> None:
+                     evaluator: Evaluator | None = None) -> dict[str, str]:
     """Evaluate an existing run dir with its saved config (and ``eval_cfg``, the current launch's
-    eval section, when given); complete cells are skipped. ``slot``: this job's place among the
-    local jobs running at once (it picks the job's GPUs). ``evaluator``: the job's, to keep its
-    loaded model for the next run; None: one for this run, closed after it. What an eval job runs."""
+    eval section, when given); cells that count under their key are skipped. ``slot``: this job's
+    place among the local jobs running at once (it picks the job's GPUs). ``evaluator``: the job's,
+    to keep its loaded model for the next run; None: one for this run, closed after it. What an
+    eval job runs. Returns the cells left without a score for some task (label -> why)."""
     cfg = eval_config(run_dir, eval_cfg)
     prepare_job(cfg, slot)
     specs = validate(cfg)
     model_dir, data_file = resolve_paths(cfg)
-    evaluate_run(cfg, run_dir, model_dir, data_file, specs, ActionLog(layout.action_log(run_dir.parent)), base=base,
-                 evaluator=evaluator)
+    return evaluate_run(cfg, run_dir, model_dir, data_file, specs, ActionLog(layout.action_log(run_dir.parent)),
+                        base=base, evaluator=evaluator)

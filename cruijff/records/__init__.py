@@ -9,13 +9,17 @@ from .lock import holder as lock_holder
 from .lock import release as release_lock
 from .log import ActionLog, stamp
 from .manifest import ENTRY_ENV, entry, finish_manifest, launcher_argv, slurm_job_id, write_manifest
-from .state import (CellResults, EpochLoss, PlannedRunRecord, RunState, RunStatus, SweepPlan, TaskResult,
-                    cell_scores, headline_metric, mark_failed, run_state, sweep_runs)
+from .standing import RunStanding, complete_epochs, epoch_summary, other_config, record_finished, run_standing
+from .state import (CellResults, CellStanding, EpochLoss, EvalPlan, ExpectedCell, PlannedRunRecord, RunState,
+                    RunStatus, SweepPlan, TaskResult, cell_scores, cell_standing, current_cell, expected_cells,
+                    headline_metric, log_path, mark_failed, run_state, sweep_runs)
 
 __all__ = [
     "layout", "read_json", "read_jsonl", "write_json", "write_jsonl",
     "SweepBusy", "acquire_lock", "lock_holder", "release_lock",
     "ActionLog", "stamp", "ENTRY_ENV", "entry", "finish_manifest", "launcher_argv", "slurm_job_id", "write_manifest",
-    "CellResults", "EpochLoss", "PlannedRunRecord", "RunState", "RunStatus", "SweepPlan", "TaskResult",
-    "cell_scores", "headline_metric", "mark_failed", "run_state", "sweep_runs",
+    "CellResults", "CellStanding", "EpochLoss", "EvalPlan", "ExpectedCell", "PlannedRunRecord", "RunState",
+    "RunStatus", "SweepPlan", "TaskResult", "cell_scores", "cell_standing", "current_cell", "expected_cells",
+    "RunStanding", "complete_epochs", "epoch_summary", "other_config", "record_finished", "run_standing",
+    "headline_metric", "log_path", "mark_failed", "run_state", "sweep_runs",
 ]

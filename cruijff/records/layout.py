@@ -2,18 +2,26 @@
 
     outputs/<experiment>/            a sweep dir (also the parent of a single run's dir)
       sweep.json  run-experiment.log  .lock  summary.csv  summary.md  plots/  .submitit/
-      base/<model>[+<template>]/     the base model's control cell
+      base/<model>[+<template>]-<key>/  a base model's control cell, one per distinct key
       <run>/                         a run dir
         .hydra/config.yaml  finetune.yaml  manifest.json  run.json
         logs/                        loss.jsonl, launch.log, and torchtune's and inspect's own output
                                      (finetune.log, eval.log)
         epoch_<N>/                   a checkpoint: an adapter (PEFT format), or full weights
-        eval/epoch_<N>/              its cell: inspect .eval logs + results.json
+        epoch_<N>/.complete          written last, atomically: the checkpoint is complete (kind, id)
+        eval/epoch_<N>/              its cell: inspect .eval logs + results.json (its key inside)
+        eval/cells.json              the cells its checkpoints are expected to have now, and their keys
+        eval/.stale/                 stale cells' files, kept aside when they were evaluated again
 """
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from pathlib import Path
+
+from ..errors import CruijffError
+from .io import read_json, write_json
 
 SWEEP_FILE = "sweep.json"
 RUN_FILE = "run.json"
@@ -77,13 +85,37 @@ def eval_dir(run_dir: Path, checkpoint: str) -> Path:
     return run_dir / "eval" / checkpoint
 
 
-def base_dir(sweep_dir: Path, model: str, template_tag: str | None) -> Path:
-    """The base model's control cell: one per model and prompt layout in a sweep."""
-    return sweep_dir / "base" / (model + ("" if template_tag is None else "+" + template_tag))
+def eval_plan_file(run_dir: Path) -> Path:
+    """The cells a run's checkpoints are expected to have now, with their keys (``eval/cells.json``)."""
+    return run_dir / "eval" / "cells.json"
+
+
+def base_dir(sweep_dir: Path, model: str, template_tag: str | None, key: str) -> Path:
+    """A base model's control cell: one per distinct key (model content, tasks, data, settings),
+    named for the model and prompt layout it evaluates."""
+    return sweep_dir / "base" / (model + ("" if template_tag is None else "+" + template_tag) + "-" + key[:10])
+
+
+def stale_dir(log_dir: Path, key: str | None) -> Path:
+    """Where a stale cell's files are kept aside when it is evaluated again: ``.stale/`` beside it."""
+    root = log_dir.parent / ".stale" / f"{log_dir.name}-{(key or 'nokey')[:10]}"
+    path, n = root, 1
+    while path.exists():
+        n += 1
+        path = root.with_name(f"{root.name}.{n}")
+    return path
+
+
+def relative(path: Path, sweep_dir: Path) -> str:
+    """``path`` relative to the sweep dir where it is inside it (what state files store), else as it is."""
+    try:
+        return Path(path).resolve().relative_to(Path(sweep_dir).resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def base_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted(p for p in (sweep_dir / "base").glob("*") if p.is_dir())
+    return sorted(p for p in (sweep_dir / "base").glob("*") if p.is_dir() and not p.name.startswith("."))
 
 
 def run_dirs(sweep_dir: Path) -> list[str]:
@@ -110,8 +142,9 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 def checkpoint_kind(ckpt: Path) -> str | None:
     """What an epoch dir holds, once its files are all written: ``adapter`` (a LoRA adapter alone,
     applied to the base to use it), ``merged`` (full weights with the adapter merged in, and the
-    adapter), ``full`` (full fine-tuning's weights); None while it is incomplete. torchtune writes
-    the weights, then their index, then the adapter and its config."""
+    adapter), ``full`` (full fine-tuning's weights); None while its files are not all there.
+    torchtune writes the weights, then their index, then the adapter and its config. Whether the
+    checkpoint is complete is its marker's to say (:func:`completion`), not these files'."""
     shards = any(ckpt.glob("model-*.safetensors"))
     adapter = (ckpt / ADAPTER_WEIGHTS).exists()
     if shards:
@@ -119,10 +152,69 @@ def checkpoint_kind(ckpt: Path) -> str | None:
     return "adapter" if adapter and (ckpt / ADAPTER_CONFIG).exists() else None
 
 
-def checkpoints(run_dir: Path) -> list[Path]:
-    """Finished epoch checkpoints of a run, in epoch order (a dir counts once its files are there)."""
-    found = [d for d in run_dir.glob("epoch_*") if epoch_of(d.name) is not None and checkpoint_kind(d)]
+COMPLETE = ".complete"
+
+
+def complete_marker(ckpt: Path) -> Path:
+    """The file that says a checkpoint dir is complete: ``epoch_N/.complete``, written atomically
+    after everything else in it (torchtune's save, then cruijff's tidying). A dir without it is
+    incomplete, whatever files it holds: a save cut short, or one still being written."""
+    return ckpt / COMPLETE
+
+
+def adapter_id(ckpt: Path) -> str:
+    """The sha256 of an adapter checkpoint's content: its weights and its (tidied) config."""
+    digest = hashlib.sha256()
+    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+        digest.update(name.encode() + b"\0")
+        with (ckpt / name).open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def mark_complete(ckpt: Path, epoch: int) -> dict:
+    """Write ``ckpt``'s completion marker, the last write of a checkpoint:
+    ``{"version": 1, "epoch", "kind", "checkpoint_id"}``. An adapter's id is the sha256 of its
+    files (:func:`adapter_id`); full weights (merged, or full fine-tuning) get a fresh random id,
+    so an epoch trained again is a new checkpoint."""
+    kind = checkpoint_kind(ckpt)
+    if kind is None:
+        raise CruijffError(f"{ckpt}: the checkpoint's files are not all there; it cannot be marked complete")
+    marker = {"version": 1, "epoch": int(epoch), "kind": kind,
+              "checkpoint_id": adapter_id(ckpt) if kind == "adapter" else uuid.uuid4().hex}
+    write_json(complete_marker(ckpt), marker)
+    return marker
+
+
+def completion(ckpt: Path) -> dict | None:
+    """A checkpoint's completion marker; None when it has none (incomplete). A marker that cannot
+    be read, or of an unknown version, is an error naming it."""
+    path = complete_marker(ckpt)
+    data = read_json(path)
+    if data is None:
+        return None
+    if not isinstance(data, dict) or data.get("version", 1) != 1 or not isinstance(data.get("checkpoint_id"), str):
+        raise CruijffError(f"{path}: not a completion marker this cruijff knows (version 1, with a checkpoint_id)")
+    return data
+
+
+def checkpoint_id(ckpt_dir: Path) -> str | None:
+    """The id of a complete checkpoint (what an eval cell of it is keyed on); None while it is
+    incomplete."""
+    marker = completion(ckpt_dir)
+    return None if marker is None else marker["checkpoint_id"]
+
+
+def epoch_dirs(run_dir: Path) -> list[Path]:
+    """Every ``epoch_N`` dir of a run, complete or not, in epoch order."""
+    found = [d for d in run_dir.glob("epoch_*") if epoch_of(d.name) is not None and d.is_dir()]
     return sorted(found, key=lambda d: epoch_of(d.name))
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The complete epoch checkpoints of a run (those with a completion marker), in epoch order."""
+    return [d for d in epoch_dirs(run_dir) if checkpoint_id(d) is not None]
 
 
 def is_sweep_dir(path: Path) -> bool:

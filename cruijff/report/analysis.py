@@ -27,6 +27,8 @@ def with_statistics(scores: "pd.DataFrame", samples: SampleScores) -> "pd.DataFr
     per_sample = [samples.get(log) for log in df["log"]]
     cols: dict[str, list] = {k: [] for k in ("n", "ci_low", "ci_high", "gain", "gain_low", "gain_high", "p")}
     base_rows = {(r.base, r.task): i for i, r in enumerate(df.itertuples()) if r.run == "base"}
+    keys = df["samples_key"] if "samples_key" in df else [None] * len(df)
+    unpaired = []
     for i, r in enumerate(df.itertuples()):
         x = per_sample[i]
         ci = mean_interval(list(x.values())) if x else None
@@ -34,6 +36,9 @@ def with_statistics(scores: "pd.DataFrame", samples: SampleScores) -> "pd.DataFr
         cols["ci_low"].append(ci.low if ci else None)
         cols["ci_high"].append(ci.high if ci else None)
         b = base_rows.get((r.base, r.task))
+        if r.run != "base" and b is not None and not same_samples(keys[b], keys[i]):
+            unpaired.append(f"{r.run}/{r.checkpoint} and base/{r.base} on {r.task}")
+            b = None
         if r.run == "base" or b is None or not x or not per_sample[b]:
             for k in ("gain", "gain_low", "gain_high", "p"):
                 cols[k].append(None)
@@ -46,12 +51,21 @@ def with_statistics(scores: "pd.DataFrame", samples: SampleScores) -> "pd.DataFr
         cols["p"].append(c.p_value)
     for k, v in cols.items():
         df[k] = v
+    df.attrs["unpaired"] = unpaired
     df["p_holm"] = None
     for task, idx in df[df["run"] != "base"].groupby("task").groups.items():
         adjusted = holm([df.at[i, "p"] for i in idx])
         for i, p in zip(idx, adjusted):
             df.at[i, "p_holm"] = p
     return df
+
+
+def same_samples(a: Any, b: Any) -> bool:
+    """Whether two cells scored the same samples (ids and inputs), as their tasks' samples keys say;
+    cells that recorded none (written before) are taken at their ids."""
+    if a is None or b is None or a != a or b != b:  # None or NaN
+        return True
+    return a == b
 
 
 def seed_groups(plan) -> dict[str, list[str]]:

@@ -10,55 +10,71 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CruijffError, did_you_mean
-from ..records import CellResults, layout
+from ..records import CellResults, current_cell, expected_cells, layout, log_path
+from .analysis import same_samples
 from .format import p_value
 from .samples import SampleScores
 from .stats import compare, mean_interval, paired
 
 
-def cell_of(sweep_dir: Path, spec: str) -> Path:
-    """The eval cell a checkpoint spec names (see the module's docstring)."""
+def _bases(sweep_dir: Path) -> dict[str, Path]:
+    """The base controls the sweep's runs are compared with now, by dir name."""
+    out = {}
+    for run in layout.run_dirs(sweep_dir):
+        base = expected_cells(sweep_dir / run).get("base")
+        if base is not None and current_cell(*base) is not None:
+            out[base[0].name] = base[0]
+    return out
+
+
+def cell_of(sweep_dir: Path, spec: str) -> tuple[Path, CellResults]:
+    """The eval cell a checkpoint spec names (see the module's docstring), as it counts now."""
     head, _, tail = spec.partition("/")
     if head == "base":
-        bases = layout.base_dirs(sweep_dir)
-        names = [b.name for b in bases]
+        bases = _bases(sweep_dir)
+        names = sorted(bases)
         if tail:
-            if tail not in names:
+            if tail not in bases:
                 raise CruijffError(f"{spec}: no such base control{did_you_mean(tail, names)}; the sweep has: "
                                    f"{', '.join(names) or 'none'}")
-            return sweep_dir / "base" / tail
-        if len(bases) != 1:
+            path = bases[tail]
+        elif len(bases) != 1:
             raise CruijffError(f"{spec}: the sweep has {len(bases)} base controls; name one: "
                                + ", ".join(f"base/{n}" for n in names))
-        return bases[0]
+        else:
+            path = next(iter(bases.values()))
+        return path, CellResults.of(path)
     run_dir = sweep_dir / head
     runs = layout.run_dirs(sweep_dir)
     if head not in runs:
         raise CruijffError(f"{spec}: no such run in {sweep_dir}{did_you_mean(head, runs)}")
-    evaluated = sorted((p for p in (run_dir / "eval").glob("epoch_*") if layout.epoch_of(p.name) is not None),
-                       key=lambda p: layout.epoch_of(p.name))
+    expected = expected_cells(run_dir)
+    evaluated = sorted((label for label, (d, key) in expected.items()
+                        if layout.epoch_of(label) is not None and current_cell(d, key) is not None),
+                       key=layout.epoch_of)
     if not tail:
         if not evaluated:
             raise CruijffError(f"{spec}: no evaluated checkpoint")
-        return evaluated[-1]
-    if layout.epoch_of(tail) is None or not layout.eval_dir(run_dir, tail).is_dir():
+        tail = evaluated[-1]
+    if tail not in evaluated:
         raise CruijffError(f"{spec}: not an evaluated checkpoint of {head}; it has: "
-                           + (", ".join(p.name for p in evaluated) or "none"))
-    return layout.eval_dir(run_dir, tail)
+                           + (", ".join(evaluated) or "none"))
+    log_dir, key = expected[tail]
+    return log_dir, current_cell(log_dir, key)
 
 
 def compare_cells(sweep_dir: Path, a: str, b: str) -> list[dict]:
-    """One row per task both checkpoints were evaluated on."""
-    cells = {}
-    for spec in (a, b):
-        cell = CellResults.of(cell_of(sweep_dir, spec))
-        if cell is None:
-            raise CruijffError(f"{spec}: not evaluated yet (no results.json)")
-        cells[spec] = cell
+    """One row per task both checkpoints were evaluated on; refused where they scored other samples."""
+    cells = {spec: cell_of(sweep_dir, spec) for spec in (a, b)}
     samples = SampleScores(sweep_dir)
     rows = []
-    for task in sorted(set(cells[a].scores()) & set(cells[b].scores())):
-        x, y = paired(samples.get(cells[a].tasks[task].log), samples.get(cells[b].tasks[task].log))
+    (dir_a, cell_a), (dir_b, cell_b) = cells[a], cells[b]
+    for task in sorted(set(cell_a.scores()) & set(cell_b.scores())):
+        ta, tb = cell_a.tasks[task], cell_b.tasks[task]
+        if not same_samples(ta.samples_key, tb.samples_key):
+            raise CruijffError(f"{a} ({layout.relative(dir_a, sweep_dir)}) and {b} ({layout.relative(dir_b, sweep_dir)}) "
+                               f"scored other samples on {task} (ids or inputs differ): they cannot be paired")
+        x, y = paired(samples.get(log_path(dir_a, ta.log)), samples.get(log_path(dir_b, tb.log)))
         c = compare(x, y)
         rows.append({"task": task, "n": c.n, "a": mean_interval(x), "b": mean_interval(y), "diff": c.diff,
                      "p": c.p_value, "a_only": c.a_only, "b_only": c.b_only})

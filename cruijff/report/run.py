@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig
 
 from ..config import TaskSpec
-from ..config.chat import base_cell_dir
-from ..records import RunState, cell_scores, layout
+from ..records import RunState, current_cell, expected_cells, layout
 from ..ui import console, say
 from .format import fmt, markdown_table
 
@@ -24,11 +23,13 @@ def results_table(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec]) -> "pd.
 
     state = RunState.of(run_dir)
     losses = {e.epoch: e for e in state.epochs} if state else {}
-    labels = [("base", base_cell_dir(cfg, run_dir.parent))] if cfg.eval.base_model else []
-    labels += [(c, layout.eval_dir(run_dir, c)) for c in (state.checkpoints if state else [])]
+    expected = expected_cells(run_dir)  # the cells of the keys expected now: a stale one shows no score
+    labels = ["base"] if cfg.eval.base_model and "base" in expected else []
+    labels += [c for c in (state.checkpoints if state else []) if c in expected]
     rows = []
-    for label, log_dir in labels:
-        scores = cell_scores(log_dir)
+    for label in labels:
+        cell = current_cell(*expected[label])
+        scores = cell.scores() if cell else {}
         row: dict = {"checkpoint": label}
         for s in specs:
             row[s.label] = scores.get(s.label)

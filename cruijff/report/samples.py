@@ -37,9 +37,11 @@ def read_sample_scores(log: str | Path) -> dict[Any, float]:
 
 
 class SampleScores:
-    """Per-sample scores of a sweep's logs, read once per version of each log."""
+    """Per-sample scores of a sweep's logs, read once per version of each log (kept by the log's
+    path relative to the sweep dir, so a moved sweep dir keeps its cache)."""
 
     def __init__(self, sweep_dir: Path):
+        self.root = sweep_dir.resolve()
         self.path = sweep_dir / CACHE
         try:
             with open(self.path, "rb") as f:
@@ -49,19 +51,23 @@ class SampleScores:
         self.read = 0  # logs read by this instance (not from the cache)
         self.used: set[str] = set()
 
-    def get(self, log: str | None) -> dict[Any, float]:
-        if not log:
+    def get(self, log: str | Path | None) -> dict[Any, float]:
+        if log is None or log != log or not str(log):  # None, NaN (a pandas gap) or empty
             return {}
         try:
             st = os.stat(log)
         except OSError:
             return {}
-        self.used.add(log)
-        hit = self.cache.get(log)
-        if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+        try:
+            name = Path(log).resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            name = str(log)
+        self.used.add(name)
+        hit = self.cache.get(name)
+        if hit is not None and hit[0] == st.st_size:
             return hit[2]
         scores = read_sample_scores(log)
-        self.cache[log] = (st.st_size, st.st_mtime_ns, scores)
+        self.cache[name] = (st.st_size, st.st_mtime_ns, scores)
         self.read += 1
         return scores
 

@@ -19,9 +19,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from ..config import load_run, task_specs
-from ..config.chat import base_cell_dir
 from ..errors import CruijffError
-from ..records import CellResults, PlannedRunRecord, RunState, SweepPlan, layout, read_jsonl, sweep_runs
+from ..records import (PlannedRunRecord, RunState, SweepPlan, current_cell, expected_cells, layout, log_path,
+                       read_jsonl, sweep_runs)
 from .format import markdown_table, p_clause, p_value
 from .analysis import SEED_KEY, Pick, over_seeds, picks, seed_groups, validation_of, with_statistics
 from .plots import plot_accuracy, plot_heatmap, plot_losses
@@ -29,17 +29,16 @@ from .samples import SampleScores
 
 
 def collect(sweep_dir: Path, plan: list[PlannedRunRecord]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
-    """(scores, losses, failures) of a sweep dir, for the runs of its plan (none: every run dir)."""
+    """(scores, losses, failures) of a sweep dir, for the runs of its plan (none: every run dir).
+
+    Only cells that count are read: a run's cells of the keys it expects now (its
+    ``eval/cells.json``), and the base controls those cells name with the key they were compared
+    against — a stale cell, or a control no run is compared with now, is never mixed in."""
     import pandas as pd
 
     plan = plan or [PlannedRunRecord(name, []) for name in layout.run_dirs(sweep_dir)]
     rows, losses, failures = [], [], {}
-    bases = layout.base_dirs(sweep_dir)
-    for base in bases:
-        cell = CellResults.of(base)
-        for task, value in (cell.scores() if cell else {}).items():
-            rows.append({"run": "base", "model": base.name, "base": base.name, "checkpoint": "base", "epoch": -1,
-                         "task": task, "score": value, "log": cell.tasks[task].log})
+    bases: dict[Path, str | None] = {}
     for r in plan:
         run_dir = sweep_dir / r.name
         state = RunState.of(run_dir)
@@ -48,40 +47,56 @@ def collect(sweep_dir: Path, plan: list[PlannedRunRecord]) -> tuple[pd.DataFrame
             continue
         params = dict(o.split("=", 1) for o in r.overrides if "=" in o)
         epoch_loss = {e.epoch: e for e in state.epochs}
-        base_name = None
+        expected = expected_cells(run_dir)
+        if "base" in expected:
+            bases.setdefault(*expected["base"])
+        model = _model_of(run_dir)
         for ckpt in state.checkpoints:
-            epoch = layout.epoch_of(ckpt)
-            loss = epoch_loss.get(epoch)
-            cell = CellResults.of(layout.eval_dir(run_dir, ckpt))
+            log_dir, key = expected.get(ckpt, (None, None))
+            cell = current_cell(log_dir, key) if log_dir is not None else None
             if cell is None:
                 continue
-            base_name = base_name or cell.metadata.get("base_cell") or _base_of(run_dir, bases)
+            base_name = None
+            if cell.base_cell:
+                base_dir = sweep_dir / cell.base_cell
+                base_name = base_dir.name
+                bases.setdefault(base_dir, cell.base_key)
+            epoch = layout.epoch_of(ckpt)
+            loss = epoch_loss.get(epoch)
             for task, value in cell.scores().items():
-                rows.append({"run": r.name, **params, "base": base_name, "checkpoint": ckpt, "epoch": epoch,
-                             "task": task, "score": value, "mean_loss": loss.mean_loss if loss else None,
-                             "final_loss": loss.final_loss if loss else None, "log": cell.tasks[task].log})
+                rows.append({"run": r.name, **params, "model": model, "base": base_name,
+                             "checkpoint": ckpt, "epoch": epoch, "task": task, "score": value,
+                             "mean_loss": loss.mean_loss if loss else None,
+                             "final_loss": loss.final_loss if loss else None,
+                             "log": log_path(log_dir, cell.tasks[task].log),
+                             "samples_key": cell.tasks[task].samples_key})
         losses += [{"run": r.name, **row} for row in read_jsonl(layout.loss_file(run_dir))]
-    return pd.DataFrame(rows), pd.DataFrame(losses), failures
+    base_rows = []
+    for base_dir, key in sorted(bases.items()):
+        cell = current_cell(base_dir, key)
+        for task, value in (cell.scores() if cell else {}).items():
+            base_rows.append({"run": "base", "model": base_dir.name.rsplit("-", 1)[0], "base": base_dir.name,
+                              "checkpoint": "base", "epoch": -1, "task": task, "score": value,
+                              "log": log_path(base_dir, cell.tasks[task].log),
+                              "samples_key": cell.tasks[task].samples_key})
+    return pd.DataFrame(base_rows + rows), pd.DataFrame(losses), failures
 
 
-def _base_of(run_dir: Path, bases: list[Path]) -> str | None:
-    """The base control a run is compared with (cells written before they named it): the only one,
-    or the one its saved config names."""
-    if len(bases) == 1:
-        return bases[0].name
+def _model_of(run_dir: Path) -> str | None:
     try:
-        return base_cell_dir(load_run(run_dir), run_dir.parent).name
+        return str(load_run(run_dir).model.name)
     except CruijffError:
         return None
 
 
 def _report_inputs(sweep_dir: Path, plan: list[PlannedRunRecord]) -> str:
     """Fingerprint of everything the report reads (run states, cell summaries, the run list)."""
-    paths = [layout.run_file(sweep_dir / r.name) for r in plan] + layout.cell_files(sweep_dir)
+    paths = ([layout.run_file(sweep_dir / r.name) for r in plan] + [layout.eval_plan_file(sweep_dir / r.name) for r in plan]
+             + layout.cell_files(sweep_dir))
     parts = [",".join(r.name for r in plan)]
     for p in paths:
         try:
-            parts.append(f"{p}:{p.stat().st_mtime_ns}")
+            parts.append(f"{layout.relative(p, sweep_dir)}:{p.stat().st_mtime_ns}")
         except FileNotFoundError:
             parts.append(f"{p}:-")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
@@ -113,7 +128,7 @@ def report_sweep(sweep_dir: Path, plan: list[PlannedRunRecord] | None = None) ->
     seeds = {r.name: o.split("=", 1)[1] for r in plan for o in r.overrides if SEED_KEY.match(o)}
     by_seed = over_seeds(scores, groups, seeds) if not scores.empty else None
     chosen = picks(scores, validation_of(_specs(sweep_dir))) if not scores.empty else []
-    scores.drop(columns=["log"], errors="ignore").to_csv(sweep_dir / "summary.csv", index=False)
+    scores.drop(columns=["log", "samples_key"], errors="ignore").to_csv(sweep_dir / "summary.csv", index=False)
     if by_seed is not None and not by_seed.empty:
         by_seed.to_csv(sweep_dir / "summary_seeds.csv", index=False)
     _write_markdown(sweep_dir, scores, failures, len(plan) or None, by_seed, chosen)
@@ -163,6 +178,10 @@ def _write_markdown(sweep_dir: Path, scores: pd.DataFrame, failures: dict[str, s
     if chosen:
         lines += ["## Selected checkpoint per task", "",
                   markdown_table(_picks_table(chosen)), ""]
+    unpaired = scores.attrs.get("unpaired") if not scores.empty else None
+    if unpaired:
+        lines += ["## Not paired", "", "These cells scored other samples (ids or inputs) than their base control, "
+                  "so no gain over it is given:", ""] + [f"- {u}" for u in unpaired] + [""]
     if failures:
         lines += ["## Failed runs", ""] + [f"- `{n}`: {why}" for n, why in failures.items()] + [""]
     lines += ["Plots: `plots/accuracy_vs_epoch.png`, `plots/loss.png`, `plots/heatmap.png`.", ""]

@@ -13,11 +13,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from ..errors import CruijffError
-from ..records import ActionLog, SweepPlan, acquire_lock, layout, release_lock
-from ..report import report_is_current, report_sweep
+from ..records import ActionLog, acquire_lock, layout, release_lock
 from ..ui import console
-from .evals import eval_todo, evaluate_runs
-from .settle import settle, summary_line
+from .evals import evaluate_runs
+from .finish import finish
 from .table import table as status_table
 
 
@@ -79,27 +78,10 @@ def _grid_sweeper(config: DictConfig) -> bool:
 
 
 def finish_sweep(config: DictConfig, sweep_dir: Path, act: ActionLog, t0: float) -> dict[str, str]:
-    """Evaluate what is not evaluated yet, report if anything changed, summarise; returns failures."""
-    plan = SweepPlan.of(sweep_dir)
-    runs = plan.runs if plan else []
-    finished, active, failed = settle(sweep_dir, str(config.cluster.executor) == "slurm", act)
-    for n, why in failed.items():
-        act("Run failed", n, why)
-    evaluated = False
-    if config.eval.enabled and finished:
-        todo = eval_todo(sweep_dir, finished, config.eval)  # what an eval job left undone is tried again
-        if todo:
-            evaluate_runs(config, sweep_dir, todo, act)
-            evaluated = True
-        else:
-            act("Skip eval", f"all cells of {len(finished)} finished runs complete")
-    if evaluated or not report_is_current(sweep_dir, runs):
-        report_sweep(sweep_dir, runs)
-        act("Report", str(sweep_dir / "summary.md"))
-    else:
-        act("Skip report", "summary.md is current (no run or eval changed)")
-    summary = summary_line(len(runs), finished, active, failed)
-    act("Sweep done", f"{time.time() - t0:.1f} s", summary)
+    """Evaluate what does not count yet (eval jobs), report if anything changed, summarise; returns failures."""
+    slurm = str(config.cluster.executor) == "slurm"
+    summary, failed = finish(sweep_dir, config.eval, slurm, act, t0,
+                             evaluate=lambda todo: evaluate_runs(config, sweep_dir, todo, act))
     console().print(status_table(sweep_dir, "sweep done"))
     print(f"cruijff: {summary}")
     print(f"cruijff: report {sweep_dir / 'summary.md'}")

@@ -11,10 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..cluster import array_ids, job_folder, job_name, largest, make_executor
 from ..records import ActionLog, SweepPlan, layout
-from ..report import report_sweep
-from .evals import evaluate_in_turn
+from .finish import finish
 from .launcher import submit_jobs
-from .settle import settle, summary_line
 
 
 def detach(sweeper: Any, config: DictConfig, sweep_dir: Path, todo: list[list[str]], act: ActionLog,
@@ -41,14 +39,8 @@ def detach(sweeper: Any, config: DictConfig, sweep_dir: Path, todo: list[list[st
 
 
 def finish_detached(sweep_dir: Path, eval_cfg: dict) -> None:
-    """The eval+report job of a detached sweep (runs on the cluster once the arrays ended)."""
+    """The eval+report job of a detached sweep (runs on the cluster once the arrays ended): the
+    log, ``status`` and the report say what failed."""
     act = ActionLog(layout.action_log(sweep_dir))
-    t0 = time.time()
-    plan = SweepPlan.of(sweep_dir)
-    runs = plan.runs if plan else []
-    finished, active, failed = settle(sweep_dir, True, act)
-    if eval_cfg.get("enabled", True) and finished:
-        evaluate_in_turn(sweep_dir, finished, eval_cfg, act)
-    report_sweep(sweep_dir, runs)
-    act("Sweep done (detached)", f"eval+report job {time.time() - t0:.1f} s",
-        summary_line(len(runs), finished, active, failed))
+    summary, _ = finish(sweep_dir, eval_cfg, True, act, time.time(), done="Sweep done (detached)")
+    print(f"cruijff: {summary}")

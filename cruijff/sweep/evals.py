@@ -14,28 +14,49 @@ from omegaconf import DictConfig, OmegaConf
 from ..cluster import job_folder, job_name, make_executor, watch
 from ..config import eval_config, local_jobs, resolve_paths, task_specs
 from ..errors import last_line
-from ..evaluate import Evaluator, cell_done, cells, evaluate_run_dir
-from ..records import ActionLog, SweepPlan
+from ..evaluate import Evaluator, evaluate_run_dir, plan_cells
+from ..records import ActionLog, CellResults, CellStanding, SweepPlan, cell_standing, expected_cells, layout
 from .table import SweepView
 
 
-def eval_todo(sweep_dir: Path, runs: list[str], eval_cfg: DictConfig | None) -> list[tuple[str, Path | None]]:
-    """(run, the base-model cell its eval job also takes, or None) for every finished run with an
-    incomplete cell; checked in this process. Each base model's control (one per model of the
-    grid) goes to the first run of that model that needs it; those runs come first."""
+def eval_todo(sweep_dir: Path, runs: list[str], eval_cfg: DictConfig | dict | None) -> list[tuple[str, Path | None]]:
+    """(run, the base-model cell its eval job also takes, or None) for every finished run with a
+    cell that does not count under its key now; checked in this process, which also records each
+    run's expected cells (``eval/cells.json``). Each base control (one per distinct key) goes to
+    the first run that needs it; those runs come first."""
     out: dict[str, Path | None] = {}
     bases: set[Path] = set()
     for name in runs:
         cfg = eval_config(sweep_dir / name, eval_cfg)
         specs = task_specs(cfg.eval.tasks)
-        model_dir, _ = resolve_paths(cfg, build=False)
-        todo = [c for c in cells(cfg, sweep_dir / name, model_dir) if not cell_done(cfg, c.log_dir, specs)]
+        model_dir, data_file = resolve_paths(cfg, build=False)
+        todo = [c for c in plan_cells(cfg, sweep_dir / name, model_dir, data_file, specs)
+                if c.standing() is not CellStanding.COMPLETE]
         base = next((c.log_dir for c in todo if c.is_base and c.log_dir not in bases), None)
         if base is not None:
             bases.add(base)
         if base is not None or any(not c.is_base for c in todo):
             out[name] = base
     return sorted(out.items(), key=lambda item: item[1] is None)
+
+
+def eval_failures(sweep_dir: Path, runs: list[str]) -> dict[str, str]:
+    """The cells of these runs (and their base controls, once each) left without a score for some
+    task under the key expected now: ``run/checkpoint`` (or ``base/<dir>``) -> why."""
+    out: dict[str, str] = {}
+    for name in runs:
+        for label, (log_dir, key) in expected_cells(sweep_dir / name).items():
+            where = layout.relative(log_dir, sweep_dir) if label == "base" else f"{name}/{label}"
+            if where in out:
+                continue
+            standing = cell_standing(log_dir, key)
+            if standing is CellStanding.COMPLETE:
+                continue
+            cell = CellResults.of(log_dir) if standing is CellStanding.FAILED else None
+            why = "; ".join(f"{k}: {v}" for k, v in cell.failures().items()) if cell and cell.failures() else (
+                "its log is gone" if cell else f"not evaluated ({standing})")
+            out[where] = why
+    return out
 
 
 class EvalJobs:
@@ -120,11 +141,11 @@ def evaluate_group(sweep_dir: Path, group: list[tuple[str, Path | None]], eval_c
         raise RuntimeError("eval failed: " + "; ".join(failed))
 
 
-def evaluate_in_turn(sweep_dir: Path, finished: list[str], eval_cfg: dict | None, act: ActionLog) -> list[str]:
-    """Evaluate what these finished runs lack, in this process, one run after another (each base
-    model's control with the first run of it); returns the runs whose eval failed. ``eval_cfg``:
+def evaluate_in_turn(sweep_dir: Path, todo: list[tuple[str, Path | None]], eval_cfg: dict | None,
+                     act: ActionLog) -> list[str]:
+    """Evaluate these runs (:func:`eval_todo`) in this process, one after another (each base
+    control with the first run that needs it); returns the runs whose eval raised. ``eval_cfg``:
     the eval section to use (None: each run's saved one)."""
-    todo = eval_todo(sweep_dir, finished, None if eval_cfg is None else OmegaConf.create(eval_cfg))
     failed = []
     evaluator = Evaluator()  # one load of each base model for all of them
     try:

@@ -30,7 +30,7 @@ def write_plan(sweep_dir: Path, config: DictConfig, runs: list[PlannedRunRecord]
         sweeper=_target(config, "sweeper"),
         launcher=_target(config, "launcher"),
         runs=runs,
-        eval={k: evals[k] for k in ("tasks", "epochs", "base_model")},
+        eval=evals,  # the launch's whole eval section: ``cruijff eval`` evaluates with it again
         eval_matrix={"checkpoints": (["base"] if evals["base_model"] else []) + [f"{r.name}/epoch_*" for r in runs],
                      "tasks": tasks},
         jobs=dict(old.jobs) if old else {},

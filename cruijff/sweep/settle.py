@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..cluster import active_slurm_jobs
 from ..errors import CruijffError
-from ..records import ActionLog, RunState, RunStatus, SweepPlan
+from ..records import ActionLog, RunState, RunStatus, SweepPlan, sweep_runs
 from .deaths import may_be_at_work, record_death
 
 
@@ -16,7 +16,7 @@ def settle(sweep_dir: Path, slurm: bool, act: ActionLog) -> tuple[list[str], set
     record says running but whose job is gone is recorded as dead here."""
     plan = SweepPlan.of(sweep_dir)
     jobs = plan.jobs if plan else {}
-    states = {r.name: RunState.of(sweep_dir / r.name) for r in (plan.runs if plan else [])}
+    states = {r.name: RunState.of(sweep_dir / r.name) for r in sweep_runs(sweep_dir)}
     active: set[str] = set()
     if slurm:
         maybe = [n for n, st in states.items() if n in jobs and may_be_at_work(st, jobs[n])]
@@ -38,10 +38,14 @@ def settle(sweep_dir: Path, slurm: bool, act: ActionLog) -> tuple[list[str], set
     return finished, active, failed
 
 
-def summary_line(total: int, finished: list[str], active: set[str], failed: dict[str, str]) -> str:
+def summary_line(total: int, finished: list[str], active: set[str], failed: dict[str, str],
+                 cells_failed: dict[str, str] | None = None) -> str:
     summary = f"{len(finished)}/{total} runs finished"
     if active:
         summary += f", {len(active)} still running in earlier jobs ({', '.join(sorted(active))})"
     if failed:
         summary += f", {len(failed)} failed: " + "; ".join(f"{n}: {w}" for n, w in failed.items())
+    if cells_failed:
+        summary += (f", {len(cells_failed)} eval cell{'s' if len(cells_failed) > 1 else ''} without a score: "
+                    + "; ".join(f"{n}: {w}" for n, w in cells_failed.items()))
     return summary

@@ -14,10 +14,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..config import TaskSpec, task_specs
 from ..errors import CruijffError
-from ..evaluate import cell_complete
-from ..records import CellResults, RunState, RunStatus, SweepPlan, layout, sweep_runs
+from ..records import CellStanding, RunState, RunStatus, SweepPlan, cell_standing, expected_cells, layout, sweep_runs
 from ..ui import console, is_live
 
 
@@ -28,18 +26,25 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _cells(log_dirs: list[Path], specs: list[TaskSpec] | None) -> tuple[int, int]:
-    """Complete eval cells among these: every task of the sweep's list (when it has one) has a result
-    and its log, else every task recorded there succeeded. The sample limit and prompt layout the
-    next launch asks for are not known here: a cell counted here may still be redone by it."""
-    done = 0
-    for d in log_dirs:
-        if specs:
-            done += cell_complete(d, specs)
-        else:
-            cell = CellResults.of(d)
-            done += bool(cell and cell.tasks) and all(t.status == "success" for t in cell.tasks.values())
-    return done, len(log_dirs)
+def _cells(expected: dict[str, tuple[Path, str | None]], labels: list[str]) -> tuple[int, int, int]:
+    """(complete, stale, total) among a run's cells of these checkpoints: a cell counts when its
+    results have the key its run expects now (``eval/cells.json``) and every task scored; one of
+    another key is stale (the next launch evaluates it again)."""
+    done = stale = 0
+    for label in labels:
+        log_dir, key = expected.get(label, (None, None))
+        if log_dir is None:
+            continue
+        standing = cell_standing(log_dir, key)
+        done += standing is CellStanding.COMPLETE
+        stale += standing is CellStanding.STALE
+    return done, stale, len(labels)
+
+
+def _evals(done: int, stale: int, total: int) -> str:
+    if not total:
+        return ""
+    return f"{done}/{total}" + (f" ({stale} stale)" if stale else "")
 
 
 def _last_loss(run_dir: Path, st: RunState | None) -> str:
@@ -72,9 +77,9 @@ def rows(sweep_dir: Path) -> list[dict]:
     if plan is None and not layout.run_dirs(sweep_dir):
         raise CruijffError(f"{sweep_dir}: not a sweep dir (no sweep.json, no runs)")
     jobs = plan.jobs if plan else {}
-    specs = task_specs((plan.eval if plan else {}).get("tasks")) or None
     out = []
     now = time.time()
+    bases: dict[Path, str | None] = {}  # the base controls the runs expect now, with their keys
     for r in sweep_runs(sweep_dir):
         run_dir = sweep_dir / r.name
         st = RunState.of(run_dir)
@@ -85,16 +90,25 @@ def rows(sweep_dir: Path) -> list[dict]:
         if st and status == "running" and st.started:
             duration = now - st.started
         ckpts = [c.name for c in layout.checkpoints(run_dir)]
-        done, total = _cells([layout.eval_dir(run_dir, c) for c in ckpts], specs)
+        expected = expected_cells(run_dir)
+        if "base" in expected:
+            bases.setdefault(*expected["base"])
+        wanted = [c for c in ckpts if c in expected] if layout.eval_plan_file(run_dir).exists() else ckpts
+        done, stale, total = _cells(expected, wanted)
         out.append({
             "run": r.name, "state": status, "epochs": f"{len(ckpts)}/{epochs if epochs is not None else '?'}",
             "loss": _last_loss(run_dir, st), "attempts": st.attempts if st else 0, "job": jobs.get(r.name, ""), "duration": _duration(duration),
-            "evals": f"{done}/{total}" if total else "", "error": ((st.error if st else None) or "")[:80],
+            "evals": _evals(done, stale, total), "error": ((st.error if st else None) or "")[:80],
         })
-    for base in layout.base_dirs(sweep_dir):
-        done, total = _cells([base], specs)
-        out.append({"run": f"base ({base.name})", "state": "evaluated" if done else "pending",
-                    "epochs": "", "loss": "", "attempts": "", "job": "", "duration": "", "evals": f"{done}/{total}",
+    for base in sorted(set(layout.base_dirs(sweep_dir)) | set(bases)):
+        if base in bases or not bases:
+            standing = cell_standing(base, bases.get(base))
+            state = {CellStanding.COMPLETE: "evaluated", CellStanding.MISSING: "pending"}.get(standing, str(standing))
+            evals = _evals(standing is CellStanding.COMPLETE, standing is CellStanding.STALE, 1)
+        else:  # no run of the sweep is compared with it now
+            state, evals = "stale", "unused"
+        out.append({"run": f"base ({base.name})", "state": state,
+                    "epochs": "", "loss": "", "attempts": "", "job": "", "duration": "", "evals": evals,
                     "error": ""})
     return out
 
@@ -118,7 +132,7 @@ def table(sweep_dir: Path, note: str, limit: int | None = None):
     if limit is not None and len(table_rows) > limit:
         table_rows = sorted(table_rows, key=lambda r: ORDER.get(r["state"], 3))
         left, table_rows = len(table_rows) - limit, table_rows[:limit]
-    colors = {"finished": "green", "evaluated": "green", "failed": "red", "running": "yellow"}
+    colors = {"finished": "green", "evaluated": "green", "failed": "red", "running": "yellow", "stale": "magenta"}
     out = Table(title=title, caption=f"… {left} more" if left else None)
     for c in ("run", "state", "epochs", "loss", "attempts", "job", "duration", "evals", "error"):
         out.add_column(c, justify="right" if c in ("epochs", "loss", "attempts", "evals") else "left")

@@ -49,10 +49,12 @@ def test_each_merged_epoch_is_base_plus_its_own_adapter(merged_run, tiny_model_d
     assert checked >= 2 * 14
 
 
-def _answers(cell):
+def _answers(cell, log_dir):
     from inspect_ai.log import read_eval_log
 
-    log = read_eval_log(cell.tasks["exact_match"].log)
+    from cruijff.records import log_path
+
+    log = read_eval_log(str(log_path(log_dir, cell.tasks["exact_match"].log)))
     return [(s.id, s.output.completion, s.scores["match"].value) for s in log.samples]
 
 
@@ -76,7 +78,7 @@ def test_adapter_applied_in_memory_answers_as_its_merged_checkpoint(merged_run, 
     assert len(loads) == 1 and evaluator.loads == 1, loads
     for e in (0, 1):
         merged = evaluate_cell(merged_run / f"epoch_{e}", specs, tmp_path / f"m{e}", **kw)
-        assert _answers(swapped[e]) == _answers(merged), e
+        assert _answers(swapped[e], tmp_path / f"a{e}") == _answers(merged, tmp_path / f"m{e}"), e
         assert swapped[e].tasks["exact_match"].value == merged.tasks["exact_match"].value
         assert swapped[e].model == str(merged_run / f"epoch_{e}")  # the cell names its checkpoint
     assert swapped[1].tasks["exact_match"].value > base.tasks["exact_match"].value

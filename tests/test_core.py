@@ -32,7 +32,8 @@ def test_run_dir_holds_everything_needed_to_reproduce(demo):
     assert peft["task_type"] == "CAUSAL_LM" and peft["r"] == 16 and "q_proj" in peft["target_modules"]
     assert (Path(peft["base_model_name_or_path"]) / "config.json").exists()
     assert list((run_dir / "eval" / "epoch_1").glob("*.eval")), "inspect log missing"
-    assert (run_dir.parent / "base" / "tiny_llama" / "results.json").exists()
+    [base] = (run_dir.parent / "base").glob("tiny_llama-*")  # the control, named for its model and keyed
+    assert (base / "results.json").exists()
     state = json.loads((run_dir / "run.json").read_text())
     assert state["status"] == "finished" and state["error"] is None
     assert state["checkpoints"] == ["epoch_0", "epoch_1"]
@@ -61,7 +62,8 @@ def test_loss_falls_and_last_epoch_beats_base_on_held_out_test(demo):
     _, run_dir, proc = demo
     epochs = json.loads((run_dir / "run.json").read_text())["epochs"]
     assert epochs[-1]["mean_loss"] < 0.5 * epochs[0]["mean_loss"]
-    base = json.loads((run_dir.parent / "base" / "tiny_llama" / "results.json").read_text())
+    [base_dir] = (run_dir.parent / "base").glob("tiny_llama-*")
+    base = json.loads((base_dir / "results.json").read_text())
     last = json.loads((run_dir / "eval" / "epoch_1" / "results.json").read_text())
     b, e = base["tasks"]["exact_match"]["value"], last["tasks"]["exact_match"]["value"]
     assert base["tasks"]["exact_match"]["samples"] == 100

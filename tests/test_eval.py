@@ -49,7 +49,8 @@ def test_training_and_evaluation_see_the_same_token_ids(tiny_model_dir):
 def test_one_model_load_per_checkpoint_for_all_tasks(tmp_path, tiny_model_dir, model_loads):
     from cruijff import assets
     from cruijff.config import TaskSpec
-    from cruijff.evaluate import cell_complete, evaluate_cell
+    from cruijff.evaluate import evaluate_cell
+    from cruijff.records import CellStanding, cell_standing, log_path
 
     loads = model_loads
     specs = [TaskSpec("exact_match", {"split": "validation"}), TaskSpec(f"{TASK_FILE}@first_letter", {"n": 5})]
@@ -60,10 +61,10 @@ def test_one_model_load_per_checkpoint_for_all_tasks(tmp_path, tiny_model_dir, m
     assert len(loads) == 1, loads
     assert set(results.tasks) == {"exact_match", "first_letter"}
     assert results.tasks["first_letter"].samples == 5 and results.tasks["exact_match"].samples == 10
-    assert cell_complete(tmp_path / "cell", specs)
+    assert cell_standing(tmp_path / "cell", None) is CellStanding.COMPLETE
     # a lost log file makes the cell incomplete again
-    Path(results.tasks["first_letter"].log).unlink()
-    assert not cell_complete(tmp_path / "cell", specs)
+    log_path(tmp_path / "cell", results.tasks["first_letter"].log).unlink()
+    assert cell_standing(tmp_path / "cell", None) is CellStanding.FAILED
 
 
 def test_merged_checkpoint_is_read_without_its_adapter_files(tmp_path):
@@ -81,30 +82,16 @@ def test_merged_checkpoint_is_read_without_its_adapter_files(tmp_path):
     assert _weights_view(view) is None  # nothing to hide: the dir is used as it is
 
 
-def test_a_cell_evaluated_on_fewer_samples_does_not_count_for_a_full_one(tmp_path):
-    """training=smoke evaluates 10 samples; a later full sweep must not take that base cell as done."""
-    from cruijff.config import TaskSpec
-    from cruijff.evaluate import cell_complete
-
-    log = tmp_path / "x.eval"
-    log.write_text("")
-    cell = {"tasks": {"exact_match": {"status": "success", "log": str(log), "samples": 10}}, "limit": 10}
-    (tmp_path / "results.json").write_text(json.dumps(cell))
-    tasks = [TaskSpec("exact_match")]
-    assert cell_complete(tmp_path, tasks, 10) and not cell_complete(tmp_path, tasks, None)
-    (tmp_path / "results.json").write_text(json.dumps({**cell, "limit": None}))
-    assert cell_complete(tmp_path, tasks, None) and not cell_complete(tmp_path, tasks, 10)
-
-
 def test_the_configured_chat_template_lays_out_the_eval_prompts(tmp_path, tiny_model_dir):
     """The chat template given reaches the model through inspect's hf provider: here one that turns
     the dataset's "Capitalize: x" into the "Upper: x" the tiny model also knows, so its answers come
-    in capitals. The cell records the template; a cell prompted otherwise is not complete for it."""
+    in capitals. The template is part of the cell's key (tests/test_identity.py)."""
     from inspect_ai.log import read_eval_log
 
     from cruijff import assets
     from cruijff.config import TaskSpec
-    from cruijff.evaluate import cell_complete, evaluate_cell
+    from cruijff.evaluate import evaluate_cell
+    from cruijff.records import log_path
 
     user = "{% elif message['role'] == 'user' %}{{ message['content'] }}"
     assert user in assets.CHAT_TEMPLATE
@@ -116,9 +103,8 @@ def test_the_configured_chat_template_lays_out_the_eval_prompts(tmp_path, tiny_m
     mine = evaluate_cell(tiny_model_dir, specs, tmp_path / "b", chat_template=upper, **kw)
 
     def answers(result):
-        return [s.output.completion.strip() for s in read_eval_log(result.tasks["exact_match"].log).samples]
+        log = log_path(tmp_path / ("b" if result is mine else "a"), result.tasks["exact_match"].log)
+        return [s.output.completion.strip() for s in read_eval_log(str(log)).samples]
 
     assert all(a.isupper() for a in answers(mine)), answers(mine)
     assert not any(a.isupper() for a in answers(default)), answers(default)
-    assert cell_complete(tmp_path / "b", specs, 5, upper) and not cell_complete(tmp_path / "b", specs, 5, None)
-    assert cell_complete(tmp_path / "a", specs, 5, None) and not cell_complete(tmp_path / "a", specs, 5, upper)

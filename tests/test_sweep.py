@@ -122,7 +122,7 @@ def test_status_shows_every_run_and_the_base_control(sweep):
     for name in RUNS:
         [row] = [ln for ln in lines if f" {name} " in ln]
         assert "finished" in row and "1/1" in row
-    assert any("base (tiny_llama)" in ln and "evaluated" in ln for ln in lines)
+    assert any("base (tiny_llama-" in ln and "evaluated" in ln for ln in lines)
     assert "4 finished" in proc.stdout and "no launch running" in proc.stdout
 
 
@@ -253,7 +253,8 @@ def test_smoke_preset_runs_a_whole_sweep_in_a_few_steps_with_a_base_control_per_
         cell = json.loads((sweep_dir / name / "eval" / "epoch_0" / "results.json").read_text())
         assert cell["tasks"]["exact_match"]["samples"] == 10
     for model in ("tiny_a", "tiny_b"):
-        cell = json.loads((sweep_dir / "base" / model / "results.json").read_text())
+        [base] = (sweep_dir / "base").glob(f"{model}-*")
+        cell = json.loads((base / "results.json").read_text())
         assert cell["tasks"]["exact_match"]["status"] == "success", model
     assert "2/2 runs finished" in (sweep_dir / "summary.md").read_text()
     # the accuracy plot draws each model's control

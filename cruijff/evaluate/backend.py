@@ -75,8 +75,8 @@ def build_task(spec: TaskSpec, data_file: Path, input_key: str, output_key: str)
 
 
 def samples_key(task: Any, limit: int | None) -> str:
-    """sha256 of the (id, input) of the samples inspect will score of a task (the first ``limit``):
-    two cells are paired sample by sample only when these are the same."""
+    """sha256 of the (id, input, target) of the samples inspect will score of a task (the first
+    ``limit``): two cells are paired sample by sample only when these are the same."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -86,7 +86,8 @@ def samples_key(task: Any, limit: int | None) -> str:
             break
         text = sample.input if isinstance(sample.input, str) else [
             m.model_dump(exclude={"id", "source", "metadata"}) for m in sample.input]
-        rows.append(json.dumps([str(sample.id if sample.id is not None else i + 1), text], default=str, sort_keys=True))
+        rows.append(json.dumps([str(sample.id if sample.id is not None else i + 1), text, sample.target],
+                               default=str, sort_keys=True))
     for row in sorted(rows):
         digest.update(row.encode() + b"\n")
     return digest.hexdigest()[:32]

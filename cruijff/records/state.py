@@ -95,6 +95,7 @@ class RunState(Record):
     duration_s: float | None = None  # of the last attempt
     host: str | None = None
     pid: int | None = None
+    pid_start: int | None = None    # the process's start time (/proc/<pid>/stat field 22): a reused pid is not it
     job_id: str | None = None       # SLURM job that wrote this record (``12_3`` for an array task)
     device: str | None = None
     dtype: str | None = None
@@ -218,8 +219,8 @@ class TaskResult:
     value: float | None = None
     samples: int | None = None
     error: str | None = None
-    samples_key: str | None = None  # sha256 of the (id, input) of every sample scored: two cells are
-                                    # paired only when theirs are equal
+    samples_key: str | None = None  # sha256 of the (id, input, target) of every sample scored: two
+                                    # cells are paired only when theirs are equal
 
 
 @dataclass

@@ -57,8 +57,8 @@ def collect(sweep_dir: Path, plan: list[PlannedRunRecord]) -> tuple[pd.DataFrame
             if cell is None:
                 continue
             base_name = None
-            if cell.base_cell:
-                base_dir = sweep_dir / cell.base_cell
+            base_dir = _base_of(cell, sweep_dir)
+            if base_dir is not None:
                 base_name = base_dir.name
                 bases.setdefault(base_dir, cell.base_key)
             epoch = layout.epoch_of(ckpt)
@@ -80,6 +80,21 @@ def collect(sweep_dir: Path, plan: list[PlannedRunRecord]) -> tuple[pd.DataFrame
                               "log": log_path(base_dir, cell.tasks[task].log),
                               "samples_key": cell.tasks[task].samples_key})
     return pd.DataFrame(base_rows + rows), pd.DataFrame(losses), failures
+
+
+def _base_of(cell, sweep_dir: Path) -> Path | None:
+    """The base control a run's cell was compared with: the one it names; a cell written before
+    cells named theirs: the one its metadata names, or the sweep's only one."""
+    if cell.base_cell:
+        return sweep_dir / cell.base_cell
+    if cell.key is None:
+        legacy = cell.metadata.get("base_cell")
+        if legacy:
+            return sweep_dir / "base" / legacy
+        bases = layout.base_dirs(sweep_dir)
+        if len(bases) == 1:
+            return bases[0]
+    return None
 
 
 def _model_of(run_dir: Path) -> str | None:

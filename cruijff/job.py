@@ -24,8 +24,8 @@ from .config import check_name, config_hash, prepare_job, resolve_paths, validat
 from .errors import ConfigError, CruijffError, first_line, omegaconf_message
 from .evaluate import evaluate_run
 from .finetune import finetune_run
-from .plan import FINISHED, NEW, REDO, PlannedRun, print_plan
-from .records import ActionLog, RunState, current_cell, expected_cells, layout, mark_failed
+from .plan import OVERWRITE, PlannedRun, plan_state, print_plan
+from .records import ActionLog, RunState, current_cell, expected_cells, layout, mark_failed, run_standing
 from .report import report_run
 
 log = logging.getLogger("cruijff")
@@ -118,9 +118,9 @@ def dry_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> int:
     validate(cfg)
     check_name("run name", run_dir.name)
     chash = config_hash(cfg, *resolve_paths(cfg, build=False))
-    state = RunState.of(run_dir)
-    planned = NEW if state is None else FINISHED if state.finished else REDO
-    print_plan([PlannedRun(run_dir.name, overrides, chash, planned)], f"{cfg.experiment.name}: dry run")
+    standing, state = run_standing(run_dir, chash, int(cfg.training.epochs))
+    planned = plan_state(standing, bool(cfg.overwrite), run_dir, state, chash)
+    print_plan([PlannedRun(run_dir.name, overrides, chash, planned, state)], f"{cfg.experiment.name}: dry run")
     return 0
 
 
@@ -138,16 +138,10 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: str = "a
     specs = validate(cfg)
     check_name("run name", run_dir.name)
     act = ActionLog(layout.action_log(run_dir.parent))
-    state = RunState.of(run_dir)
     model_dir, data_file = resolve_paths(cfg)
     chash = config_hash(cfg, model_dir, data_file)
-    if state is not None and state.config_hash not in (None, chash):
-        if not cfg.overwrite:
-            raise ConfigError(
-                "overwrite", False,
-                f"{run_dir} holds a run of a different config (hash {state.config_hash} != {chash}); "
-                "pass overwrite=true to replace it, or change experiment.name",
-            )
+    standing, state = run_standing(run_dir, chash, int(cfg.training.epochs))
+    if plan_state(standing, bool(cfg.overwrite), run_dir, state, chash) == OVERWRITE:
         act("Overwrite run", f"{run_dir.name}: config hash {state.config_hash} -> {chash}")
         for child in run_dir.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()

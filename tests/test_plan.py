@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from conftest import ROOT, launch
 from cruijff.config import CruijffError, config_hash, register_resolvers
 from cruijff.config import resolve_paths
-from cruijff.plan import FINISHED, NEW, Planner
+from cruijff.plan import FINISHED, NEW, REDO, Planner
 
 register_resolvers()
 
@@ -90,20 +90,37 @@ def test_two_grid_points_in_one_run_dir_are_refused(hydra_compose, tmp_path):
         planner.plan([["optimizer.lr=1e-3"], ["optimizer.lr=0.001"]])
 
 
-def test_state_comes_from_run_json_and_checkpoints(hydra_compose, tmp_path):
+def test_state_comes_from_complete_checkpoints_and_the_config_hash(hydra_compose, tmp_path, capsys):
+    """A checkpoint counts once its completion marker is written, whatever its files and run.json
+    say; run.json says only whose config the run dir holds. The dry run of a single run says what
+    the planner says."""
+    from cruijff.job import dry_run
+    from cruijff.records import layout
+
     planner = Planner(hydra_compose([]), tmp_path)
     [run] = planner.plan([["training.epochs=1"]])
     assert run.state == NEW
     run_dir = tmp_path / run.name
     (run_dir / "epoch_0").mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps({"status": "finished", "config_hash": run.config_hash}))
-    assert planner.plan([["training.epochs=1"]])[0].state != FINISHED  # no weights on disk: redo
-    for f in ("adapter_model.safetensors", "model-00001-of-00001.safetensors"):
+    assert planner.plan([["training.epochs=1"]])[0].state == REDO  # no weights on disk
+    for f in ("adapter_model.safetensors", "adapter_config.json"):
         (run_dir / "epoch_0" / f).write_bytes(b"x")
-    assert planner.plan([["training.epochs=1"]])[0].state == FINISHED
+    assert planner.plan([["training.epochs=1"]])[0].state == REDO  # its files, but no marker: a save cut short
+    assert layout.checkpoint_id(run_dir / "epoch_0") is None and layout.checkpoints(run_dir) == []
+    marker = layout.mark_complete(run_dir / "epoch_0", 0)
+    assert marker["kind"] == "adapter" and layout.checkpoint_id(run_dir / "epoch_0") == layout.adapter_id(
+        run_dir / "epoch_0")
+    (run_dir / "run.json").write_text(json.dumps({"status": "running", "config_hash": run.config_hash}))
+    assert planner.plan([["training.epochs=1"]])[0].state == FINISHED  # killed before run.json said so
+    cfg = hydra_compose(["training.epochs=1"])
+    dry_run(cfg, run_dir, ["training.epochs=1"])
+    assert " finished " in capsys.readouterr().out
     (run_dir / "run.json").write_text(json.dumps({"status": "finished", "config_hash": "0" * 16}))
     with pytest.raises(CruijffError, match="overwrite=False: .* different config"):
         planner.plan([["training.epochs=1"]])
+    with pytest.raises(CruijffError, match="overwrite=False: .* different config"):
+        dry_run(cfg, run_dir, ["training.epochs=1"])  # it said "finished" for another config's run
     assert planner.plan([["training.epochs=1"]], overwrite=True)[0].state == "overwrite"
 
 

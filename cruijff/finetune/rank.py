@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .recipe import _clone_before_merge, _load_recipe_module, _LossTap, watch_saves
+from .recipe import _clone_before_merge, _load_recipe_module, _LossTap, continue_schedule, watch_saves
 from .render import recipe_class, recipe_name
 
 
@@ -40,6 +40,7 @@ def main(argv: list[str]) -> None:
         recipe = getattr(module, recipe_class(2, method))(cfg=cfg)
         watch_saves(recipe, cfg)
         recipe.setup(cfg=cfg)
+        continue_schedule(recipe, cfg)
         if recipe._is_rank_zero:
             loss_file.parent.mkdir(parents=True, exist_ok=True)
             sink = loss_file.open("a")

@@ -8,20 +8,30 @@ ones for a run on several GPUs, started through torchrun with one process per GP
 
 An adapter-only run (``save_adapter_weights_only``) keeps in each epoch dir what PEFT and vLLM load
 (``adapter_model.safetensors``, a complete ``adapter_config.json``) and the tokenizer files; the
-torchtune-format copy of the adapter that a resume needs is moved to ``recipe_state/`` (and dropped
-after the last epoch), so no epoch holds the adapter twice.
+torchtune-format copy of the adapter that a resume needs is moved to ``recipe_state/`` once the
+epoch is complete (and dropped after the last epoch), so no epoch holds the adapter twice.
 
-One fix is applied at run time: on CPU, torchtune 0.6.1 merges the LoRA delta *in place* into the
-live base weights at each epoch save (``.cpu()`` returns the same tensor there), so ``epoch_1``
-would hold base + Δ0 + Δ1. We clone the weights to be merged first; on GPU nothing changes.
+Each epoch dir is marked complete (``epoch_N/.complete``, see :mod:`cruijff.records.layout`) as
+the last write of its save, after torchtune's files and cruijff's tidying, by the process that
+writes it (rank 0 of a distributed run).
+
+Two fixes are applied at run time. On CPU, torchtune 0.6.1 merges the LoRA delta *in place* into
+the live base weights at each epoch save (``.cpu()`` returns the same tensor there), so ``epoch_1``
+would hold base + Δ0 + Δ1: we clone the weights to be merged first; on GPU nothing changes. And
+a resumed run continues the uninterrupted run's step count and learning-rate schedule
+(:func:`continue_schedule`): torchtune 0.6.1's single-device LoRA recipe restores its step count
+only when ``max_steps_per_epoch`` cuts epochs short, so otherwise it counted steps from 1 again
+and warmed the learning rate up again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
 import os
+import signal
 from pathlib import Path
 from typing import Callable
 
@@ -60,20 +70,10 @@ def _clone_before_merge(merge: Callable) -> Callable:
     return merged
 
 
-def tidy_adapter_epoch(output_dir: Path, epoch: int, last: bool, base_dir: str, dropout: float) -> None:
-    """After torchtune saved ``epoch_<epoch>`` adapter-only: its torchtune-format adapter becomes the
-    resume point (or goes, after the last epoch), and its ``adapter_config.json`` names what PEFT and
-    vLLM need to load it on the base (``base_model_name_or_path``, ``task_type``)."""
-    epoch_dir = output_dir / f"epoch_{epoch}"
-    pt = epoch_dir / "adapter_model.pt"
-    if last:  # nothing resumes after the last epoch
-        for stale in (pt, output_dir / RESUME_ADAPTER):
-            stale.unlink(missing_ok=True)
-    elif pt.exists():
-        target = output_dir / RESUME_ADAPTER
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(pt, target)
-    config = epoch_dir / layout.ADAPTER_CONFIG
+def tidy_adapter_epoch(output_dir: Path, epoch: int, base_dir: str, dropout: float) -> None:
+    """After torchtune saved ``epoch_<epoch>`` adapter-only: its ``adapter_config.json`` names what
+    PEFT and vLLM need to load it on the base (``base_model_name_or_path``, ``task_type``)."""
+    config = output_dir / f"epoch_{epoch}" / layout.ADAPTER_CONFIG
     if config.exists():
         peft = json.loads(config.read_text())
         peft.update(base_model_name_or_path=base_dir, task_type="CAUSAL_LM", peft_type="LORA",
@@ -81,20 +81,104 @@ def tidy_adapter_epoch(output_dir: Path, epoch: int, last: bool, base_dir: str, 
         write_json(config, peft)
 
 
+def keep_resume_adapter(output_dir: Path, epoch: int, last: bool) -> None:
+    """Once ``epoch_<epoch>`` of an adapter-only run is marked complete: its torchtune-format
+    adapter (``adapter_model.pt``) becomes the resume point in ``recipe_state/`` (after the last
+    epoch it goes). Until then a crash resumes after the epoch before, with that epoch's adapter."""
+    pt = output_dir / f"epoch_{epoch}" / "adapter_model.pt"
+    if last:
+        pt.unlink(missing_ok=True)
+    elif pt.exists():
+        target = output_dir / RESUME_ADAPTER
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(pt, target)
+
+
+RECIPE_STATE = "recipe_state/recipe_state.pt"  # torchtune's: optimizer, data order, epochs run
+PREVIOUS_RECIPE_STATE = "recipe_state/recipe_state.previous.pt"  # the one before the save under way
+CRASH_ENV = "CRUIJFF_TEST_CRASH"
+
+
+def _crash_for_test(moment: str, epoch: int) -> None:
+    """For tests only: ``CRUIJFF_TEST_CRASH=<moment>:<epoch>`` SIGKILLs this process at that point
+    of epoch ``epoch``'s save, as a node failure or the OOM killer would: ``before-marker`` (the
+    files are written, the completion marker is not) or ``after-marker``. Unset, it does nothing."""
+    if os.environ.get(CRASH_ENV) == f"{moment}:{epoch}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def watch_saves(recipe, cfg) -> None:
-    """Tidy each adapter-only epoch as soon as the recipe has saved it (on the process that writes)."""
-    if not cfg.get("save_adapter_weights_only", False):
-        return
-    save = recipe.save_checkpoint
+    """After the recipe saves an epoch, on the process that writes it: tidy an adapter-only epoch,
+    then mark the epoch dir complete (its last write). Before it saves, torchtune's recipe state
+    of the epoch before is set aside, so a save cut short still resumes after that epoch.
+
+    The LoRA recipes and the single-device full one save through ``recipe.save_checkpoint(epoch)``;
+    ``full_finetune_distributed`` through its checkpoint client, after counting the epoch run."""
     output_dir = Path(cfg.output_dir)
+    adapter_only = bool(cfg.get("save_adapter_weights_only", False))
 
-    def saved(epoch: int, *args, **kwargs):
-        save(epoch, *args, **kwargs)
-        if getattr(recipe, "_is_rank_zero", True):
-            tidy_adapter_epoch(output_dir, epoch, epoch + 1 >= recipe.total_epochs,
-                               str(cfg.checkpointer.checkpoint_dir), float(cfg.model.get("lora_dropout", 0.0)))
+    def before_save() -> None:
+        if getattr(recipe, "_is_rank_zero", True) and (output_dir / RECIPE_STATE).exists():
+            os.replace(output_dir / RECIPE_STATE, output_dir / PREVIOUS_RECIPE_STATE)
 
-    recipe.save_checkpoint = saved
+    def after_save(epoch: int) -> None:
+        if not getattr(recipe, "_is_rank_zero", True):
+            return
+        if adapter_only:
+            tidy_adapter_epoch(output_dir, epoch, str(cfg.checkpointer.checkpoint_dir),
+                               float(cfg.model.get("lora_dropout", 0.0)))
+        _crash_for_test("before-marker", epoch)
+        layout.mark_complete(output_dir / f"epoch_{epoch}", epoch)
+        last = epoch + 1 >= recipe.total_epochs
+        if adapter_only:
+            keep_resume_adapter(output_dir, epoch, last)
+        if last:  # nothing resumes after the last epoch: torchtune's state for it goes (kept until now)
+            for name in (RESUME_ADAPTER, RECIPE_STATE, PREVIOUS_RECIPE_STATE):
+                (output_dir / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the dir, when nothing else is in it
+                (output_dir / RECIPE_STATE).parent.rmdir()
+        _crash_for_test("after-marker", epoch)
+
+    client = getattr(recipe, "_checkpoint_client", None)
+    if client is not None:
+        client_save = client.save_checkpoint
+
+        def client_saved(*args, **kwargs):
+            before_save()
+            client_save(*args, **kwargs)
+            after_save(int(recipe.epochs_run) - 1)
+
+        client.save_checkpoint = client_saved
+    else:
+        save = recipe.save_checkpoint
+
+        def saved(epoch: int, *args, **kwargs):
+            before_save()
+            save(epoch, *args, **kwargs)
+            after_save(epoch)
+
+        recipe.save_checkpoint = saved
+
+
+def continue_schedule(recipe, cfg) -> None:
+    """After ``recipe.setup``: a resumed run goes on at the uninterrupted run's step count and
+    learning rate.
+
+    torchtune restores the epochs run, the optimizer and the data order, but its single-device
+    LoRA recipe (0.6.1) sets ``global_step = epochs_run * steps_per_epoch`` only when
+    ``max_steps_per_epoch`` cuts epochs short, and builds the scheduler at ``global_step - 1``.
+    The scheduler's own state is not saved: it is rebuilt here at the right step, through the
+    recipe's own ``_setup_lr_scheduler``, as the other recipes do in their ``setup``."""
+    expected = int(recipe.epochs_run) * int(recipe._steps_per_epoch)
+    if not cfg.get("resume_from_checkpoint", False) or recipe.global_step == expected:
+        return
+    recipe.global_step = expected
+    if getattr(recipe, "_lr_scheduler", None) is not None:
+        recipe._lr_scheduler = recipe._setup_lr_scheduler(
+            cfg_lr_scheduler=cfg.get("lr_scheduler", None),
+            num_training_steps=int(recipe.total_epochs) * int(recipe._steps_per_epoch),
+            last_epoch=expected - 1,
+        )
 
 
 class TrainingDiverged(RuntimeError):
@@ -146,6 +230,7 @@ def run(finetune_yaml: Path, on_step: Callable[[dict], None] | None = None, meth
         module.get_merged_lora_ckpt = _clone_before_merge(module.get_merged_lora_ckpt)
     watch_saves(recipe, cfg)
     recipe.setup(cfg=cfg)
+    continue_schedule(recipe, cfg)
     tap = _LossTap(recipe._metric_logger, recipe, on_step)
     recipe._metric_logger = tap
     if on_start:

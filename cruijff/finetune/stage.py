@@ -21,32 +21,39 @@ from omegaconf import DictConfig
 from .. import ui
 from ..cluster import time_limit_message
 from ..config import effective_batch, peft_method, processes
-from ..records import (ActionLog, EpochLoss, RunState, RunStatus, finish_manifest, layout, read_jsonl,
-                       slurm_job_id, write_jsonl, write_manifest)
+from ..records import (ActionLog, RunStanding, RunState, RunStatus, complete_epochs, epoch_summary, finish_manifest,
+                       layout, other_config, read_jsonl, record_finished, run_standing, slurm_job_id, write_jsonl,
+                       write_manifest)
 from . import distributed, recipe
 from .render import RESUME_ADAPTER, recipe_name, render, write_config
 
 
 def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path, chash: str,
                  act: ActionLog) -> bool:
-    """Fine-tune the run in ``run_dir`` unless it finished earlier; True when it is finished."""
-    previous = RunState.of(run_dir)
+    """Fine-tune the run in ``run_dir`` unless it finished earlier (every epoch's checkpoint is
+    complete: :func:`cruijff.records.run_standing`); True when it is finished."""
     epochs = int(cfg.training.epochs)
-    done = layout.checkpoints(run_dir)
-    if previous is not None and previous.finished and len(done) == epochs:
-        act("Skip fine-tune", f"{run_dir.name}: finished earlier, {len(done)} checkpoints intact")
+    standing, previous = run_standing(run_dir, chash, epochs)
+    if standing is RunStanding.OTHER_CONFIG:  # the job replaces it (overwrite=true) or refuses before this
+        raise other_config(run_dir, previous.config_hash if previous else None, chash)
+    if standing is RunStanding.FINISHED:
+        recorded = previous.finished
+        record_finished(run_dir, previous)
+        act("Skip fine-tune", f"{run_dir.name}: finished earlier, {epochs} checkpoints complete"
+            + ("" if recorded else "; run.json brought up to date (the job ended before it said so)"))
         ui.say(f"cruijff: {run_dir.name}: fine-tuning finished earlier; skipped")
         return True
 
-    resume = resume_point(previous, chash, run_dir, done, epochs)
-    conf = render(cfg, run_dir, model_dir, data_file)
-    if resume:  # torchtune's own resume: base weights + this adapter + optimizer/scheduler/epoch state
-        conf["resume_from_checkpoint"] = True
-        adapter = resume_adapter(run_dir, resume)
-        if adapter is not None:  # an adapter-only run keeps it in recipe_state/ (relative to output_dir)
-            conf["checkpointer"]["adapter_checkpoint"] = str(adapter.relative_to(run_dir))
     nproc = processes(cfg)
     method = peft_method(cfg)
+    resume = resume_point(previous, run_dir, epochs, method)
+    conf = render(cfg, run_dir, model_dir, data_file)
+    if resume:  # torchtune's own resume: the epoch's weights or adapter + optimizer, data and epoch state
+        conf["resume_from_checkpoint"] = True
+        if method == "none":  # full fine-tuning reads the epoch's own weights (relative to output_dir)
+            conf["checkpointer"]["checkpoint_files"] = [f"{resume}/{shard.name}" for shard in _shards(run_dir / resume)]
+        else:  # the adapter: an adapter-only run keeps it in recipe_state/ (relative to output_dir)
+            conf["checkpointer"]["adapter_checkpoint"] = str(resume_adapter(run_dir, resume).relative_to(run_dir))
     write_config(conf, run_dir / "finetune.yaml", run_dir.name, nproc, cfg.get("base_recipe"), method)
     write_manifest(run_dir, seed=int(cfg.seed), config_hash=chash,
                    extra={"model_dir": str(model_dir), "data_file": str(data_file)})
@@ -64,12 +71,11 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     t0 = time.time()
     loss_file = layout.loss_file(run_dir)
     rows: list[dict] = []
+    kept = int(layout.epoch_of(resume)) + 1 if resume else 0
+    for stale in layout.epoch_dirs(run_dir):  # epochs trained again, and incomplete ones (a save cut short);
+        if layout.epoch_of(stale.name) >= kept:  # torchtune also resumes from the highest epoch_* dir
+            shutil.rmtree(stale)
     if resume:  # keep the losses of the epochs kept
-        kept = int(layout.epoch_of(resume)) + 1
-        for partial in run_dir.glob("epoch_*"):  # torchtune resumes from the highest epoch_* dir
-            epoch = layout.epoch_of(partial.name)
-            if epoch is not None and epoch >= kept:
-                shutil.rmtree(partial)
         rows = [r for r in read_jsonl(loss_file) if r["epoch"] < kept]
         act("Resume", f"{run_dir.name}: from {resume} (epochs 0..{kept - 1} kept), attempt {state.attempts}")
         ui.say(f"cruijff: {run_dir.name}: resuming after {resume}")
@@ -79,7 +85,7 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
         # torchtune's own output (its config, a bar per epoch, checkpoint lines) and its libraries' warnings
         with ui.library_output(layout.finetune_log(run_dir), bool(cfg.get("verbose", False))), view:
             if nproc > 1:  # the recipe's rank 0 appends them
-                view.start(epochs, 0, len(done) if resume else 0, f"{nproc} processes")
+                view.start(epochs, 0, kept, f"{nproc} processes")
                 distributed.launch(run_dir / "finetune.yaml", nproc, loss_file, method)
             else:
                 with loss_file.open("a") as sink:
@@ -116,28 +122,42 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     return status is RunStatus.FINISHED
 
 
-def resume_point(state: RunState | None, chash: str, run_dir: Path, done: list[Path], epochs: int) -> str | None:
-    """The epoch checkpoint an unfinished run of the same config can resume after, if any.
+def resume_point(state: RunState | None, run_dir: Path, epochs: int, method: str = "lora") -> str | None:
+    """The epoch checkpoint an unfinished run (of the same config: :func:`run_standing`) can
+    resume after, if any: the newest complete one of an unbroken line from ``epoch_0``.
 
-    torchtune writes ``recipe_state/recipe_state.pt`` (optimizer, scheduler, epochs run) after
-    every epoch but the last, and the adapter in torchtune's format (``adapter_model.pt``: in the
-    epoch dir, or ``recipe_state/`` for an adapter-only run); both must match the newest complete
-    epoch. A full fine-tuning run starts again (torchtune resumes it only from renamed weights).
+    torchtune writes ``recipe_state/recipe_state.pt`` (optimizer, data order, epochs run) at every
+    epoch's save but the last, and its own copy of what the next epoch starts from: the adapter
+    (``adapter_model.pt``: in the epoch dir, or ``recipe_state/`` for an adapter-only run), or for
+    full fine-tuning the epoch's weights themselves. The recipe state must be that epoch's: the
+    newest one, or the one set aside while a later epoch's save was under way (it then becomes
+    the newest again).
     """
-    if state is None or not done or len(done) >= epochs or state.config_hash != chash:
+    kept = complete_epochs(run_dir)
+    if state is None or kept == 0 or kept >= epochs:
         return None
-    if state.status not in (RunStatus.RUNNING, RunStatus.FAILED):
+    checkpoint = f"epoch_{kept - 1}"
+    if method == "none" and not _shards(run_dir / checkpoint):
         return None
-    recipe_state = run_dir / "recipe_state" / "recipe_state.pt"
-    if not recipe_state.exists() or resume_adapter(run_dir, done[-1].name) is None:
+    if method != "none" and resume_adapter(run_dir, checkpoint) is None:
         return None
     import torch
 
-    try:
-        epochs_run = int(torch.load(recipe_state, map_location="cpu", weights_only=False)["epochs_run"])
-    except Exception:
-        return None
-    return done[-1].name if epochs_run == len(done) else None
+    for path in (run_dir / recipe.RECIPE_STATE, run_dir / recipe.PREVIOUS_RECIPE_STATE):
+        try:
+            epochs_run = int(torch.load(path, map_location="cpu", weights_only=False)["epochs_run"])
+        except Exception:  # none there, or cut short
+            continue
+        if epochs_run == kept:
+            if path.name != Path(recipe.RECIPE_STATE).name:  # where torchtune reads it
+                os.replace(path, run_dir / recipe.RECIPE_STATE)
+            return checkpoint
+    return None
+
+
+def _shards(ckpt: Path) -> list[Path]:
+    """The weight files of a full-weight checkpoint (full fine-tuning's), in order."""
+    return sorted(ckpt.glob("model-*.safetensors"))
 
 
 def resume_adapter(run_dir: Path, checkpoint: str) -> Path | None:
@@ -147,12 +167,3 @@ def resume_adapter(run_dir: Path, checkpoint: str) -> Path | None:
         if path.exists():
             return path
     return None
-
-
-def epoch_summary(rows: list[dict]) -> list[EpochLoss]:
-    """Mean and final loss per epoch."""
-    out: dict[int, list[float]] = {}
-    for r in rows:
-        out.setdefault(r["epoch"], []).append(r["loss"])
-    return [EpochLoss(epoch=e, mean_loss=sum(v) / len(v), final_loss=v[-1], steps=len(v))
-            for e, v in sorted(out.items())]

@@ -2,8 +2,8 @@
 before anything runs (``dry_run=true``, ``python -m cruijff plan``)."""
 
 from .estimate import Estimate, estimate, measured
-from .planner import ACTIVE, FINISHED, NEW, OVERWRITE, REDO, PlannedRun, PlanState, Planner
+from .planner import ACTIVE, FINISHED, NEW, OVERWRITE, REDO, PlannedRun, PlanState, Planner, plan_state
 from .table import print_plan
 
 __all__ = ["Estimate", "estimate", "measured", "ACTIVE", "FINISHED", "NEW", "OVERWRITE", "REDO", "PlannedRun",
-           "PlanState", "Planner", "print_plan"]
+           "PlanState", "Planner", "plan_state", "print_plan"]

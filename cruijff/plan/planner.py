@@ -26,7 +26,7 @@ from ..cluster import job_resources
 from ..config import (GROUPS, SCHEMA, check_name, config_hash, leaf_keys, override_identity, parse_override,
                       resolve_paths, run_name, validate)
 from ..errors import ConfigError, CruijffError, omegaconf_message, unknown_key
-from ..records import PlannedRunRecord, RunState, layout
+from ..records import PlannedRunRecord, RunStanding, RunState, other_config, run_standing
 from .estimate import estimate as cost
 from .estimate import measured
 
@@ -226,23 +226,18 @@ class Planner:
 
     def _state(self, name: str, overrides: list[str], chash: str, epochs: int, overwrite: bool) -> PlannedRun:
         run_dir = self.sweep_dir / name
-        state = RunState.of(run_dir)
-        run = PlannedRun(name, overrides, chash, NEW, state)
-        if state is None:
-            return run
-        if state.config_hash not in (None, chash):
-            if not overwrite:
-                raise ConfigError(
-                    "overwrite", False,
-                    f"{run_dir} holds a run of a different config (hash {state.config_hash} != "
-                    f"{chash}); pass overwrite=true to replace it, or change experiment.name",
-                )
-            run.state = OVERWRITE
-        elif state.finished and len(layout.checkpoints(run_dir)) == epochs:
-            run.state = FINISHED
-        else:
-            run.state = REDO
-        return run
+        standing, state = run_standing(run_dir, chash, epochs)
+        return PlannedRun(name, overrides, chash, plan_state(standing, overwrite, run_dir, state, chash), state)
+
+
+def plan_state(standing: RunStanding, overwrite: bool, run_dir: Path, state: RunState | None, chash: str) -> PlanState:
+    """What a launch does with a run that stands so on disk (:func:`cruijff.records.run_standing`):
+    a run of another config is replaced with ``overwrite=true`` and refused without it."""
+    if standing is RunStanding.OTHER_CONFIG:
+        if not overwrite:
+            raise other_config(run_dir, state.config_hash if state else None, chash)
+        return OVERWRITE
+    return {RunStanding.NEW: NEW, RunStanding.FINISHED: FINISHED, RunStanding.REDO: REDO}[standing]
 
 
 class _Missing:

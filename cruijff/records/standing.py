@@ -70,10 +70,14 @@ def epoch_summary(rows: list[dict]) -> list[EpochLoss]:
             for e, v in sorted(out.items())]
 
 
-def record_finished(run_dir: Path, state: RunState) -> RunState:
+def record_finished(run_dir: Path, state: RunState | None = None) -> RunState | None:
     """Bring the ``run.json`` of a run found finished on disk up to date, if it is not: status
     finished, its checkpoints, the losses per epoch from ``logs/loss.jsonl``, and as its end the
-    time its last checkpoint was marked complete. A record already saying so is left alone."""
+    time its last checkpoint was marked complete. A record already saying so is left alone.
+    ``state``: the record as just read (None: read it now)."""
+    state = state or RunState.of(run_dir)
+    if state is None:
+        return None
     ckpts = layout.checkpoints(run_dir)
     names = [d.name for d in ckpts]
     if state.finished and state.checkpoints == names:

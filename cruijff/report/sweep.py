@@ -146,7 +146,8 @@ def report_sweep(sweep_dir: Path, plan: list[PlannedRunRecord] | None = None) ->
     scores.drop(columns=["log", "samples_key"], errors="ignore").to_csv(sweep_dir / "summary.csv", index=False)
     if by_seed is not None and not by_seed.empty:
         by_seed.to_csv(sweep_dir / "summary_seeds.csv", index=False)
-    _write_markdown(sweep_dir, scores, failures, len(plan) or None, by_seed, chosen)
+    _write_markdown(sweep_dir, scores, failures, len(plan) or None, by_seed, chosen,
+                    _resumed(sweep_dir, [r.name for r in plan]))
     plots = sweep_dir / "plots"
     plots.mkdir(exist_ok=True)
     if not scores.empty:
@@ -164,7 +165,7 @@ def _specs(sweep_dir: Path) -> list:
 
 
 def _write_markdown(sweep_dir: Path, scores: pd.DataFrame, failures: dict[str, str], planned,
-                    by_seed: "pd.DataFrame | None", chosen: list[Pick]) -> None:
+                    by_seed: "pd.DataFrame | None", chosen: list[Pick], resumed: list[str] = ()) -> None:
     lines = [f"# {sweep_dir.name}", ""]
     runs = sorted(set(scores["run"]) - {"base"}) if not scores.empty else []
     total = planned or len(runs) + len(failures)
@@ -173,6 +174,8 @@ def _write_markdown(sweep_dir: Path, scores: pd.DataFrame, failures: dict[str, s
     lines.append(f"{total - len(failures)}/{total} runs finished" +
                  (f", {len(failures)} failed" if failures else "") + ".")
     lines.append("")
+    if resumed:
+        lines += ["Resumed after an interruption, from their last complete epoch: " + ", ".join(resumed) + ".", ""]
     if not scores.empty:
         shown = scores.assign(score=[_ci(r) for r in scores.itertuples()],
                               gain=[_gain(r) for r in scores.itertuples()])
@@ -201,6 +204,16 @@ def _write_markdown(sweep_dir: Path, scores: pd.DataFrame, failures: dict[str, s
         lines += ["## Failed runs", ""] + [f"- `{n}`: {why}" for n, why in failures.items()] + [""]
     lines += ["Plots: `plots/accuracy_vs_epoch.png`, `plots/loss.png`, `plots/heatmap.png`.", ""]
     (sweep_dir / "summary.md").write_text("\n".join(lines))
+
+
+def _resumed(sweep_dir: Path, names: list[str]) -> list[str]:
+    """``run`` after epoch_N (attempt K), for each run whose last attempt resumed an earlier one."""
+    out = []
+    for name in names:
+        state = RunState.of(sweep_dir / name)
+        if state is not None and state.resumed_from:
+            out.append(f"`{name}` after {state.resumed_from} (attempt {state.attempts})")
+    return out
 
 
 def _ci(r) -> str:

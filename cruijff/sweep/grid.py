@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from ..cluster import active_slurm_jobs, array_ids
 from ..errors import CruijffError, first_line
 from ..plan import ACTIVE, FINISHED, OVERWRITE, PlannedRun, Planner, print_plan
-from ..records import ActionLog, SweepPlan, acquire_lock, layout
+from ..records import ActionLog, SweepPlan, acquire_lock, layout, record_finished
 from .deaths import may_be_at_work
 from .detach import detach
 from .plan_file import write_plan
@@ -81,6 +81,9 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
             print(f"cruijff: wrote {path}")
         print("cruijff: read them, then run the same command without scaffold=true")
         return []
+    for r in runs:  # every epoch complete, the job killed before its run.json said so: it catches up
+        if r.state == FINISHED:
+            record_finished(sweep_dir / r.name)
     sweeper.launcher.run_resources = {r.name: r.resources for r in todo}
     act("Plan sweep", f"{len(runs)} runs: " + ", ".join(f"{r.name} ({r.state})" for r in runs),
         f"{len(todo)} to run, {len(runs) - len(todo)} finished earlier (skipped), "

@@ -66,6 +66,13 @@ def _last_loss(run_dir: Path, st: RunState | None) -> str:
     return ""
 
 
+def _attempts(st: RunState | None) -> str:
+    """How many times the run was started, and the checkpoint its last attempt resumed after."""
+    if st is None:
+        return "0"
+    return f"{st.attempts}" + (f", resumed after {st.resumed_from}" if st.resumed_from else "")
+
+
 @lru_cache(maxsize=4096)
 def _epochs(saved: Path, mtime_ns: int) -> int | None:
     return OmegaConf.load(saved).training.epochs
@@ -97,7 +104,7 @@ def rows(sweep_dir: Path) -> list[dict]:
         done, stale, total = _cells(expected, wanted)
         out.append({
             "run": r.name, "state": status, "epochs": f"{len(ckpts)}/{epochs if epochs is not None else '?'}",
-            "loss": _last_loss(run_dir, st), "attempts": st.attempts if st else 0, "job": jobs.get(r.name, ""), "duration": _duration(duration),
+            "loss": _last_loss(run_dir, st), "attempts": _attempts(st), "job": jobs.get(r.name, ""), "duration": _duration(duration),
             "evals": _evals(done, stale, total), "error": ((st.error if st else None) or "")[:80],
         })
     for base in sorted(set(layout.base_dirs(sweep_dir)) | set(bases)):

@@ -153,14 +153,17 @@ def _dataset(path: Path, answer) -> Path:
 
 
 def test_runs_on_other_data_get_their_own_base_control_and_are_paired_with_it(tmp_path, tiny_model_dir):
-    """A grid over two datasets whose samples share ids: each dataset's runs are compared with the
-    base model on *their* data (the base echoes words: ~0 on capitalizing, high on repeating)."""
+    """Runs of one experiment on two datasets whose samples share ids (as a grid over
+    ``dataset.path`` makes them): each dataset's runs are compared with the base model on *their*
+    data (the base echoes words: ~0 on capitalizing, high on repeating)."""
     cap = _dataset(tmp_path / "cap.json", lambda r: r["output"])
     echo = _dataset(tmp_path / "echo.json", lambda r: r["input"].split(": ", 1)[1])
-    proc = launch("-m", "training=smoke", "experiment.name=data", "dataset=json", f"dataset.path={cap},{echo}",
-                  cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for data in (cap, echo):
+        launch("training=smoke", "experiment.name=data", "dataset=json", f"dataset.path={data}", cwd=tmp_path,
+               check=True)
     sweep_dir = tmp_path / "outputs" / "data"
+    report = subprocess.run([sys.executable, "-m", "cruijff", "report", str(sweep_dir)], capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
     bases = sorted((sweep_dir / "base").glob("tiny_llama-*"))
     assert len(bases) == 2
     df = pd.read_csv(sweep_dir / "summary.csv")

@@ -178,3 +178,29 @@ def test_runs_on_other_data_get_their_own_base_control_and_are_paired_with_it(tm
     proc = subprocess.run([sys.executable, "-m", "cruijff", "compare", str(sweep_dir), f"{names[0]}/epoch_0",
                            f"{names[1]}/epoch_0"], capture_output=True, text=True)
     assert proc.returncode == 2 and "cannot be paired" in proc.stderr, proc.stderr
+
+
+def test_an_eval_killed_before_its_results_counts_as_missing_and_its_files_are_kept_aside(tmp_path):
+    """kill -9 during an eval leaves inspect's logs without a results.json (written last, atomically):
+    the cell is not complete, and before it is evaluated again its files go to .stale/."""
+    from cruijff.evaluate.cells import Cell
+    from cruijff.evaluate.stage import set_aside
+    from cruijff.records import ActionLog, CellResults, CellStanding, TaskResult, cell_standing
+
+    cell_dir = tmp_path / "run" / "eval" / "epoch_0"
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "partial.eval").write_bytes(b"cut short")
+    assert cell_standing(cell_dir, "k1") is CellStanding.MISSING
+    act = ActionLog(tmp_path / "run-experiment.log")
+    set_aside(Cell("epoch_0", tmp_path, cell_dir, key="k1"), "run", act)
+    assert not cell_dir.exists()
+    [kept] = (tmp_path / "run" / "eval" / ".stale").iterdir()
+    assert (kept / "partial.eval").read_bytes() == b"cut short"
+    # a complete cell of another key is stale, and counts under its own key only
+    cell_dir.mkdir()
+    (cell_dir / "a.eval").write_bytes(b"log")
+    CellResults(tasks={"t": TaskResult("success", "a.eval", "t", "accuracy", 1.0, 1)}, key="k0").save(cell_dir)
+    assert cell_standing(cell_dir, "k1") is CellStanding.STALE
+    assert cell_standing(cell_dir, "k0") is CellStanding.COMPLETE
+    (cell_dir / "a.eval").unlink()
+    assert cell_standing(cell_dir, "k0") is CellStanding.FAILED

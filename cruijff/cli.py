@@ -82,6 +82,8 @@ def verb(argv: list[str]) -> int:
         elif layout.is_sweep_dir(target):
             return sweep_command(args.command, target)
         else:
+            if args.command == "eval":  # one writer: not while a launch of its experiment runs
+                acquire_lock(target.parent)
             unscored = evaluate_run_dir(target) if args.command == "eval" else {}
             cfg = load_run(target)
             report_run(cfg, target, validate(cfg))

@@ -24,8 +24,9 @@ from .config import check_name, config_hash, prepare_job, resolve_paths, validat
 from .errors import ConfigError, CruijffError, first_line, omegaconf_message
 from .evaluate import evaluate_run
 from .finetune import finetune_run
-from .plan import OVERWRITE, PlannedRun, plan_state, print_plan
-from .records import ActionLog, RunState, current_cell, expected_cells, layout, mark_failed, run_standing
+from .plan import ACTIVE, OVERWRITE, PlannedRun, plan_state, print_plan
+from .records import (ActionLog, RunState, acquire_lock, current_cell, expected_cells, layout, liveness, mark_failed,
+                      run_standing)
 from .report import report_run
 
 log = logging.getLogger("cruijff")
@@ -62,7 +63,7 @@ def main(cfg: DictConfig) -> int | float:
                 _remove_empty(run_dir)
             return code
         mode = "epochs" if optimizing else "none" if sweep else "all"
-        code = run(cfg, run_dir, overrides=list(hc.overrides.task), evaluate=mode)
+        code = run(cfg, run_dir, overrides=list(hc.overrides.task), evaluate=mode, claim=not sweep)
     except (CruijffError, OmegaConfBaseException) as e:
         msg = first_line(e) if isinstance(e, CruijffError) else omegaconf_message(e)
         print(f"cruijff: error: {msg}", file=sys.stderr)
@@ -119,7 +120,7 @@ def dry_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> int:
     check_name("run name", run_dir.name)
     chash = config_hash(cfg, *resolve_paths(cfg, build=False))
     standing, state = run_standing(run_dir, chash, int(cfg.training.epochs))
-    planned = plan_state(standing, bool(cfg.overwrite), run_dir, state, chash)
+    planned = ACTIVE if liveness.at_work(state) else plan_state(standing, bool(cfg.overwrite), run_dir, state, chash)
     print_plan([PlannedRun(run_dir.name, overrides, chash, planned, state)], f"{cfg.experiment.name}: dry run")
     return 0
 
@@ -133,13 +134,17 @@ def _remove_empty(path: Path) -> None:
         path = path.parent
 
 
-def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: str = "all") -> int:
-    """Fine-tune, then evaluate: "all" (base + epochs, then the table), "epochs" or "none"."""
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: str = "all", claim: bool = False) -> int:
+    """Fine-tune, then evaluate: "all" (base + epochs, then the table), "epochs" or "none".
+    ``claim``: a single run, which makes itself the one writer of its run dir first (:func:`claim_run`;
+    a sweep's job runs under its launcher's claim)."""
     specs = validate(cfg)
     check_name("run name", run_dir.name)
     act = ActionLog(layout.action_log(run_dir.parent))
     model_dir, data_file = resolve_paths(cfg)
     chash = config_hash(cfg, model_dir, data_file)
+    if claim:
+        claim_run(run_dir, act)
     standing, state = run_standing(run_dir, chash, int(cfg.training.epochs))
     if plan_state(standing, bool(cfg.overwrite), run_dir, state, chash) == OVERWRITE:
         act("Overwrite run", f"{run_dir.name}: config hash {state.config_hash} -> {chash}")
@@ -148,7 +153,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: str = "a
 
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = layout.saved_config(run_dir)
-    saved.parent.mkdir(exist_ok=True)
+    saved.parent.mkdir(parents=True, exist_ok=True)  # a refused launch may have just removed an empty run dir
     OmegaConf.save(cfg, saved, resolve=True)
     layout.saved_overrides(run_dir).write_text("".join(f"- {o}\n" for o in overrides) if overrides else "[]\n")
     _log_to_file(run_dir / "logs" / "launch.log")
@@ -165,6 +170,22 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: str = "a
         act("Eval failed", f"{run_dir.name}/{label}", why)
         print(f"cruijff: {run_dir.name}: {label}: eval failed: {why}", file=sys.stderr)
     return 0 if ok and not unscored else 1
+
+
+def claim_run(run_dir: Path, act: ActionLog) -> None:
+    """Make this single run the one writer of its run dir, before it writes anything, or refuse
+    (CruijffError): it takes the experiment dir's lock, which a sweep's launcher, another single
+    run of the experiment or ``cruijff eval`` may hold, and it refuses a run that a job of an
+    earlier launch still fine-tunes (its launcher was killed; the job goes on). A run whose
+    recorded process has died is recorded so, and redone here."""
+    acquire_lock(run_dir.parent)
+    state = RunState.of(run_dir)
+    if liveness.at_work(state):
+        raise CruijffError(f"{layout.relative(run_dir, Path.cwd())} is being fine-tuned by {liveness.worker(state)}, "
+                           "a job of an earlier launch; wait for it to end, or stop it first")
+    if liveness.gone(state):
+        mark_failed(run_dir, liveness.death(state))
+        act("Run died", run_dir.name, liveness.death(state))
 
 
 def _log_to_file(path: Path) -> None:

@@ -22,8 +22,8 @@ from .. import ui
 from ..cluster import time_limit_message
 from ..config import effective_batch, peft_method, processes
 from ..records import (ActionLog, RunStanding, RunState, RunStatus, complete_epochs, epoch_summary, finish_manifest,
-                       layout, other_config, read_jsonl, record_finished, run_standing, slurm_job_id, write_jsonl,
-                       write_manifest)
+                       layout, liveness, other_config, read_jsonl, record_finished, run_standing, slurm_job_id,
+                       write_jsonl, write_manifest)
 from . import distributed, recipe
 from .render import RESUME_ADAPTER, recipe_name, render, write_config
 
@@ -60,7 +60,7 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     state = RunState(
         name=run_dir.name, status=RunStatus.RUNNING, config_hash=chash,
         attempts=(previous.attempts if previous else 0) + 1, started=time.time(),
-        host=socket.gethostname(), pid=os.getpid(), job_id=slurm_job_id(),
+        host=socket.gethostname(), pid=os.getpid(), pid_start=liveness.start_time(os.getpid()), job_id=slurm_job_id(),
         device=conf["device"], dtype=conf["dtype"], nproc=nproc, effective_batch=effective_batch(cfg),
         resumed_from=resume,
     )

@@ -1,7 +1,8 @@
 """Records a run leaves behind: the state files, the manifest, the orchestration log, the sweep
-lock, and the run-dir layout that places them."""
+lock, whether a run's recorded process is still at work, and the run-dir layout that places
+them."""
 
-from . import layout
+from . import layout, liveness
 from .io import read_json, read_jsonl, write_json, write_jsonl
 from .lock import SweepBusy
 from .lock import acquire as acquire_lock
@@ -15,7 +16,7 @@ from .state import (CellResults, CellStanding, EpochLoss, EvalPlan, ExpectedCell
                     headline_metric, log_path, mark_failed, run_state, sweep_runs)
 
 __all__ = [
-    "layout", "read_json", "read_jsonl", "write_json", "write_jsonl",
+    "layout", "liveness", "read_json", "read_jsonl", "write_json", "write_jsonl",
     "SweepBusy", "acquire_lock", "lock_holder", "release_lock",
     "ActionLog", "stamp", "ENTRY_ENV", "entry", "finish_manifest", "launcher_argv", "slurm_job_id", "write_manifest",
     "CellResults", "CellStanding", "EpochLoss", "EvalPlan", "ExpectedCell", "PlannedRunRecord", "RunState",

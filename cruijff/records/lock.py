@@ -1,21 +1,28 @@
-"""The sweep lock: one launch at a time per sweep dir; anyone may ask who holds it.
+"""The sweep lock: one launch at a time per sweep dir (``outputs/<experiment>``): a sweep's
+launcher, a single run of the experiment, or ``python -m cruijff eval``; anyone may ask who holds it.
 
 The lock is an open-file-description lock (``F_OFD_SETLK``) on ``<sweep dir>/.lock``, held for the
 launching process's lifetime and released by the kernel when it ends, however it ends. Asking
 who holds it (``python -m cruijff status``) uses ``F_OFD_GETLK``, which takes no lock: a status
-call can never make a launch fail.
+call can never make a launch fail. The holder writes who it is into the file (pid, host, start
+time, command), for the one line that refuses the next launch and for ``status``.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import shlex
+import socket
 import struct
+import sys
 from pathlib import Path
 from typing import IO
 
 from ..errors import CruijffError
 from . import layout
+from .log import stamp
+from .manifest import entry, launcher_argv
 
 _HELD: dict[str, IO] = {}
 _FLOCK = "hhqqi4x"  # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid (+ padding)
@@ -41,12 +48,23 @@ def acquire(sweep_dir: Path) -> None:
         f.seek(0)
         holder = f.read().strip() or "another process"
         f.close()
-        raise SweepBusy(f"{sweep_dir} is in use by a running launch ({holder}); wait for it or stop it first") from None
+        raise SweepBusy(f"{layout.relative(sweep_dir, Path.cwd())} is in use by a running launch ({holder}); "
+                        "wait for it or stop it first") from None
     f.seek(0)
     f.truncate()
-    f.write(f"pid {os.getpid()}\n")
+    f.write(_holder_line() + "\n")
     f.flush()
     _HELD[str(sweep_dir)] = f
+
+
+def _holder_line() -> str:
+    """``pid 12 on node1 since 2026-12-03 10:02:03: python launch.py -m peft.lora_rank=4,8``."""
+    argv = launcher_argv()
+    command = (" ".join([entry(), *map(shlex.quote, sys.argv[1:])]) if argv is not None
+               else shlex.join([os.path.basename(sys.argv[0]), *sys.argv[1:]]))
+    if len(command) > 200:
+        command = command[:197] + "..."
+    return f"pid {os.getpid()} on {socket.gethostname()} since {stamp()}: {command}"
 
 
 def release(sweep_dir: Path) -> None:

@@ -26,7 +26,7 @@ from ..cluster import job_resources
 from ..config import (GROUPS, SCHEMA, check_name, config_hash, leaf_keys, override_identity, parse_override,
                       resolve_paths, run_name, validate)
 from ..errors import ConfigError, CruijffError, omegaconf_message, unknown_key
-from ..records import PlannedRunRecord, RunStanding, RunState, other_config, run_standing
+from ..records import PlannedRunRecord, RunStanding, RunState, liveness, other_config, run_standing
 from .estimate import estimate as cost
 from .estimate import measured
 
@@ -226,8 +226,27 @@ class Planner:
 
     def _state(self, name: str, overrides: list[str], chash: str, epochs: int, overwrite: bool) -> PlannedRun:
         run_dir = self.sweep_dir / name
+        busy = _at_work(run_dir, overrides, chash, overwrite)
+        if busy is not None:
+            return busy
         standing, state = run_standing(run_dir, chash, epochs)
         return PlannedRun(name, overrides, chash, plan_state(standing, overwrite, run_dir, state, chash), state)
+
+
+def _at_work(run_dir: Path, overrides: list[str], chash: str, overwrite: bool) -> PlannedRun | None:
+    """A run that a live process on this machine fine-tunes now, by its record (a local job that
+    an earlier launch left running when it was killed): ACTIVE, never submitted a second time.
+    None when no process is at work on it, or when it is another config's run and ``overwrite``
+    is not set (refused as any such run is)."""
+    state = RunState.of(run_dir)
+    if not liveness.at_work(state):
+        return None
+    if state.config_hash not in (None, chash):
+        if not overwrite:
+            return None
+        raise CruijffError(f"overwrite=true, but {liveness.worker(state)} still fine-tunes the run there; "
+                           "wait for it to end, or stop it first")
+    return PlannedRun(run_dir.name, list(overrides), chash, ACTIVE, state)
 
 
 def plan_state(standing: RunStanding, overwrite: bool, run_dir: Path, state: RunState | None, chash: str) -> PlanState:

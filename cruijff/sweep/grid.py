@@ -17,6 +17,8 @@ from ..plan import ACTIVE, FINISHED, OVERWRITE, PlannedRun, Planner, print_plan
 from ..records import ActionLog, SweepPlan, acquire_lock, layout, record_finished
 from .deaths import may_be_at_work
 from .detach import detach
+from .launcher import say_ended
+from .orphans import record_dead, wait_for_orphans
 from .plan_file import write_plan
 from .scaffold import scaffold_text, write_scaffold
 
@@ -54,8 +56,8 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
         if run.state != FINISHED:
             rendered[run.name] = scaffold_text(cfg, sweep_dir / run.name)
 
-    runs = Planner(config, sweep_dir, compose).plan(jobs, estimate=dry or scaffold,
-                                                    each=render_run if scaffold else None)
+    planner = Planner(config, sweep_dir, compose)
+    runs = planner.plan(jobs, estimate=dry or scaffold, each=render_run if scaffold else None)
     previous = SweepPlan.of(sweep_dir)
     if str(config.cluster.executor) == "slurm" and previous is not None:
         _skip_runs_at_work(runs, previous.jobs)
@@ -81,6 +83,18 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
             print(f"cruijff: wrote {path}")
         print("cruijff: read them, then run the same command without scaffold=true")
         return []
+    if str(config.cluster.executor) == "local":  # a job an earlier launch left running: waited for, never run twice
+        t_wait = time.time()
+        waited = wait_for_orphans(sweep_dir, runs, act)
+        t0 += time.time() - t_wait  # the plan's time below is not the wait's
+        if waited:
+            again = {r.name: r for r in planner.plan([r.overrides for r in waited])}
+            runs = [again.get(r.name, r) for r in runs]
+            for name in again:
+                say_ended(name, again[name].previous)
+            write_plan(sweep_dir, config, [r.record() for r in runs])
+        record_dead(sweep_dir, runs, act)
+        todo = [r for r in runs if r.state not in (FINISHED, ACTIVE)]
     for r in runs:  # every epoch complete, the job killed before its run.json said so: it catches up
         if r.state == FINISHED:
             record_finished(sweep_dir / r.name)
@@ -90,7 +104,7 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
         f"planned in {time.time() - t0:.2f} s")
     if config.get("detach", False):
         jobs_of = previous.jobs if previous else {}
-        earlier = array_ids(jobs_of[r.name] for r in runs if r.state == ACTIVE)
+        earlier = array_ids(jobs_of[r.name] for r in runs if r.state == ACTIVE and r.name in jobs_of)
         finish = (previous.detached or {}).get("finish_job") if previous else None
         if earlier and finish:  # the earlier eval+report job too: two must not evaluate the same cells
             earlier += sorted(active_slurm_jobs([str(finish)]))

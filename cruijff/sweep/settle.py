@@ -6,14 +6,15 @@ from pathlib import Path
 
 from ..cluster import active_slurm_jobs
 from ..errors import CruijffError
-from ..records import ActionLog, RunState, RunStatus, SweepPlan, sweep_runs
+from ..records import ActionLog, RunState, RunStatus, SweepPlan, liveness, sweep_runs
 from .deaths import may_be_at_work, record_death
 
 
 def settle(sweep_dir: Path, slurm: bool, act: ActionLog) -> tuple[list[str], set[str], dict[str, str]]:
     """Each planned run's standing: the finished runs, the runs a job is still at work on (an
-    earlier detached or orphaned launch's), and the failed runs with their reasons. A run whose
-    record says running but whose job is gone is recorded as dead here."""
+    earlier detached or orphaned launch's: a SLURM job in the queue, or a local job's live process),
+    and the failed runs with their reasons. A run whose record says running but whose SLURM job
+    is gone is recorded as dead here (a local job's death is recorded by the launch that redoes it)."""
     plan = SweepPlan.of(sweep_dir)
     jobs = plan.jobs if plan else {}
     states = {r.name: RunState.of(sweep_dir / r.name) for r in sweep_runs(sweep_dir)}
@@ -32,8 +33,16 @@ def settle(sweep_dir: Path, slurm: bool, act: ActionLog) -> tuple[list[str], set
                     record_death(sweep_dir / name, f"SLURM job {jobs[name]} ended while fine-tuning "
                                  "(cancelled, timed out or killed)", jobs[name])
                     states[name] = RunState.of(sweep_dir / name)
+    dead: dict[str, str] = {}  # a local job's, by its record: the launch that redoes it records it
+    for name, st in states.items():  # a local job an earlier launch left running (its launcher was killed)
+        if name in active or st is None:
+            continue
+        if liveness.at_work(st):
+            active.add(name)
+        elif liveness.gone(st):
+            dead[name] = liveness.death(st)
     finished = [n for n, st in states.items() if st is not None and st.finished]
-    failed = {n: ((st.error or st.status.value) if st is not None else "did not start")
+    failed = {n: ((dead.get(n) or st.error or st.status.value) if st is not None else "did not start")
               for n, st in states.items() if (st is None or not st.finished) and n not in active}
     return finished, active, failed
 

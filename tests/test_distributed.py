@@ -14,6 +14,7 @@ import pytest
 from conftest import compose_config, launch
 from cruijff import config, finetune
 from cruijff.cluster import make_executor
+from cruijff.records import layout
 
 
 def test_gpus_of_a_slurm_run_become_torchrun_processes_and_sbatch_gpus(tmp_path):
@@ -69,9 +70,26 @@ def test_two_process_run_trains_checkpoints_and_evaluates(tmp_path, tiny_model_d
         assert "adapter_config.json" in names and "adapter_model.safetensors" in names, names
         assert not any(n.startswith("model-") or n.endswith(".pt") for n in names), names
     assert json.loads((run_dir / "epoch_1" / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    # ... and marks each complete: the id is the adapter's content hash
+    assert [layout.checkpoint_id(run_dir / f"epoch_{e}") for e in (0, 1)] == [
+        layout.adapter_id(run_dir / f"epoch_{e}") for e in (0, 1)]
     for epoch in (0, 1):
         cell = json.loads((run_dir / "eval" / f"epoch_{epoch}" / "results.json").read_text())
         assert cell["tasks"]["exact_match"]["status"] == "success"
+
+
+@pytest.mark.slow
+def test_two_process_full_finetuning_trains_and_marks_its_epoch(tmp_path, tiny_model_dir):
+    """torchtune's full_finetune_distributed starts its own process group and saves through its
+    checkpoint client; rank 0 marks the epoch complete after it."""
+    proc = launch("training.nproc=2", "peft=none", "optimizer.lr=1e-4", "training.epochs=1",
+                  "training.max_steps_per_epoch=2", "eval=none", "experiment.name=distfull", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "outputs" / "distfull" / "nproc2_peft-none_lr1e-4_epochs1_steps2"
+    assert "tune run --nproc_per_node 2 full_finetune_distributed" in (run_dir / "finetune.yaml").read_text()
+    marker = json.loads(layout.complete_marker(run_dir / "epoch_0").read_text())
+    assert marker["kind"] == "full" and marker["epoch"] == 0 and len(marker["checkpoint_id"]) == 32
+    assert json.loads((run_dir / "run.json").read_text())["checkpoints"] == ["epoch_0"]
 
 
 @pytest.mark.slow

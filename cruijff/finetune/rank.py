@@ -26,7 +26,8 @@ def main(argv: list[str]) -> None:
     rank = int(os.environ.get("RANK", "0"))
     module = _load_recipe_module(recipe_name(2, method))
     on_gpu = str(cfg.device).startswith("cuda")
-    init_process_group("cuda:nccl,cpu:gloo" if on_gpu else "gloo")
+    if method != "none":  # full_finetune_distributed starts its own process group (for its device)
+        init_process_group("cuda:nccl,cpu:gloo" if on_gpu else "gloo")
     if not on_gpu:
         # the same in-place merge fix as on one device; and the recipe's unconditional memory
         # report after loading the model, which raises on CPU, is skipped (this process only)

@@ -118,7 +118,7 @@ def sweep_command(command: str, sweep_dir: Path) -> int:
     sweep dir; 1 when a run or an eval cell failed."""
     if command == "report":
         report_sweep(sweep_dir, sweep_runs(sweep_dir))
-        print(f"cruijff: report {sweep_dir / 'summary.md'}")
+        print(f"cruijff: report {layout.summary(sweep_dir)}")
         return 0
     acquire_lock(sweep_dir)
     plan = SweepPlan.of(sweep_dir)
@@ -126,5 +126,5 @@ def sweep_command(command: str, sweep_dir: Path) -> int:
     summary, failed = finish(sweep_dir, eval_cfg, False, ActionLog(layout.action_log(sweep_dir)), time.time(),
                              done="Evaluate sweep (python -m cruijff eval)")
     print(f"cruijff: {summary}")
-    print(f"cruijff: report {sweep_dir / 'summary.md'}")
+    print(f"cruijff: report {layout.summary(sweep_dir)}")
     return 1 if failed else 0

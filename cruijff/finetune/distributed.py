@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..records import layout
 from .recipe import TrainingDiverged
 
 try:  # looked up here: the child between fork and exec must not load libraries
@@ -38,8 +39,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 def launch(config: Path, nproc: int, loss_file: Path | None, method: str = "lora") -> None:
     """Run ``config`` with ``nproc`` processes; raise with the failure's reason if training failed."""
-    loss_file = loss_file or config.parent / "logs" / "loss.jsonl"
-    for stale in loss_file.parent.glob("train-error*.json"):
+    run_dir = config.parent
+    loss_file = loss_file or layout.loss_file(run_dir)
+    for stale in run_dir.glob(layout.rank_error_file(Path("."), "*").as_posix()):
         stale.unlink()
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[2])  # the workers import cruijff from here too
@@ -62,7 +64,7 @@ def launch(config: Path, nproc: int, loss_file: Path | None, method: str = "lora
     if code == 0:
         return
     reason = None  # the first rank to fail says why; the others fail after it
-    for path in sorted(loss_file.parent.glob("train-error*.json"), key=lambda p: p.stat().st_mtime):
+    for path in sorted(run_dir.glob(layout.rank_error_file(Path("."), "*").as_posix()), key=lambda p: p.stat().st_mtime):
         try:
             reason = json.loads(path.read_text())
             break

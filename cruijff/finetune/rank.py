@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..records import layout
 from .recipe import _clone_before_merge, _load_recipe_module, _LossTap, continue_schedule, watch_saves
 from .render import recipe_class, recipe_name
 
@@ -54,7 +55,7 @@ def main(argv: list[str]) -> None:
         recipe.train()
         recipe.cleanup()
     except BaseException as e:
-        (loss_file.parent / f"train-error-{rank}.json").write_text(
+        layout.rank_error_file(loss_file.parent.parent, rank).write_text(
             json.dumps({"type": type(e).__name__, "message": str(e), "rank": rank}))
         raise
 

@@ -73,7 +73,7 @@ def _clone_before_merge(merge: Callable) -> Callable:
 def tidy_adapter_epoch(output_dir: Path, epoch: int, base_dir: str, dropout: float) -> None:
     """After torchtune saved ``epoch_<epoch>`` adapter-only: its ``adapter_config.json`` names what
     PEFT and vLLM need to load it on the base (``base_model_name_or_path``, ``task_type``)."""
-    config = output_dir / f"epoch_{epoch}" / layout.ADAPTER_CONFIG
+    config = layout.epoch_dir(output_dir, epoch) / layout.ADAPTER_CONFIG
     if config.exists():
         peft = json.loads(config.read_text())
         peft.update(base_model_name_or_path=base_dir, task_type="CAUSAL_LM", peft_type="LORA",
@@ -85,7 +85,7 @@ def keep_resume_adapter(output_dir: Path, epoch: int, last: bool) -> None:
     """Once ``epoch_<epoch>`` of an adapter-only run is marked complete: its torchtune-format
     adapter (``adapter_model.pt``) becomes the resume point in ``recipe_state/`` (after the last
     epoch it goes). Until then a crash resumes after the epoch before, with that epoch's adapter."""
-    pt = output_dir / f"epoch_{epoch}" / "adapter_model.pt"
+    pt = layout.epoch_dir(output_dir, epoch) / "adapter_model.pt"
     if last:
         pt.unlink(missing_ok=True)
     elif pt.exists():
@@ -128,7 +128,7 @@ def watch_saves(recipe, cfg) -> None:
             tidy_adapter_epoch(output_dir, epoch, str(cfg.checkpointer.checkpoint_dir),
                                float(cfg.model.get("lora_dropout", 0.0)))
         _crash_for_test("before-marker", epoch)
-        layout.mark_complete(output_dir / f"epoch_{epoch}", epoch)
+        layout.mark_complete(layout.epoch_dir(output_dir, epoch), epoch)
         last = epoch + 1 >= recipe.total_epochs
         if adapter_only:
             keep_resume_adapter(output_dir, epoch, last)

@@ -54,7 +54,7 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
             conf["checkpointer"]["checkpoint_files"] = [f"{resume}/{shard.name}" for shard in _shards(run_dir / resume)]
         else:  # the adapter: an adapter-only run keeps it in recipe_state/ (relative to output_dir)
             conf["checkpointer"]["adapter_checkpoint"] = str(resume_adapter(run_dir, resume).relative_to(run_dir))
-    write_config(conf, run_dir / "finetune.yaml", run_dir.name, nproc, cfg.get("base_recipe"), method)
+    write_config(conf, layout.finetune_config(run_dir), run_dir.name, nproc, cfg.get("base_recipe"), method)
     write_manifest(run_dir, seed=int(cfg.seed), config_hash=chash,
                    extra={"model_dir": str(model_dir), "data_file": str(data_file)})
     state = RunState(
@@ -86,7 +86,7 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
         with ui.library_output(layout.finetune_log(run_dir), bool(cfg.get("verbose", False))), view:
             if nproc > 1:  # the recipe's rank 0 appends them
                 view.start(epochs, 0, kept, f"{nproc} processes")
-                distributed.launch(run_dir / "finetune.yaml", nproc, loss_file, method)
+                distributed.launch(layout.finetune_config(run_dir), nproc, loss_file, method)
             else:
                 with loss_file.open("a") as sink:
                     def on_step(row: dict) -> None:
@@ -95,15 +95,15 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
                         sink.flush()
                         view.step(row)
 
-                    recipe.run(run_dir / "finetune.yaml", on_step=on_step, method=method,
+                    recipe.run(layout.finetune_config(run_dir), on_step=on_step, method=method,
                                on_start=lambda e, s, r: view.start(e, s, r, conf["device"]))
         status, error = RunStatus.FINISHED, None
     except Exception as e:  # an ordinary failure is recorded, not raised
         status = RunStatus.FAILED
         error = str(e) if isinstance(e, recipe.TrainingDiverged) else f"{type(e).__name__}: {e}"
         error = time_limit_message(e, cfg.cluster) or error
-        (run_dir / "logs").mkdir(exist_ok=True)
-        (run_dir / "logs" / "error.txt").write_text(traceback.format_exc())
+        layout.error_file(run_dir).parent.mkdir(exist_ok=True)
+        layout.error_file(run_dir).write_text(traceback.format_exc())
     if nproc > 1:
         rows = read_jsonl(loss_file)
     write_jsonl(rows, loss_file)

@@ -76,6 +76,55 @@ def eval_log(run_dir: Path) -> Path:
     return run_dir / "logs" / "eval.log"
 
 
+def launch_log(run_dir: Path) -> Path:
+    """The launcher's own log lines of a run (Python logging)."""
+    return run_dir / "logs" / "launch.log"
+
+
+def error_file(run_dir: Path) -> Path:
+    """The traceback of a fine-tuning that failed (its one line is in ``run.json``)."""
+    return run_dir / "logs" / "error.txt"
+
+
+def rank_error_file(run_dir: Path, rank: int | str) -> Path:
+    """A training process's one-line reason for failing, on several GPUs (``*``: a glob of all of them)."""
+    return run_dir / "logs" / f"train-error-{rank}.json"
+
+
+def finetune_config(run_dir: Path) -> Path:
+    """The torchtune-native config a run trains with: ``tune run <recipe> --config finetune.yaml``."""
+    return run_dir / "finetune.yaml"
+
+
+def epoch_dir(run_dir: Path, epoch: int) -> Path:
+    """The checkpoint of one epoch: ``epoch_<N>``."""
+    return run_dir / f"epoch_{epoch}"
+
+
+def run_table(run_dir: Path, suffix: str) -> Path:
+    """A run's results table: ``results.csv`` or ``results.md``."""
+    return run_dir / f"results.{suffix}"
+
+
+def summary(sweep_dir: Path, suffix: str = "md") -> Path:
+    """A sweep's report: ``summary.md``, ``summary.csv``; ``seeds.csv``: ``summary_seeds.csv``."""
+    return sweep_dir / ("summary_seeds.csv" if suffix == "seeds.csv" else f"summary.{suffix}")
+
+
+def plots_dir(sweep_dir: Path) -> Path:
+    return sweep_dir / "plots"
+
+
+def report_key(sweep_dir: Path) -> Path:
+    """The fingerprint of what the sweep's report was made from (a re-run with the same skips it)."""
+    return sweep_dir / ".report-key"
+
+
+def scripts_dir(sweep_dir: Path) -> Path:
+    """What ``scaffold=true`` renders beside the run dirs: ``tune_commands.sh``, the sbatch scripts."""
+    return sweep_dir / "scripts"
+
+
 def cell_file(log_dir: Path) -> Path:
     return log_dir / CELL_FILE
 

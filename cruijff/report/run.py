@@ -48,8 +48,8 @@ def report_run(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec]) -> None:
     if df.empty:
         return
     status = state.status.value if state else "?"
-    df.to_csv(run_dir / "results.csv", index=False)
-    (run_dir / "results.md").write_text(
+    df.to_csv(layout.run_table(run_dir, "csv"), index=False)
+    layout.run_table(run_dir, "md").write_text(
         f"# {cfg.experiment.name} / {run_dir.name}\n\nStatus: {status}"
         + (f" ({state.error})" if state and state.error else "")
         + "\n\n" + markdown_table(df) + "\n"

@@ -118,8 +118,8 @@ def _report_inputs(sweep_dir: Path, plan: list[PlannedRunRecord]) -> str:
 
 
 def report_is_current(sweep_dir: Path, plan: list[PlannedRunRecord]) -> bool:
-    key = sweep_dir / ".report-key"
-    return (sweep_dir / "summary.md").exists() and key.exists() and key.read_text().strip() == _report_inputs(
+    key = layout.report_key(sweep_dir)
+    return layout.summary(sweep_dir).exists() and key.exists() and key.read_text().strip() == _report_inputs(
         sweep_dir, plan)
 
 
@@ -143,19 +143,19 @@ def report_sweep(sweep_dir: Path, plan: list[PlannedRunRecord] | None = None) ->
     seeds = {r.name: o.split("=", 1)[1] for r in plan for o in r.overrides if SEED_KEY.match(o)}
     by_seed = over_seeds(scores, groups, seeds) if not scores.empty else None
     chosen = picks(scores, validation_of(_specs(sweep_dir))) if not scores.empty else []
-    scores.drop(columns=["log", "samples_key"], errors="ignore").to_csv(sweep_dir / "summary.csv", index=False)
+    scores.drop(columns=["log", "samples_key"], errors="ignore").to_csv(layout.summary(sweep_dir, "csv"), index=False)
     if by_seed is not None and not by_seed.empty:
-        by_seed.to_csv(sweep_dir / "summary_seeds.csv", index=False)
+        by_seed.to_csv(layout.summary(sweep_dir, "seeds.csv"), index=False)
     _write_markdown(sweep_dir, scores, failures, len(plan) or None, by_seed, chosen,
                     _resumed(sweep_dir, [r.name for r in plan]))
-    plots = sweep_dir / "plots"
+    plots = layout.plots_dir(sweep_dir)
     plots.mkdir(exist_ok=True)
     if not scores.empty:
         plot_accuracy(scores, plots, groups)
         plot_heatmap(scores, axes, plots)
     if not losses.empty:
         plot_losses(losses, plots)
-    (sweep_dir / ".report-key").write_text(key + "\n")
+    layout.report_key(sweep_dir).write_text(key + "\n")
     return scores
 
 
@@ -203,7 +203,7 @@ def _write_markdown(sweep_dir: Path, scores: pd.DataFrame, failures: dict[str, s
     if failures:
         lines += ["## Failed runs", ""] + [f"- `{n}`: {why}" for n, why in failures.items()] + [""]
     lines += ["Plots: `plots/accuracy_vs_epoch.png`, `plots/loss.png`, `plots/heatmap.png`.", ""]
-    (sweep_dir / "summary.md").write_text("\n".join(lines))
+    layout.summary(sweep_dir).write_text("\n".join(lines))
 
 
 def _resumed(sweep_dir: Path, names: list[str]) -> list[str]:

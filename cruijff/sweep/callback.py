@@ -84,5 +84,5 @@ def finish_sweep(config: DictConfig, sweep_dir: Path, act: ActionLog, t0: float)
                              evaluate=lambda todo: evaluate_runs(config, sweep_dir, todo, act))
     console().print(status_table(sweep_dir, "sweep done"))
     print(f"cruijff: {summary}")
-    print(f"cruijff: report {sweep_dir / 'summary.md'}")
+    print(f"cruijff: report {layout.summary(sweep_dir)}")
     return failed

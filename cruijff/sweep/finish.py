@@ -46,7 +46,7 @@ def finish(sweep_dir: Path, eval_cfg: DictConfig | dict | None, slurm: bool, act
         act("Eval failed", where, why)
     if evaluated or not report_is_current(sweep_dir, runs):
         report_sweep(sweep_dir, runs)
-        act("Report", str(layout.relative(sweep_dir / "summary.md", sweep_dir)))
+        act("Report", layout.relative(layout.summary(sweep_dir), sweep_dir))
     else:
         act("Skip report", "summary.md is current (no run or eval changed)")
     summary = summary_line(len(runs), finished, active, failed, cells_failed)

@@ -64,8 +64,9 @@ def run_app(app: Callable[[], Any], argv: list[str]) -> None:
     except CruijffError as e:
         _exit(first_line(e))
     except (HydraException, OmegaConfBaseException) as e:
-        if isinstance(e.__cause__, CruijffError):  # raised while Hydra built a plugin
-            _exit(first_line(e.__cause__))
+        cause = _cruijff_cause(e)
+        if cause is not None:  # raised while Hydra built a plugin or resolved a run dir
+            _exit(first_line(cause))
         _exit(composition_message(e, argv))
     except ValueError as e:
         if "No trials are completed yet" not in str(e):
@@ -74,6 +75,17 @@ def run_app(app: Callable[[], Any], argv: list[str]) -> None:
         SweepCallback.end_after_sweeper_error()
         print("cruijff: every trial failed", file=sys.stderr)
         sys.exit(1)
+
+
+def _cruijff_cause(e: BaseException) -> CruijffError | None:
+    """The CruijffError a Hydra or OmegaConf error was raised from or while handling, if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, CruijffError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _exit(message: str) -> None:

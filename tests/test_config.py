@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -124,22 +126,56 @@ def test_did_you_mean_for_group_names(tmp_path):
     assert "did you mean 'capitalization'" in proc.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ["experiment.name=../escape"],
-    ["-m", "experiment.name=../escape"],
-    ["experiment.name=a/b"],
-    ["experiment.name=-rf"],
-    ["experiment.name=.."],
+NAME_RULE = "a name is letters, digits and . _ + = -, not starting with '-' or '.', at most 128 characters"
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["experiment.name=../escape"], "experiment.name='../escape': holds '/'"),
+    (["-m", "experiment.name=../escape"], "experiment.name='../escape': holds '/'"),
+    (["experiment.name=a/b"], "experiment.name='a/b': holds '/'"),
+    (["experiment.name=-rf"], "experiment.name='-rf': starts with '-'"),
+    (["experiment.name=.."], "experiment.name='..': starts with '.'"),
+    # names reach generated shell scripts and #SBATCH headers: no spaces, shell characters or newlines
+    (["experiment.name='my study'"], "experiment.name='my study': holds ' '"),
+    (["-m", "experiment.name='x$(touch pwned)'", "scaffold=true"], "experiment.name='x$(touch pwned)': holds ' ', '$', '(', ')'"),
+    (["experiment.name='x;touch pwned'"], "experiment.name='x;touch pwned': holds ' ', ';'"),
+    (["experiment.name='a\nb'"], "experiment.name='a\\nb': holds '\\n'"),
+    (["hydra.run.dir='outputs/my run'"], "run name='my run': holds ' '"),
 ])
-def test_a_name_that_would_leave_outputs_is_refused_and_nothing_is_written(tmp_path, args):
+def test_a_name_outside_the_safe_set_is_refused_and_nothing_is_written(tmp_path, args, problem):
     work = tmp_path / "work"
     work.mkdir()
     proc = launch(*args, cwd=work)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
-    assert lines == [f"cruijff: error: experiment.name={args[-1].split('=', 1)[1]!r}: must be a plain directory name: "
-                     "not '.' or '..', without '/', not starting with '-'"], proc.stderr
+    assert lines == [f"cruijff: error: {problem}; {NAME_RULE}"], proc.stderr
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["work"]  # not beside outputs/, not anywhere
+
+
+@pytest.mark.parametrize("args", [["experiment.name=" + "a" * 300], ["-m", "experiment.name=" + "a" * 300],
+                                  ["experiment=long"]])
+def test_a_name_too_long_for_a_directory_is_one_line(tmp_path, args):
+    """300 characters: beyond the filesystem's 255 bytes, also when an experiment's own config sets it."""
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "long.yaml").write_text(f"# @package _global_\nexperiment:\n  name: {'a' * 300}\n")
+    proc = launch(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == [
+        "cruijff: error: experiment.name='aaaaaaaaaaaaaaaaaaaa...': is 300 characters long; a name is at most 128 "
+        "characters (letters, digits and . _ + = -): set a shorter one"], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf"]
+
+
+def test_a_long_run_name_is_cut_with_a_hash_of_the_whole():
+    from cruijff.config import check_name
+
+    many = [f"+k{i}=value_{i}_" + "x" * 20 for i in range(8)]
+    name = run_name(many)
+    assert len(name) == 128 and name == run_name(many)  # the same overrides, the same dir
+    assert name.startswith("k0-value-0-") and re.fullmatch(r".*-[0-9a-f]{8}", name)
+    assert run_name(many[:-1] + [many[-1] + "y"]) != name  # differing past the cut: another dir
+    check_name("run name", name)
+    assert run_name(["peft.lora_rank=8"]) == "rank8"  # short names are as they were
 
 
 def test_a_task_label_names_a_second_task_of_the_same_kind_apart(cfg):

@@ -277,3 +277,50 @@ def test_scaffold_writes_each_array_the_launch_would_submit(tmp_path):
     first, second = (scripts / "train-1.sbatch").read_text(), (scripts / "train-2.sbatch").read_text()
     assert "#SBATCH --array=0-1%" in first and "# Runs: rank4_lr1e-3, rank8_lr1e-3" in first
     assert "#SBATCH --array=0-0%" in second and "# Runs: rank16_lr1e-3" in second
+
+
+def test_scaffold_quotes_every_path_in_the_scripts_it_writes(tmp_path, monkeypatch):
+    """A working dir with a space and shell characters reaches the scripts as one quoted word: each
+    line of tune_commands.sh hands torchtune the config's path whole, and every path of the sbatch
+    script (as submitit renders it) is one word."""
+    import os
+    import shlex
+
+    work = tmp_path / "my study $(touch pwned)"
+    work.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")  # submitit renders sbatch scripts where srun is
+    (bin_dir / "tune").write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done >> "$TUNE_ARGS"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    proc = launch("-m", "cluster=slurm", "experiment.name=q", "scaffold=true", "peft.lora_rank=8", "optimizer.lr=1e-3",
+                  cwd=work)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scripts = work / "outputs" / "q" / "scripts"
+    config = (work / "outputs" / "q" / "rank8_lr1e-3" / "finetune.yaml").resolve()
+    for script in ("tune_commands.sh", "train.sbatch"):
+        syntax = subprocess.run(["bash", "-n", str(scripts / script)], capture_output=True, text=True)
+        assert syntax.returncode == 0, syntax.stderr
+    args = tmp_path / "args.txt"
+    subprocess.run(["bash", str(scripts / "tune_commands.sh")], check=True, cwd=tmp_path,
+                   env={**os.environ, "TUNE_ARGS": str(args)})
+    assert args.read_text().splitlines() == ["run", "lora_finetune_single_device", "--config", str(config)]
+    assert not (tmp_path / "pwned").exists() and not (work / "pwned").exists()
+    assert f"#   tune run lora_finetune_single_device --config {shlex.quote(str(config))}\n" in config.read_text()
+    sbatch = (scripts / "train.sbatch").read_text().splitlines()
+    for line in (ln for ln in sbatch if ln.startswith("#SBATCH --") and "=" in ln):
+        assert len(shlex.split(line.split("=", 1)[1])) == 1, line
+    assert f"#SBATCH --output={shlex.quote(str(work / 'outputs/q/.submitit/%A_%a/%A_%a_0_log.out'))}" in sbatch
+    srun = shlex.split(next(ln for ln in sbatch if ln.startswith("srun ")))
+    assert srun[srun.index("--output") + 1] == str(work / "outputs/q/.submitit/%A_%a/%A_%a_%t_log.out")
+
+
+def test_scaffold_runs_full_fine_tuning_with_its_own_recipe():
+    from conftest import compose_config
+    from cruijff.sweep.scaffold import scaffold_text
+
+    text, command = scaffold_text(compose_config("peft=none", "training.device=cpu"), Path("/srv/my runs/full"))
+    assert command == "tune run full_finetune_single_device --config '/srv/my runs/full/finetune.yaml'"
+    assert f"#   {command}\n" in text

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from .. import hardware
 from ..errors import ConfigError, CruijffError, did_you_mean
 from ..records import layout
-from .identity import run_name
+from .identity import check_name, run_name
 from .model import sweep_batch
 
 _PACKAGED_CONF = Path(__file__).resolve().parent.parent / "conf"  # an installed wheel: cruijff/conf
@@ -49,10 +49,19 @@ def by_peft(method: str, lora: Any, full: Any) -> Any:
     return full if str(method) == "none" else lora
 
 
+def _run_dir_name(overrides: Any, _root_: Any = None) -> str:
+    """A run's dir name (``hydra.run.dir``, ``hydra.sweep.subdir``), once the experiment's name,
+    the dir above it, is known to be a name (Hydra makes the dir before any job code runs)."""
+    name = OmegaConf.select(_root_, "experiment.name", default=None) if _root_ is not None else None
+    if name is not None:
+        check_name("experiment.name", name)
+    return run_name(list(overrides or []))
+
+
 def register_resolvers() -> None:
     """The ``cruijff_*`` resolvers the config groups use."""
     resolvers = {
-        "cruijff_run_name": lambda overrides: run_name(list(overrides or [])),
+        "cruijff_run_name": _run_dir_name,
         "cruijff_parallel": lambda value, nproc="auto", gpus=1: hardware.local_parallel(
             value, hardware.gpus_per_run(nproc, gpus)),
         "cruijff_timeout": job_minutes,

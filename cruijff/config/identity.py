@@ -56,16 +56,39 @@ def run_name(overrides: Iterable[str]) -> str:
         value = _slug(value)
         sep = "" if value[:1].isdigit() or value[:1] in ".-" else "-"
         parts.append(f"{ABBREVIATIONS.get(leaf, leaf)}{sep}{value}")
-    return "_".join(parts) or "default"
+    return shorten("_".join(parts) or "default")
+
+
+# Experiment and run names become directory names, job names and words in generated scripts: letters,
+# digits and ``. _ + = -``, not starting with ``-`` or ``.``, at most MAX_NAME characters (a file
+# name may have 255 bytes; the rest is left for what cruijff puts beside it).
+MAX_NAME = 128
+NAME_CHARS = "letters, digits and . _ + = -"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_+=][A-Za-z0-9._+=-]*")
+
+
+def shorten(name: str) -> str:
+    """A run name longer than MAX_NAME characters: its first characters, then ``-`` and 8 hex digits of
+    the full name's sha256 (the same overrides always give the same name; other ones, another)."""
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return name[:MAX_NAME - 9].rstrip("._-+=") + "-" + digest
 
 
 def check_name(key: str, name: Any) -> None:
-    """A name that becomes a directory under ``outputs/`` must stay there: not ``.`` or ``..``, no
-    ``/``, not starting with ``-`` (other characters are quoted where they reach a shell)."""
-    text = str(name)
-    if name is None or text in ("", ".", "..") or "/" in text or "\\" in text or text.startswith("-"):
-        raise ConfigError(key, name, "must be a plain directory name: not '.' or '..', without '/', "
-                                     "not starting with '-'")
+    """A name that becomes a directory under ``outputs/`` (and a word in the scripts cruijff writes):
+    letters, digits and ``. _ + = -``, not starting with ``-`` or ``.``, at most MAX_NAME characters."""
+    text = "" if name is None else str(name)
+    if not _SAFE_NAME.fullmatch(text):
+        bad = sorted({c for c in text if not re.fullmatch(r"[A-Za-z0-9._+=-]", c)})
+        what = (f"holds {', '.join(repr(c) for c in bad)}; " if bad else
+                "is empty; " if not text else f"starts with {text[0]!r}; ")
+        raise ConfigError(key, name, f"{what}a name is {NAME_CHARS}, not starting with '-' or '.', "
+                                     f"at most {MAX_NAME} characters")
+    if len(text) > MAX_NAME:
+        raise ConfigError(key, f"{text[:20]}...", f"is {len(text)} characters long; a name is at most {MAX_NAME} "
+                                                  f"characters ({NAME_CHARS}): set a shorter one")
 
 
 def _number(value: str) -> str | None:

@@ -3,6 +3,7 @@ that reproduces it in its header."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,12 @@ def recipe_class(nproc: int, method: str = "lora") -> str:
 
 
 def tune_command(nproc: int, config: Path | str, method: str = "lora") -> str:
-    """The stock torchtune command that runs ``config`` like cruijff does."""
+    """The stock torchtune command that runs ``config`` like cruijff does, as a shell line (the
+    path quoted: a dir may hold spaces or shell characters)."""
+    path = shlex.quote(str(config))
     if nproc > 1:
-        return f"tune run --nproc_per_node {nproc} {recipe_name(nproc, method)} --config {config}"
-    return f"tune run {recipe_name(nproc, method)} --config {config}"
+        return f"tune run --nproc_per_node {nproc} {recipe_name(nproc, method)} --config {path}"
+    return f"tune run {recipe_name(nproc, method)} --config {path}"
 
 SECTIONS = [
     ("output_dir", None),

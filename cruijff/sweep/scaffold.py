@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..config import device_guess, processes, resolve_paths
+from ..config import device_guess, peft_method, processes, resolve_paths
 from ..finetune import config_text, render, tune_command
 from ..plan import PlannedRun
 from .launcher import train_arrays
@@ -20,8 +20,9 @@ def scaffold_text(cfg: DictConfig, run_dir: Path) -> tuple[str, str]:
     path = run_dir.resolve() / "finetune.yaml"
     model_dir, data_file = resolve_paths(cfg, build=False)
     conf = render(cfg, path.parent, model_dir, data_file, device=device_guess(cfg))
-    nproc = processes(cfg)
-    return config_text(conf, path, run_dir.name, nproc, cfg.get("base_recipe")), tune_command(nproc, path)
+    nproc, method = processes(cfg), peft_method(cfg)
+    return (config_text(conf, path, run_dir.name, nproc, cfg.get("base_recipe"), method),
+            tune_command(nproc, path, method))
 
 
 def write_scaffold(config: DictConfig, sweep_dir: Path, todo: list[PlannedRun],

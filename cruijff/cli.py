@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .config import load_run, validate
 from .errors import CruijffError
-from .evaluate import evaluate_run_dir
+from .evaluate import check_run_tasks, evaluate_run_dir
 from .evaluate.export import export_checkpoint
 from .records import ActionLog, SweepPlan, acquire_lock, layout, sweep_runs
 from .report import print_comparison, report_run, report_sweep
@@ -83,6 +83,7 @@ def verb(argv: list[str]) -> int:
             return sweep_command(args.command, target)
         else:
             if args.command == "eval":  # one writer: not while a launch of its experiment runs
+                check_run_tasks(target)  # every task loads, before anything is written
                 acquire_lock(target.parent)
             unscored = evaluate_run_dir(target) if args.command == "eval" else {}
             cfg = load_run(target)
@@ -120,9 +121,12 @@ def sweep_command(command: str, sweep_dir: Path) -> int:
         report_sweep(sweep_dir, sweep_runs(sweep_dir))
         print(f"cruijff: report {layout.summary(sweep_dir)}")
         return 0
-    acquire_lock(sweep_dir)
     plan = SweepPlan.of(sweep_dir)
     eval_cfg = plan.eval if plan and "max_tokens" in (plan.eval or {}) else None  # the launch's, else each run's
+    for run in sweep_runs(sweep_dir):  # every task loads, before anything is written
+        if layout.saved_config(sweep_dir / run.name).exists():
+            check_run_tasks(sweep_dir / run.name, eval_cfg)
+    acquire_lock(sweep_dir)
     summary, failed = finish(sweep_dir, eval_cfg, False, ActionLog(layout.action_log(sweep_dir)), time.time(),
                              done="Evaluate sweep (python -m cruijff eval)")
     print(f"cruijff: {summary}")

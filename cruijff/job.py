@@ -20,9 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .cluster import time_limit_message
-from .config import check_name, config_hash, prepare_job, resolve_paths, validate
+from .config import TaskSpec, check_name, config_hash, prepare_job, resolve_paths, validate
 from .errors import ConfigError, CruijffError, first_line, omegaconf_message
-from .evaluate import evaluate_run
+from .evaluate import check_tasks_load, evaluate_run
 from .finetune import finetune_run
 from .plan import ACTIVE, OVERWRITE, PlannedRun, plan_state, print_plan
 from .records import (ActionLog, RunState, acquire_lock, current_cell, expected_cells, layout, liveness, mark_failed,
@@ -116,8 +116,9 @@ def objective(cfg: DictConfig, run_dir: Path) -> float:
 
 def dry_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> int:
     """Validate and show what a run would do; write nothing, start nothing."""
-    validate(cfg)
+    specs = validate(cfg)
     check_name("run name", run_dir.name)
+    preflight(cfg, run_dir, specs, evaluates=True)
     chash = config_hash(cfg, *resolve_paths(cfg, build=False))
     standing, state = run_standing(run_dir, chash, int(cfg.training.epochs))
     planned = ACTIVE if liveness.at_work(state) else plan_state(standing, bool(cfg.overwrite), run_dir, state, chash)
@@ -140,6 +141,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: str = "a
     a sweep's job runs under its launcher's claim)."""
     specs = validate(cfg)
     check_name("run name", run_dir.name)
+    preflight(cfg, run_dir, specs, evaluates=evaluate != "none")
     act = ActionLog(layout.action_log(run_dir.parent))
     model_dir, data_file = resolve_paths(cfg)
     chash = config_hash(cfg, model_dir, data_file)
@@ -186,6 +188,17 @@ def claim_run(run_dir: Path, act: ActionLog) -> None:
     if liveness.gone(state):
         mark_failed(run_dir, liveness.death(state))
         act("Run died", run_dir.name, liveness.death(state))
+
+
+def preflight(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec], evaluates: bool) -> None:
+    """What a run checks beyond its config before it writes anything: its dir is not inside
+    another run's, and (when it evaluates) every eval task loads."""
+    inside = layout.enclosing_run(run_dir)
+    if inside is not None:
+        raise ConfigError("hydra.run.dir", str(run_dir), f"is inside the run dir {inside} (it holds run.json or "
+                                                         ".hydra/); choose a dir outside any run")
+    if evaluates and cfg.eval.enabled and specs:
+        check_tasks_load(specs, resolve_paths(cfg, build=False)[1], cfg.dataset.input_key, cfg.dataset.output_key)
 
 
 def _log_to_file(path: Path) -> None:

@@ -237,3 +237,114 @@ def test_the_processes_a_run_trains_on_count_in_its_hash():
     two = compose_config("cluster=slurm", "cluster.gpus_per_node=2")
     assert one.training.nproc == two.training.nproc == "auto"
     assert config_hash(one) != config_hash(two)
+
+
+TASKS = '''
+from inspect_ai import Task, task
+from inspect_ai.dataset import MemoryDataset, Sample
+from inspect_ai.solver import generate
+
+
+@task
+def good(n: int = 2):
+    return Task(dataset=MemoryDataset([Sample(input="a", target="b")] * n), solver=generate())
+
+
+@task
+def needs(level):
+    return good()
+
+
+@task
+def raises(level: int = 1):
+    raise ValueError(f"level {level} is not known")
+
+
+def not_a_task():
+    return 3
+'''
+
+
+def _task_files(root):
+    tasks = root / "tasks"
+    tasks.mkdir()
+    (tasks / "t.py").write_text(TASKS)
+    (tasks / "broken.py").write_text("import json\nSETTINGS = json.loads('{not json')\n\n\ndef t():\n    pass\n")
+    data = root / "data.json"
+    rows = [{"input": "Capitalize: ab", "output": "Ab"}]
+    data.write_text(__import__("json").dumps({"train": rows, "validation": [], "test": rows}))
+    return tasks, data
+
+
+def test_every_task_is_loaded_with_its_args_before_anything_runs(tmp_path, monkeypatch):
+    """A task file that fails to import, an argument the task does not take or lacks, a task that
+    raises or returns no Task, a split the data lacks or leaves empty: each one line naming the task."""
+    from cruijff.config import ConfigError, TaskSpec
+    from cruijff.evaluate import check_tasks_load
+    from cruijff.evaluate import tasks as loading
+
+    tasks, data = _task_files(tmp_path)
+    t, broken = tasks / "t.py", tasks / "broken.py"
+    cases = [
+        (f"{broken}@t", {}, f"eval.tasks[1].name='{broken}@t': importing {broken} failed: JSONDecodeError: "
+                           "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+        (f"{t}@good", {"size": 3}, f"eval.tasks[1].args.size=3: good in {t} has no argument 'size'; it takes: n"),
+        (f"{t}@needs", {}, f"eval.tasks[1].args={{}}: needs in {t} needs a value for 'level' (args: {{level: ...}})"),
+        (f"{t}@raises", {"level": 3}, f"eval.tasks[1].name='{t}@raises': raises(level=3) in {t} failed: "
+                                      "ValueError: level 3 is not known"),
+        (f"{t}@good", {"n": 0}, f"eval.tasks[1].name='{t}@good': good(n=0) in {t} failed: ValueError: "
+                                "The specified dataset is empty (has no samples)"),
+        (f"{t}@not_a_task", {}, f"eval.tasks[1].name='{t}@not_a_task': not_a_task() in {t} returned int, "
+                                "not an inspect Task"),
+        ("exact_match", {"split": "dev"}, "eval.tasks[1].args.split='dev': data.json has no split 'dev'; "
+                                          "it has: train, validation, test"),
+        ("exact_match", {"split": "validation"}, "eval.tasks[1].args.split='validation': the 'validation' split of "
+                                                 "data.json has no samples"),
+    ]
+    for name, args, message in cases:
+        for _ in range(2):  # a file that failed to import fails the same way again (not half imported)
+            with pytest.raises(ConfigError) as e:
+                check_tasks_load([TaskSpec("exact_match"), TaskSpec(name, args)], data, "input", "output")
+            assert str(e.value) == message
+    calls = []
+    real = loading._check
+    monkeypatch.setattr(loading, "_check", lambda *a: calls.append(a[0].name) or real(*a))
+    specs = [TaskSpec(f"{t}@good", {"n": 3}), TaskSpec("exact_match", {}, "em")]
+    for _ in range(3):  # every grid point of a sweep: each distinct task is loaded once
+        check_tasks_load(specs, data, "input", "output")
+    assert calls == [f"{t}@good"]  # exact_match on this data was checked above
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval.tasks=[{name: tasks/broken.py@t}]"],
+     "eval.tasks[0].name='tasks/broken.py@t': importing tasks/broken.py failed: JSONDecodeError: "),
+    (["-m", "eval.tasks=[{name: tasks/t.py@raises, args: {level: 3}}]"],
+     "run rank2_lr1e-5: eval.tasks[0].name='tasks/t.py@raises': raises(level=3) in tasks/t.py failed: "
+     "ValueError: level 3 is not known"),
+])
+def test_a_task_that_does_not_load_stops_the_launch_before_it_trains(tmp_path, args, message):
+    _task_files(tmp_path)
+    proc = launch(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"cruijff: error: {message}"), proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("args", [["hydra.run.dir=outputs/demo/default/nested"],
+                                  ["-m", "hydra.sweep.dir=outputs/demo/default"],
+                                  ["-m", "hydra.sweep.dir=outputs/demo/default/grid", "dry_run=true"]])
+def test_a_run_or_sweep_inside_a_run_dir_is_refused(tmp_path, args):
+    run_dir = tmp_path / "outputs" / "demo" / "default"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (run_dir / "run.json").write_text('{"status": "finished"}\n')
+    before = {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
+    proc = launch(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    key, value = args[-1 if len(args) < 3 else 1].split("=")
+    inside = "is" if value == "outputs/demo/default" else "is inside"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"cruijff: error: {key}=") and (
+        f"{inside} the run dir {run_dir} (it holds run.json or .hydra/); choose a dir outside any run") in lines[0], lines
+    assert {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")} == before

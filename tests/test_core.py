@@ -141,3 +141,43 @@ def test_diverging_run_stops_at_the_first_nan_loss(tmp_path, tiny_model_dir):
     assert state["error"].startswith("loss became nan at epoch 0 step ")
     assert int(state["error"].split(" step ")[1].split()[0]) < 20  # stopped, not trained to the end
     assert state["checkpoints"] == []
+
+
+def _snapshot(root: Path) -> dict:
+    return {p.relative_to(root): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+def test_a_launch_with_a_task_that_does_not_load_leaves_a_finished_run_untouched(demo, tmp_path):
+    """The finished demo run, launched again with an eval task that fails at import: refused with one
+    line before anything is written (its saved config once took the bad eval section, then the
+    eval failed with a traceback). ``python -m cruijff eval`` on it refuses the same way."""
+    import os
+    import shutil
+
+    work, run_dir, _ = demo
+    shutil.copytree(work / "outputs", tmp_path / "outputs", symlinks=True)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "broken.py").write_text("import nope_not_a_module\n\n\ndef t():\n    pass\n")
+    before = _snapshot(tmp_path / "outputs")
+    proc = launch("eval.tasks=[{name: tasks/broken.py@t}]", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == [
+        "cruijff: error: eval.tasks[0].name='tasks/broken.py@t': importing tasks/broken.py failed: "
+        "ModuleNotFoundError: No module named 'nope_not_a_module'"]
+    assert _snapshot(tmp_path / "outputs") == before  # .hydra/config.yaml, run.json, logs: all as they were
+
+    copy = tmp_path / "outputs" / "demo" / "default"
+    saved = copy / ".hydra" / "config.yaml"
+    cfg = yaml.safe_load(saved.read_text())
+    cfg["eval"]["tasks"] = [{"name": str(tmp_path / "tasks" / "broken.py") + "@t", "args": {}}]
+    saved.write_text(yaml.safe_dump(cfg))  # another task: every cell is to do again
+    before = _snapshot(tmp_path / "outputs")
+    for target in (copy, copy.parent):  # the run dir, and the sweep dir holding it
+        proc = subprocess.run([sys.executable, "-m", "cruijff", "eval", str(target)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300, env={**os.environ, "INSPECT_DISPLAY": "none"})
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.splitlines() == [
+            f"cruijff: error: eval.tasks[0].name='{tmp_path}/tasks/broken.py@t': importing {tmp_path}/tasks/broken.py "
+            "failed: ModuleNotFoundError: No module named 'nope_not_a_module'"]
+        assert _snapshot(tmp_path / "outputs") == before

@@ -63,6 +63,12 @@ def build_task(spec: TaskSpec, data_file: Path, input_key: str, output_key: str)
     if spec.name == "exact_match":
         args = {"name": spec.label, **spec.args}  # a task given a label of its own is named so in its logs
         return exact_match_task(str(data_file), input_key, output_key, **args)
+    return task_function(spec)(**spec.args)
+
+
+def task_function(spec: TaskSpec):
+    """The task function ``path/file.py@name`` names; its file is imported once per process (and
+    again after an import that failed)."""
     path, fn = spec.name.rsplit("@", 1)
     mod_name = f"cruijff_user_tasks_{abs(hash(os.path.abspath(path)))}"
     module = sys.modules.get(mod_name)
@@ -70,8 +76,12 @@ def build_task(spec: TaskSpec, data_file: Path, input_key: str, output_key: str)
         s = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(s)
         sys.modules[mod_name] = module
-        s.loader.exec_module(module)
-    return getattr(module, fn)(**spec.args)
+        try:
+            s.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[mod_name]  # not a half-imported module for the next one who asks
+            raise
+    return getattr(module, fn)
 
 
 def samples_key(task: Any, limit: int | None) -> str:

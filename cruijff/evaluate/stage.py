@@ -19,6 +19,7 @@ from ..records import ActionLog, CellResults, CellStanding, RunState, layout
 from .backend import Evaluator
 from .cells import Cell, plan_cells
 from .identity import changed
+from .tasks import check_tasks_load
 
 
 def evaluate_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path,
@@ -118,5 +119,6 @@ def evaluate_run_dir(run_dir: Path, eval_cfg: Any = None, base: bool = True, slo
     prepare_job(cfg, slot)
     specs = validate(cfg)
     model_dir, data_file = resolve_paths(cfg)
+    check_tasks_load(specs, data_file, cfg.dataset.input_key, cfg.dataset.output_key)  # before a cell is written
     return evaluate_run(cfg, run_dir, model_dir, data_file, specs, ActionLog(layout.action_log(run_dir.parent)),
                         base=base, evaluator=evaluator)

@@ -26,6 +26,7 @@ from ..cluster import job_resources
 from ..config import (GROUPS, SCHEMA, check_name, config_hash, leaf_keys, override_identity, parse_override,
                       resolve_paths, run_name, validate)
 from ..errors import ConfigError, CruijffError, omegaconf_message, unknown_key
+from ..evaluate import check_tasks_load
 from ..records import PlannedRunRecord, RunStanding, RunState, liveness, other_config, run_standing
 from .estimate import estimate as cost
 from .estimate import measured
@@ -166,9 +167,11 @@ class Planner:
                 check_name("run name", name)
                 with self._with_job(overrides) as cfg:
                     changed = self._changed
-                    validate(cfg, None if changed is None or not self._checked else self._to_check(changed))
+                    specs = validate(cfg, None if changed is None or not self._checked else self._to_check(changed))
                     self._checked = self._checked or changed is not None
                     paths = resolve_paths(cfg, build=False)
+                    if cfg.eval.enabled and specs:  # each distinct task is loaded once, not per grid point
+                        check_tasks_load(specs, paths[1], cfg.dataset.input_key, cfg.dataset.output_key)
                     chash = config_hash(cfg, *paths)
                     epochs = int(cfg.training.epochs)
                     force = bool(cfg.overwrite) if overwrite is None else overwrite

@@ -268,3 +268,17 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 def is_sweep_dir(path: Path) -> bool:
     return sweep_file(path).exists() or (not (path / ".hydra").exists() and bool(run_dirs(path)))
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run's own dir: it holds a ``run.json`` or a saved config (``.hydra/config.yaml``)."""
+    return run_file(path).exists() or saved_config(path).exists()
+
+
+def enclosing_run(path: Path, itself: bool = False) -> Path | None:
+    """The run dir ``path`` lies inside (``itself``: or is), if any."""
+    path = Path(path).absolute()
+    for p in ([path] if itself else []) + list(path.parents):
+        if is_run_dir(p):
+            return p
+    return None

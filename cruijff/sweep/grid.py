@@ -12,7 +12,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from ..cluster import active_slurm_jobs, array_ids
-from ..errors import CruijffError, first_line
+from ..config import check_name
+from ..errors import ConfigError, CruijffError, first_line
 from ..plan import ACTIVE, FINISHED, OVERWRITE, PlannedRun, Planner, print_plan
 from ..records import ActionLog, SweepPlan, acquire_lock, layout, record_finished
 from .deaths import may_be_at_work
@@ -39,6 +40,11 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
         raise CruijffError(first_line(e)) from None
     jobs = BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
     sweep_dir = Path(config.hydra.sweep.dir)
+    check_name("experiment.name", config.experiment.name)
+    inside = layout.enclosing_run(sweep_dir, itself=True)
+    if inside is not None:  # before the lock: nothing is written there
+        raise ConfigError("hydra.sweep.dir", str(sweep_dir), f"is {'' if inside == sweep_dir.absolute() else 'inside '}"
+                          f"the run dir {inside} (it holds run.json or .hydra/); choose a dir outside any run")
     dry = bool(config.get("dry_run", False))
     if sweep_dir.exists() and not dry:
         acquire_lock(sweep_dir)

@@ -92,6 +92,24 @@ def test_config_hash_ignores_eval_but_not_training(cfg):
         # a sweep checks its eval tasks before it plans a run or submits a job
         (["-m", "eval.tasks=[{name: nope}]", "dry_run=true"], "eval.tasks[0].name='nope': unknown task"),
         (["-m", "eval.tasks=[{name: nope}]"], "eval.tasks[0].name='nope': unknown task"),
+        # an unsigned 32-bit seed, as torchtune's set_seed takes
+        (["seed=99999999999999999999999"], "seed=99999999999999999999999: must be an integer >= 0 and <= 4294967295"),
+        (["-m", "seed=1,4294967296"], "run rank2_lr1e-5_seed4294967296: seed=4294967296: must be an integer >= 0 and <= 4294967295"),
+        # nothing to evaluate is not an eval
+        (["eval.tasks=[]"], "eval.tasks=[]: no task to evaluate the checkpoints on: name one, or fine-tune only with eval=none"),
+        # a train split smaller than one optimizer step would train nothing (the embedded data: 1000 examples)
+        (["training.batch_size=500", "training.gradient_accumulation_steps=3"],
+         "training.batch_size=500: one optimizer step takes 1500 examples (training.batch_size 500 x "
+         "training.gradient_accumulation_steps 3 x 1 process), but the train split of data.json has 1000: no step "
+         "would be trained; lower the batch or add examples"),
+        (["-m", "training.batch_size=8,2000"], "one optimizer step takes 2000 examples"),
+        # the built-in task's split and arguments, against the data, before anything runs
+        (["eval.tasks=[{name: exact_match, args: {split: validaton}}]"],
+         "eval.tasks[0].args.split='validaton': data.json has no split 'validaton' (did you mean 'validation'?); "
+         "it has: train, validation, test"),
+        (["-m", "eval.tasks=[{name: exact_match, args: {splt: test}}]"],
+         "eval.tasks[0].args.splt='test': exact_match has no argument 'splt' (did you mean 'split'?); "
+         "it takes: split, ignore_case"),
         # two tasks whose scores would land in one column
         (["eval.tasks=[{name: exact_match}, {name: exact_match, args: {split: validation}}]"],
          "eval.tasks[1]='exact_match': its scores would go under 'exact_match', as eval.tasks[0]'s do; give one a label"),
@@ -111,6 +129,11 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, key):
         ("not json {", "not valid JSON"),
         ('{"train": [{"input": "a", "output": "b"}]}', "'test'"),
         ('{"train": [{"question": "a", "output": "b"}], "test": [{"input": "a", "output": "b"}]}', "'input'"),
+        # a record with nothing to learn from or to score: the split and the index named
+        ('{"train": [{"input": "a", "output": "b"}, {"input": "c", "output": ""}], "test": [{"input": "a", "output": "b"}]}',
+         "train[1] has an empty 'output'"),
+        ('{"train": [{"input": "a", "output": "b"}], "validation": [{"input": " ", "output": "b"}], '
+         '"test": [{"input": "a", "output": "b"}]}', "validation[0] has an empty 'input'"),
     ],
 )
 def test_bad_dataset_file_is_named(tmp_path, content, problem):

@@ -17,10 +17,11 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
+from .. import assets
 from ..errors import ConfigError, did_you_mean
 from . import chat
 from .identity import check_name
-from .model import CHECKPOINT_MODES, PEFT_METHODS, model_files, peft_method
+from .model import CHECKPOINT_MODES, PEFT_METHODS, effective_batch, model_files, peft_method, processes
 from .tasks import TaskSpec, check_tasks
 
 
@@ -38,7 +39,7 @@ def stock_configs() -> dict[str, Path]:
 # Keys a config does not have (SLURM keys on a local run) are skipped.
 _MISSING = object()
 SCHEMA = {
-    "seed": "int>=0",
+    "seed": "int>=0<=4294967295",  # torchtune's set_seed takes an unsigned 32-bit seed
     "overwrite": "bool", "dry_run": "bool", "scaffold": "bool", "detach": "bool", "verbose": "bool",
     "peft.lora_rank": "int>=1",
     "peft.lora_alpha": "number>0",
@@ -73,13 +74,13 @@ SCHEMA = {
     "cluster.max_requeue": "int>=0",
     "cluster.signal_delay_s": "int>=0",
 }
-_SPEC = re.compile(r"^(int|number|bool|str)(?:(>=|>)(-?[\d.]+))?((?:\|\w+)*)$")
+_SPEC = re.compile(r"^(int|number|bool|str)(?:(>=|>)(-?[\d.]+))?(?:(<=)(-?[\d.]+))?((?:\|\w+)*)$")
 _KINDS = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string"}
 
 
 def check_value(key: str, value: Any, spec: str) -> None:
     """Raise ConfigError unless ``value`` fits ``spec`` (see SCHEMA)."""
-    kind, op, bound, extra = _SPEC.match(spec).groups()
+    kind, op, bound, top_op, top, extra = _SPEC.match(spec).groups()
     others = extra.split("|")[1:]
     if value is None and "null" in others or isinstance(value, str) and value in others:
         return
@@ -91,8 +92,10 @@ def check_value(key: str, value: Any, spec: str) -> None:
         ok = not isinstance(value, bool) and isinstance(value, int if kind == "int" else (int, float))
         if ok and op:
             ok = value >= float(bound) if op == ">=" else value > float(bound)
+        if ok and top_op:
+            ok = value <= int(top)
     if not ok:
-        bound_text = f" {op} {bound}" if op else ""
+        bound_text = (f" {op} {bound}" if op else "") + (f" and <= {top}" if top_op else "")
         allowed = "".join(f" or {o}" for o in others)
         raise ConfigError(key, value, f"must be {_KINDS[kind]}{bound_text}{allowed}")
 
@@ -162,8 +165,11 @@ def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> list[TaskSpe
         for f in model_files(cfg.model):
             if not (path / f).exists():
                 raise ConfigError("model.path", cfg.model.path, f"lacks {f}, named by model {cfg.model.name}")
-    if cfg.dataset.path is not None:
-        validate_dataset(cfg.dataset.path, cfg.dataset.input_key, cfg.dataset.output_key)
+    data = cfg.dataset.path if cfg.dataset.path is not None else (
+        str(assets.capitalization_file()) if cfg.dataset.name == "capitalization" else None)
+    if data is not None:
+        train = validate_dataset(data, cfg.dataset.input_key, cfg.dataset.output_key)
+        check_steps(cfg, train, data)
     epochs = cfg.eval.epochs
     if epochs != "all":
         if not OmegaConf.is_list(epochs) or not all(isinstance(e, int) for e in epochs):
@@ -173,19 +179,38 @@ def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> list[TaskSpe
             raise ConfigError(
                 "eval.epochs", list(epochs), f"epochs are 0..{cfg.training.epochs - 1} (training.epochs={cfg.training.epochs})"
             )
-    return check_tasks(cfg.eval.tasks)
+    specs = check_tasks(cfg.eval.tasks)
+    if cfg.eval.enabled and not specs:
+        raise ConfigError("eval.tasks", [], "no task to evaluate the checkpoints on: name one, or fine-tune "
+                                            "only with eval=none")
+    return specs
 
 
-def validate_dataset(path: str, input_key: str, output_key: str) -> None:
+def check_steps(cfg: DictConfig, train: int, data: str) -> None:
+    """A run must take at least one optimizer step per epoch: torchtune drops the last, incomplete
+    batch, and a step takes batch x gradient accumulation x processes examples."""
+    per_step = effective_batch(cfg)
+    if train < per_step:
+        batch, accumulate, nproc = (int(cfg.training.batch_size), int(cfg.training.gradient_accumulation_steps),
+                                    processes(cfg))
+        raise ConfigError("training.batch_size", batch,
+                          f"one optimizer step takes {per_step} examples (training.batch_size {batch} x "
+                          f"training.gradient_accumulation_steps {accumulate} x {nproc} process"
+                          f"{'es' if nproc > 1 else ''}), but the train split of {Path(data).name} has {train}: "
+                          f"no step would be trained; lower the batch or add examples")
+
+
+def validate_dataset(path: str, input_key: str, output_key: str) -> int:
+    """Check a dataset file; return the size of its train split."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError("dataset.path", path, "must be an existing JSON file")
     st = p.stat()  # every grid point names the same file: it is read once while it stays the same
-    _check_dataset(path, st.st_mtime_ns, st.st_size, input_key, output_key)
+    return _check_dataset(path, st.st_mtime_ns, st.st_size, input_key, output_key)
 
 
 @lru_cache(maxsize=16)
-def _check_dataset(path: str, mtime_ns: int, size: int, input_key: str, output_key: str) -> None:
+def _check_dataset(path: str, mtime_ns: int, size: int, input_key: str, output_key: str) -> int:
     p = Path(path)
     try:
         data = json.loads(p.read_text())
@@ -193,10 +218,17 @@ def _check_dataset(path: str, mtime_ns: int, size: int, input_key: str, output_k
         raise ConfigError("dataset.path", path, f"is not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError("dataset.path", path, 'must hold {"train": [...], "validation": [...], "test": [...]}')
-    for split in ("train", "test"):
+    for split in ("train", "validation", "test"):
         rows = data.get(split)
+        if split == "validation" and rows in (None, []):
+            continue  # optional: a task may evaluate on it (split: validation)
         if not isinstance(rows, list) or not rows:
             raise ConfigError("dataset.path", path, f"lacks a non-empty {split!r} split")
         for key in (input_key, output_key):
             if not all(isinstance(r, dict) and isinstance(r.get(key), str) for r in rows):
                 raise ConfigError("dataset.path", path, f"every {split!r} record needs a string {key!r}")
+            empty = next((i for i, r in enumerate(rows) if not r[key].strip()), None)
+            if empty is not None:
+                raise ConfigError("dataset.path", path, f"{split}[{empty}] has an empty {key!r}; "
+                                                        "every record needs a non-empty input and output")
+    return len(data["train"])

@@ -117,7 +117,7 @@ def measured(sweep_dir: Path) -> dict[tuple, float]:
                 continue  # a few steps (a smoke test): loading and saving would dominate the rate
             n, _ = _dataset_of(cfg)
             nproc = processes(cfg)
-            samples = _samples_per_epoch(cfg, n, nproc) * int(cfg.training.epochs)
+            samples = _samples_per_epoch(cfg, n, _per_step(cfg, nproc)) * int(cfg.training.epochs)
             key = (str(cfg.model.name), nproc, str(state.device or ""))
         except Exception:  # a run saved by an older layout: no measurement from it
             continue
@@ -139,9 +139,9 @@ def _per_step(cfg: DictConfig, nproc: int) -> int:
     return int(cfg.training.batch_size) * int(cfg.training.gradient_accumulation_steps) * nproc
 
 
-def _samples_per_epoch(cfg: DictConfig, n: int, nproc: int) -> int:
-    """Examples trained per epoch: torchtune drops the last, incomplete batch (drop_last)."""
-    per_step = _per_step(cfg, nproc)
+def _samples_per_epoch(cfg: DictConfig, n: int, per_step: int) -> int:
+    """Examples trained per epoch: torchtune drops the last, incomplete batch (drop_last); a train
+    split smaller than one step is refused before anything runs (``config.check_steps``)."""
     steps = n // per_step
     if cfg.training.max_steps_per_epoch:
         steps = min(steps, int(cfg.training.max_steps_per_epoch))
@@ -153,8 +153,9 @@ def estimate(cfg: DictConfig, data_file: Path, rates: dict[tuple, float] | None 
     nproc = processes(cfg)
     device = device_guess(cfg)
     n, chars = _dataset_of(cfg, data_file)
-    samples = _samples_per_epoch(cfg, n, nproc)
-    steps = samples // _per_step(cfg, nproc)
+    per_step = _per_step(cfg, nproc)  # read once: the batch size is an interpolation, slow to resolve
+    samples = _samples_per_epoch(cfg, n, per_step)
+    steps = samples // per_step
     epochs = int(cfg.training.epochs)
     cpt = float(cfg.model.get("chars_per_token") or CHARS_PER_TOKEN)
     tokens = int(chars / cpt * (samples / n) * epochs) if n else 0

@@ -32,8 +32,14 @@ def launch(argv: list[str] | None = None) -> None:
     os.environ.setdefault(ENTRY_ENV, entry())  # the jobs record how to run them again
 
     @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
-    def app(cfg: DictConfig) -> int:
-        return job_main(cfg)
+    def app(cfg: DictConfig) -> int | float:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        code = job_main(cfg)
+        if HydraConfig.get().mode != RunMode.MULTIRUN and code:  # a single run's code is the process's
+            sys.exit(int(code))
+        return code  # a sweep's job: the sweep's callback sums them up
 
     run_app(app, sys.argv[1:])
 

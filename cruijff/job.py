@@ -37,7 +37,8 @@ class TrialFailed(RuntimeError):
 
 
 def main(cfg: DictConfig) -> int | float:
-    """Run one grid point; in a single run, exit non-zero when it failed.
+    """Run one grid point, or a single run; returns its exit code (0 done, 1 failed, 2 refused),
+    which the entry point makes the process's for a single run.
 
     In a grid sweep a job only fine-tunes (evaluation waits for the grid, in the sweep callback).
     Under an optimizing sweeper (Optuna) a job also evaluates its own checkpoints and returns the
@@ -79,8 +80,6 @@ def main(cfg: DictConfig) -> int | float:
         print(f"cruijff: {run_dir.name}: {msg}", file=sys.stderr)
         mark_failed(run_dir, msg)  # stopped outside a stage (the time limit may strike anywhere): say so
         code = 1
-    if not sweep and code:
-        sys.exit(code)
     if optimizing:
         if code:  # the sweeper records the trial as failed (NaN would crash hydra-optuna-sweeper)
             state = RunState.of(run_dir)

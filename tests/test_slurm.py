@@ -194,10 +194,15 @@ def test_cancelled_and_killed_jobs_are_recorded_and_the_third_run_finishes(slurm
     assert set(df["run"]) == {"base", survivor}
 
 
-def test_names_with_shell_characters_reach_slurm_quoted(slurm, tmp_path, tiny_model_dir):
-    name = "it's a; $(touch PWNED) `touch PWNED2` test"
-    proc = launch("-m", f'experiment.name="{name}"', *SHORT, "eval=none", "peft.lora_rank=8,4", "optimizer.lr=1e-3",
-                  "cluster.max_array_size=1", "cluster.setup=[\"export CRUIJFF_NOTE='a b; c'\"]", cwd=tmp_path)
+def test_names_with_shell_characters_are_refused_and_setup_lines_reach_slurm_quoted(slurm, tmp_path, tiny_model_dir):
+    bad = "it's a; $(touch PWNED) `touch PWNED2` test"
+    refused = launch("-m", f'experiment.name="{bad}"', *SHORT, "eval=none", "peft.lora_rank=8,4", cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.startswith("cruijff: error: experiment.name=")
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "outputs").exists()
+    name = "quoting+=v1.0"  # every character a name may have besides letters and digits
+    proc = launch("-m", f"experiment.name='{name}'", *SHORT, "eval=none", "peft.lora_rank=8,4", "optimizer.lr=1e-3",
+                  "cluster.max_array_size=1", "cluster.setup=[\"export CRUIJFF_NOTE='a b; $(touch PWNED)'\"]",
+                  cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2/2 runs finished" in proc.stdout
     sweep_dir = tmp_path / "outputs" / name

@@ -18,12 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-from .config import load_run, validate
+from .config import eval_config, validate
 from .errors import CruijffError
 from .evaluate import check_run_tasks, evaluate_run_dir
 from .evaluate.export import export_checkpoint
 from .records import ActionLog, SweepPlan, acquire_lock, layout, sweep_runs
-from .report import print_comparison, report_run, report_sweep
+from .report import print_comparison, refresh, report_run, report_sweep
 from .project import init_project
 from .status import show
 from .sweep import finish
@@ -82,12 +82,15 @@ def verb(argv: list[str]) -> int:
         elif layout.is_sweep_dir(target):
             return sweep_command(args.command, target)
         else:
+            eval_cfg = sweep_eval(target)  # a run of a sweep: the sweep's eval section, as its launch evaluates
             if args.command == "eval":  # one writer: not while a launch of its experiment runs
-                check_run_tasks(target)  # every task loads, before anything is written
+                check_run_tasks(target, eval_cfg)  # every task loads, before anything is written
                 acquire_lock(target.parent)
-            unscored = evaluate_run_dir(target) if args.command == "eval" else {}
-            cfg = load_run(target)
+            unscored = evaluate_run_dir(target, eval_cfg) if args.command == "eval" else {}
+            cfg = eval_config(target, eval_cfg)
             report_run(cfg, target, validate(cfg))
+            if refresh(target.parent):  # its experiment's summary, where it has one
+                print(f"cruijff: report {layout.summary(target.parent)} (refreshed)")
             for label, why in unscored.items():
                 print(f"cruijff: {target.name}: {label}: eval failed: {why}", file=sys.stderr)
             if unscored:
@@ -96,6 +99,15 @@ def verb(argv: list[str]) -> int:
         print(f"cruijff: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def sweep_eval(run_dir: Path) -> dict | None:
+    """The eval section a run of a sweep is evaluated with: the sweep's last launch's (in its
+    ``sweep.json``), so the run's cells stay comparable with the others'; None: the run's own."""
+    plan = SweepPlan.of(run_dir.parent)
+    if plan is None or run_dir.name not in plan.names or "max_tokens" not in (plan.eval or {}):
+        return None
+    return plan.eval
 
 
 def replan(sweep_dir: Path) -> None:

@@ -27,7 +27,7 @@ from .finetune import finetune_run
 from .plan import ACTIVE, OVERWRITE, PlannedRun, plan_state, print_plan
 from .records import (ActionLog, RunState, acquire_lock, current_cell, expected_cells, layout, liveness, mark_failed,
                       run_standing)
-from .report import report_run
+from .report import refresh, report_run
 
 log = logging.getLogger("cruijff")
 
@@ -167,6 +167,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: str = "a
         unscored = evaluate_run(cfg, run_dir, model_dir, data_file, specs, act, base=evaluate == "all")
     if evaluate == "all":
         report_run(cfg, run_dir, specs)
+        if refresh(run_dir.parent):  # the experiment's summary, where it has one, says what its cells say now
+            act("Report", layout.relative(layout.summary(run_dir.parent), run_dir.parent), "refreshed by a single run")
     for label, why in unscored.items():  # an eval cell without a score fails the run's command
         act("Eval failed", f"{run_dir.name}/{label}", why)
         print(f"cruijff: {run_dir.name}: {label}: eval failed: {why}", file=sys.stderr)
@@ -196,6 +198,14 @@ def preflight(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec], evaluates: 
     if inside is not None:
         raise ConfigError("hydra.run.dir", str(run_dir), f"is inside the run dir {inside} (it holds run.json or "
                                                          ".hydra/); choose a dir outside any run")
+    here, where = Path.cwd().resolve(), run_dir.resolve()
+    if where == here or where in here.parents:
+        raise ConfigError("hydra.run.dir", str(run_dir), "is the working dir or a dir above it; a run's dir is one "
+                                                         "of its own, e.g. outputs/<experiment>/<run>")
+    held = layout.held_run(run_dir)
+    if held is not None:
+        raise ConfigError("hydra.run.dir", str(run_dir), f"holds other runs ({held}): an experiment's or a sweep's "
+                                                         "dir, not a run's; choose a dir of its own for the run")
     if evaluates and cfg.eval.enabled and specs:
         check_tasks_load(specs, resolve_paths(cfg, build=False)[1], cfg.dataset.input_key, cfg.dataset.output_key)
 

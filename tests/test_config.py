@@ -371,3 +371,20 @@ def test_a_run_or_sweep_inside_a_run_dir_is_refused(tmp_path, args):
     assert len(lines) == 1 and lines[0].startswith(f"cruijff: error: {key}=") and (
         f"{inside} the run dir {run_dir} (it holds run.json or .hydra/); choose a dir outside any run") in lines[0], lines
     assert {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")} == before
+
+
+@pytest.mark.parametrize("run_dir, message", [("outputs/demo", "holds other runs"), ("outputs", "holds other runs"),
+                                              (".", "is the working dir or a dir above it")])
+def test_a_run_dir_that_would_hold_other_runs_or_the_working_dir_is_refused(tmp_path, run_dir, message):
+    """An experiment's dir, outputs/ or the working dir as a single run's dir would put one run's
+    files among other runs (or above the project) and block every later launch."""
+    run = tmp_path / "outputs" / "demo" / "default"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (run / "run.json").write_text('{"status": "finished"}\n')
+    before = {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
+    proc = launch(f"hydra.run.dir={run_dir}", "eval=none", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cruijff: error: hydra.run.dir=") and message in lines[0], lines
+    assert {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")} == before

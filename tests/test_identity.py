@@ -64,6 +64,20 @@ def test_a_cells_key_follows_everything_that_decides_its_score_and_nothing_else(
     assert _keys(run_dir, tasks=[{"name": f"{first}@first_letter", "args": {"n": 4}}])["epoch_0"] != keyed["epoch_0"]
     first.write_text(first.read_text().replace('"apple"', '"apricot"'))  # the same function, other samples
     assert _keys(run_dir, tasks=task)["epoch_0"] != keyed["epoch_0"]
+    # a task that reads a data file of its own (as cruijff init's starter task does): by that content too
+    data = tmp_path / "words.json"
+    data.write_text(json.dumps(["apple", "berry"]))
+    reader = tmp_path / "reader.py"
+    reader.write_text(
+        "import json\nfrom pathlib import Path\nfrom inspect_ai import Task, task\n"
+        "from inspect_ai.dataset import MemoryDataset, Sample\nfrom inspect_ai.scorer import match\n"
+        "from inspect_ai.solver import generate\n\n\n@task\ndef words():\n"
+        "    rows = json.loads((Path(__file__).parent / 'words.json').read_text())\n"
+        "    return Task(dataset=MemoryDataset([Sample(input=f'Repeat: {w}', target=w) for w in rows]),\n"
+        "                solver=generate(), scorer=match())\n")
+    before = _keys(run_dir, tasks=[{"name": f"{reader}@words"}])
+    data.write_text(json.dumps(["apple", "cherry"]))
+    assert _keys(run_dir, tasks=[{"name": f"{reader}@words"}])["epoch_0"] != before["epoch_0"]
     other = tmp_path / "other.py"  # another file with a function of the same name
     other.write_text((TASKS / "letters.py").read_text().replace("match(location=\"begin\")", "match(location=\"end\")"))
     assert _keys(run_dir, tasks=[{"name": f"{other}@first_letter", "args": {"n": 3}}])["epoch_0"] != keyed["epoch_0"]
@@ -133,6 +147,8 @@ def test_a_changed_eval_setting_makes_the_cells_stale_then_they_are_evaluated_ag
     log = layout.action_log(sweep_dir).read_text()
     assert "ACTION: Stale eval" in log and "settings.max_tokens" in log
     assert "stale" not in _status(sweep_dir).split("base (")[0]
+    # the experiment's summary (written by the report above) was brought up to date by the launch
+    assert "epoch_0" in (sweep_dir / "summary.csv").read_text()
 
 
 def test_a_failed_eval_cell_fails_the_command_and_says_which(smoke_run):
@@ -141,6 +157,11 @@ def test_a_failed_eval_cell_fails_the_command_and_says_which(smoke_run):
                   cwd=work)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "epoch_0: eval failed: boom:" in proc.stderr and "this scorer always fails" in proc.stderr
+    # the experiment's summary names the cells without a score
+    sweep_dir = work / "outputs" / "keyed"
+    subprocess.run([sys.executable, "-m", "cruijff", "report", str(sweep_dir)], check=True, capture_output=True)
+    md = (sweep_dir / "summary.md").read_text()
+    assert "## Eval cells without a score" in md and "training-smoke/epoch_0`: boom:" in md, md
 
 
 def _dataset(path: Path, answer) -> Path:

@@ -177,3 +177,25 @@ def test_a_job_whose_launcher_was_killed_is_waited_for_and_never_trained_twice(t
     log = (sweep_dir / "run-experiment.log").read_text()
     assert log.count("ACTION: Submit fine-tune") == 1 and "ACTION: Wait for job" in log
     assert "ACTION: Submit eval" in log and (sweep_dir / "summary.md").exists()
+
+
+def test_status_shows_a_run_whose_process_died_as_died_not_running(tmp_path):
+    """kill -9 leaves run.json saying running: status asks whether its process still runs."""
+    import socket
+
+    from cruijff.records import RunState, RunStatus, liveness
+    from cruijff.sweep import status_table
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    sweep_dir = tmp_path / "outputs" / "x"
+    RunState(RunStatus.RUNNING, name="r", host=socket.gethostname(), pid=gone.pid, pid_start=12345,
+             started=time.time() - 60).save(sweep_dir / "r")
+    assert liveness.gone(RunState.of(sweep_dir / "r"))
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(status_table(sweep_dir, "no launch running"))
+    text = console.export_text()
+    row = next(ln for ln in text.splitlines() if " r " in ln)
+    assert "died" in row and "running" not in row, text

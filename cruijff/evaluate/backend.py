@@ -70,7 +70,12 @@ def task_function(spec: TaskSpec):
     """The task function ``path/file.py@name`` names; its file is imported once per process (and
     again after an import that failed)."""
     path, fn = spec.name.rsplit("@", 1)
-    mod_name = f"cruijff_user_tasks_{abs(hash(os.path.abspath(path)))}"
+    try:  # a file changed since it was imported is imported again
+        st = os.stat(path)
+        stamp: tuple = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    except OSError:
+        stamp = (os.path.abspath(path),)
+    mod_name = f"cruijff_user_tasks_{abs(hash(stamp))}"
     module = sys.modules.get(mod_name)
     if module is None:
         s = importlib.util.spec_from_file_location(mod_name, path)

@@ -40,11 +40,13 @@ class Cell:
         return cell_standing(self.log_dir, self.key)
 
 
-def cells(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path, specs: list[TaskSpec]) -> list[Cell]:
+def cells(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path, specs: list[TaskSpec],
+          memo: dict | None = None) -> list[Cell]:
     """Every checkpoint of a run to evaluate under this config, with its key: the base control
-    first (when asked for), then the complete epochs asked for."""
+    first (when asked for), then the complete epochs asked for. ``memo``: tasks already built in
+    this look at the sweep (:func:`.identity.task_identity`)."""
     settings = settings_identity(cfg)
-    tasks = [task_identity(s, data_file, cfg.dataset.input_key, cfg.dataset.output_key) for s in specs]
+    tasks = [task_identity(s, data_file, cfg.dataset.input_key, cfg.dataset.output_key, memo) for s in specs]
     key, parts = cell_key(checkpoint_identity(model_dir, None, False), tasks, settings)
     base = Cell("base", model_dir, base_cell_dir(cfg, run_dir.parent, key), key=key, parts=parts)
     out = [base] if cfg.eval.base_model else []
@@ -63,11 +65,12 @@ def cells(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path, spec
     return out
 
 
-def plan_cells(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path, specs: list[TaskSpec]) -> list[Cell]:
+def plan_cells(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path, specs: list[TaskSpec],
+               memo: dict | None = None) -> list[Cell]:
     """:func:`cells`, recorded as what the run's cells must be now (``eval/cells.json``), so that
     ``status`` and the reports count only cells of these keys; the record is rewritten only when
     it changes."""
-    out = cells(cfg, run_dir, model_dir, data_file, specs)
+    out = cells(cfg, run_dir, model_dir, data_file, specs, memo)
     sweep_dir = run_dir.parent
     plan = EvalPlan({c.label: ExpectedCell(layout.relative(c.log_dir, sweep_dir), c.key) for c in out})
     try:

@@ -5,7 +5,8 @@ A cell's key hashes
   adapter, that and the adapter's content hash; for full weights, the id written with the
   checkpoint's completion marker (a retrained epoch is a new checkpoint);
 - each task: a built-in one by its name, version, arguments and the content of the data it reads;
-  one of a file by the file's content, the function and its arguments; and the label its scores go under;
+  one of a file by the file's content, the function, its arguments and the content of the samples
+  it builds (ids, inputs, targets: whatever data file it reads); and the label its scores go under;
 - the generation and prompt settings: ``max_tokens``, greedy decoding, the template text, ``limit``,
   the backend.
 
@@ -29,14 +30,30 @@ KEY_VERSION = 1
 BUILTIN_VERSIONS = {"exact_match": 1}
 
 
-def task_identity(spec: TaskSpec, data_file: Path, input_key: str, output_key: str) -> dict[str, Any]:
-    """What decides a task's scores, apart from the model: its code, arguments and data."""
+def task_identity(spec: TaskSpec, data_file: Path, input_key: str, output_key: str,
+                  memo: dict | None = None) -> dict[str, Any]:
+    """What decides a task's scores, apart from the model: its code, arguments and data. ``memo``:
+    the samples of tasks already built in this look at a sweep (each distinct task is built once)."""
     base = {"label": spec.label, "args": _plain(spec.args)}
     if "@" not in spec.name:
         return {**base, "task": spec.name, "version": BUILTIN_VERSIONS.get(spec.name, 0),
                 "data": file_sha256(data_file), "fields": [input_key, output_key]}
     path, fn = spec.name.rsplit("@", 1)
-    return {**base, "file": file_sha256(Path(path)), "function": fn}
+    file = file_sha256(Path(path))
+    memo = {} if memo is None else memo
+    key = (spec.name, json.dumps(base["args"], sort_keys=True, default=str), file)
+    if key not in memo:
+        memo[key] = task_samples(spec)
+    return {**base, "file": file, "function": fn, "samples": memo[key]}
+
+
+def task_samples(spec: TaskSpec) -> str:
+    """The content of the samples a task of a file scores (their ids, inputs and targets), read by
+    building the task: what it reads — a data file of its own, a dataset on disk — is part of its
+    cells' keys, wherever it reads it from."""
+    from .backend import build_task, samples_key
+
+    return samples_key(build_task(spec, Path("."), "input", "output"), None)
 
 
 def settings_identity(cfg: Any) -> dict[str, Any]:

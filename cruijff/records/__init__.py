@@ -13,7 +13,7 @@ from .manifest import ENTRY_ENV, entry, finish_manifest, launcher_argv, slurm_jo
 from .standing import RunStanding, complete_epochs, epoch_summary, other_config, record_finished, run_standing
 from .state import (CellResults, CellStanding, EpochLoss, EvalPlan, ExpectedCell, PlannedRunRecord, RunState,
                     RunStatus, SweepPlan, TaskResult, cell_scores, cell_standing, current_cell, expected_cells,
-                    headline_metric, log_path, mark_failed, run_state, sweep_runs)
+                    headline_metric, log_path, mark_failed, run_state, sweep_runs, unscored)
 
 __all__ = [
     "layout", "liveness", "read_json", "read_jsonl", "write_json", "write_jsonl",
@@ -22,5 +22,5 @@ __all__ = [
     "CellResults", "CellStanding", "EpochLoss", "EvalPlan", "ExpectedCell", "PlannedRunRecord", "RunState",
     "RunStatus", "SweepPlan", "TaskResult", "cell_scores", "cell_standing", "current_cell", "expected_cells",
     "RunStanding", "complete_epochs", "epoch_summary", "other_config", "record_finished", "run_standing",
-    "headline_metric", "log_path", "mark_failed", "run_state", "sweep_runs",
+    "headline_metric", "log_path", "mark_failed", "run_state", "sweep_runs", "unscored",
 ]

@@ -275,6 +275,21 @@ def is_run_dir(path: Path) -> bool:
     return run_file(path).exists() or saved_config(path).exists()
 
 
+def held_run(path: Path) -> Path | None:
+    """A run (or a sweep's files) inside ``path``, up to three levels down, if any: ``path`` is then
+    an experiment's or a sweep's dir (or above one), never a run's own."""
+    path = Path(path)
+    if sweep_file(path).exists():
+        return sweep_file(path)
+    if (path / "base").is_dir():
+        return path / "base"
+    for pattern in (f"*/{RUN_FILE}", f"*/*/{RUN_FILE}", f"*/*/*/{RUN_FILE}"):
+        found = next(path.glob(pattern), None)
+        if found is not None:
+            return found.parent
+    return None
+
+
 def enclosing_run(path: Path, itself: bool = False) -> Path | None:
     """The run dir ``path`` lies inside (``itself``: or is), if any."""
     path = Path(path).absolute()

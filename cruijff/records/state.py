@@ -350,6 +350,27 @@ def expected_cells(run_dir: Path) -> dict[str, tuple[Path, str | None]]:
     return {c: (layout.eval_dir(run_dir, c), None) for c in (state.checkpoints if state else [])}
 
 
+def unscored(sweep_dir: Path, runs: list[str]) -> dict[str, str]:
+    """The cells of these runs (and their base controls, once each) that an eval was planned for
+    (``eval/cells.json``) and that have no score for some task under the key expected now:
+    ``run/checkpoint`` (or ``base/<dir>``) -> why."""
+    out: dict[str, str] = {}
+    for name in runs:
+        plan = EvalPlan.of(sweep_dir / name)
+        for label, expected in (plan.cells if plan else {}).items():
+            log_dir = sweep_dir / expected.dir
+            where = expected.dir if label == "base" else f"{name}/{label}"
+            if where in out:
+                continue
+            standing = cell_standing(log_dir, expected.key)
+            if standing is CellStanding.COMPLETE:
+                continue
+            cell = CellResults.of(log_dir) if standing is CellStanding.FAILED else None
+            out[where] = ("; ".join(f"{k}: {v}" for k, v in cell.failures().items()) or "its log is gone") if cell \
+                else f"not evaluated ({standing})"
+    return out
+
+
 def current_cell(log_dir: Path, key: str | None) -> "CellResults | None":
     """A cell's results when they count (:func:`cell_standing` complete or failed under its key);
     None when it is stale or missing."""

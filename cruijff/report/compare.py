@@ -65,7 +65,14 @@ def cell_of(sweep_dir: Path, spec: str) -> tuple[Path, CellResults]:
 
 def compare_cells(sweep_dir: Path, a: str, b: str) -> list[dict]:
     """One row per task both checkpoints were evaluated on; refused where they scored other samples."""
-    cells = {spec: cell_of(sweep_dir, spec) for spec in (a, b)}
+    cells = {spec: cell_of(sweep_dir, spec) for spec in (a, b) if spec != "base"}
+    for spec, other in ((a, b), (b, a)):  # plain "base" beside a run's checkpoint: the control that run has
+        if spec == "base":
+            own = cells.get(other, (None, None))[1]
+            if own is not None and own.base_cell and (sweep_dir / own.base_cell).is_dir():
+                cells[spec] = (sweep_dir / own.base_cell, CellResults.of(sweep_dir / own.base_cell))
+            else:
+                cells[spec] = cell_of(sweep_dir, spec)
     samples = SampleScores(sweep_dir)
     rows = []
     (dir_a, cell_a), (dir_b, cell_b) = cells[a], cells[b]

@@ -11,6 +11,7 @@ pivoted, best run per task, failures) and ``plots/*.png``.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 from ..config import load_run, task_specs
 from ..errors import CruijffError
 from ..records import (PlannedRunRecord, RunState, SweepPlan, current_cell, expected_cells, layout, log_path,
-                       read_jsonl, sweep_runs)
+                       read_jsonl, sweep_runs, unscored)
 from .format import markdown_table, p_clause, p_value
 from .analysis import SEED_KEY, Pick, over_seeds, picks, seed_groups, validation_of, with_statistics
 from .plots import plot_accuracy, plot_heatmap, plot_losses
@@ -69,7 +70,7 @@ def collect(sweep_dir: Path, plan: list[PlannedRunRecord]) -> tuple[pd.DataFrame
                              "mean_loss": loss.mean_loss if loss else None,
                              "final_loss": loss.final_loss if loss else None,
                              "log": log_path(log_dir, cell.tasks[task].log),
-                             "samples_key": cell.tasks[task].samples_key})
+                             "samples_key": cell.tasks[task].samples_key, "setting": _setting(cell, task)})
         losses += [{"run": r.name, **row} for row in read_jsonl(layout.loss_file(run_dir))]
     base_rows = []
     for base_dir, key in sorted(bases.items()):
@@ -80,6 +81,45 @@ def collect(sweep_dir: Path, plan: list[PlannedRunRecord]) -> tuple[pd.DataFrame
                               "log": log_path(base_dir, cell.tasks[task].log),
                               "samples_key": cell.tasks[task].samples_key})
     return pd.DataFrame(base_rows + rows), pd.DataFrame(losses), failures
+
+
+def _setting(cell, task: str) -> str | None:
+    """What a task was scored under in a cell — its code, arguments and data, and the generation
+    and prompt settings (from the cell's key) — as a short fingerprint: runs compared in one
+    column must share it."""
+    parts = cell.key_parts or {}
+    entry = next((t for t in parts.get("tasks", []) if t.get("label") == task), None)
+    if entry is None:
+        return None
+    blob = json.dumps([entry, parts.get("settings")], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def _mixed(scores: "pd.DataFrame") -> list[str]:
+    """Tasks whose runs were scored under different task code, data or settings (a run evaluated
+    on its own with other eval settings): their scores are not comparable, and the summary says so."""
+    if scores.empty or "setting" not in scores:
+        return []
+    out = []
+    runs = scores[(scores["run"] != "base") & scores["setting"].notna()]
+    for task, g in runs.groupby("task"):
+        if g["setting"].nunique() > 1:
+            groups = ["; ".join(sorted(set(sub["run"]))) for _, sub in g.groupby("setting")]
+            out.append(f"**{task}** was scored under {len(groups)} different settings (task code, data or eval "
+                       f"settings): " + " | ".join(groups))
+    return out
+
+
+def refresh(sweep_dir: Path) -> bool:
+    """Write the sweep's report again where there is one and an input changed since (a run of the
+    experiment evaluated on its own): a summary never shows what its cells no longer say."""
+    if not layout.summary(sweep_dir).exists():
+        return False
+    runs = sweep_runs(sweep_dir)
+    if report_is_current(sweep_dir, runs):
+        return False
+    report_sweep(sweep_dir, runs)
+    return True
 
 
 def _base_of(cell, sweep_dir: Path) -> Path | None:
@@ -143,11 +183,13 @@ def report_sweep(sweep_dir: Path, plan: list[PlannedRunRecord] | None = None) ->
     seeds = {r.name: o.split("=", 1)[1] for r in plan for o in r.overrides if SEED_KEY.match(o)}
     by_seed = over_seeds(scores, groups, seeds) if not scores.empty else None
     chosen = picks(scores, validation_of(_specs(sweep_dir))) if not scores.empty else []
-    scores.drop(columns=["log", "samples_key"], errors="ignore").to_csv(layout.summary(sweep_dir, "csv"), index=False)
+    scores.drop(columns=["log", "samples_key", "setting"], errors="ignore").to_csv(layout.summary(sweep_dir, "csv"), index=False)
     if by_seed is not None and not by_seed.empty:
         by_seed.to_csv(layout.summary(sweep_dir, "seeds.csv"), index=False)
-    _write_markdown(sweep_dir, scores, failures, len(plan) or None, by_seed, chosen,
-                    _resumed(sweep_dir, [r.name for r in plan]))
+    finished = [r.name for r in plan if r.name not in failures]
+    notes = {"resumed": _resumed(sweep_dir, [r.name for r in plan]), "unscored": unscored(sweep_dir, finished),
+             "mixed": _mixed(scores)}
+    _write_markdown(sweep_dir, scores, failures, len(plan) or None, by_seed, chosen, notes)
     plots = layout.plots_dir(sweep_dir)
     plots.mkdir(exist_ok=True)
     if not scores.empty:
@@ -165,15 +207,23 @@ def _specs(sweep_dir: Path) -> list:
 
 
 def _write_markdown(sweep_dir: Path, scores: pd.DataFrame, failures: dict[str, str], planned,
-                    by_seed: "pd.DataFrame | None", chosen: list[Pick], resumed: list[str] = ()) -> None:
+                    by_seed: "pd.DataFrame | None", chosen: list[Pick], notes: dict | None = None) -> None:
+    """``notes``: ``resumed`` runs, ``unscored`` eval cells (where -> why), ``mixed`` settings per task."""
+    notes = notes or {}
+    resumed, unscored_cells, mixed = notes.get("resumed"), notes.get("unscored"), notes.get("mixed")
     lines = [f"# {sweep_dir.name}", ""]
     runs = sorted(set(scores["run"]) - {"base"}) if not scores.empty else []
     total = planned or len(runs) + len(failures)
     if chosen:
         lines += ["## Findings", ""] + [f"- {finding(p)}" for p in chosen] + [""]
     lines.append(f"{total - len(failures)}/{total} runs finished" +
-                 (f", {len(failures)} failed" if failures else "") + ".")
+                 (f", {len(failures)} failed" if failures else "") +
+                 (f"; {len(unscored_cells)} eval cell{'s' if len(unscored_cells) > 1 else ''} without a score"
+                  if unscored_cells else "") + ".")
     lines.append("")
+    if mixed:
+        lines += ["**Not comparable across runs:** " + " ".join(mixed) + ". Evaluate them again under one eval "
+                  "section: `python -m cruijff eval <sweep dir>`.", ""]
     if resumed:
         lines += ["Resumed after an interruption, from their last complete epoch: " + ", ".join(resumed) + ".", ""]
     if not scores.empty:
@@ -202,6 +252,8 @@ def _write_markdown(sweep_dir: Path, scores: pd.DataFrame, failures: dict[str, s
                   "so no gain over it is given:", ""] + [f"- {u}" for u in unpaired] + [""]
     if failures:
         lines += ["## Failed runs", ""] + [f"- `{n}`: {why}" for n, why in failures.items()] + [""]
+    if unscored_cells:
+        lines += ["## Eval cells without a score", ""] + [f"- `{n}`: {why}" for n, why in unscored_cells.items()] + [""]
     lines += ["Plots: `plots/accuracy_vs_epoch.png`, `plots/loss.png`, `plots/heatmap.png`.", ""]
     layout.summary(sweep_dir).write_text("\n".join(lines))
 

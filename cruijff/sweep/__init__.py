@@ -16,13 +16,13 @@ Any other sweeper (``hydra/sweeper=optuna``) works with the same launcher and ca
 
 from .callback import SweepCallback, finish_sweep
 from .detach import finish_detached
-from .evals import eval_failures, eval_todo, evaluate_in_turn
+from .evals import eval_todo, evaluate_in_turn
 from .finish import finish
 from .grid import run_grid
 from .launcher import submit
 from .settle import settle, summary_line
 from .table import SweepView, table as status_table
 
-__all__ = ["SweepCallback", "finish_sweep", "finish_detached", "eval_failures", "eval_todo", "evaluate_in_turn",
+__all__ = ["SweepCallback", "finish_sweep", "finish_detached", "eval_todo", "evaluate_in_turn",
            "finish", "run_grid",
            "submit", "settle", "summary_line", "SweepView", "status_table"]

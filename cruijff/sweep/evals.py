@@ -15,7 +15,7 @@ from ..cluster import job_folder, job_name, make_executor, watch
 from ..config import eval_config, local_jobs, resolve_paths, task_specs
 from ..errors import last_line
 from ..evaluate import Evaluator, evaluate_run_dir, plan_cells
-from ..records import ActionLog, CellResults, CellStanding, SweepPlan, cell_standing, expected_cells, layout
+from ..records import ActionLog, CellStanding, SweepPlan
 from .table import SweepView
 
 
@@ -26,11 +26,12 @@ def eval_todo(sweep_dir: Path, runs: list[str], eval_cfg: DictConfig | dict | No
     the first run that needs it; those runs come first."""
     out: dict[str, Path | None] = {}
     bases: set[Path] = set()
+    memo: dict = {}  # each distinct task built once for all the runs
     for name in runs:
         cfg = eval_config(sweep_dir / name, eval_cfg)
         specs = task_specs(cfg.eval.tasks)
         model_dir, data_file = resolve_paths(cfg, build=False)
-        todo = [c for c in plan_cells(cfg, sweep_dir / name, model_dir, data_file, specs)
+        todo = [c for c in plan_cells(cfg, sweep_dir / name, model_dir, data_file, specs, memo)
                 if c.standing() is not CellStanding.COMPLETE]
         base = next((c.log_dir for c in todo if c.is_base and c.log_dir not in bases), None)
         if base is not None:
@@ -38,25 +39,6 @@ def eval_todo(sweep_dir: Path, runs: list[str], eval_cfg: DictConfig | dict | No
         if base is not None or any(not c.is_base for c in todo):
             out[name] = base
     return sorted(out.items(), key=lambda item: item[1] is None)
-
-
-def eval_failures(sweep_dir: Path, runs: list[str]) -> dict[str, str]:
-    """The cells of these runs (and their base controls, once each) left without a score for some
-    task under the key expected now: ``run/checkpoint`` (or ``base/<dir>``) -> why."""
-    out: dict[str, str] = {}
-    for name in runs:
-        for label, (log_dir, key) in expected_cells(sweep_dir / name).items():
-            where = layout.relative(log_dir, sweep_dir) if label == "base" else f"{name}/{label}"
-            if where in out:
-                continue
-            standing = cell_standing(log_dir, key)
-            if standing is CellStanding.COMPLETE:
-                continue
-            cell = CellResults.of(log_dir) if standing is CellStanding.FAILED else None
-            why = "; ".join(f"{k}: {v}" for k, v in cell.failures().items()) if cell and cell.failures() else (
-                "its log is gone" if cell else f"not evaluated ({standing})")
-            out[where] = why
-    return out
 
 
 class EvalJobs:

@@ -11,9 +11,9 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..records import ActionLog, layout, sweep_runs
+from ..records import ActionLog, layout, sweep_runs, unscored
 from ..report import report_is_current, report_sweep
-from .evals import eval_failures, eval_todo, evaluate_in_turn
+from .evals import eval_todo, evaluate_in_turn
 from .settle import settle, summary_line
 
 Evaluate = Callable[[list[tuple[str, Path | None]]], Any]
@@ -41,7 +41,7 @@ def finish(sweep_dir: Path, eval_cfg: DictConfig | dict | None, slurm: bool, act
             evaluated = True
         else:
             act("Skip eval", f"all cells of {len(finished)} finished runs complete")
-    cells_failed = eval_failures(sweep_dir, finished) if enabled else {}
+    cells_failed = unscored(sweep_dir, finished) if enabled else {}
     for where, why in cells_failed.items():
         act("Eval failed", where, why)
     if evaluated or not report_is_current(sweep_dir, runs):

@@ -15,7 +15,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ..errors import CruijffError
-from ..records import CellStanding, RunState, RunStatus, SweepPlan, cell_standing, expected_cells, layout, sweep_runs
+from ..records import (CellStanding, RunState, RunStatus, SweepPlan, cell_standing, expected_cells, layout, liveness,
+                       sweep_runs)
 from ..ui import console, is_live
 
 
@@ -94,7 +95,10 @@ def rows(sweep_dir: Path) -> list[dict]:
         epochs = _epochs(saved, saved.stat().st_mtime_ns) if saved.exists() else None
         status = st.status.value if st else "pending"
         duration = st.duration_s if st else None
-        if st and status == "running" and st.started:
+        error = (st.error if st else None) or ""
+        if st and status == "running" and liveness.gone(st):  # its process ended without a word
+            status, error = "died", liveness.death(st)
+        elif st and status == "running" and st.started:
             duration = now - st.started
         ckpts = [c.name for c in layout.checkpoints(run_dir)]
         expected = expected_cells(run_dir)
@@ -105,13 +109,13 @@ def rows(sweep_dir: Path) -> list[dict]:
         out.append({
             "run": r.name, "state": status, "epochs": f"{len(ckpts)}/{epochs if epochs is not None else '?'}",
             "loss": _last_loss(run_dir, st), "attempts": _attempts(st), "job": jobs.get(r.name, ""), "duration": _duration(duration),
-            "evals": _evals(done, stale, total), "error": ((st.error if st else None) or "")[:80],
+            "evals": _evals(done, stale, total), "error": error[:80],
         })
     for base in sorted(set(layout.base_dirs(sweep_dir)) | set(bases)):
         if base in bases or not bases:
             standing = cell_standing(base, bases.get(base))
             state = {CellStanding.COMPLETE: "evaluated", CellStanding.MISSING: "pending"}.get(standing, str(standing))
-            evals = _evals(standing is CellStanding.COMPLETE, standing is CellStanding.STALE, 1)
+            evals = _evals(int(standing is CellStanding.COMPLETE), int(standing is CellStanding.STALE), 1)
         else:  # no run of the sweep is compared with it now
             state, evals = "stale", "unused"
         out.append({"run": f"base ({base.name})", "state": state,
@@ -139,7 +143,7 @@ def table(sweep_dir: Path, note: str, limit: int | None = None):
     if limit is not None and len(table_rows) > limit:
         table_rows = sorted(table_rows, key=lambda r: ORDER.get(r["state"], 3))
         left, table_rows = len(table_rows) - limit, table_rows[:limit]
-    colors = {"finished": "green", "evaluated": "green", "failed": "red", "running": "yellow", "stale": "magenta"}
+    colors = {"finished": "green", "evaluated": "green", "failed": "red", "died": "red", "running": "yellow", "stale": "magenta"}
     out = Table(title=title, caption=f"… {left} more" if left else None)
     for c in ("run", "state", "epochs", "loss", "attempts", "job", "duration", "evals", "error"):
         out.add_column(c, justify="right" if c in ("epochs", "loss", "attempts", "evals") else "left")

@@ -157,7 +157,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: str = "a
     saved.parent.mkdir(parents=True, exist_ok=True)  # a refused launch may have just removed an empty run dir
     OmegaConf.save(cfg, saved, resolve=True)
     layout.saved_overrides(run_dir).write_text("".join(f"- {o}\n" for o in overrides) if overrides else "[]\n")
-    _log_to_file(run_dir / "logs" / "launch.log")
+    _log_to_file(layout.launch_log(run_dir))
 
     ok = finetune_run(cfg, run_dir, model_dir, data_file, chash, act)
     if evaluate == "none":

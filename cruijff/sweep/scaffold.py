@@ -11,13 +11,14 @@ from omegaconf import DictConfig
 from ..config import device_guess, peft_method, processes, resolve_paths
 from ..finetune import config_text, render, tune_command
 from ..plan import PlannedRun
+from ..records import layout
 from .launcher import train_arrays
 
 
 def scaffold_text(cfg: DictConfig, run_dir: Path) -> tuple[str, str]:
     """The ``finetune.yaml`` a run's job will write, rendered ahead of time for the device it will
     get, and the ``tune run`` command that runs it."""
-    path = run_dir.resolve() / "finetune.yaml"
+    path = layout.finetune_config(run_dir.resolve())
     model_dir, data_file = resolve_paths(cfg, build=False)
     conf = render(cfg, path.parent, model_dir, data_file, device=device_guess(cfg))
     nproc, method = processes(cfg), peft_method(cfg)
@@ -31,11 +32,11 @@ def write_scaffold(config: DictConfig, sweep_dir: Path, todo: list[PlannedRun],
     on SLURM, the job-array scripts that the launch will submit."""
     written: list[Path] = []
     for run in todo:
-        path = sweep_dir / run.name / "finetune.yaml"
+        path = layout.finetune_config(sweep_dir / run.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(rendered[run.name][0])
         written.append(path)
-    scripts = sweep_dir / "scripts"
+    scripts = layout.scripts_dir(sweep_dir)
     scripts.mkdir(exist_ok=True)
     lines = ["#!/usr/bin/env bash", "# Each run with torchtune alone (what the jobs run, without cruijff's records).",
              "set -euo pipefail"] + [rendered[run.name][1] for run in todo]

@@ -116,7 +116,7 @@ def test_a_moved_sweep_dir_reports_and_shows_status_as_before(smoke_run, tmp_pat
 
 
 def test_a_changed_eval_setting_makes_the_cells_stale_then_they_are_evaluated_again(smoke_run):
-    from cruijff.records import ActionLog, layout
+    from cruijff.records import layout
     from cruijff.sweep import eval_todo
 
     work, run_dir, _ = smoke_run

@@ -11,9 +11,9 @@ from .lock import release as release_lock
 from .log import ActionLog, stamp
 from .manifest import ENTRY_ENV, entry, finish_manifest, launcher_argv, slurm_job_id, write_manifest
 from .standing import RunStanding, complete_epochs, epoch_summary, other_config, record_finished, run_standing
-from .state import (CellResults, CellStanding, EpochLoss, EvalPlan, ExpectedCell, PlannedRunRecord, RunState,
-                    RunStatus, SweepPlan, TaskResult, cell_scores, cell_standing, current_cell, expected_cells,
-                    headline_metric, log_path, mark_failed, run_state, sweep_runs, unscored)
+from .cells import (CellResults, CellStanding, EvalPlan, ExpectedCell, TaskResult, cell_scores, cell_standing,
+                    current_cell, expected_cells, headline_metric, log_path, unscored)
+from .state import EpochLoss, PlannedRunRecord, RunState, RunStatus, SweepPlan, mark_failed, run_state, sweep_runs
 
 __all__ = [
     "layout", "liveness", "read_json", "read_jsonl", "write_json", "write_jsonl",

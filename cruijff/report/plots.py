@@ -65,9 +65,13 @@ def accuracy_figure(scores: pd.DataFrame, groups: dict[str, list[str]] | None = 
             ax.fill_between(mean.index, low.values, high.values, color=line.get_color(), alpha=0.2)
         bases = df[df["run"] == "base"]
         styles = ["--", ":", "-.", (0, (5, 1))]
-        groups_b = bases.groupby("model") if not bases.empty else []  # no control with eval.base_model=false
-        for i, (model, g) in enumerate(groups_b):  # one line per base model (and layout)
-            label = "base model" if bases["model"].nunique() == 1 else f"base: {model}"
+        key = "base" if "base" in bases else "model"
+        groups_b = bases.groupby(key) if not bases.empty else []  # no control with eval.base_model=false
+        by_model = bases.groupby("model")[key].nunique().max() == 1 if not bases.empty else True
+        for i, (control, g) in enumerate(groups_b):  # one line per base control (model, layout, data)
+            model = g["model"].iloc[0]
+            label = ("base model" if bases[key].nunique() == 1 else
+                     f"base: {model}" if by_model else f"base: {control}")
             ax.axhline(g["score"].iloc[0], color="gray", linestyle=styles[i % len(styles)], label=label)
         ax.set_xticks(sorted(int(e) for e in df["epoch"].unique() if e >= 0))
         ax.set_xlabel("epoch")

@@ -101,7 +101,7 @@ def main() -> None:
         floor, out = timed([sys.executable, "-c", FLOOR, str(listing)])
         assert int(out) == len(logs) * args.samples, out
         ours, _ = timed([sys.executable, "-m", "cruijff", "report", str(sweep_dir)])
-        cache = sweep_dir / ".sample-scores.pkl"
+        cache = sweep_dir / ".sample-scores-v2.pkl"
         before = cache.stat().st_mtime_ns
         again, _ = timed([sys.executable, "-m", "cruijff", "report", str(sweep_dir)])
         reread = "0 logs read again" if cache.stat().st_mtime_ns == before else "logs were read again"

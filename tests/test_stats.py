@@ -162,3 +162,67 @@ def test_seed_groups_are_replicates():
             for s in (1, 2, 3)]
     assert seed_groups(plan) == {"lr1e-3": ["lr1e-3_seed1", "lr1e-3_seed2", "lr1e-3_seed3"],
                                  "lr3e-3": ["lr3e-3_seed1", "lr3e-3_seed2", "lr3e-3_seed3"]}
+
+
+@pytest.mark.parametrize("x, y", [
+    ([], []), ([1], [1]), ([0], [1]), ([1] * 20, [1] * 20), ([0] * 20, [0] * 20),  # n 0, n 1, all right/wrong
+    ([0] * 10 + [1] * 10, [0] * 10 + [1] * 10),  # no discordant pairs
+    (A0, A1), (BASE, A0)])
+def test_wilson_and_mcnemar_equal_statsmodels_on_edge_cases(x, y):
+    from statsmodels.stats.contingency_tables import mcnemar
+    from statsmodels.stats.proportion import proportion_confint
+
+    from cruijff.report.stats import compare, mean_interval
+
+    for s in (x, y):
+        ci = mean_interval(s)
+        if not s:
+            assert ci.value != ci.value  # NaN: no samples, no score
+            continue
+        low, high = proportion_confint(sum(s), len(s), alpha=0.05, method="wilson")
+        assert abs(ci.low - low) < 1e-12 and abs(ci.high - high) < 1e-12
+    if x:
+        c = compare(x, y)
+        b = sum(1 for p, q in zip(x, y) if p == 1 and q == 0)
+        d = sum(1 for p, q in zip(x, y) if p == 0 and q == 1)
+        both = sum(1 for p, q in zip(x, y) if p == q == 1)
+        ref = mcnemar([[both, b], [d, len(x) - both - b - d]], exact=True).pvalue if b + d else 1.0
+        assert abs(c.p_value - ref) < 1e-12 and (c.a_only, c.b_only) == (b, d)
+
+
+def test_holm_leaves_missing_p_values_out_of_the_family():
+    """A task without a 0/1 test has no p (None, or NaN once pandas holds it): it is not counted
+    among the family, and does not push the others to 1."""
+    from statsmodels.stats.multitest import multipletests
+
+    from cruijff.report.stats import holm
+
+    out = holm([float("nan"), 0.01, 0.03, None])
+    ref = multipletests([0.01, 0.03], method="holm")[1]
+    assert out[0] is None and out[3] is None
+    assert abs(out[1] - ref[0]) < 1e-15 and abs(out[2] - ref[1]) < 1e-15 and out[1] < 1
+    assert holm([]) == [] and holm([None]) == [None]
+
+
+def test_inspect_epochs_are_one_sample_each(tmp_path):
+    """A task run for 4 inspect epochs answered each of its 5 samples 4 times: 5 samples, each
+    scored by the mean of its epochs, not 20."""
+    from inspect_ai.log import EvalConfig, EvalDataset, EvalLog, EvalSample, EvalSpec, write_eval_log
+    from inspect_ai.scorer import Score
+
+    from cruijff.report.samples import read_sample_scores
+
+    samples = [EvalSample(id=i, epoch=e, input="q", target="t", scores={"match": Score(value="C" if e <= i else "I")})
+               for i in range(1, 6) for e in range(1, 5)]
+    log = EvalLog(eval=EvalSpec(created="2026-01-01T00:00:00", task="t", dataset=EvalDataset(name="d", samples=5),
+                                model="m", config=EvalConfig()), status="success", samples=samples)
+    write_eval_log(log, str(tmp_path / "t.eval"))
+    scores = read_sample_scores(tmp_path / "t.eval")
+    assert scores == {1: 0.25, 2: 0.5, 3: 0.75, 4: 1.0, 5: 1.0}
+
+
+def test_a_seed_interval_stays_within_the_scores_range():
+    from cruijff.report.stats import seed_interval
+
+    ci = seed_interval([1.0, 0.98, 0.7])  # unclipped: [0.44, 1.35]
+    assert 0 <= ci.low and ci.high == 1.0

@@ -2,7 +2,7 @@
 
 A sweep's report needs every sample's score of every cell (for intervals and paired tests);
 reading 600 logs of 1000 samples each is the report's main cost, so what was read is kept in
-``<sweep dir>/.sample-scores.pkl`` by log path, size and mtime: a report on unchanged logs reads
+``<sweep dir>/.sample-scores-v2.pkl`` by log path, size and mtime: a report on unchanged logs reads
 no log again.
 """
 
@@ -13,11 +13,12 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-CACHE = ".sample-scores.pkl"
+CACHE = ".sample-scores-v2.pkl"  # v2: inspect epochs reduced per sample
 
 
 def read_sample_scores(log: str | Path) -> dict[Any, float]:
-    """Sample id -> score (its first scorer's value as a float) of one inspect log.
+    """Sample id -> score (its first scorer's value as a float; the mean over inspect epochs) of one
+    inspect log.
 
     Read from the log's sample summaries (what ``samples_df`` reads for its summary columns): they
     carry every sample's scores without its messages and events — ten times faster than the samples.
@@ -26,14 +27,15 @@ def read_sample_scores(log: str | Path) -> dict[Any, float]:
     from inspect_ai.scorer import value_to_float
 
     to_float = value_to_float()
-    out: dict[Any, float] = {}
+    per_epoch: dict[Any, list[float]] = {}
     for sample in read_eval_log_sample_summaries(str(log)):
         if not sample.scores:
             continue
         score = next(iter(sample.scores.values()))
-        key = sample.id if sample.epoch == 1 else (sample.id, sample.epoch)
-        out[key] = to_float(score.value)
-    return out
+        per_epoch.setdefault(sample.id, []).append(to_float(score.value))
+    # a task run for several inspect epochs answered each sample that many times: one sample, its
+    # scores reduced to their mean (inspect's default reducer), so n counts samples, not answers
+    return {key: sum(v) / len(v) for key, v in per_epoch.items()}
 
 
 class SampleScores:

@@ -1,5 +1,6 @@
 """Statistics of eval scores: intervals per cell, paired comparisons between checkpoints that
-answered the same samples, means over seeds. Everything that scipy has comes from scipy.
+answered the same samples, means over seeds. What statsmodels has (Wilson's interval, McNemar's
+exact test, Holm's adjustment) comes from statsmodels, the rest from scipy.
 
 A score array holds one value per sample (0/1 for exact match), in sample-id order; two arrays
 are paired by sample id (:func:`paired`).
@@ -64,8 +65,10 @@ def mean_interval(scores: Sequence[float]) -> Interval:
         return Interval(float("nan"), float("nan"), float("nan"), "none")
     mean = float(x.mean())
     if is_binary(x):
-        ci = stats.binomtest(int(x.sum()), len(x)).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
-        return Interval(mean, float(ci.low), float(ci.high), "wilson")
+        from statsmodels.stats.proportion import proportion_confint
+
+        low, high = proportion_confint(int(x.sum()), len(x), alpha=1 - CONFIDENCE, method="wilson")
+        return Interval(mean, float(low), float(high), "wilson")
     low, high = _bootstrap((x,), lambda s, axis=-1: np.mean(s, axis=axis))
     return Interval(mean, low, high, "bootstrap")
 
@@ -84,22 +87,27 @@ def compare(a: Sequence[float], b: Sequence[float]) -> Comparison:
     low, high = _bootstrap((d,), lambda s, axis=-1: np.mean(s, axis=axis))
     diff = Interval(float(d.mean()) if len(d) else float("nan"), low, high, "bootstrap")
     if is_binary(x) and is_binary(y):
+        from statsmodels.stats.contingency_tables import mcnemar
+
         a_only, b_only = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
-        p = stats.binomtest(b_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+        both, neither = int(((x == 1) & (y == 1)).sum()), int(((x == 0) & (y == 0)).sum())
+        p = mcnemar([[both, a_only], [b_only, neither]], exact=True).pvalue if a_only + b_only else 1.0
         return Comparison(len(d), diff, float(p), a_only, b_only)
     return Comparison(len(d), diff, None)
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
-    """Holm's step-down adjustment of a family of p-values (scipy has no Holm: this is its
-    definition; None stays None)."""
-    known = [(p, i) for i, p in enumerate(p_values) if p is not None]
-    m = len(known)
+    """Holm's step-down adjustment (statsmodels' ``multipletests``) of the known p-values of a
+    family; a missing one (None, or NaN as pandas writes it: a task without a 0/1 test) is not a
+    member of the family and stays None."""
+    from statsmodels.stats.multitest import multipletests
+
+    known = [i for i, p in enumerate(p_values) if p is not None and p == p]
     out: list[float | None] = [None] * len(p_values)
-    running = 0.0
-    for rank, (p, i) in enumerate(sorted(known)):
-        running = max(running, min(1.0, (m - rank) * p))
-        out[i] = running
+    if known:
+        adjusted = multipletests([float(p_values[i]) for i in known], method="holm")[1]
+        for i, p in zip(known, adjusted):
+            out[i] = float(p)
     return out
 
 
@@ -115,6 +123,8 @@ def seed_interval(values: Sequence[float]) -> Interval:
     if sem == 0:
         return Interval(mean, mean, mean, "t")
     low, high = stats.t.interval(CONFIDENCE, len(x) - 1, loc=mean, scale=sem)
+    if ((x >= 0) & (x <= 1)).all():  # a score in [0, 1]: so is its interval
+        low, high = max(0.0, low), min(1.0, high)
     return Interval(mean, float(low), float(high), "t")
 
 

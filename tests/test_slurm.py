@@ -273,11 +273,14 @@ def test_requeued_job_resumes_after_its_last_epoch_not_from_scratch(slurm, tmp_p
     assert state["checkpoints"] == [f"epoch_{i}" for i in range(8)]
 
 
-def test_time_limit_without_requeues_left_is_recorded_and_a_rerun_resumes(slurm, tmp_path, tiny_model_dir):
-    # 50 epochs (~2.7 s each on an idle machine) outlast the minute (+ SLURM's ~30 s slack) the first attempt gets
-    args = ["-m", "experiment.name=timelimit", *SLURM, "eval=none", "training.epochs=50", "peft.lora_rank=8",
-            "optimizer.lr=1e-3"]
-    run_dir = tmp_path / "outputs" / "timelimit" / "rank8_lr1e-3_epochs50"
+def test_time_limit_without_requeues_left_is_recorded_and_a_rerun_resumes(slurm, tmp_path, tiny_model_dir,
+                                                                        monkeypatch):
+    # 12 epochs of 4 steps, each step made 2.5 s long (a test-only hook), outlast on any machine the
+    # minute (+ SLURM's ~30 s slack) the first attempt gets
+    monkeypatch.setenv("CRUIJFF_TEST_STEP_DELAY_S", "2.5")
+    args = ["-m", "experiment.name=timelimit", *SLURM, "eval=none", "training.epochs=12",
+            "training.max_steps_per_epoch=4", "peft.lora_rank=8", "optimizer.lr=1e-3"]
+    run_dir = tmp_path / "outputs" / "timelimit" / "rank8_lr1e-3_epochs12_steps4"
     proc = launch(*args, "cluster.timeout_min=1", "cluster.max_requeue=0", cwd=tmp_path, timeout=600)
     assert proc.returncode == 1
     state = json.loads((run_dir / "run.json").read_text())
@@ -286,7 +289,7 @@ def test_time_limit_without_requeues_left_is_recorded_and_a_rerun_resumes(slurm,
     again = launch(*args, "cluster.timeout_min=10", cwd=tmp_path, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     state = json.loads((run_dir / "run.json").read_text())
-    assert state["status"] == "finished" and state["attempts"] == 2 and len(state["checkpoints"]) == 50
+    assert state["status"] == "finished" and state["attempts"] == 2 and len(state["checkpoints"]) == 12
     assert state["resumed_from"] == (kept[-1] if kept else None)
 
 

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -97,6 +98,15 @@ def keep_resume_adapter(output_dir: Path, epoch: int, last: bool) -> None:
 RECIPE_STATE = "recipe_state/recipe_state.pt"  # torchtune's: optimizer, data order, epochs run
 PREVIOUS_RECIPE_STATE = "recipe_state/recipe_state.previous.pt"  # the one before the save under way
 CRASH_ENV = "CRUIJFF_TEST_CRASH"
+STEP_DELAY_ENV = "CRUIJFF_TEST_STEP_DELAY_S"
+
+
+def _delay_for_test() -> None:
+    """For tests only: ``CRUIJFF_TEST_STEP_DELAY_S=<seconds>`` makes each logged step take that much
+    longer, so a test of a time limit runs as long on any machine. Unset, it does nothing."""
+    delay = os.environ.get(STEP_DELAY_ENV)
+    if delay:
+        time.sleep(float(delay))
 
 
 def _crash_for_test(moment: str, epoch: int) -> None:
@@ -193,6 +203,7 @@ class _LossTap:
         self.rows: list[dict] = []
 
     def log_dict(self, payload, step):
+        _delay_for_test()
         if "loss" in payload:
             row = {
                 "epoch": int(self._recipe.epochs_run),

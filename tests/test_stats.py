@@ -181,6 +181,7 @@ def test_wilson_and_mcnemar_equal_statsmodels_on_edge_cases(x, y):
             continue
         low, high = proportion_confint(sum(s), len(s), alpha=0.05, method="wilson")
         assert abs(ci.low - low) < 1e-12 and abs(ci.high - high) < 1e-12
+        assert ci.low <= ci.value <= ci.high  # the point inside its interval, at 0/n and n/n too
     if x:
         c = compare(x, y)
         b = sum(1 for p, q in zip(x, y) if p == 1 and q == 0)

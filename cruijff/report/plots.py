@@ -52,7 +52,8 @@ def accuracy_figure(scores: pd.DataFrame, groups: dict[str, list[str]] | None = 
         for run, g in runs[~runs["run"].isin(grouped)].groupby("run"):
             g = g.sort_values("epoch")
             if "ci_low" in g and g["ci_low"].notna().all():
-                err = [g["score"] - g["ci_low"].astype(float), g["ci_high"].astype(float) - g["score"]]
+                err = [(g["score"] - g["ci_low"].astype(float)).clip(lower=0),
+                       (g["ci_high"].astype(float) - g["score"]).clip(lower=0)]
                 ax.errorbar(g["epoch"], g["score"], yerr=err, marker="o", capsize=3, label=run)
             else:
                 ax.plot(g["epoch"], g["score"], marker="o", label=run)

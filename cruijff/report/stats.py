@@ -68,7 +68,8 @@ def mean_interval(scores: Sequence[float]) -> Interval:
         from statsmodels.stats.proportion import proportion_confint
 
         low, high = proportion_confint(int(x.sum()), len(x), alpha=1 - CONFIDENCE, method="wilson")
-        return Interval(mean, float(low), float(high), "wilson")
+        # statsmodels' bounds at 0/n and n/n land a rounding error inside the point: they hold it
+        return Interval(mean, float(min(low, mean)), float(max(high, mean)), "wilson")
     low, high = _bootstrap((x,), lambda s, axis=-1: np.mean(s, axis=axis))
     return Interval(mean, low, high, "bootstrap")
 

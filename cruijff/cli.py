@@ -82,7 +82,7 @@ def verb(argv: list[str]) -> int:
         elif layout.is_sweep_dir(target):
             return sweep_command(args.command, target)
         else:
-            eval_cfg = sweep_eval(target)  # a run of a sweep: the sweep's eval section, as its launch evaluates
+            eval_cfg = launch_eval(target.parent, target.name)  # a run of a sweep: as its launch evaluates
             if args.command == "eval":  # one writer: not while a launch of its experiment runs
                 check_run_tasks(target, eval_cfg)  # every task loads, before anything is written
                 acquire_lock(target.parent)
@@ -101,11 +101,12 @@ def verb(argv: list[str]) -> int:
     return 0
 
 
-def sweep_eval(run_dir: Path) -> dict | None:
-    """The eval section a run of a sweep is evaluated with: the sweep's last launch's (in its
-    ``sweep.json``), so the run's cells stay comparable with the others'; None: the run's own."""
-    plan = SweepPlan.of(run_dir.parent)
-    if plan is None or run_dir.name not in plan.names or "max_tokens" not in (plan.eval or {}):
+def launch_eval(sweep_dir: Path, run: str | None = None) -> dict | None:
+    """The eval section the sweep's last launch evaluated with (kept whole in its ``sweep.json``),
+    so a run evaluated on its own stays comparable with the others; None (each run's own saved
+    one): no such record, or ``run`` is not among the sweep's runs."""
+    plan = SweepPlan.of(sweep_dir)
+    if plan is None or (run is not None and run not in plan.names) or "max_tokens" not in (plan.eval or {}):
         return None
     return plan.eval
 
@@ -133,8 +134,7 @@ def sweep_command(command: str, sweep_dir: Path) -> int:
         report_sweep(sweep_dir, sweep_runs(sweep_dir))
         print(f"cruijff: report {layout.summary(sweep_dir)}")
         return 0
-    plan = SweepPlan.of(sweep_dir)
-    eval_cfg = plan.eval if plan and "max_tokens" in (plan.eval or {}) else None  # the launch's, else each run's
+    eval_cfg = launch_eval(sweep_dir)  # the launch's, else each run's
     for run in sweep_runs(sweep_dir):  # every task loads, before anything is written
         if layout.saved_config(sweep_dir / run.name).exists():
             check_run_tasks(sweep_dir / run.name, eval_cfg)

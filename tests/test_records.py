@@ -11,7 +11,7 @@ import time
 import pandas as pd
 import pytest
 
-from cruijff.records import CellResults, RunState, RunStatus, SweepPlan, TaskResult, cell_scores
+from cruijff.records import CellResults, RunState, RunStatus, SweepPlan, TaskResult, current_cell
 from cruijff.errors import CruijffError
 
 
@@ -48,7 +48,7 @@ def test_a_re_evaluated_cell_reports_its_newest_score(tmp_path):
     report_sweep(sweep_dir)
     scores = pd.read_csv(sweep_dir / "summary.csv")
     assert scores[scores["run"] == "r"]["score"].tolist() == [1.0]
-    assert cell_scores(cell) == {"exact_match": 1.0}
+    assert current_cell(cell, None).scores() == {"exact_match": 1.0}
 
 
 def test_an_unreadable_or_unknown_state_file_is_an_error_naming_it(tmp_path):

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from ..config import TaskSpec
 from ..config.chat import base_cell_dir
+from ..errors import CruijffError
 from ..records import CellStanding, EvalPlan, ExpectedCell, cell_standing, layout
 from .identity import cell_key, checkpoint_identity, settings_identity, task_identity
 
@@ -50,6 +51,7 @@ def cells(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path, spec
     key, parts = cell_key(checkpoint_identity(model_dir, None, False), tasks, settings)
     base = Cell("base", model_dir, base_cell_dir(cfg, run_dir.parent, key), key=key, parts=parts)
     out = [base] if cfg.eval.base_model else []
+    link = base if cfg.eval.base_model else None  # the control a run's cells are compared with, if any
     wanted = None if cfg.eval.epochs == "all" else set(cfg.eval.epochs)
     for ckpt in layout.checkpoints(run_dir):
         if wanted is not None and layout.epoch_of(ckpt.name) not in wanted:
@@ -60,8 +62,8 @@ def cells(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path, spec
             continue
         key, parts = cell_key(ident, tasks, settings)
         log_dir = layout.eval_dir(run_dir, ckpt.name)
-        out.append(Cell(ckpt.name, model_dir, log_dir, ckpt, key, parts, base) if adapter
-                   else Cell(ckpt.name, ckpt, log_dir, None, key, parts, base))
+        out.append(Cell(ckpt.name, model_dir, log_dir, ckpt, key, parts, link) if adapter
+                   else Cell(ckpt.name, ckpt, log_dir, None, key, parts, link))
     return out
 
 
@@ -75,7 +77,7 @@ def plan_cells(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path,
     plan = EvalPlan({c.label: ExpectedCell(layout.relative(c.log_dir, sweep_dir), c.key) for c in out})
     try:
         old = EvalPlan.of(run_dir)
-    except Exception:
+    except CruijffError:  # an unreadable record is written anew
         old = None
     if old is None or old.to_dict() != plan.to_dict():
         plan.save(run_dir)

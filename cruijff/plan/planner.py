@@ -229,19 +229,20 @@ class Planner:
 
     def _state(self, name: str, overrides: list[str], chash: str, epochs: int, overwrite: bool) -> PlannedRun:
         run_dir = self.sweep_dir / name
-        busy = _at_work(run_dir, overrides, chash, overwrite)
+        state = RunState.of(run_dir)
+        busy = _at_work(run_dir, state, overrides, chash, overwrite)
         if busy is not None:
             return busy
-        standing, state = run_standing(run_dir, chash, epochs)
+        standing, state = run_standing(run_dir, chash, epochs, state)
         return PlannedRun(name, overrides, chash, plan_state(standing, overwrite, run_dir, state, chash), state)
 
 
-def _at_work(run_dir: Path, overrides: list[str], chash: str, overwrite: bool) -> PlannedRun | None:
-    """A run that a live process on this machine fine-tunes now, by its record (a local job that
-    an earlier launch left running when it was killed): ACTIVE, never submitted a second time.
-    None when no process is at work on it, or when it is another config's run and ``overwrite``
-    is not set (refused as any such run is)."""
-    state = RunState.of(run_dir)
+def _at_work(run_dir: Path, state: RunState | None, overrides: list[str], chash: str,
+             overwrite: bool) -> PlannedRun | None:
+    """A run that a live process on this machine fine-tunes now, by its record ``state`` (a local
+    job that an earlier launch left running when it was killed): ACTIVE, never submitted a second
+    time. None when no process is at work on it, or when it is another config's run and
+    ``overwrite`` is not set (refused as any such run is)."""
     if not liveness.at_work(state):
         return None
     if state.config_hash not in (None, chash):

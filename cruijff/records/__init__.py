@@ -11,8 +11,8 @@ from .lock import release as release_lock
 from .log import ActionLog, stamp
 from .manifest import ENTRY_ENV, entry, finish_manifest, launcher_argv, slurm_job_id, write_manifest
 from .standing import RunStanding, complete_epochs, epoch_summary, other_config, record_finished, run_standing
-from .cells import (CellResults, CellStanding, EvalPlan, ExpectedCell, TaskResult, cell_scores, cell_standing,
-                    current_cell, expected_cells, headline_metric, log_path, unscored)
+from .cells import (CellResults, CellStanding, EvalPlan, ExpectedCell, TaskResult, cell_standing, current_cell,
+                    expected_cells, headline_metric, log_path, unscored)
 from .state import EpochLoss, PlannedRunRecord, RunState, RunStatus, SweepPlan, mark_failed, run_state, sweep_runs
 
 __all__ = [
@@ -20,7 +20,7 @@ __all__ = [
     "SweepBusy", "acquire_lock", "lock_holder", "release_lock",
     "ActionLog", "stamp", "ENTRY_ENV", "entry", "finish_manifest", "launcher_argv", "slurm_job_id", "write_manifest",
     "CellResults", "CellStanding", "EpochLoss", "EvalPlan", "ExpectedCell", "PlannedRunRecord", "RunState",
-    "RunStatus", "SweepPlan", "TaskResult", "cell_scores", "cell_standing", "current_cell", "expected_cells",
+    "RunStatus", "SweepPlan", "TaskResult", "cell_standing", "current_cell", "expected_cells",
     "RunStanding", "complete_epochs", "epoch_summary", "other_config", "record_finished", "run_standing",
     "headline_metric", "log_path", "mark_failed", "run_state", "sweep_runs", "unscored",
 ]

@@ -14,7 +14,7 @@ from .state import Record, RunState
 
 
 # ----------------------------------------------------------------------------------------------
-# an eval cell's results.json, and the one rule that reads a score from it
+# an eval cell's results.json
 
 
 @dataclass
@@ -133,7 +133,11 @@ def cell_standing(log_dir: Path, key: str | None) -> CellStanding:
     """The one rule for whether a cell counts: its ``results.json`` has the expected ``key`` and
     every task of it scored, with its log on disk. ``key`` None (nothing expected on record: a dir
     made before cells had keys, or read without its run's ``eval/cells.json``): any key counts."""
-    cell = CellResults.of(log_dir)
+    return _judge(CellResults.of(log_dir), log_dir, key)
+
+
+def _judge(cell: CellResults | None, log_dir: Path, key: str | None) -> CellStanding:
+    """:func:`cell_standing` of a cell's results as read from ``log_dir``."""
     if cell is None:
         return CellStanding.MISSING
     if key is not None and cell.key != key:
@@ -169,29 +173,23 @@ def unscored(sweep_dir: Path, runs: list[str]) -> dict[str, str]:
             where = expected.dir if label == "base" else f"{name}/{label}"
             if where in out:
                 continue
-            standing = cell_standing(log_dir, expected.key)
+            cell = CellResults.of(log_dir)
+            standing = _judge(cell, log_dir, expected.key)
             if standing is CellStanding.COMPLETE:
                 continue
-            cell = CellResults.of(log_dir) if standing is CellStanding.FAILED else None
-            out[where] = ("; ".join(f"{k}: {v}" for k, v in cell.failures().items()) or "its log is gone") if cell \
-                else f"not evaluated ({standing})"
+            out[where] = (("; ".join(f"{k}: {v}" for k, v in cell.failures().items()) or "its log is gone")
+                          if cell is not None and standing is CellStanding.FAILED else f"not evaluated ({standing})")
     return out
 
 
 def current_cell(log_dir: Path, key: str | None) -> "CellResults | None":
     """A cell's results when they count (:func:`cell_standing` complete or failed under its key);
     None when it is stale or missing."""
-    standing = cell_standing(log_dir, key)
-    return CellResults.of(log_dir) if standing in (CellStanding.COMPLETE, CellStanding.FAILED) else None
+    cell = CellResults.of(log_dir)
+    return cell if _judge(cell, log_dir, key) in (CellStanding.COMPLETE, CellStanding.FAILED) else None
 
 
 def headline_metric(metrics: dict[str, Any]) -> str:
     """The metric a task's score is: ``accuracy`` when the scorer reports it, else its first one."""
     return "accuracy" if "accuracy" in metrics else next(iter(metrics))
 
-
-def cell_scores(log_dir: Path) -> dict[str, float]:
-    """The scores of one eval cell (task label -> score): what the run table, the sweep report,
-    ``status`` and an optimizing sweeper's objective all read."""
-    cell = CellResults.of(log_dir)
-    return {} if cell is None else cell.scores()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 from . import layout
@@ -41,10 +42,16 @@ def complete_epochs(run_dir: Path) -> int:
     return n
 
 
-def run_standing(run_dir: Path, config_hash: str, epochs: int) -> tuple[RunStanding, RunState | None]:
+_UNREAD = object()
+
+
+def run_standing(run_dir: Path, config_hash: str, epochs: int,
+                 state: Any = _UNREAD) -> tuple[RunStanding, RunState | None]:
     """Where the run in ``run_dir`` stands for a config of hash ``config_hash`` planning ``epochs``
-    epochs, with its ``run.json`` as found (None: none)."""
-    state = RunState.of(run_dir)
+    epochs, with its ``run.json`` as found (None: none). ``state``: that record, when the caller
+    has just read it."""
+    if state is _UNREAD:
+        state = RunState.of(run_dir)
     if state is None:
         return RunStanding.NEW, None
     if state.config_hash not in (None, config_hash):

@@ -58,8 +58,6 @@ def _bootstrap(data: tuple[np.ndarray, ...], statistic) -> tuple[float, float]:
 
 def mean_interval(scores: Sequence[float]) -> Interval:
     """A cell's score with its 95% interval: Wilson for 0/1 scores, bootstrap otherwise."""
-    from scipy import stats
-
     x = np.asarray(scores, dtype=float)
     if len(x) == 0:
         return Interval(float("nan"), float("nan"), float("nan"), "none")
@@ -77,8 +75,6 @@ def mean_interval(scores: Sequence[float]) -> Interval:
 def compare(a: Sequence[float], b: Sequence[float]) -> Comparison:
     """``b`` minus ``a``, sample by sample (the arrays are paired): a paired bootstrap interval
     of the mean difference, and McNemar's exact test where both are 0/1."""
-    from scipy import stats
-
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(x) != len(y):
         raise ValueError(f"paired scores need the same samples ({len(x)} != {len(y)})")

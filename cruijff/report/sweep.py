@@ -1,8 +1,8 @@
 """Sweep report: one table across runs x checkpoints x tasks, and plots.
 
-Reads only files: each run's ``run.json`` and ``logs/loss.jsonl``, and each cell's scores through
-the one score reader (:func:`cruijff.records.cell_scores`) — so it works on any sweep dir, during or
-after a sweep, and shows what ``status``, the run table and an optimizing sweeper see.
+Reads only files: each run's ``run.json`` and ``logs/loss.jsonl``, and each cell's scores where the
+cell counts (:func:`cruijff.records.current_cell`) — so it works on any sweep dir, during or after a
+sweep, and shows what ``status``, the run table and an optimizing sweeper see.
 
 Writes ``summary.csv`` (one row per run x checkpoint x task, base included), ``summary.md`` (the same
 pivoted, best run per task, failures) and ``plots/*.png``.

@@ -123,7 +123,7 @@ def evaluate_group(sweep_dir: Path, group: list[tuple[str, Path | None]], eval_c
         raise RuntimeError("eval failed: " + "; ".join(failed))
 
 
-def evaluate_in_turn(sweep_dir: Path, todo: list[tuple[str, Path | None]], eval_cfg: dict | None,
+def evaluate_in_turn(sweep_dir: Path, todo: list[tuple[str, Path | None]], eval_cfg: DictConfig | dict | None,
                      act: ActionLog) -> list[str]:
     """Evaluate these runs (:func:`eval_todo`) in this process, one after another (each base
     control with the first run that needs it); returns the runs whose eval raised. ``eval_cfg``:

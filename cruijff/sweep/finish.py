@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ..records import ActionLog, layout, sweep_runs, unscored
 from ..report import report_is_current, report_sweep
@@ -28,7 +28,7 @@ def finish(sweep_dir: Path, eval_cfg: DictConfig | dict | None, slurm: bool, act
     finished, active, failed = settle(sweep_dir, slurm, act)
     for n, why in failed.items():
         act("Run failed", n, why)
-    enabled = bool((OmegaConf.create(eval_cfg) if isinstance(eval_cfg, dict) else eval_cfg or {}).get("enabled", True))
+    enabled = bool((eval_cfg or {}).get("enabled", True))
     evaluated = False
     if enabled and finished:
         todo = eval_todo(sweep_dir, finished, eval_cfg)  # what an earlier eval left undone is tried again
@@ -36,8 +36,7 @@ def finish(sweep_dir: Path, eval_cfg: DictConfig | dict | None, slurm: bool, act
             if evaluate is not None:
                 evaluate(todo)
             else:
-                plain = OmegaConf.to_container(eval_cfg, resolve=True) if OmegaConf.is_config(eval_cfg) else eval_cfg
-                evaluate_in_turn(sweep_dir, todo, plain, act)
+                evaluate_in_turn(sweep_dir, todo, eval_cfg, act)
             evaluated = True
         else:
             act("Skip eval", f"all cells of {len(finished)} finished runs complete")

@@ -1,0 +1,165 @@
+"""A report's per-class metrics (against scikit-learn's), and the prompt and example answers it
+reads from inspect logs written with inspect's own log API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+from cruijff.report.classes import OTHER, class_report, is_classification, markdown
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+def _answers(targets, rng, right=0.7):
+    """Mostly the target; else another label, a label with stray whitespace, an answer outside the
+    label set, or none."""
+    out = []
+    for t in targets:
+        u = rng.random()
+        out.append(t if u < right else f" {t}\n" if u < right + 0.05 else
+                   rng.choice(LABELS) if u < 0.9 else "maybe" if u < 0.95 else None)
+    return out
+
+
+def _sklearn_view(targets, answers):
+    return [a.strip() if a is not None and a.strip() in LABELS else OTHER for a in answers]
+
+
+def test_per_class_metrics_equal_sklearns():
+    rng = np.random.default_rng(3)
+    targets = [str(x) for x in rng.choice(LABELS, 200, p=[0.5, 0.2, 0.3])]
+    answers = _answers(targets, rng)
+    report = class_report(targets, answers)
+    y_pred = _sklearn_view(targets, answers)
+    p, r, f, s = precision_recall_fscore_support(targets, y_pred, labels=LABELS, zero_division=0)
+    assert report.labels == LABELS
+    assert report.precision == pytest.approx(list(p)) and report.recall == pytest.approx(list(r))
+    assert report.f1 == pytest.approx(list(f)) and report.support == list(s)
+    macro = f1_score(targets, y_pred, labels=LABELS, average="macro", zero_division=0)
+    assert report.macro_f1 == pytest.approx(macro)
+    assert report.macro_f1_low < report.macro_f1 < report.macro_f1_high
+    # rows: the target; columns: the labels, then every answer outside them
+    expected = confusion_matrix(targets, y_pred, labels=LABELS + [OTHER])[:len(LABELS)]
+    assert list(report.confusion.columns) == LABELS + [OTHER]
+    assert (report.confusion.values == expected).all()
+    assert report.other == sum(1 for a in y_pred if a == OTHER) > 0
+    text = markdown(report)
+    assert text.splitlines()[0] == "| label | precision | recall | F1 | support |"
+    assert f"| negative | {p[0]:.3f} | {r[0]:.3f} | {f[0]:.3f} | {s[0]} |" in text
+    assert text.splitlines()[-1].startswith(
+        f"macro-F1 {macro:.3f} [{report.macro_f1_low:.3f}, {report.macro_f1_high:.3f}] ")
+
+
+def test_the_macro_f1_interval_is_a_percentile_bootstrap_of_sklearns_macro_f1():
+    rng = np.random.default_rng(5)
+    targets = [str(x) for x in rng.choice(LABELS, 80)]
+    answers = _answers(targets, rng)
+    report = class_report(targets, answers, resamples=300)
+    t, y = np.array(targets), np.array(_sklearn_view(targets, answers))
+    draws = np.random.default_rng(0).integers(0, len(t), size=(300, len(t)))  # seed 0, one row a resample
+    boot = [f1_score(t[d], y[d], labels=LABELS, average="macro", zero_division=0) for d in draws]
+    low, high = np.percentile(boot, [2.5, 97.5])
+    assert (report.macro_f1_low, report.macro_f1_high) == pytest.approx((low, high))
+
+
+def test_clustered_samples_get_a_wider_interval():
+    """Samples from one source are right or wrong together: resampling the clusters, not the
+    samples, shows how little 30 clusters tell."""
+    rng = np.random.default_rng(11)
+    targets, answers, clusters = [], [], []
+    for c in range(30):
+        label, right = str(rng.choice(LABELS)), rng.random() < 0.6
+        wrong = LABELS[(LABELS.index(label) + 1) % 3]
+        targets += [label] * 10
+        answers += [label if right else wrong] * 10
+        clusters += [f"doc{c}"] * 10
+    plain, clustered = class_report(targets, answers), class_report(targets, answers, clusters=clusters)
+    assert plain.macro_f1 == clustered.macro_f1
+    for r in (plain, clustered):
+        assert r.macro_f1_low <= r.macro_f1 <= r.macro_f1_high
+    assert clustered.macro_f1_high - clustered.macro_f1_low > 1.5 * (plain.macro_f1_high - plain.macro_f1_low)
+    assert clustered.clusters == 30 and "resampling 30 clusters" in markdown(clustered)
+
+
+def test_a_task_is_classification_when_few_labels_repeat():
+    assert is_classification(["a", "b", "a", "b"])
+    assert is_classification(["yes ", "no", "yes", "no"])
+    assert not is_classification(["a", "a", "a", "a"])  # one label
+    assert not is_classification(["a", "b", "c", "a"])  # labels that hardly repeat: free-form answers
+    assert not is_classification([str(i % 25) for i in range(1000)])  # more than 20 labels
+
+
+# -- inspect logs --------------------------------------------------------------------------------
+
+SYSTEM = "You label the sentiment of a review: negative, neutral or positive."
+INSTRUCTION = "Answer with one word. " * 8  # long enough for inspect to store it as an attachment
+
+
+def _log(path, samples, task="sentiment"):
+    from inspect_ai.log import EvalConfig, EvalDataset, EvalLog, EvalSpec, write_eval_log
+
+    ids = [s.id for s in samples]
+    log = EvalLog(eval=EvalSpec(created="2026-12-01T00:00:00+00:00", task=task, model="hf/m", config=EvalConfig(),
+                                dataset=EvalDataset(name="d", samples=len(ids), sample_ids=ids)),
+                  status="success", samples=samples)
+    write_eval_log(log, str(path))
+    return str(path)
+
+
+def _sample(i, review, target, answer, events=True, messages=True, scorer_answer=True):
+    from inspect_ai.event import ModelEvent
+    from inspect_ai.log import EvalSample
+    from inspect_ai.model import (ChatMessageAssistant, ChatMessageSystem, ChatMessageUser, GenerateConfig,
+                                  ModelOutput)
+    from inspect_ai.scorer import Score
+
+    prompt = [ChatMessageSystem(content=SYSTEM), ChatMessageUser(content=f"{INSTRUCTION}\nReview: {review}")]
+    output = ModelOutput.from_content("hf/m", f"{answer}\n")
+    event = ModelEvent(model="hf/m", input=prompt, tools=[], tool_choice="none", config=GenerateConfig(),
+                       output=output)
+    return EvalSample(id=i, epoch=1, input=f"Review: {review}", target=target,
+                      messages=prompt + [ChatMessageAssistant(content=answer)] if messages else [],
+                      output=output, events=[event] if events else [],
+                      scores={"match": Score(value="C" if answer == target else "I",
+                                             answer=answer if scorer_answer else None)})
+
+
+def test_prompt_of_is_what_the_model_received(tmp_path):
+    from cruijff.report.examples import prompt_of
+
+    expected = f"system: {SYSTEM}\nuser: {INSTRUCTION}\nReview: fine food"
+    log = _log(tmp_path / "a.eval", [_sample(7, "fine food", "positive", "positive"),
+                                     _sample(8, "cold soup", "negative", "neutral")])
+    assert prompt_of(log) == expected  # the first sample's model call
+    assert prompt_of(log, 8) == f"system: {SYSTEM}\nuser: {INSTRUCTION}\nReview: cold soup"
+    # without a model event: the messages, less the model's answer
+    log = _log(tmp_path / "b.eval", [_sample(1, "fine food", "positive", "positive", events=False)])
+    assert prompt_of(log) == expected
+    # with neither: the sample's input
+    log = _log(tmp_path / "c.eval", [_sample(1, "fine food", "positive", "positive", events=False, messages=False)])
+    assert prompt_of(log) == "Review: fine food"
+    assert prompt_of(log, 99) is None
+    assert prompt_of(tmp_path / "missing.eval") is None
+
+
+def test_example_outputs_show_the_samples_asked_for(tmp_path):
+    from cruijff.report.examples import example_outputs, markdown_examples
+
+    reviews = {i: f"review number {i} " + "with many words " * 12 for i in range(1, 9)}
+    base = _log(tmp_path / "base.eval", [_sample(i, reviews[i], "positive", "neutral") for i in range(1, 9)])
+    tuned = _log(tmp_path / "tuned.eval", [_sample(i, reviews[i], "positive", "positive" if i < 5 else "negative",
+                                                   scorer_answer=i != 6) for i in range(1, 9)])
+    rows = example_outputs(base, tuned, [3, 42, 1, 2], [6, 5, 7], k=2)  # 42 is in neither log
+    assert [(r["case"], r["id"]) for r in rows] == [("right only after fine-tuning", 3), ("right only after fine-tuning", 1),
+                                                     ("wrong in both", 6), ("wrong in both", 5)]
+    first = rows[0]
+    assert first["target"] == "positive" and first["base_answer"] == "neutral" and first["finetuned_answer"] == "positive"
+    assert first["input"].startswith("Review: review number 3 with many words") and len(first["input"]) == 120
+    assert "\n" not in first["input"]
+    assert rows[2]["finetuned_answer"] == "negative\n"  # no scorer answer: the output's completion
+    table = markdown_examples(rows)
+    assert table.splitlines()[0] == "| case | id | input | target | base | fine-tuned |"
+    assert len(table.splitlines()) == 2 + 4
+    assert markdown_examples([]) == ""

@@ -1,9 +1,10 @@
-"""A report's per-class metrics (against scikit-learn's), and the prompt and example answers it
-reads from inspect logs written with inspect's own log API."""
+"""A report's per-class metrics (against scikit-learn's), the prompt and example answers it reads
+from inspect logs written with inspect's own log API, and what its plots show."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
@@ -163,3 +164,67 @@ def test_example_outputs_show_the_samples_asked_for(tmp_path):
     assert table.splitlines()[0] == "| case | id | input | target | base | fine-tuned |"
     assert len(table.splitlines()) == 2 + 4
     assert markdown_examples([]) == ""
+
+
+# -- plots ---------------------------------------------------------------------------------------
+
+def _scores():
+    """Four runs over lr x rank, two epochs each; epoch 0 scores 0.1 * run number, epoch 1 twice that."""
+    rows = []
+    for n, (lr, rank) in enumerate([("1e-05", "8"), ("1e-05", "16"), ("0.0001", "8"), ("0.0001", "16")], 1):
+        for epoch in (0, 1):
+            rows.append({"run": f"r{n}", "checkpoint": f"epoch_{epoch}", "epoch": epoch, "task": "t",
+                         "score": 0.1 * n * (epoch + 1), "lr": lr, "rank": rank, "model": "m"})
+    rows.append({"run": "base", "checkpoint": "base", "epoch": -1, "task": "t", "score": 0.05, "model": "m", "lr": None,
+                 "rank": None})
+    return pd.DataFrame(rows)
+
+
+def test_the_heatmap_shows_each_runs_selected_checkpoint(tmp_path):
+    from cruijff.report.plots import plot_heatmap
+
+    scores = _scores()
+    last = plot_heatmap(scores, ["lr", "rank"], tmp_path)
+    assert list(last.index) == [1e-05, 1e-04] and list(last.columns) == [8, 16]  # numeric order
+    assert last.loc[1e-05, 8] == pytest.approx(0.2) and last.loc[1e-04, 16] == pytest.approx(0.8)
+    picked = plot_heatmap(scores, ["lr", "rank"], tmp_path, selected={"r1": "epoch_0", "r2": "epoch_1",
+                                                                      "r3": "epoch_0", "r4": "epoch_0"})
+    assert picked.loc[1e-05, 8] == pytest.approx(0.1) and picked.loc[1e-05, 16] == pytest.approx(0.4)
+    assert picked.loc[1e-04, 8] == pytest.approx(0.3) and picked.loc[1e-04, 16] == pytest.approx(0.4)
+    assert (tmp_path / "heatmap.png").stat().st_size > 0
+    assert plot_heatmap(scores, ["lr"], tmp_path) is None
+
+
+def test_runs_with_identical_scores_stay_distinguishable():
+    from cruijff.report.plots import accuracy_figure
+
+    scores = _scores()
+    scores.loc[scores["run"] == "r2", "score"] = scores.loc[scores["run"] == "r1", "score"].values
+    fig = accuracy_figure(scores[scores["run"].isin(["r1", "r2", "base"])])
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    r1, r2 = lines["r1"], lines["r2"]
+    assert list(r1.get_ydata()) == list(r2.get_ydata())
+    assert r1.get_marker() != r2.get_marker() and r1.get_markersize() > r2.get_markersize()
+    assert "seeds" not in ax.get_ylabel()  # no seed groups, no band
+    assert not [c for c in ax.collections if type(c).__name__.endswith("PolyCollection")]
+
+
+def test_the_seed_band_is_named_where_there_is_one():
+    from cruijff.report.plots import accuracy_figure
+
+    fig = accuracy_figure(_scores(), groups={"lr=1e-05": ["r1", "r2"]})
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "score (band: spread over seeds)"
+    assert [c for c in ax.collections if type(c).__name__.endswith("PolyCollection")]
+    markers = [line.get_marker() for line in ax.get_lines() if not line.get_label().startswith(("_", "base"))]
+    assert len(markers) == 3 and len(set(markers)) == 3  # r3, r4 and the group
+
+
+def test_the_confusion_matrix_plot(tmp_path):
+    from cruijff.report.plots import plot_confusion
+
+    rng = np.random.default_rng(1)
+    targets = [str(x) for x in rng.choice(LABELS, 60)]
+    plot_confusion(class_report(targets, _answers(targets, rng), resamples=50), "sentiment", tmp_path / "cm.png")
+    assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"

@@ -61,14 +61,24 @@ A0 = (rng.random(60) < 0.5).astype(int).tolist()
 A1 = (rng.random(60) < 0.8).astype(int).tolist()
 
 
-def _bootstrap_diff(x, y):
-    res = stats.bootstrap((np.array(x, float), np.array(y, float)), lambda s, t, axis=-1: t.mean(axis) - s.mean(axis),
-                          paired=True, vectorized=True, n_resamples=2000, confidence_level=0.95, method="percentile",
-                          random_state=np.random.default_rng(0))
-    return res.confidence_interval
+def _tango_bound_z(b_only, a_only, n, delta):
+    """Tango's score statistic at ``delta``, its restricted MLE found numerically from the
+    multinomial likelihood (scipy's optimizer), not from the closed form the report uses."""
+    from scipy import optimize
+
+    rest = n - b_only - a_only
+
+    def nll(q):  # q = P(a right only); P(b right only) = q + delta
+        p_b, p_a = q + delta, q
+        return -(b_only * np.log(max(p_b, 1e-300)) + a_only * np.log(max(p_a, 1e-300))
+                 + rest * np.log(max(1 - p_b - p_a, 1e-300)))
+
+    lo, hi = max(0.0, -delta), (1 - delta) / 2
+    q = optimize.minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-12}).x
+    return (b_only - a_only - n * delta) / np.sqrt(n * (2 * q + delta * (1 - delta)))
 
 
-def test_intervals_and_paired_tests_equal_scipys(tmp_path):
+def test_intervals_and_paired_tests_equal_the_references(tmp_path):
     from cruijff.report import report_sweep
 
     sweep_dir = make_sweep(tmp_path, {"a": {0: {"exact_match": A0}, 1: {"exact_match": A1}}},
@@ -83,34 +93,40 @@ def test_intervals_and_paired_tests_equal_scipys(tmp_path):
     for ckpt, scores in (("epoch_0", A0), ("epoch_1", A1)):
         x, y = np.array(BASE), np.array(scores)
         b, c = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
-        p = stats.binomtest(c, b + c, 0.5).pvalue  # McNemar's exact test on the discordant pairs
-        assert df.loc[ckpt, "p"] == pytest.approx(p)
+        # McNemar's mid-p: the exact test on the discordant pairs less the observed split's probability
+        p = stats.binomtest(c, b + c, 0.5).pvalue - stats.binom.pmf(min(b, c), b + c, 0.5)
+        assert df.loc[ckpt, "p"] == pytest.approx(p) and df.loc[ckpt, "test"] == "McNemar mid-p"
         assert df.loc[ckpt, "gain"] == pytest.approx(y.mean() - x.mean())
-        ci = _bootstrap_diff(BASE, scores)
-        assert df.loc[ckpt, "gain_low"] == pytest.approx(ci.low) and df.loc[ckpt, "gain_high"] == pytest.approx(ci.high)
+        # Tango's interval: its bounds are where the score statistic is -1.96 and +1.96
+        low, high = df.loc[ckpt, "gain_low"], df.loc[ckpt, "gain_high"]
+        assert _tango_bound_z(c, b, 60, low) == pytest.approx(stats.norm.ppf(0.975), abs=1e-4)
+        assert _tango_bound_z(c, b, 60, high) == pytest.approx(-stats.norm.ppf(0.975), abs=1e-4)
         ps.append(p)
-    lo, hi = sorted(ps)  # Holm over two tests: the smaller times 2, the larger as it is, kept monotone
-    holm = {lo: min(1, 2 * lo), hi: min(1, max(2 * lo, hi))}
-    for ckpt, p in zip(("epoch_0", "epoch_1"), ps):
-        assert df.loc[ckpt, "p_holm"] == pytest.approx(holm[p])
+    # the pick (epoch_1, on test: no validation task) is declared; epoch_0 is exploratory, alone in its family
+    assert df.loc["epoch_1", "role"] == "declared" and df.loc["epoch_0", "role"] == "exploratory"
+    assert df.loc["epoch_1", "p_holm"] == pytest.approx(ps[1]) and df.loc["epoch_0", "p_holm"] == pytest.approx(ps[0])
     md = (sweep_dir / "summary.md").read_text()
     assert md.startswith("# sweep\n\n## Findings\n\n- **exact_match**: `a` at epoch_1, selected on the test scores "
                          "themselves (no validation task: the pick is optimistic)")
     selected = ps[1]  # epoch_1's, in a sentence: "p = 0.012", or "p < 0.001" below that
-    assert f"McNemar {'p < 0.001' if selected < 0.001 else f'p = {selected:.3f}'}, Holm-adjusted p" in md
+    assert f"McNemar mid-p {'p < 0.001' if selected < 0.001 else f'p = {selected:.3f}'}" in md
+    assert "discordant odds ratio" in md  # a significant gain comes with its effect size
 
 
-def test_scores_that_are_not_0_or_1_get_a_bootstrap_interval(tmp_path):
+def test_scores_that_are_not_0_or_1_get_a_t_interval_and_a_paired_t_test(tmp_path):
     from cruijff.report import report_sweep
 
     partial = [0.25, 0.5, 0.75, 1.0, 0.0, 0.5] * 5
-    sweep_dir = make_sweep(tmp_path, {"a": {0: {"exact_match": partial}}}, {"exact_match": [0.5] * 30})
+    base = [0.5, 0.25, 0.5] * 10
+    sweep_dir = make_sweep(tmp_path, {"a": {0: {"exact_match": partial}}}, {"exact_match": base})
     report_sweep(sweep_dir)
     df = pd.read_csv(sweep_dir / "summary.csv").set_index("checkpoint")
-    ci = stats.bootstrap((np.array(partial),), lambda s, axis=-1: s.mean(axis), vectorized=True, n_resamples=2000,
-                         method="percentile", random_state=np.random.default_rng(0)).confidence_interval
-    assert df.loc["epoch_0", "ci_low"] == pytest.approx(ci.low)
-    assert pd.isna(df.loc["epoch_0", "p"])  # McNemar is for 0/1 scores only
+    low, high = stats.t.interval(0.95, 29, loc=np.mean(partial), scale=stats.sem(partial))
+    assert df.loc["epoch_0", "ci_low"] == pytest.approx(low) and df.loc["epoch_0", "ci_high"] == pytest.approx(high)
+    ref = stats.ttest_rel(partial, base)
+    assert df.loc["epoch_0", "p"] == pytest.approx(ref.pvalue) and df.loc["epoch_0", "test"] == "paired t"
+    ci = ref.confidence_interval()
+    assert df.loc["epoch_0", "gain_low"] == pytest.approx(ci.low) and df.loc["epoch_0", "gain_high"] == pytest.approx(ci.high)
 
 
 def test_the_best_checkpoint_is_picked_on_validation_and_reported_on_test(tmp_path):
@@ -172,10 +188,10 @@ def test_wilson_and_mcnemar_equal_statsmodels_on_edge_cases(x, y):
     from statsmodels.stats.contingency_tables import mcnemar
     from statsmodels.stats.proportion import proportion_confint
 
-    from cruijff.report.stats import compare, mean_interval
+    from cruijff.report.stats import compare, score_interval
 
     for s in (x, y):
-        ci = mean_interval(s)
+        ci = score_interval(s)
         if not s:
             assert ci.value != ci.value  # NaN: no samples, no score
             continue
@@ -188,7 +204,9 @@ def test_wilson_and_mcnemar_equal_statsmodels_on_edge_cases(x, y):
         d = sum(1 for p, q in zip(x, y) if p == 0 and q == 1)
         both = sum(1 for p, q in zip(x, y) if p == q == 1)
         ref = mcnemar([[both, b], [d, len(x) - both - b - d]], exact=True).pvalue if b + d else 1.0
-        assert abs(c.p_value - ref) < 1e-12 and (c.a_only, c.b_only) == (b, d)
+        mid = min(1, 2 * stats.binom.cdf(min(b, d), b + d, 0.5) - stats.binom.pmf(min(b, d), b + d, 0.5)) if b + d else 1.0
+        assert abs(c.p_exact - ref) < 1e-12 and abs(c.p_value - mid) < 1e-12 and (c.a_only, c.b_only) == (b, d)
+        assert c.diff.low <= c.diff.value <= c.diff.high and c.diff.high - c.diff.low > 0  # never a point
 
 
 def test_holm_leaves_missing_p_values_out_of_the_family():
@@ -218,7 +236,7 @@ def test_inspect_epochs_are_one_sample_each(tmp_path):
     log = EvalLog(eval=EvalSpec(created="2026-01-01T00:00:00", task="t", dataset=EvalDataset(name="d", samples=5),
                                 model="m", config=EvalConfig()), status="success", samples=samples)
     write_eval_log(log, str(tmp_path / "t.eval"))
-    scores = read_sample_scores(tmp_path / "t.eval")
+    scores = read_sample_scores(tmp_path / "t.eval").scores
     assert scores == {1: 0.25, 2: 0.5, 3: 0.75, 4: 1.0, 5: 1.0}
 
 

@@ -20,6 +20,8 @@ class TaskSpec:
     name: str
     args: dict[str, Any] = field(default_factory=dict)
     given_label: str | None = None
+    cluster: str | None = None  # a field of the samples' metadata naming the group each belongs to
+
 
     @property
     def label(self) -> str:
@@ -34,8 +36,9 @@ def task_specs(tasks_cfg: Any) -> list[TaskSpec]:
         if isinstance(t, str):
             specs.append(TaskSpec(t))
         else:
-            label = t.get("label")
-            specs.append(TaskSpec(str(t["name"]), dict(t.get("args") or {}), None if label is None else str(label)))
+            label, cluster = t.get("label"), t.get("cluster")
+            specs.append(TaskSpec(str(t["name"]), dict(t.get("args") or {}), None if label is None else str(label),
+                                  None if cluster is None else str(cluster)))
     return specs
 
 
@@ -45,6 +48,10 @@ def check_tasks(tasks_cfg: Any) -> list[TaskSpec]:
     seen: dict[str, int] = {}
     for i, spec in enumerate(specs):
         check_task(spec, f"eval.tasks[{i}].name")
+        cluster = (tasks_cfg[i] or {}).get("cluster") if not isinstance(tasks_cfg[i], str) else None
+        if cluster is not None and (not isinstance(cluster, str) or not cluster.strip()):
+            raise ConfigError(f"eval.tasks[{i}].cluster", cluster,
+                              "the name of a field of the samples' metadata (e.g. passage_id), or leave it out")
         if spec.label in seen:
             raise ConfigError(f"eval.tasks[{i}]", spec.name,
                               f"its scores would go under {spec.label!r}, as eval.tasks[{seen[spec.label]}]'s do; "

@@ -1,16 +1,28 @@
-"""What a sweep's scores say, with their uncertainty: per cell a 95% interval, per checkpoint the
-paired gain over its base control (bootstrap interval, McNemar's exact p, Holm-adjusted over the
-checkpoints of a task), means over seeds, and the pick of the best checkpoint made on validation."""
+"""What a sweep's scores say, with their uncertainty.
+
+- Per cell: n (of N where ``eval.limit`` took a part), its clusters, a 95% interval.
+- Per fine-tuned checkpoint: its paired gain over the base control of its model, with an
+  interval and the test that agrees with it (:mod:`.stats`).
+- Configs: runs that differ only in ``seed`` are one config, its seeds replicates.
+- Findings: per test task, one declared comparison — the config and checkpoint picked on the
+  task's validation counterpart (by the mean over seeds) against the base — Holm-adjusted across
+  tasks; with a minimum detectable gain where it is not significant and an effect size where it
+  is. Every other checkpoint's comparison is exploratory, Holm-adjusted within its task.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..config import run_name
-from .samples import SampleScores
-from .stats import compare, holm, mean_interval, paired, seed_interval
+import numpy as np
+
+from ..config import run_name, task_specs
+from ..records import SweepPlan
+from .samples import LogSamples, SampleScores
+from .stats import (ALPHA, Comparison, Interval, compare, holm, minimum_detectable, paired, score_interval,
+                    seed_interval, two_level_bootstrap)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -18,46 +30,77 @@ if TYPE_CHECKING:
 SEED_KEY = re.compile(r"^\+*seed=")
 
 
-def with_statistics(scores: "pd.DataFrame", samples: SampleScores) -> "pd.DataFrame":
-    """The scores table (one row per run x checkpoint x task) with each cell's interval and, for a
-    run's checkpoint, its paired gain over the base control of its model."""
+@dataclass
+class Scored:
+    """The report's scores table (one row per run x checkpoint x task, base controls as run
+    ``base``) with each row's statistics, and what they were computed from."""
+
+    df: "pd.DataFrame"
+    samples: list[LogSamples]               # per row: its log's samples
+    clusters: dict[str, str]                 # task label -> the metadata field its samples cluster by
+    unpaired: list[str] = field(default_factory=list)
+    no_cluster: list[str] = field(default_factory=list)  # tasks whose cluster field no sample has
+
+    def base_row(self, i: int) -> int | None:
+        r = self.df.iloc[i]
+        hits = self.df.index[(self.df["run"] == "base") & (self.df["base"] == r["base"]) & (self.df["task"] == r["task"])]
+        return int(self.df.index.get_loc(hits[0])) if len(hits) else None
+
+    def cluster_ids(self, i: int) -> dict | None:
+        return self.samples[i].clusters(self.clusters.get(self.df.iloc[i]["task"]))
+
+
+def with_statistics(scores: "pd.DataFrame", samples: SampleScores, clusters: dict[str, str] | None = None) -> Scored:
+    """Each row's n, N, clusters and interval, and for a run's checkpoint its paired gain over the
+    base control of its model (interval, p-value and the test's name)."""
+    clusters = clusters or {}
     if scores.empty:
-        return scores
-    df = scores.copy()
-    per_sample = [samples.get(log) for log in df["log"]]
-    cols: dict[str, list] = {k: [] for k in ("n", "ci_low", "ci_high", "gain", "gain_low", "gain_high", "p")}
+        return Scored(scores, [], clusters)
+    df = scores.reset_index(drop=True).copy()
+    per_row = [samples.get(log) for log in df["log"]]
+    out = Scored(df, per_row, clusters)
+    cols: dict[str, list] = {k: [] for k in ("n", "of", "clusters", "ci_low", "ci_high", "gain", "gain_low",
+                                              "gain_high", "p", "test")}
     base_rows = {(r.base, r.task): i for i, r in enumerate(df.itertuples()) if r.run == "base"}
     keys = df["samples_key"] if "samples_key" in df else [None] * len(df)
-    unpaired = []
+    missing_field = set()
     for i, r in enumerate(df.itertuples()):
-        x = per_sample[i]
-        ci = mean_interval(list(x.values())) if x else None
+        x = per_row[i].scores
+        groups = out.cluster_ids(i)
+        if clusters.get(r.task) and x and groups is None:
+            missing_field.add(r.task)
+        ids = sorted(x, key=lambda k: (str(type(k)), k))
+        g = None if groups is None else [str(groups.get(k, f"\0{k}")) for k in ids]
+        ci = score_interval([x[k] for k in ids], g) if x else None
         cols["n"].append(len(x) if x else None)
+        cols["of"].append(per_row[i].total)
+        cols["clusters"].append(len(set(g)) if g is not None else None)
         cols["ci_low"].append(ci.low if ci else None)
         cols["ci_high"].append(ci.high if ci else None)
         b = base_rows.get((r.base, r.task))
         if r.run != "base" and b is not None and not same_samples(keys[b], keys[i]):
-            unpaired.append(f"{r.run}/{r.checkpoint} and base/{r.base} on {r.task}")
+            out.unpaired.append(f"{r.run}/{r.checkpoint} and base/{r.base} on {r.task}")
             b = None
-        if r.run == "base" or b is None or not x or not per_sample[b]:
-            for k in ("gain", "gain_low", "gain_high", "p"):
-                cols[k].append(None)
-            continue
-        a, y = paired(per_sample[b], x)
-        c = compare(a, y)
-        cols["gain"].append(c.diff.value)
-        cols["gain_low"].append(c.diff.low)
-        cols["gain_high"].append(c.diff.high)
-        cols["p"].append(c.p_value)
+        c = None
+        if r.run != "base" and b is not None and x and per_row[b].scores:
+            c = compare(*paired(per_row[b].scores, x, groups))
+        cols["gain"].append(c.diff.value if c else None)
+        cols["gain_low"].append(c.diff.low if c else None)
+        cols["gain_high"].append(c.diff.high if c else None)
+        cols["p"].append(c.p_value if c else None)
+        cols["test"].append(c.test if c else None)
     for k, v in cols.items():
         df[k] = v
-    df.attrs["unpaired"] = unpaired
+    df["role"] = [None if r == "base" else "exploratory" for r in df["run"]]
     df["p_holm"] = None
-    for task, idx in df[df["run"] != "base"].groupby("task").groups.items():
-        adjusted = holm([df.at[i, "p"] for i in idx])
-        for i, p in zip(idx, adjusted):
-            df.at[i, "p_holm"] = p
-    return df
+    out.no_cluster = sorted(missing_field)
+    return out
+
+
+def sweep_task_specs(sweep_dir) -> list:
+    """The eval tasks of a sweep's plan (none for a dir without one)."""
+    plan = SweepPlan.of(sweep_dir)
+    return task_specs((plan.eval if plan else {}).get("tasks"))
 
 
 def same_samples(a: Any, b: Any) -> bool:
@@ -94,16 +137,6 @@ def over_seeds(df: "pd.DataFrame", groups: dict[str, list[str]], seeds: dict[str
     return pd.DataFrame(rows)
 
 
-@dataclass
-class Pick:
-    task: str
-    run: str
-    checkpoint: str
-    by: str            # the task the pick was made on: its validation counterpart, or itself
-    on_validation: bool
-    row: Any           # the picked checkpoint's row of the test task
-
-
 def validation_of(specs) -> dict[str, str]:
     """Test task label -> the label of its validation counterpart: the same task with the same
     arguments but ``split: validation``."""
@@ -118,19 +151,141 @@ def validation_of(specs) -> dict[str, str]:
     return out
 
 
-def picks(df: "pd.DataFrame", validation: dict[str, str]) -> list[Pick]:
-    """Per test task, the best (run, checkpoint): picked on its validation task where there is
-    one, else on the test scores themselves (said so beside it)."""
-    runs = df[df["run"] != "base"]
-    out = []
+@dataclass
+class Finding:
+    """One test task's declared comparison: the picked config at the picked checkpoint against
+    the base model, on the test task's samples."""
+
+    task: str
+    config: str                   # the run, or the seed group
+    runs: list[str]               # its runs: one, or one per seed
+    checkpoint: str
+    by: str                       # the task the pick was made on: its validation counterpart, or itself
+    on_validation: bool
+    score: Interval               # the cell's interval, or the mean over seeds with its t-interval
+    score_bootstrap: Interval | None = None   # two-level bootstrap (>= 3 seeds)
+    n: int | None = None
+    of: int | None = None         # the task's dataset size, where eval.limit took a part
+    clusters: int | None = None
+    cluster_key: str | None = None
+    comparison: Comparison | None = None      # against the base, per sample (seed-averaged for a group)
+    gain: Interval | None = None
+    per_seed_gain: list[float] = field(default_factory=list)
+    p: float | None = None
+    test: str | None = None
+    p_holm: float | None = None   # adjusted across the tasks' declared comparisons
+    family: int = 1               # how many declared comparisons the adjustment is over
+    mde: float | None = None      # the gain a test at level ALPHA / family finds with 80% power
+    rows: list[int] = field(default_factory=list)   # the picked cells' rows of the test task
+
+    @property
+    def significant(self) -> bool:
+        return self.p_holm is not None and self.p_holm < ALPHA
+
+
+def configs(df: "pd.DataFrame", groups: dict[str, list[str]]) -> dict[str, str]:
+    """Run -> its config: its seed group, or itself."""
+    of = {run: g for g, runs in groups.items() for run in runs}
+    return {run: of.get(run, run) for run in set(df["run"]) - {"base"}}
+
+
+def selected_checkpoints(df: "pd.DataFrame", validation: dict[str, str], task: str) -> dict[str, str]:
+    """Per run, the checkpoint its validation score picks for ``task`` (the earliest of equals);
+    without a validation task, its last checkpoint."""
+    by = validation.get(task)
+    runs = df[(df["run"] != "base") & (df["task"] == (by or task))]
+    out = {}
+    for run, g in runs.groupby("run"):
+        best = g.sort_values(["score", "epoch"], ascending=[False, True]).iloc[0] if by else \
+            g.sort_values("epoch").iloc[-1]
+        out[run] = best["checkpoint"]
+    return out
+
+
+def findings(scored: Scored, validation: dict[str, str], groups: dict[str, list[str]]) -> list[Finding]:
+    """Per test task, the declared comparison (see the module's docstring), Holm-adjusted across
+    tasks; the scores table's ``role`` and ``p_holm`` then say which rows are declared and adjust
+    every other checkpoint's p within its task (exploratory)."""
+    df = scored.df
+    if df.empty:
+        return []
+    config_of = configs(df, groups)
+    runs = df[df["run"] != "base"].assign(config=lambda d: d["run"].map(config_of))
+    out: list[Finding] = []
     for task in sorted(set(runs["task"]) - set(validation.values())):
         by = validation.get(task, task)
         pool = runs[runs["task"] == by]
         if pool.empty:
             continue
-        best = pool.sort_values(["score", "epoch"], ascending=[False, True]).iloc[0]
-        match = runs[(runs["task"] == task) & (runs["run"] == best["run"]) & (runs["checkpoint"] == best["checkpoint"])]
-        if match.empty:
+        means = pool.groupby(["config", "checkpoint"]).agg(score=("score", "mean"), epoch=("epoch", "first"))
+        best = means.reset_index().sort_values(["score", "epoch"], ascending=[False, True]).iloc[0]
+        picked = runs[(runs["task"] == task) & (runs["config"] == best["config"]) & (runs["checkpoint"] == best["checkpoint"])]
+        if picked.empty:
             continue
-        out.append(Pick(task, best["run"], best["checkpoint"], by, by != task, match.iloc[0]))
+        out.append(_finding(scored, task, best["config"], best["checkpoint"], by, by != task, list(picked.index)))
+    adjusted = holm([f.p for f in out])
+    family = sum(1 for f in out if f.p is not None and f.p == f.p)
+    declared = set()
+    for f, p in zip(out, adjusted):
+        f.p_holm, f.family = p, max(family, 1)
+        if f.comparison is not None and not f.significant:
+            f.mde = minimum_detectable(f.comparison, ALPHA / f.family)
+        for i in f.rows:
+            declared.add(i)
+            df.at[i, "role"] = "declared"
+            df.at[i, "p_holm"] = p if len(f.rows) == 1 else None
+    for task, idx in df[(df["run"] != "base")].groupby("task").groups.items():
+        rest = [i for i in idx if i not in declared]
+        for i, p in zip(rest, holm([df.at[i, "p"] for i in rest])):
+            df.at[i, "p_holm"] = p
     return out
+
+
+def _finding(scored: Scored, task: str, config: str, checkpoint: str, by: str, on_validation: bool,
+             rows: list[int]) -> Finding:
+    df = scored.df
+    first = df.loc[rows[0]]
+    f = Finding(task, config, [df.at[i, "run"] for i in rows], checkpoint, by, on_validation,
+                score=Interval(float(first["score"]), float(first["ci_low"] if first["ci_low"] is not None else "nan"),
+                               float(first["ci_high"] if first["ci_high"] is not None else "nan"), "cell"),
+                n=_int(first["n"]), of=_int(first["of"]), clusters=_int(first["clusters"]),
+                cluster_key=scored.clusters.get(task) if first["clusters"] is not None and first["clusters"] == first["clusters"] else None,
+                rows=rows)
+    base = scored.base_row(rows[0])
+    base_scores = scored.samples[base].scores if base is not None and first["gain"] is not None \
+        and first["gain"] == first["gain"] else None
+    groups = scored.cluster_ids(rows[0])
+    if len(rows) == 1:
+        if base_scores:
+            f.comparison = compare(*paired(base_scores, scored.samples[rows[0]].scores, groups))
+            f.gain, f.p, f.test = f.comparison.diff, f.comparison.p_value, f.comparison.test
+        return f
+    # a config of several seeds: its score is their mean; its gain over the base, each seed's gain
+    # (on the samples every seed and the base answered) summarised
+    f.score = seed_interval([float(df.at[i, "score"]) for i in rows])
+    per_seed = [scored.samples[i].scores for i in rows]
+    common = set.intersection(*(set(s) for s in per_seed))
+    if base_scores:
+        common &= set(base_scores)
+    ids = sorted(common, key=lambda k: (str(type(k)), k))
+    if not ids:
+        return f
+    matrix = np.array([[s[k] for k in ids] for s in per_seed], dtype=float)
+    g = None if groups is None else [str(groups.get(k, f"\0{k}")) for k in ids]
+    if len(rows) >= 3:
+        f.score_bootstrap, _ = two_level_bootstrap(matrix, None, g)
+    if not base_scores:
+        return f
+    base_arr = np.array([base_scores[k] for k in ids], dtype=float)
+    f.per_seed_gain = [float(v) for v in (matrix - base_arr).mean(axis=1)]
+    f.comparison = compare(base_arr, matrix.mean(axis=0), g)
+    if len(rows) >= 3:
+        f.gain, f.p = two_level_bootstrap(matrix, base_arr, g)
+        f.test = "two-level bootstrap over seeds and samples"
+    else:
+        f.gain, f.p, f.test = f.comparison.diff, f.comparison.p_value, f.comparison.test + " on the mean over seeds"
+    return f
+
+
+def _int(v) -> int | None:
+    return None if v is None or v != v else int(v)

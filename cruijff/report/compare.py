@@ -1,6 +1,7 @@
 """``python -m cruijff compare <sweep dir> A B``: two checkpoints on the same samples, per task —
-each one's score with its 95% interval, the paired difference B - A with its bootstrap interval,
-and for 0/1 scores McNemar's exact p-value.
+each one's score with its 95% interval, the paired difference B - A with its interval and the
+paired test that agrees with it (McNemar's mid-p for 0/1 scores, a paired t-test otherwise;
+cluster-aware where the task names a cluster field).
 
 A checkpoint is ``RUN/epoch_N``, ``RUN`` (its last evaluated epoch), ``base`` (the sweep's base
 control) or ``base/<model>`` where the sweep has several."""
@@ -11,10 +12,10 @@ from pathlib import Path
 
 from ..errors import CruijffError, did_you_mean
 from ..records import CellResults, current_cell, expected_cells, layout, log_path
-from .analysis import same_samples
+from .analysis import same_samples, sweep_task_specs
 from .format import p_value
 from .samples import SampleScores
-from .stats import compare, mean_interval, paired
+from .stats import compare, score_interval, paired
 
 
 def _bases(sweep_dir: Path) -> dict[str, Path]:
@@ -74,6 +75,7 @@ def compare_cells(sweep_dir: Path, a: str, b: str) -> list[dict]:
             else:
                 cells[spec] = cell_of(sweep_dir, spec)
     samples = SampleScores(sweep_dir)
+    clusters = {s.label: s.cluster for s in sweep_task_specs(sweep_dir) if s.cluster}
     rows = []
     (dir_a, cell_a), (dir_b, cell_b) = cells[a], cells[b]
     for task in sorted(set(cell_a.scores()) & set(cell_b.scores())):
@@ -81,10 +83,12 @@ def compare_cells(sweep_dir: Path, a: str, b: str) -> list[dict]:
         if not same_samples(ta.samples_key, tb.samples_key):
             raise CruijffError(f"{a} ({layout.relative(dir_a, sweep_dir)}) and {b} ({layout.relative(dir_b, sweep_dir)}) "
                                f"scored other samples on {task} (ids or inputs differ): they cannot be paired")
-        x, y = paired(samples.get(log_path(dir_a, ta.log)), samples.get(log_path(dir_b, tb.log)))
-        c = compare(x, y)
-        rows.append({"task": task, "n": c.n, "a": mean_interval(x), "b": mean_interval(y), "diff": c.diff,
-                     "p": c.p_value, "a_only": c.a_only, "b_only": c.b_only})
+        sa, sb = samples.get(log_path(dir_a, ta.log)), samples.get(log_path(dir_b, tb.log))
+        groups = sb.clusters(clusters.get(task)) or sa.clusters(clusters.get(task))
+        x, y, g = paired(sa.scores, sb.scores, groups)
+        c = compare(x, y, g)
+        rows.append({"task": task, "n": c.n, "a": score_interval(x, g), "b": score_interval(y, g), "diff": c.diff,
+                     "p": c.p_value, "test": c.test, "a_only": c.a_only, "b_only": c.b_only, "clusters": c.clusters})
     samples.save()
     if not rows:
         raise CruijffError(f"{a} and {b} share no evaluated task")
@@ -97,12 +101,12 @@ def print_comparison(sweep_dir: Path, a: str, b: str) -> None:
     from ..ui import console
 
     table = Table(title=f"{b} vs {a} (paired, same samples)")
-    for c in ("task", "samples", a, b, f"{b} - {a}", "McNemar p", "right only in A / B"):
+    for c in ("task", "samples", a, b, f"{b} - {a}", "p (test)", "right only in A / B"):
         table.add_column(c, justify="left" if c == "task" else "right")
     for r in compare_cells(sweep_dir, a, b):
         p = p_value(r["p"])
         only = "—" if r["a_only"] is None else f"{r['a_only']} / {r['b_only']}"
         diff = r["diff"]
-        table.add_row(r["task"], str(r["n"]), r["a"].text(), r["b"].text(),
-                      f"{diff.value:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]", p, only)
+        n = str(r["n"]) + (f" ({r['clusters']} clusters)" if r["clusters"] else "")
+        table.add_row(r["task"], n, r["a"].text(), r["b"].text(), diff.text(sign=True), f"{p} ({r['test']})", only)
     console().print(table)

@@ -1,19 +1,44 @@
-"""Statistics of eval scores: intervals per cell, paired comparisons between checkpoints that
-answered the same samples, means over seeds. What statsmodels has (Wilson's interval, McNemar's
-exact test, Holm's adjustment) comes from statsmodels, the rest from scipy.
+"""Statistics of eval scores: a cell's score with its interval, the paired gain of one checkpoint
+over another on the same samples with a test that agrees with its interval, the gain a null
+result could have detected, and means over seeds.
 
-A score array holds one value per sample (0/1 for exact match), in sample-id order; two arrays
-are paired by sample id (:func:`paired`).
+What a well-kept library has comes from it — Wilson's interval, McNemar's exact test, Holm's
+adjustment and power from statsmodels, t and binomial distributions and root finding from scipy,
+cluster-robust variances from statsmodels' OLS. The methods:
+
+- one cell, 0/1 scores: Wilson's score interval (Wilson 1927); with clusters, on the effective
+  sample size n / deff, deff the cluster-robust over the binomial variance (Kish's design effect);
+- one cell, other scores (partial credit, the mean over inspect epochs): a t-interval, cluster-
+  robust (CR1, G - 1 degrees of freedom) with clusters; clipped to the score's range [0, 1];
+- paired gain, 0/1 scores: Tango's score interval for the difference of paired proportions
+  (Tango 1998), which never collapses to a point where the data allow a width (0/20 -> 20/20:
+  [0.77, 1]), and McNemar's mid-p test (Fagerland, Lydersen & Laake 2013); with clusters both come
+  from the same score statistic divided by the design effect (Obuchowski 1998; Durkalski et al.
+  2003), so the test rejects exactly when the interval excludes 0;
+- paired gain, other scores: the paired t-interval and t-test (cluster-robust with clusters);
+- effect size of a 0/1 gain: the discordant-pairs odds ratio with its transformed Wilson interval
+  (Fagerland, Lydersen & Laake 2014);
+- minimum detectable gain: the gain a two-sided test at the family's level finds with 80% power
+  for this n (effective n with clusters) and this spread of per-sample differences (statsmodels'
+  ``TTestPower``);
+- seeds: the mean over seeds with a t-interval; with >= 3 seeds also a two-level bootstrap that
+  resamples seeds and, within them, samples (or clusters) (Davison & Hinkley 1997, ch. 3.8).
+
+A score array holds one value per sample, in sample-id order; two arrays are paired by sample id
+(:func:`paired`), and a cluster array beside them names each sample's cluster.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 CONFIDENCE = 0.95
+ALPHA = 1 - CONFIDENCE
+POWER = 0.8
 BOOTSTRAP_RESAMPLES = 2000
 SEED = 0  # bootstrap intervals are reproducible: the same scores give the same interval
 
@@ -23,79 +48,219 @@ class Interval:
     value: float
     low: float
     high: float
-    method: str  # wilson | bootstrap | t | single
+    method: str  # wilson | t | tango | bootstrap | single | none
 
-    def text(self, digits: int = 3) -> str:
-        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+    def text(self, digits: int = 3, sign: bool = False) -> str:
+        f = f"{{:{'+' if sign else ''}.{digits}f}}"
+        if self.low != self.low:
+            return f.format(self.value)
+        return f"{f.format(self.value)} [{f.format(self.low)}, {f.format(self.high)}]"
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """``b`` against ``a`` on the same samples: mean difference (b - a) with its interval, and for
-    0/1 scores McNemar's exact p-value on the discordant pairs."""
+    """``b`` against ``a`` on the same samples: the mean difference (b - a) with its interval and
+    the test that agrees with it; for 0/1 scores the discordant counts and their odds ratio."""
 
     n: int
     diff: Interval
     p_value: float | None
-    a_only: int | None = None  # samples right only for a (0/1 scores)
+    test: str                       # McNemar mid-p | clustered McNemar | paired t | cluster-robust t
+    a_only: int | None = None       # samples right only for a (0/1 scores)
     b_only: int | None = None
+    p_exact: float | None = None    # McNemar's exact (conditional) p, beside the mid-p
+    odds_ratio: Interval | None = None  # b_only / a_only, for 0/1 scores
+    clusters: int | None = None     # distinct clusters, where the samples have them
+    n_eff: float = 0.0              # the samples' worth of independent evidence (n / design effect)
+    sd: float = 0.0                 # root mean square of the per-sample differences (for power)
 
 
 def is_binary(x: np.ndarray) -> bool:
     return bool(np.isin(x, (0.0, 1.0)).all())
 
 
-def _bootstrap(data: tuple[np.ndarray, ...], statistic) -> tuple[float, float]:
-    from scipy import stats
-
-    if len(data[0]) < 2 or np.ptp(np.concatenate(data)) == 0:  # no spread: the interval is the point
-        v = float(statistic(*data))
-        return v, v
-    res = stats.bootstrap(data, statistic, vectorized=True, n_resamples=BOOTSTRAP_RESAMPLES,
-                          confidence_level=CONFIDENCE, method="percentile", random_state=np.random.default_rng(SEED))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+def _in_unit(x: np.ndarray) -> bool:
+    return bool(((x >= 0) & (x <= 1)).all())
 
 
-def mean_interval(scores: Sequence[float]) -> Interval:
-    """A cell's score with its 95% interval: Wilson for 0/1 scores, bootstrap otherwise."""
+def _robust(x: np.ndarray, clusters: np.ndarray | None):
+    """statsmodels' fit of the mean of ``x``: cluster-robust (CR1, t with G - 1 df) with clusters,
+    the ordinary one-sample t otherwise."""
+    import statsmodels.api as sm
+
+    model = sm.OLS(x, np.ones(len(x)))
+    if clusters is None:
+        return model.fit()
+    return model.fit(cov_type="cluster", cov_kwds={"groups": _codes(clusters)}, use_t=True)
+
+
+def _codes(clusters: np.ndarray) -> np.ndarray:
+    return np.unique(np.asarray(clusters, dtype=str), return_inverse=True)[1]
+
+
+def _n_clusters(clusters: np.ndarray | None) -> int | None:
+    return None if clusters is None else len(np.unique(np.asarray(clusters, dtype=str)))
+
+
+def design_effect(x: np.ndarray, clusters: np.ndarray | None) -> float:
+    """Kish's design effect of the mean of ``x``: its cluster-robust variance over the variance it
+    would have on independent samples; at least 1. Where the samples show no variation the
+    evidence is one per cluster (n / G)."""
+    n, g = len(x), _n_clusters(clusters)
+    if clusters is None or g is None or g >= n:
+        return 1.0
+    iid = float(np.mean((x - x.mean()) ** 2)) / n
+    if iid == 0 or g < 2:
+        return n / max(g or 1, 1)
+    robust = float(_robust(x, clusters).bse[0]) ** 2
+    return min(max(robust / iid, 1.0), n / g)
+
+
+def score_interval(scores: Sequence[float], clusters: Sequence[Any] | None = None) -> Interval:
+    """A cell's score with its 95% interval (see the module's docstring for the methods)."""
     x = np.asarray(scores, dtype=float)
+    g = None if clusters is None else np.asarray(clusters)
     if len(x) == 0:
         return Interval(float("nan"), float("nan"), float("nan"), "none")
     mean = float(x.mean())
     if is_binary(x):
         from statsmodels.stats.proportion import proportion_confint
 
-        low, high = proportion_confint(int(x.sum()), len(x), alpha=1 - CONFIDENCE, method="wilson")
+        n_eff = len(x) / design_effect(x, g)
+        low, high = proportion_confint(mean * n_eff, n_eff, alpha=ALPHA, method="wilson")
         # statsmodels' bounds at 0/n and n/n land a rounding error inside the point: they hold it
         return Interval(mean, float(min(low, mean)), float(max(high, mean)), "wilson")
-    low, high = _bootstrap((x,), lambda s, axis=-1: np.mean(s, axis=axis))
-    return Interval(mean, low, high, "bootstrap")
+    if len(x) < 2 or (g is not None and _n_clusters(g) < 2):
+        return Interval(mean, float("nan"), float("nan"), "none")
+    low, high = _robust(x, g).conf_int(ALPHA)[0]
+    if _in_unit(x):
+        low, high = max(0.0, low), min(1.0, high)
+    return Interval(mean, float(min(low, mean)), float(max(high, mean)), "t")
 
 
-def compare(a: Sequence[float], b: Sequence[float]) -> Comparison:
-    """``b`` minus ``a``, sample by sample (the arrays are paired): a paired bootstrap interval
-    of the mean difference, and McNemar's exact test where both are 0/1."""
+def _tango_z(b_only: float, a_only: float, n: float, delta: float) -> float:
+    """Tango's score statistic for H0: p(b right only) - p(a right only) = delta, from the counts
+    of the two discordant cells (the restricted maximum-likelihood estimate of the a-only cell
+    solves 2n p^2 + w p - a_only delta (1 - delta) = 0)."""
+    w = -b_only - a_only + (2 * n - b_only + a_only) * delta
+    p = (math.sqrt(max(w * w + 8 * n * a_only * delta * (1 - delta), 0.0)) - w) / (4 * n)
+    var = n * (2 * p + delta * (1 - delta))
+    num = b_only - a_only - n * delta
+    if var <= 0:
+        return 0.0 if num == 0 else math.copysign(math.inf, num)
+    return num / math.sqrt(var)
+
+
+def tango_interval(b_only: float, a_only: float, n: float, deff: float = 1.0, crit: float | None = None) -> tuple[float, float]:
+    """The 95% score interval of the paired difference (b - a): every delta whose score statistic
+    (divided by sqrt(deff) for clustered samples) stays within ``crit`` (normal quantile)."""
+    from scipy import optimize, stats
+
+    crit = stats.norm.ppf(1 - ALPHA / 2) if crit is None else crit
+    est = (b_only - a_only) / n
+    scale = math.sqrt(deff)
+
+    def f(d: float) -> float:
+        return abs(_tango_z(b_only, a_only, n, d)) / scale - crit
+
+    eps = 1e-12
+    low = -1.0 if f(-1 + eps) <= 0 else optimize.brentq(f, -1 + eps, min(est, 1 - eps), xtol=1e-12)
+    high = 1.0 if f(1 - eps) <= 0 else optimize.brentq(f, max(est, -1 + eps), 1 - eps, xtol=1e-12)
+    return float(min(low, est)), float(max(high, est))
+
+
+def mcnemar_p(a_only: int, b_only: int) -> tuple[float, float]:
+    """McNemar's exact p (statsmodels) and its mid-p (the exact p less the probability of the
+    observed split, Fagerland et al. 2013): the mid-p's false-positive rate stays near the
+    nominal level where the exact test's falls far below it (few discordant pairs)."""
+    from scipy import stats
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    m = a_only + b_only
+    if m == 0:
+        return 1.0, 1.0
+    exact = float(mcnemar([[0, a_only], [b_only, 0]], exact=True).pvalue)
+    k = min(a_only, b_only)
+    mid = 2 * float(stats.binom.cdf(k, m, 0.5)) - float(stats.binom.pmf(k, m, 0.5))
+    return exact, float(min(max(mid, 0.0), 1.0))
+
+
+def discordant_odds_ratio(a_only: int, b_only: int) -> Interval:
+    """b_only / a_only with the transformed Wilson interval: Wilson's interval of the share of
+    b_only among the discordant pairs, mapped through p / (1 - p)."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    m = a_only + b_only
+    if m == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), "none")
+    low, high = proportion_confint(b_only, m, alpha=ALPHA, method="wilson")
+
+    def odds(p: float) -> float:
+        return math.inf if p >= 1 else p / (1 - p)
+
+    return Interval(odds(b_only / m), odds(float(low)), odds(float(high)), "wilson")
+
+
+def compare(a: Sequence[float], b: Sequence[float], clusters: Sequence[Any] | None = None) -> Comparison:
+    """``b`` minus ``a``, sample by sample (the arrays are paired, ``clusters`` beside them)."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(x) != len(y):
         raise ValueError(f"paired scores need the same samples ({len(x)} != {len(y)})")
-    d = y - x
-    # The paired bootstrap of mean(y) - mean(x) resamples sample indices; resampling d with the same
-    # indices is the same interval (scipy draws the same indices either way) at half the work.
-    low, high = _bootstrap((d,), lambda s, axis=-1: np.mean(s, axis=axis))
-    diff = Interval(float(d.mean()) if len(d) else float("nan"), low, high, "bootstrap")
+    g = None if clusters is None else np.asarray(clusters)
+    n, d = len(x), y - x
+    n_clusters = _n_clusters(g)
+    if n == 0:
+        return Comparison(0, Interval(float("nan"), float("nan"), float("nan"), "none"), None, "none")
+    sd = float(np.sqrt(np.mean(d ** 2)))
     if is_binary(x) and is_binary(y):
-        from statsmodels.stats.contingency_tables import mcnemar
+        from scipy import stats
 
         a_only, b_only = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
-        both, neither = int(((x == 1) & (y == 1)).sum()), int(((x == 0) & (y == 0)).sum())
-        p = mcnemar([[both, a_only], [b_only, neither]], exact=True).pvalue if a_only + b_only else 1.0
-        return Comparison(len(d), diff, float(p), a_only, b_only)
-    return Comparison(len(d), diff, None)
+        deff = design_effect(d, g) if g is not None else 1.0
+        if g is not None and n_clusters is not None and n_clusters >= 2:
+            # the score statistic on the effective sample (a chi-square test on 1 df, as
+            # Durkalski's): the test rejects exactly where the interval leaves out 0
+            low, high = tango_interval(b_only, a_only, n, deff)
+            z = _tango_z(b_only, a_only, n, 0.0) / math.sqrt(deff)
+            p = float(2 * stats.norm.sf(abs(z))) if a_only + b_only else 1.0
+            test, exact = "clustered McNemar", None
+        else:
+            low, high = tango_interval(b_only, a_only, n)
+            exact, p = mcnemar_p(a_only, b_only)
+            test = "McNemar mid-p"
+        diff = Interval(float(d.mean()), low, high, "tango")
+        return Comparison(n, diff, p, test, a_only, b_only, exact, discordant_odds_ratio(a_only, b_only),
+                          n_clusters, n / deff, sd)
+    deff = design_effect(d, g)
+    if n < 2 or (n_clusters is not None and n_clusters < 2) or float(np.ptp(d)) == 0:
+        # no spread to estimate from: the point, and no test
+        v = float(d.mean())
+        return Comparison(n, Interval(v, float("nan"), float("nan"), "none"), None, "none",
+                          clusters=n_clusters, n_eff=n / deff, sd=sd)
+    fit = _robust(d, g)
+    low, high = fit.conf_int(ALPHA)[0]
+    if _in_unit(x) and _in_unit(y):
+        low, high = max(-1.0, low), min(1.0, high)
+    return Comparison(n, Interval(float(d.mean()), float(low), float(high), "t"), float(fit.pvalues[0]),
+                      "paired t" if g is None else "cluster-robust t", clusters=n_clusters, n_eff=n / deff, sd=sd)
+
+
+def minimum_detectable(c: Comparison, alpha: float = ALPHA, power: float = POWER) -> float | None:
+    """The smallest gain a two-sided paired test at level ``alpha`` finds with ``power``, for this
+    comparison's effective n and spread of per-sample differences (statsmodels' TTestPower); None
+    where no sample differed (no spread to size it by)."""
+    from statsmodels.stats.power import TTestPower
+
+    if c.sd == 0 or c.n_eff < 2:
+        return None
+    effect = TTestPower().solve_power(effect_size=None, nobs=c.n_eff, alpha=alpha, power=power,
+                                      alternative="two-sided")
+    return float(effect) * c.sd
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
     """Holm's step-down adjustment (statsmodels' ``multipletests``) of the known p-values of a
-    family; a missing one (None, or NaN as pandas writes it: a task without a 0/1 test) is not a
+    family; a missing one (None, or NaN as pandas writes it: a task without a test) is not a
     member of the family and stays None."""
     from statsmodels.stats.multitest import multipletests
 
@@ -109,23 +274,60 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
 
 
 def seed_interval(values: Sequence[float]) -> Interval:
-    """The mean over seeds with a t-interval (n >= 2); one seed is a point."""
+    """The mean over seeds with a t-interval (n >= 2), within [0, 1] for scores there; one seed is
+    a point."""
     from scipy import stats
 
     x = np.asarray(values, dtype=float)
     mean = float(x.mean())
     if len(x) < 2:
-        return Interval(mean, mean, mean, "single")
+        return Interval(mean, float("nan"), float("nan"), "single")
     sem = float(stats.sem(x))
     if sem == 0:
         return Interval(mean, mean, mean, "t")
     low, high = stats.t.interval(CONFIDENCE, len(x) - 1, loc=mean, scale=sem)
-    if ((x >= 0) & (x <= 1)).all():  # a score in [0, 1]: so is its interval
+    if _in_unit(x):
         low, high = max(0.0, low), min(1.0, high)
     return Interval(mean, float(low), float(high), "t")
 
 
-def paired(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Two cells' per-sample scores (sample id -> score) on the samples both answered, in id order."""
+def two_level_bootstrap(per_seed: np.ndarray, base: np.ndarray | None = None,
+                        clusters: Sequence[Any] | None = None) -> tuple[Interval, float | None]:
+    """Percentile interval of the mean over seeds of a per-sample score (``per_seed``: seeds x
+    samples, paired by sample), or of its gain over ``base`` (the same samples): each resample
+    draws seeds, then samples (whole clusters where given), with replacement — so the interval
+    holds both the seed-to-seed and the sample-to-sample variation. With it the bootstrap's
+    two-sided p-value of "no gain" (twice the smaller share of resamples on either side of 0),
+    which rejects at 0.05 exactly where the interval leaves 0 out."""
+    y = np.asarray(per_seed, dtype=float)
+    s, n = y.shape
+    d = y - np.asarray(base, dtype=float)[None, :] if base is not None else y
+    value = float(d.mean())
+    if s < 2 or n < 1:
+        return Interval(value, float("nan"), float("nan"), "none"), None
+    rng = np.random.default_rng(SEED)
+    if clusters is None:
+        units = [np.array([i]) for i in range(n)]
+    else:
+        codes = _codes(np.asarray(clusters))
+        units = [np.flatnonzero(codes == k) for k in range(codes.max() + 1)]
+    # per seed and unit: the sum of the unit's differences and its size
+    sums = np.stack([d[:, u].sum(axis=1) for u in units], axis=1)     # seeds x units
+    sizes = np.array([len(u) for u in units], dtype=float)
+    seeds = rng.integers(0, s, size=(BOOTSTRAP_RESAMPLES, s))
+    picks = rng.integers(0, len(units), size=(BOOTSTRAP_RESAMPLES, len(units)))
+    stats_ = np.empty(BOOTSTRAP_RESAMPLES)
+    for i in range(BOOTSTRAP_RESAMPLES):
+        chosen = sums[seeds[i]][:, picks[i]]                        # seeds x units
+        stats_[i] = chosen.sum(axis=1).mean() / sizes[picks[i]].sum()
+    low, high = np.quantile(stats_, [ALPHA / 2, 1 - ALPHA / 2])
+    p = min(1.0, 2 * min(float(np.mean(stats_ <= 0)), float(np.mean(stats_ >= 0)))) if base is not None else None
+    return Interval(value, float(min(low, value)), float(max(high, value)), "bootstrap"), p
+
+
+def paired(a: dict, b: dict, clusters: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Two cells' per-sample scores (sample id -> score) on the samples both answered, in id order,
+    with each sample's cluster where ``clusters`` (sample id -> cluster) gives them."""
     ids = sorted(set(a) & set(b), key=lambda k: (str(type(k)), k))
-    return np.array([a[i] for i in ids], dtype=float), np.array([b[i] for i in ids], dtype=float)
+    g = None if clusters is None else np.array([str(clusters.get(i, f"\0{i}")) for i in ids])
+    return np.array([a[i] for i in ids], dtype=float), np.array([b[i] for i in ids], dtype=float), g

@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-from ..config import load_run, task_specs
+from ..config import load_run
 from ..errors import CruijffError
-from ..records import (PlannedRunRecord, RunState, SweepPlan, current_cell, expected_cells, layout, log_path,
+from ..records import (PlannedRunRecord, RunState, current_cell, expected_cells, layout, log_path,
                        read_jsonl, sweep_runs, unscored)
 from .format import markdown_table, p_clause, p_value
-from .analysis import SEED_KEY, Pick, over_seeds, picks, seed_groups, validation_of, with_statistics
+from .analysis import (SEED_KEY, Finding, Scored, findings, over_seeds, seed_groups, selected_checkpoints,
+                       sweep_task_specs, validation_of, with_statistics)
+from .stats import ALPHA
 from .plots import plot_accuracy, plot_heatmap, plot_losses
 from .samples import SampleScores
 
@@ -170,9 +172,11 @@ def report_sweep(sweep_dir: Path, plan: list[PlannedRunRecord] | None = None) ->
         plan = sweep_runs(sweep_dir)
     key = _report_inputs(sweep_dir, plan)
     scores, losses, failures = collect(sweep_dir, plan)
+    specs = sweep_task_specs(sweep_dir)
     samples = SampleScores(sweep_dir)
-    scores = with_statistics(scores, samples)
+    scored = with_statistics(scores, samples, {s.label: s.cluster for s in specs if s.cluster})
     samples.save()
+    scores = scored.df
     values: dict[str, set[str]] = {}
     for r in plan:
         for o in r.overrides:
@@ -182,40 +186,40 @@ def report_sweep(sweep_dir: Path, plan: list[PlannedRunRecord] | None = None) ->
     groups = seed_groups(plan)
     seeds = {r.name: o.split("=", 1)[1] for r in plan for o in r.overrides if SEED_KEY.match(o)}
     by_seed = over_seeds(scores, groups, seeds) if not scores.empty else None
-    chosen = picks(scores, validation_of(_specs(sweep_dir))) if not scores.empty else []
+    validation = validation_of(specs)
+    chosen = findings(scored, validation, groups)
     scores.drop(columns=["log", "samples_key", "setting"], errors="ignore").to_csv(layout.summary(sweep_dir, "csv"), index=False)
     if by_seed is not None and not by_seed.empty:
         by_seed.to_csv(layout.summary(sweep_dir, "seeds.csv"), index=False)
     finished = [r.name for r in plan if r.name not in failures]
     notes = {"resumed": _resumed(sweep_dir, [r.name for r in plan]), "unscored": unscored(sweep_dir, finished),
-             "mixed": _mixed(scores)}
-    _write_markdown(sweep_dir, scores, failures, len(plan) or None, by_seed, chosen, notes)
+             "mixed": _mixed(scores), "no_cluster": [(t, scored.clusters[t]) for t in scored.no_cluster]}
+    _write_markdown(sweep_dir, scored, failures, len(plan) or None, by_seed, chosen, notes)
     plots = layout.plots_dir(sweep_dir)
     plots.mkdir(exist_ok=True)
     if not scores.empty:
         plot_accuracy(scores, plots, groups)
-        plot_heatmap(scores, axes, plots)
+        heat_task = sorted(set(scores["task"]) - set(validation.values()) or set(scores["task"]))[0]
+        plot_heatmap(scores, axes, plots, task=heat_task,
+                     selected=selected_checkpoints(scores, validation, heat_task) if validation.get(heat_task) else None)
     if not losses.empty:
         plot_losses(losses, plots)
     layout.report_key(sweep_dir).write_text(key + "\n")
     return scores
 
 
-def _specs(sweep_dir: Path) -> list:
-    plan = SweepPlan.of(sweep_dir)
-    return task_specs((plan.eval if plan else {}).get("tasks"))
-
-
-def _write_markdown(sweep_dir: Path, scores: pd.DataFrame, failures: dict[str, str], planned,
-                    by_seed: "pd.DataFrame | None", chosen: list[Pick], notes: dict | None = None) -> None:
-    """``notes``: ``resumed`` runs, ``unscored`` eval cells (where -> why), ``mixed`` settings per task."""
+def _write_markdown(sweep_dir: Path, scored: Scored, failures: dict[str, str], planned,
+                    by_seed: "pd.DataFrame | None", chosen: list[Finding], notes: dict | None = None) -> None:
+    """``notes``: ``resumed`` runs, ``unscored`` eval cells (where -> why), ``mixed`` settings per
+    task, ``no_cluster`` tasks whose cluster field no sample has."""
     notes = notes or {}
+    scores = scored.df
     resumed, unscored_cells, mixed = notes.get("resumed"), notes.get("unscored"), notes.get("mixed")
     lines = [f"# {sweep_dir.name}", ""]
     runs = sorted(set(scores["run"]) - {"base"}) if not scores.empty else []
     total = planned or len(runs) + len(failures)
     if chosen:
-        lines += ["## Findings", ""] + [f"- {finding(p)}" for p in chosen] + [""]
+        lines += ["## Findings", ""] + [f"- {finding(f)}" for f in chosen] + [""]
     lines.append(f"{total - len(failures)}/{total} runs finished" +
                  (f", {len(failures)} failed" if failures else "") +
                  (f"; {len(unscored_cells)} eval cell{'s' if len(unscored_cells) > 1 else ''} without a score"
@@ -224,6 +228,9 @@ def _write_markdown(sweep_dir: Path, scores: pd.DataFrame, failures: dict[str, s
     if mixed:
         lines += ["**Not comparable across runs:** " + " ".join(mixed) + ". Evaluate them again under one eval "
                   "section: `python -m cruijff eval <sweep dir>`.", ""]
+    for task, key in notes.get("no_cluster") or []:
+        lines += [f"**{task}** names the cluster field `{key}`, which none of its samples' metadata has: its samples "
+                  "are taken as independent.", ""]
     if resumed:
         lines += ["Resumed after an interruption, from their last complete epoch: " + ", ".join(resumed) + ".", ""]
     if not scores.empty:
@@ -231,14 +238,17 @@ def _write_markdown(sweep_dir: Path, scores: pd.DataFrame, failures: dict[str, s
                               gain=[_gain(r) for r in scores.itertuples()])
         table = shown.pivot_table(index=["run", "checkpoint"], columns="task", values="score", sort=False,
                                   aggfunc="first")
-        lines += ["## Scores (run x checkpoint x task), 95% CI", "", markdown_table(table.reset_index()), ""]
-        gains = shown[shown["run"] != "base"][["task", "run", "checkpoint", "gain", "p", "p_holm"]]
+        lines += ["## Scores (run x checkpoint x task), 95% CI", "", markdown_table(table.reset_index()), "",
+                  _sizes(scores), ""]
+        gains = shown[shown["run"] != "base"][["task", "run", "checkpoint", "gain", "test", "p", "p_holm", "role"]]
         gains = gains.assign(p=[p_value(v) for v in gains["p"]], p_holm=[p_value(v) for v in gains["p_holm"]])
         if not gains.empty and (gains["gain"] != "—").any():
             lines += ["## Paired gain over the base model (same samples)", "",
-                      "Gain: mean score difference with a paired bootstrap 95% CI; p: McNemar's exact test on "
-                      "the samples only one of the two got right; p (Holm): adjusted over the task's checkpoints.",
-                      "", markdown_table(gains.rename(columns={"p_holm": "p (Holm)"})), ""]
+                      "Gain: mean score difference (fine-tuned - base) with its 95% CI; test: the paired test that "
+                      "agrees with the CI (README, Statistics). p (Holm): a declared comparison (a Finding) is "
+                      "adjusted across the tasks' declared comparisons; every other checkpoint is exploratory, "
+                      "adjusted over the other checkpoints of its task.", "",
+                      markdown_table(gains.rename(columns={"p_holm": "p (Holm)"})), ""]
     if by_seed is not None and not by_seed.empty:
         seeds = by_seed.assign(mean=[f"{r.mean:.3f} [{r.t_low:.3f}, {r.t_high:.3f}]" for r in by_seed.itertuples()])
         lines += ["## Over seeds (mean, 95% t-interval)", "",
@@ -246,16 +256,34 @@ def _write_markdown(sweep_dir: Path, scores: pd.DataFrame, failures: dict[str, s
     if chosen:
         lines += ["## Selected checkpoint per task", "",
                   markdown_table(_picks_table(chosen)), ""]
-    unpaired = scores.attrs.get("unpaired") if not scores.empty else None
-    if unpaired:
+    if scored.unpaired:
         lines += ["## Not paired", "", "These cells scored other samples (ids or inputs) than their base control, "
-                  "so no gain over it is given:", ""] + [f"- {u}" for u in unpaired] + [""]
+                  "so no gain over it is given:", ""] + [f"- {u}" for u in scored.unpaired] + [""]
     if failures:
         lines += ["## Failed runs", ""] + [f"- `{n}`: {why}" for n, why in failures.items()] + [""]
     if unscored_cells:
         lines += ["## Eval cells without a score", ""] + [f"- `{n}`: {why}" for n, why in unscored_cells.items()] + [""]
     lines += ["Plots: `plots/accuracy_vs_epoch.png`, `plots/loss.png`, `plots/heatmap.png`.", ""]
     layout.summary(sweep_dir).write_text("\n".join(lines))
+
+
+def _sizes(scores: "pd.DataFrame") -> str:
+    """One line: each task's samples per cell (of its dataset's size where eval.limit took a part,
+    in how many clusters where its samples have them)."""
+    parts = []
+    for task, g in scores.groupby("task", sort=True):
+        row = g.iloc[0]
+        parts.append(f"{task} {_n_text(row.n, row.of, row.clusters)}")
+    return "Samples per cell: " + "; ".join(parts) + "."
+
+
+def _n_text(n, of, clusters, key: str | None = None) -> str:
+    if n is None or n != n:
+        return "? samples"
+    text = f"{int(n)}" + (f" of {int(of)}" if of is not None and of == of and int(of) > int(n) else "") + " samples"
+    if clusters is not None and clusters == clusters:
+        text += f" in {int(clusters)} clusters" + (f" ({key})" if key else "")
+    return text
 
 
 def _resumed(sweep_dir: Path, names: list[str]) -> list[str]:
@@ -277,25 +305,60 @@ def _ci(r) -> str:
 def _gain(r) -> str:
     if r.gain is None or r.gain != r.gain:
         return "—"
+    if r.gain_low is None or r.gain_low != r.gain_low:
+        return f"{r.gain:+.3f}"
     return f"{r.gain:+.3f} [{r.gain_low:+.3f}, {r.gain_high:+.3f}]"
 
 
-def finding(p: Pick) -> str:
-    """One sentence of results: the selected checkpoint, its score with CI, its paired gain."""
-    r = p.row
-    how = (f"selected on {p.by} (validation)" if p.on_validation else
+def finding(f: Finding) -> str:
+    """Sentences of results: the declared comparison of a test task — the picked config and
+    checkpoint, its score with CI on how many samples, its paired gain over the base with the test
+    and its adjustment, and the effect size, or what the comparison could have detected."""
+    how = (f"selected on {f.by} (validation)" if f.on_validation else
            "selected on the test scores themselves (no validation task: the pick is optimistic)")
-    text = f"**{p.task}**: `{p.run}` at {p.checkpoint}, {how}, scores {_ci(r)} on {int(r.n) if r.n == r.n and r.n else '?'} samples"
-    if r.gain is not None and r.gain == r.gain:
-        text += (f"; {_gain(r)} over the base model on the same samples (McNemar {p_clause(r.p)}"
-                 + (f", Holm-adjusted {p_clause(r.p_holm)}" if r.p_holm is not None else "") + ")")
-    return text + "."
+    seeds = f" ({len(f.runs)} seeds, mean)" if len(f.runs) > 1 else ""
+    text = (f"**{f.task}**: `{f.config}`{seeds} at {f.checkpoint}, {how}, scores {f.score.text()}"
+            + (f" (two-level bootstrap {f.score_bootstrap.text()})" if f.score_bootstrap else "")
+            + f" on {_n_text(f.n, f.of, f.clusters, f.cluster_key)}")
+    if f.gain is None:
+        return text + "; no gain over the base model (no base control on the same samples)."
+    text += f"; {f.gain.text(sign=True)} over the base model on the same samples"
+    if f.per_seed_gain:
+        text += " (per seed: " + ", ".join(f"{g:+.3f}" for g in f.per_seed_gain) + ")"
+    if f.p is None or f.p != f.p:
+        return text + "; no test (every sample's difference is the same)."
+    adjust = f"Holm over {f.family} tasks {p_clause(f.p_holm)}" if f.family > 1 else None
+    text += f" ({f.test} {p_clause(f.p)}" + (f", {adjust}" if adjust else "") + ")"
+    c = f.comparison
+    if f.significant:
+        if c is not None and c.odds_ratio is not None and c.odds_ratio.value == c.odds_ratio.value:
+            text += (f"; {c.b_only} samples right only after fine-tuning, {c.a_only} only before: discordant "
+                     f"odds ratio {_ratio(c.odds_ratio)}")
+        return text + "."
+    level = f"α = {ALPHA / f.family:.3g}" + (f" ({ALPHA:g} over {f.family} declared comparisons)" if f.family > 1 else "")
+    if f.mde is None:
+        return text + f"; not significant, and no sample scored differently: these {c.n if c else f.n} samples cannot size what a test could detect."
+    if f.mde >= 1.0:  # more than a score in [0, 1] can gain
+        return text + (f"; not significant: with {c.n} samples" + (f" ({c.n_eff:.0f} effective)" if c.clusters else "")
+                       + f", no gain within the score's range would be detected with 80% power at {level}.")
+    return text + (f"; not significant: with {c.n} samples" + (f" ({c.n_eff:.0f} effective)" if c.clusters else "")
+                   + f" and this spread of differences, a gain of {f.mde:.3f} would have been detected with 80% power "
+                   f"at {level}.")
 
 
-def _picks_table(chosen: list[Pick]):
+def _ratio(iv) -> str:
+    def one(v: float) -> str:
+        return "∞" if v == float("inf") else f"{v:.2f}"
+
+    return f"{one(iv.value)} [{one(iv.low)}, {one(iv.high)}]"
+
+
+def _picks_table(chosen: list[Finding]):
     import pandas as pd
 
-    return pd.DataFrame([{"task": p.task, "run": p.run, "checkpoint": p.checkpoint,
-                          "picked on": p.by + ("" if p.on_validation else " (test: no validation task)"),
-                          "score (95% CI)": _ci(p.row), "gain over base": _gain(p.row), "p": p_value(p.row.p)}
-                         for p in chosen])
+    return pd.DataFrame([{"task": f.task, "config": f.config, "seeds": len(f.runs), "checkpoint": f.checkpoint,
+                          "picked on": f.by + ("" if f.on_validation else " (test: no validation task)"),
+                          "score (95% CI)": f.score.text(),
+                          "gain over base": f.gain.text(sign=True) if f.gain else "—",
+                          "p": p_value(f.p), "p (Holm, across tasks)": p_value(f.p_holm)}
+                         for f in chosen])

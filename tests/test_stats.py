@@ -14,20 +14,21 @@ from scipy import stats
 from cruijff.records import CellResults, PlannedRunRecord, RunState, RunStatus, SweepPlan, TaskResult
 
 
-def write_log(path, scores, task="exact_match"):
-    """An inspect log of ``task`` whose sample i (id i + 1) scored ``scores[i]`` (0/1 as C/I)."""
+def write_log(path, scores, task="exact_match", total=None):
+    """An inspect log of ``task`` whose sample i (id i + 1) scored ``scores[i]`` (0/1 as C/I), in
+    passages of 5 samples (metadata ``passage``), of a dataset of ``total`` samples (default: all)."""
     from inspect_ai.log import (EvalConfig, EvalDataset, EvalLog, EvalMetric, EvalResults, EvalSample, EvalScore,
                                 EvalSpec, write_eval_log)
     from inspect_ai.scorer import Score
 
     binary = set(scores) <= {0, 1}
     ids = list(range(1, len(scores) + 1))
-    samples = [EvalSample(id=i, epoch=1, input="q", target="t",
+    samples = [EvalSample(id=i, epoch=1, input="q", target="t", metadata={"passage": f"p{(i - 1) // 5}"},
                           scores={"match": Score(value=("C" if s else "I") if binary else float(s))})
                for i, s in zip(ids, scores)]
     mean = float(np.mean(scores))
     log = EvalLog(eval=EvalSpec(created="2026-12-01T00:00:00+00:00", task=task, model="hf/m", config=EvalConfig(),
-                                dataset=EvalDataset(name="d", samples=len(ids), sample_ids=ids)),
+                                dataset=EvalDataset(name="d", samples=total or len(ids), sample_ids=ids)),
                   status="success", samples=samples,
                   results=EvalResults(total_samples=len(ids), completed_samples=len(ids), scores=[
                       EvalScore(name="match", scorer="match", metrics={"accuracy": EvalMetric(name="accuracy", value=mean)})]))
@@ -36,19 +37,19 @@ def write_log(path, scores, task="exact_match"):
     return str(path)
 
 
-def write_cell(cell_dir, tasks: dict[str, list[float]], base_cell="tiny_llama"):
-    results = {label: TaskResult("success", write_log(cell_dir / f"{label}.eval", s, label), label, "accuracy",
+def write_cell(cell_dir, tasks: dict[str, list[float]], base_cell="tiny_llama", total=None):
+    results = {label: TaskResult("success", write_log(cell_dir / f"{label}.eval", s, label, total), label, "accuracy",
                                  float(np.mean(s)), len(s)) for label, s in tasks.items()}
     CellResults(model="m", tasks=results, metadata={"base_cell": base_cell}).save(cell_dir)
 
 
 def make_sweep(tmp_path, runs: dict[str, dict[int, dict[str, list[float]]]], base: dict[str, list[float]],
-               eval_tasks=None, overrides=None):
+               eval_tasks=None, overrides=None, total=None):
     sweep_dir = tmp_path / "sweep"
-    write_cell(sweep_dir / "base" / "tiny_llama", base)
+    write_cell(sweep_dir / "base" / "tiny_llama", base, total=total)
     for name, epochs in runs.items():
         for epoch, tasks in epochs.items():
-            write_cell(sweep_dir / name / "eval" / f"epoch_{epoch}", tasks)
+            write_cell(sweep_dir / name / "eval" / f"epoch_{epoch}", tasks, total=total)
         RunState(RunStatus.FINISHED, name=name, checkpoints=[f"epoch_{e}" for e in epochs]).save(sweep_dir / name)
     SweepPlan("sweep", runs=[PlannedRunRecord(n, (overrides or {}).get(n, [f"x={n}"])) for n in runs],
               eval={"tasks": eval_tasks or [{"name": "exact_match"}]}).save(sweep_dir)
@@ -245,3 +246,111 @@ def test_a_seed_interval_stays_within_the_scores_range():
 
     ci = seed_interval([1.0, 0.98, 0.7])  # unclipped: [0.44, 1.35]
     assert 0 <= ci.low and ci.high == 1.0
+
+
+def _findings(sweep_dir) -> str:
+    return (sweep_dir / "summary.md").read_text().split("## Findings")[1].split("\n## ")[0]
+
+
+def test_a_task_clustered_by_passage_reports_its_clusters_and_a_wider_interval(tmp_path):
+    """``cluster: passage`` on a task: its 60 samples are 12 passages of 5; the interval and the
+    paired test are computed on what 12 passages can tell, and the Finding says so."""
+    from cruijff.report import report_sweep
+    from cruijff.report.stats import compare, score_interval
+
+    # fine-tuning helps on whole passages: the discordant samples come 5 at a time
+    base = [0] * 60
+    ft = [1] * 15 + [0] * 45
+    clustered = make_sweep(tmp_path / "c", {"a": {0: {"exact_match": ft}}}, {"exact_match": base},
+                           eval_tasks=[{"name": "exact_match", "cluster": "passage"}], total=100)
+    report_sweep(clustered)
+    plain = make_sweep(tmp_path / "p", {"a": {0: {"exact_match": ft}}}, {"exact_match": base})
+    report_sweep(plain)
+    c, p = (pd.read_csv(d / "summary.csv").set_index("checkpoint") for d in (clustered, plain))
+    assert c.loc["epoch_0", "clusters"] == 12 and pd.isna(p.loc["epoch_0", "clusters"])
+    assert c.loc["epoch_0", "ci_high"] - c.loc["epoch_0", "ci_low"] > p.loc["epoch_0", "ci_high"] - p.loc["epoch_0", "ci_low"]
+    assert c.loc["epoch_0", "p"] > p.loc["epoch_0", "p"] and c.loc["epoch_0", "test"] == "clustered McNemar"
+    g = [f"p{i // 5}" for i in range(60)]
+    ref = compare(base, ft, g)
+    assert c.loc["epoch_0", "p"] == pytest.approx(ref.p_value)
+    assert c.loc["epoch_0", "ci_low"] == pytest.approx(score_interval(ft, g).low)
+    finding = _findings(clustered)
+    assert "on 60 of 100 samples in 12 clusters (passage)" in finding, finding
+    assert "on 60 samples;" in _findings(plain) or "on 60 samples" in _findings(plain)
+
+
+def test_a_gain_that_is_not_significant_says_what_could_have_been_detected(tmp_path):
+    from statsmodels.stats.power import TTestPower
+
+    from cruijff.report import report_sweep
+
+    base = [1, 0] * 30
+    ft = [1, 0] * 27 + [0, 1] * 2 + [1, 1]  # 5 samples right only after, 4 only before
+    sweep_dir = make_sweep(tmp_path, {"a": {0: {"exact_match": ft}}}, {"exact_match": base})
+    report_sweep(sweep_dir)
+    d = np.array(ft) - np.array(base)
+    effect = TTestPower().solve_power(effect_size=None, nobs=60, alpha=0.05, power=0.8)
+    mde = effect * np.sqrt(np.mean(d ** 2))
+    finding = _findings(sweep_dir)
+    assert (f"not significant: with 60 samples and this spread of differences, a gain of {mde:.3f} would have been "
+            "detected with 80% power at α = 0.05") in finding, finding
+    assert "odds ratio" not in finding
+
+
+def test_declared_comparisons_are_adjusted_across_tasks_the_rest_are_exploratory(tmp_path):
+    """Two test tasks, each with its validation counterpart, two runs: each task's declared
+    comparison is the run picked on validation, its p adjusted across the two tasks; the other
+    run's comparison is exploratory, adjusted within its task."""
+    from statsmodels.stats.multitest import multipletests
+
+    from cruijff.report import report_sweep
+
+    tasks = [{"name": "exact_match"}, {"name": "exact_match", "label": "val", "args": {"split": "validation"}},
+             {"name": "t.py@other"}, {"name": "t.py@other", "label": "other_val", "args": {"split": "validation"}}]
+    good, fair, poor = [1] * 40 + [0] * 20, [1] * 30 + [0] * 30, [1] * 20 + [0] * 40
+    base = [0] * 10 + [1] * 10 + [0] * 40
+    sweep_dir = make_sweep(tmp_path, {"a": {0: {"exact_match": good, "val": good, "other": fair, "other_val": poor}},
+                                      "b": {0: {"exact_match": fair, "val": poor, "other": good, "other_val": good}}},
+                           {"exact_match": base, "val": base, "other": base, "other_val": base}, eval_tasks=tasks)
+    report_sweep(sweep_dir)
+    df = pd.read_csv(sweep_dir / "summary.csv")
+    declared = df[df["role"] == "declared"].set_index("task")
+    assert set(declared.index) == {"exact_match", "other"}
+    assert declared.loc["exact_match", "run"] == "a" and declared.loc["other", "run"] == "b"
+    ref = multipletests([declared.loc["exact_match", "p"], declared.loc["other", "p"]], method="holm")[1]
+    assert declared.loc["exact_match", "p_holm"] == pytest.approx(ref[0])
+    assert declared.loc["other", "p_holm"] == pytest.approx(ref[1])
+    exploratory = df[(df["role"] == "exploratory") & (df["task"] == "exact_match")]
+    assert list(exploratory["run"]) == ["b"] and exploratory["p_holm"].iloc[0] == pytest.approx(exploratory["p"].iloc[0])
+    assert "Holm over 2 tasks" in _findings(sweep_dir)
+
+
+def test_seeds_are_replicates_of_one_config_picked_by_their_mean(tmp_path):
+    """Config x with three seeds has the best mean on validation, config y the best single seed:
+    the Finding picks x, its score is the mean over its seeds, its gain is per seed, summarised."""
+    from cruijff.report import report_sweep
+
+    r = np.random.default_rng(11)
+    base = (r.random(60) < 0.3).astype(int).tolist()
+
+    def draw(p):
+        return (r.random(60) < p).astype(int).tolist()
+
+    runs, overrides = {}, {}
+    for config, vals in (("x", (0.8, 0.8, 0.8)), ("y", (0.95, 0.4, 0.4))):
+        for seed, v in zip((1, 2, 3), vals):
+            name = f"{config}_seed{seed}"
+            runs[name] = {0: {"exact_match": draw(0.7), "val": [1] * int(60 * v) + [0] * (60 - int(60 * v))}}
+            overrides[name] = [f"opt={config}", f"seed={seed}"]
+    tasks = [{"name": "exact_match"}, {"name": "exact_match", "label": "val", "args": {"split": "validation"}}]
+    sweep_dir = make_sweep(tmp_path, runs, {"exact_match": base, "val": base}, eval_tasks=tasks, overrides=overrides)
+    report_sweep(sweep_dir)
+    df = pd.read_csv(sweep_dir / "summary.csv")
+    declared = df[(df["role"] == "declared")]
+    assert sorted(declared["run"]) == ["x_seed1", "x_seed2", "x_seed3"]
+    finding = _findings(sweep_dir)
+    mine = declared[declared["task"] == "exact_match"]
+    assert "`opt-x` (3 seeds, mean) at epoch_0" in finding, finding
+    assert f"scores {mine['score'].mean():.3f} [" in finding and "two-level bootstrap" in finding
+    per_seed = ", ".join(f"{g:+.3f}" for g in mine["gain"])
+    assert f"(per seed: {per_seed}; two-level bootstrap over seeds and samples p < 0.001)" in finding

@@ -196,7 +196,7 @@ def discordant_odds_ratio(a_only: int, b_only: int) -> Interval:
     low, high = proportion_confint(b_only, m, alpha=ALPHA, method="wilson")
 
     def odds(p: float) -> float:
-        return math.inf if p >= 1 else p / (1 - p)
+        return math.inf if p >= 1 - 1e-9 else p / (1 - p)  # Wilson's upper bound at m/m is 1 up to rounding
 
     return Interval(odds(b_only / m), odds(float(low)), odds(float(high)), "wilson")
 

@@ -27,7 +27,7 @@ from .format import markdown_table, p_clause, p_value
 from .analysis import (SEED_KEY, Finding, Scored, findings, over_seeds, seed_groups, selected_checkpoints,
                        sweep_task_specs, validation_of, with_statistics)
 from .stats import ALPHA
-from .plots import plot_accuracy, plot_heatmap, plot_losses
+from .plots import plot_accuracy, plot_confusion, plot_heatmap, plot_losses
 from .samples import SampleScores
 
 
@@ -194,9 +194,10 @@ def report_sweep(sweep_dir: Path, plan: list[PlannedRunRecord] | None = None) ->
     finished = [r.name for r in plan if r.name not in failures]
     notes = {"resumed": _resumed(sweep_dir, [r.name for r in plan]), "unscored": unscored(sweep_dir, finished),
              "mixed": _mixed(scores), "no_cluster": [(t, scored.clusters[t]) for t in scored.no_cluster]}
-    _write_markdown(sweep_dir, scored, failures, len(plan) or None, by_seed, chosen, notes)
     plots = layout.plots_dir(sweep_dir)
     plots.mkdir(exist_ok=True)
+    notes["details"] = [_details(scored, f, plots) for f in chosen]
+    _write_markdown(sweep_dir, scored, failures, len(plan) or None, by_seed, chosen, notes)
     if not scores.empty:
         plot_accuracy(scores, plots, groups)
         heat_task = sorted(set(scores["task"]) - set(validation.values()) or set(scores["task"]))[0]
@@ -256,6 +257,8 @@ def _write_markdown(sweep_dir: Path, scored: Scored, failures: dict[str, str], p
     if chosen:
         lines += ["## Selected checkpoint per task", "",
                   markdown_table(_picks_table(chosen)), ""]
+    for detail in notes.get("details") or []:
+        lines += detail
     if scored.unpaired:
         lines += ["## Not paired", "", "These cells scored other samples (ids or inputs) than their base control, "
                   "so no gain over it is given:", ""] + [f"- {u}" for u in scored.unpaired] + [""]
@@ -263,8 +266,48 @@ def _write_markdown(sweep_dir: Path, scored: Scored, failures: dict[str, str], p
         lines += ["## Failed runs", ""] + [f"- `{n}`: {why}" for n, why in failures.items()] + [""]
     if unscored_cells:
         lines += ["## Eval cells without a score", ""] + [f"- `{n}`: {why}" for n, why in unscored_cells.items()] + [""]
-    lines += ["Plots: `plots/accuracy_vs_epoch.png`, `plots/loss.png`, `plots/heatmap.png`.", ""]
+    lines += ["Plots: `plots/accuracy_vs_epoch.png`, `plots/loss.png`, `plots/heatmap.png` (each run at its "
+              "selected checkpoint, where the task has a validation counterpart).", ""]
     layout.summary(sweep_dir).write_text("\n".join(lines))
+
+
+def _details(scored: Scored, f: Finding, plots: Path) -> list[str]:
+    """What a reader needs to judge a declared comparison: the exact prompt of one sample, a few
+    answers the fine-tuned checkpoint got right and the base did not (and ones both got wrong), and
+    for a classification task per-class precision, recall and F1 with a confusion matrix."""
+    from .classes import class_report, is_classification, markdown
+    from .examples import example_outputs, markdown_examples, prompt_of
+
+    i = f.rows[0]
+    log = scored.df.at[i, "log"]
+    mine = scored.samples[i]
+    lines = [f"## {f.task}: `{f.runs[0]}` at {f.checkpoint}", ""]
+    prompt = prompt_of(log) if log else None
+    if prompt:
+        lines += ["The prompt of one sample, exactly as the model received it:", "", "```", prompt.strip(), "```", ""]
+    b = scored.base_row(i)
+    if b is not None and f.gain is not None:
+        base = scored.samples[b]
+        common = sorted(set(base.scores) & set(mine.scores), key=lambda k: (str(type(k)), k))
+        right_only = [k for k in common if mine.scores[k] == 1 and base.scores[k] == 0]
+        wrong_both = [k for k in common if mine.scores[k] < 1 and base.scores[k] < 1]
+        rows = example_outputs(scored.df.at[b, "log"], log, right_only, wrong_both)
+        if rows:
+            lines += ["Example answers (base, then fine-tuned):", "", markdown_examples(rows), ""]
+    ids = sorted(mine.targets, key=lambda k: (str(type(k)), k))
+    targets = [mine.targets[k] for k in ids]
+    if is_classification(targets):
+        groups = scored.cluster_ids(i)
+        report = class_report(targets, [mine.answers.get(k) for k in ids],
+                              None if groups is None else [str(groups.get(k, f"\0{k}")) for k in ids])
+        name = f"confusion_{_file_safe(f.task)}.png"
+        plot_confusion(report, f.task, plots / name)
+        lines += ["Per class (selected checkpoint):", "", markdown(report), "", f"Confusion matrix: `plots/{name}`.", ""]
+    return lines
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
 
 def _sizes(scores: "pd.DataFrame") -> str:
@@ -323,12 +366,11 @@ def finding(f: Finding) -> str:
     if f.gain is None:
         return text + "; no gain over the base model (no base control on the same samples)."
     text += f"; {f.gain.text(sign=True)} over the base model on the same samples"
-    if f.per_seed_gain:
-        text += " (per seed: " + ", ".join(f"{g:+.3f}" for g in f.per_seed_gain) + ")"
+    said = ["per seed: " + ", ".join(f"{g:+.3f}" for g in f.per_seed_gain)] if f.per_seed_gain else []
     if f.p is None or f.p != f.p:
-        return text + "; no test (every sample's difference is the same)."
-    adjust = f"Holm over {f.family} tasks {p_clause(f.p_holm)}" if f.family > 1 else None
-    text += f" ({f.test} {p_clause(f.p)}" + (f", {adjust}" if adjust else "") + ")"
+        return text + (f" ({said[0]})" if said else "") + "; no test (every sample's difference is the same)."
+    said.append(f"{f.test} {p_clause(f.p)}" + (f", Holm over {f.family} tasks {p_clause(f.p_holm)}" if f.family > 1 else ""))
+    text += " (" + "; ".join(said) + ")"
     c = f.comparison
     if f.significant:
         if c is not None and c.odds_ratio is not None and c.odds_ratio.value == c.odds_ratio.value:

@@ -354,3 +354,30 @@ def test_seeds_are_replicates_of_one_config_picked_by_their_mean(tmp_path):
     assert f"scores {mine['score'].mean():.3f} [" in finding and "two-level bootstrap" in finding
     per_seed = ", ".join(f"{g:+.3f}" for g in mine["gain"])
     assert f"(per seed: {per_seed}; two-level bootstrap over seeds and samples p < 0.001)" in finding
+
+
+def test_a_classification_task_gets_per_class_metrics_and_a_confusion_matrix(tmp_path):
+    """Targets from a small label set: the report gives the selected checkpoint's per-class
+    precision, recall and F1 (scikit-learn's) and draws its confusion matrix."""
+    from inspect_ai.log import EvalConfig, EvalDataset, EvalLog, EvalSample, EvalSpec, write_eval_log
+    from inspect_ai.scorer import Score
+    from sklearn.metrics import f1_score
+
+    from cruijff.report import report_sweep
+
+    labels = ["positive", "negative", "neutral"] * 20
+    answers = {"base": ["negative"] * 60, "ft": [t if i % 4 else "positive" for i, t in enumerate(labels)]}
+    sweep_dir = make_sweep(tmp_path, {"a": {0: {"sentiment": [0] * 60}}}, {"sentiment": [0] * 60})
+    for who, cell in (("base", sweep_dir / "base" / "tiny_llama"), ("ft", sweep_dir / "a" / "eval" / "epoch_0")):
+        samples = [EvalSample(id=i + 1, epoch=1, input=f"Review {i}", target=t,
+                              scores={"match": Score(value="C" if a == t else "I", answer=a)})
+                   for i, (t, a) in enumerate(zip(labels, answers[who]))]
+        write_eval_log(EvalLog(eval=EvalSpec(created="2026-12-01T00:00:00+00:00", task="sentiment", model="hf/m",
+                                             config=EvalConfig(), dataset=EvalDataset(name="d", samples=60)),
+                               status="success", samples=samples), str(cell / "sentiment.eval"))
+    report_sweep(sweep_dir)
+    md = (sweep_dir / "summary.md").read_text()
+    assert "Per class (selected checkpoint):" in md
+    macro = f1_score(labels, answers["ft"], average="macro")
+    assert f"macro-F1 {macro:.3f} [" in md
+    assert (sweep_dir / "plots" / "confusion_sentiment.png").stat().st_size > 5000

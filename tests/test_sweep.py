@@ -22,9 +22,13 @@ from conftest import LAUNCH, launch
 
 pytestmark = pytest.mark.slow
 
-# a 2 x 2 grid, one epoch each
-GRID = ["-m", "experiment.name=grid", "training.epochs=1", "eval.limit=20", "peft.lora_rank=8,16",
-        "optimizer.lr=1e-3,3e-3"]
+TASKS = Path(__file__).parent / "tasks" / "capitalize.py"
+# a 2 x 2 grid, one epoch each, evaluated on the test split, its validation counterpart (the pick),
+# a task whose samples cluster by their initial letter, and one of 4 samples (too few to show a gain)
+GRID = ["-m", "experiment.name=grid", "training.epochs=1", "eval.limit=20",
+        "eval.tasks=[{name:exact_match},{name:exact_match,label:val,args:{split:validation}},"
+        f"{{name:'{TASKS}@capitalize',label:cap,cluster:initial}},{{name:'{TASKS}@capitalize',label:cap4,args:{{n:4}}}}]",
+        "peft.lora_rank=8,16", "optimizer.lr=1e-3,3e-3"]
 RUNS = ["rank8_lr1e-3_epochs1", "rank8_lr3e-3_epochs1", "rank16_lr1e-3_epochs1", "rank16_lr3e-3_epochs1"]
 BAD = RUNS[3]
 
@@ -57,18 +61,40 @@ def test_report_has_three_runs_and_base_and_plots(sweep):
     df = pd.read_csv(sweep_dir / "summary.csv")
     assert set(df["run"]) == {"base", *RUNS[:3]}
     assert (df[df["run"] == "base"]["score"] == 0).all()
-    assert (df[df["run"] != "base"]["score"] > 0.5).all()
+    assert (df[(df["run"] != "base") & (df["task"] == "exact_match")]["score"] > 0.5).all()
     md = (sweep_dir / "summary.md").read_text()
     assert "3/4 runs finished, 1 failed" in md and BAD in md
-    # it opens with what the scores say: the selected checkpoint, its CI, its paired gain and p
-    assert md.startswith("# grid\n\n## Findings\n\n- **exact_match**: `")
+    # it opens with what the scores say: per test task the checkpoint picked, its CI, its paired gain and p
+    assert md.startswith("# grid\n\n## Findings\n\n- **cap**: `")
     assert "95% CI" in md
-    assert re.search(r"over the base model on the same samples \(McNemar p (= [01]\.\d{3}|< 0\.001)", md), md
-    assert {"ci_low", "ci_high", "gain", "gain_low", "gain_high", "p", "p_holm"} <= set(df.columns)
+    assert re.search(r"\*\*exact_match\*\*: `[^`]+` at epoch_0, selected on val \(validation[^)]*\), scores [^;]+ on 20 of "
+                     r"100 samples; \+[01]\.\d{3} \[[^]]+\] over the base model on the same samples \(McNemar mid-p p "
+                     r"(= [01]\.\d{3}|< 0\.001), Holm over 3 tasks p", md), md
+    assert {"ci_low", "ci_high", "gain", "gain_low", "gain_high", "p", "p_holm", "role", "n", "of", "clusters"} <= set(df.columns)
     for png in ("accuracy_vs_epoch.png", "loss.png"):
         assert (sweep_dir / "plots" / png).stat().st_size > 5000
     log = (sweep_dir / "run-experiment.log").read_text()
     assert "ACTION: Plan sweep" in log and "ACTION: Submit fine-tune" in log and "ACTION: Submit eval" in log and "ACTION: Sweep done" in log
+
+
+def test_findings_declare_one_comparison_per_task_cluster_aware_and_what_a_null_could_detect(sweep):
+    """One Finding per test task (not for the validation counterpart): the clustered task's n counts
+    its clusters, and the 4-sample task's gain, which cannot be significant, says what it could
+    have detected."""
+    _, sweep_dir, _ = sweep
+    md = (sweep_dir / "summary.md").read_text()
+    findings = md.split("## Findings")[1].split("\n## ")[0]
+    lines = [ln for ln in findings.splitlines() if ln.startswith("- **")]
+    assert [ln.split("**")[1] for ln in lines] == ["cap", "cap4", "exact_match"]
+    df = pd.read_csv(sweep_dir / "summary.csv")
+    cap = df[(df["task"] == "cap") & (df["run"] != "base")]
+    clusters = int(cap["clusters"].iloc[0])
+    assert 5 < clusters < 20 and (cap["test"] == "clustered McNemar").all()
+    assert f"on 20 samples in {clusters} clusters (initial)" in lines[0], lines[0]
+    assert re.search(r"not significant: with 4 samples, no gain within the score's range would be detected with 80% "
+                     r"power at α = 0\.0167 \(0\.05 over 3 declared comparisons\)", lines[1]), lines[1]
+    assert (df.groupby("task")["role"].apply(lambda r: (r == "declared").sum()).to_dict()
+            == {"cap": 1, "cap4": 1, "exact_match": 1, "val": 0})
 
 
 def test_rerun_redoes_only_the_failed_run(sweep):

@@ -177,6 +177,7 @@ class Finding:
     family: int = 1               # how many declared comparisons the adjustment is over
     mde: float | None = None      # the gain a test at level ALPHA / family finds with 80% power
     rows: list[int] = field(default_factory=list)   # the picked cells' rows of the test task
+    tied: int = 0                 # other (config, checkpoint)s with the same score where it was picked
 
     @property
     def significant(self) -> bool:
@@ -218,11 +219,14 @@ def findings(scored: Scored, validation: dict[str, str], groups: dict[str, list[
         if pool.empty:
             continue
         means = pool.groupby(["config", "checkpoint"]).agg(score=("score", "mean"), epoch=("epoch", "first"))
-        best = means.reset_index().sort_values(["score", "epoch"], ascending=[False, True]).iloc[0]
+        ranked = means.reset_index().sort_values(["score", "epoch", "config"], ascending=[False, True, True])
+        best = ranked.iloc[0]
         picked = runs[(runs["task"] == task) & (runs["config"] == best["config"]) & (runs["checkpoint"] == best["checkpoint"])]
         if picked.empty:
             continue
-        out.append(_finding(scored, task, best["config"], best["checkpoint"], by, by != task, list(picked.index)))
+        f = _finding(scored, task, best["config"], best["checkpoint"], by, by != task, list(picked.index))
+        f.tied = int((ranked["score"] == best["score"]).sum()) - 1
+        out.append(f)
     adjusted = holm([f.p for f in out])
     family = sum(1 for f in out if f.p is not None and f.p == f.p)
     declared = set()

@@ -284,7 +284,8 @@ def _details(scored: Scored, f: Finding, plots: Path) -> list[str]:
     lines = [f"## {f.task}: `{f.runs[0]}` at {f.checkpoint}", ""]
     prompt = prompt_of(log) if log else None
     if prompt:
-        lines += ["The prompt of one sample, exactly as the model received it:", "", "```", prompt.strip(), "```", ""]
+        lines += ["One sample's messages, as inspect sent them to the model (its chat template lays them out):", "",
+                  "```", prompt.strip(), "```", ""]
     b = scored.base_row(i)
     if b is not None and f.gain is not None:
         base = scored.samples[b]
@@ -357,8 +358,10 @@ def finding(f: Finding) -> str:
     """Sentences of results: the declared comparison of a test task — the picked config and
     checkpoint, its score with CI on how many samples, its paired gain over the base with the test
     and its adjustment, and the effect size, or what the comparison could have detected."""
-    how = (f"selected on {f.by} (validation)" if f.on_validation else
-           "selected on the test scores themselves (no validation task: the pick is optimistic)")
+    tie = (f"; tied with {f.tied} other{'s' if f.tied > 1 else ''}, the earliest epoch, then the first by name, taken"
+           if f.tied else "")
+    how = (f"selected on {f.by} (validation{tie})" if f.on_validation else
+           f"selected on the test scores themselves (no validation task: the pick is optimistic{tie})")
     seeds = f" ({len(f.runs)} seeds, mean)" if len(f.runs) > 1 else ""
     text = (f"**{f.task}**: `{f.config}`{seeds} at {f.checkpoint}, {how}, scores {f.score.text()}"
             + (f" (two-level bootstrap {f.score_bootstrap.text()})" if f.score_bootstrap else "")

@@ -351,7 +351,8 @@ def test_seeds_are_replicates_of_one_config_picked_by_their_mean(tmp_path):
     finding = _findings(sweep_dir)
     mine = declared[declared["task"] == "exact_match"]
     assert "`opt-x` (3 seeds, mean) at epoch_0" in finding, finding
-    assert f"scores {mine['score'].mean():.3f} [" in finding and "two-level bootstrap" in finding
+    assert f"scores {mine['score'].mean():.3f} [" in finding
+    assert "(two-level bootstrap over 3 seeds and the samples; seeds' t-interval" in finding
     per_seed = ", ".join(f"{g:+.3f}" for g in mine["gain"])
     assert f"(per seed: {per_seed}; two-level bootstrap over seeds and samples p < 0.001)" in finding
 
@@ -381,3 +382,19 @@ def test_a_classification_task_gets_per_class_metrics_and_a_confusion_matrix(tmp
     macro = f1_score(labels, answers["ft"], average="macro")
     assert f"macro-F1 {macro:.3f} [" in md
     assert (sweep_dir / "plots" / "confusion_sentiment.png").stat().st_size > 5000
+
+
+def test_identical_seeds_do_not_make_a_zero_width_interval(tmp_path):
+    """Two seeds that answer alike: the seeds' t-interval is a point, but the samples still bound
+    the score; the Finding gives that interval."""
+    from cruijff.report import report_sweep
+    from cruijff.report.stats import score_interval
+
+    same = [1] * 18 + [0] * 2
+    runs = {f"s{k}": {0: {"exact_match": same}} for k in (1, 2)}
+    sweep_dir = make_sweep(tmp_path, runs, {"exact_match": [0] * 20},
+                           overrides={f"s{k}": ["x=1", f"seed={k}"] for k in (1, 2)})
+    report_sweep(sweep_dir)
+    ci = score_interval(same)
+    finding = _findings(sweep_dir)
+    assert f"scores {ci.text()} (over samples of the mean of 2 seeds) on 20 samples" in finding, finding

@@ -162,8 +162,9 @@ class Finding:
     checkpoint: str
     by: str                       # the task the pick was made on: its validation counterpart, or itself
     on_validation: bool
-    score: Interval               # the cell's interval, or the mean over seeds with its t-interval
-    score_bootstrap: Interval | None = None   # two-level bootstrap (>= 3 seeds)
+    score: Interval               # the cell's interval, or the mean over seeds with its interval
+    score_method: str | None = None           # how a seed group's interval was made (see _finding)
+    seeds: Interval | None = None             # a seed group's t-interval over its seeds' scores
     n: int | None = None
     of: int | None = None         # the task's dataset size, where eval.limit took a part
     clusters: int | None = None
@@ -264,9 +265,12 @@ def _finding(scored: Scored, task: str, config: str, checkpoint: str, by: str, o
             f.comparison = compare(*paired(base_scores, scored.samples[rows[0]].scores, groups))
             f.gain, f.p, f.test = f.comparison.diff, f.comparison.p_value, f.comparison.test
         return f
-    # a config of several seeds: its score is their mean; its gain over the base, each seed's gain
-    # (on the samples every seed and the base answered) summarised
-    f.score = seed_interval([float(df.at[i, "score"]) for i in rows])
+    # a config of several seeds: its score is their mean, with an interval that holds the seeds'
+    # spread and the samples' (a two-level bootstrap from 3 seeds; with 2, or where the bootstrap
+    # has no spread to resample, the interval over samples of the seed-averaged scores); its gain
+    # over the base, each seed's gain (on the samples every seed and the base answered) summarised
+    f.seeds = seed_interval([float(df.at[i, "score"]) for i in rows])
+    f.score = f.seeds
     per_seed = [scored.samples[i].scores for i in rows]
     common = set.intersection(*(set(s) for s in per_seed))
     if base_scores:
@@ -276,18 +280,21 @@ def _finding(scored: Scored, task: str, config: str, checkpoint: str, by: str, o
         return f
     matrix = np.array([[s[k] for k in ids] for s in per_seed], dtype=float)
     g = None if groups is None else [str(groups.get(k, f"\0{k}")) for k in ids]
+    f.score, f.score_method = score_interval(matrix.mean(axis=0), g), f"over samples of the mean of {len(rows)} seeds"
     if len(rows) >= 3:
-        f.score_bootstrap, _ = two_level_bootstrap(matrix, None, g)
+        boot, _ = two_level_bootstrap(matrix, None, g)
+        if boot.high > boot.low:
+            f.score, f.score_method = boot, f"two-level bootstrap over {len(rows)} seeds and the samples"
     if not base_scores:
         return f
     base_arr = np.array([base_scores[k] for k in ids], dtype=float)
     f.per_seed_gain = [float(v) for v in (matrix - base_arr).mean(axis=1)]
     f.comparison = compare(base_arr, matrix.mean(axis=0), g)
+    f.gain, f.p, f.test = f.comparison.diff, f.comparison.p_value, f.comparison.test + " on the mean over seeds"
     if len(rows) >= 3:
-        f.gain, f.p = two_level_bootstrap(matrix, base_arr, g)
-        f.test = "two-level bootstrap over seeds and samples"
-    else:
-        f.gain, f.p, f.test = f.comparison.diff, f.comparison.p_value, f.comparison.test + " on the mean over seeds"
+        boot, p = two_level_bootstrap(matrix, base_arr, g)
+        if boot.high > boot.low:
+            f.gain, f.p, f.test = boot, p, "two-level bootstrap over seeds and samples"
     return f
 
 

@@ -363,8 +363,11 @@ def finding(f: Finding) -> str:
     how = (f"selected on {f.by} (validation{tie})" if f.on_validation else
            f"selected on the test scores themselves (no validation task: the pick is optimistic{tie})")
     seeds = f" ({len(f.runs)} seeds, mean)" if len(f.runs) > 1 else ""
+    method = [f.score_method] if f.score_method else []
+    if f.seeds is not None and f.seeds.high > f.seeds.low:
+        method.append(f"seeds' t-interval {f.seeds.text()}")
     text = (f"**{f.task}**: `{f.config}`{seeds} at {f.checkpoint}, {how}, scores {f.score.text()}"
-            + (f" (two-level bootstrap {f.score_bootstrap.text()})" if f.score_bootstrap else "")
+            + (" (" + "; ".join(method) + ")" if method else "")
             + f" on {_n_text(f.n, f.of, f.clusters, f.cluster_key)}")
     if f.gain is None:
         return text + "; no gain over the base model (no base control on the same samples)."

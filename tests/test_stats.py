@@ -279,22 +279,58 @@ def test_a_task_clustered_by_passage_reports_its_clusters_and_a_wider_interval(t
     assert "on 60 samples;" in _findings(plain) or "on 60 samples" in _findings(plain)
 
 
+def _mcnemar_power_by_enumeration(n, rate, gain, alpha=0.05):
+    """The mid-p McNemar test's power on n pairs (right only before: ``rate``, only after:
+    ``rate + gain``), over every (before-only, after-only) count pair of the trinomial."""
+    from scipy.special import gammaln
+
+    p_a, p_b = rate, rate + gain
+    total = 0.0
+    for a in range(n + 1):
+        for b in range(n + 1 - a):
+            m = a + b
+            if m == 0:
+                continue
+            k = min(a, b)
+            mid = 2 * stats.binom.cdf(k, m, 0.5) - stats.binom.pmf(k, m, 0.5)
+            if mid < alpha:
+                logp = (gammaln(n + 1) - gammaln(a + 1) - gammaln(b + 1) - gammaln(n - m + 1)
+                        + a * np.log(p_a) + b * np.log(p_b) + (n - m) * np.log1p(-p_a - p_b))
+                total += np.exp(logp)
+    return total
+
+
 def test_a_gain_that_is_not_significant_says_what_could_have_been_detected(tmp_path):
+    """The minimum detectable gain of a 0/1 comparison is the gain at which McNemar's mid-p test
+    itself has 80% power (checked here by enumerating every outcome); of other scores, a paired
+    t-test's (statsmodels' TTestPower)."""
+    import re
+
+    from scipy import optimize
     from statsmodels.stats.power import TTestPower
 
     from cruijff.report import report_sweep
 
     base = [1, 0] * 30
-    ft = [1, 0] * 27 + [0, 1] * 2 + [1, 1]  # 5 samples right only after, 4 only before
-    sweep_dir = make_sweep(tmp_path, {"a": {0: {"exact_match": ft}}}, {"exact_match": base})
+    ft = [1, 0] * 27 + [0, 1] * 2 + [1, 1]  # 3 samples right only after, 2 only before
+    sweep_dir = make_sweep(tmp_path / "binary", {"a": {0: {"exact_match": ft}}}, {"exact_match": base})
     report_sweep(sweep_dir)
-    d = np.array(ft) - np.array(base)
-    effect = TTestPower().solve_power(effect_size=None, nobs=60, alpha=0.05, power=0.8)
-    mde = effect * np.sqrt(np.mean(d ** 2))
+    rate = 5 / 60 / 2
+    mde = optimize.brentq(lambda g: _mcnemar_power_by_enumeration(60, rate, g) - 0.8, 0.0, 1 - 2 * rate, xtol=1e-5)
     finding = _findings(sweep_dir)
-    assert (f"not significant: with 60 samples and this spread of differences, a gain of {mde:.3f} would have been "
-            "detected with 80% power at α = 0.05") in finding, finding
+    said = re.search(r"not significant: with 60 samples and this spread of differences, a gain of (0\.\d{3}) would "
+                     r"have been detected with 80% power at α = 0\.05 \(McNemar's mid-p, its exact power\)", finding)
+    assert said and float(said.group(1)) == pytest.approx(mde, abs=2e-3), (finding, mde)
     assert "odds ratio" not in finding
+
+    partial = [0.5, 0.25, 0.75, 0.5] * 15
+    shifted = [0.5, 0.5, 0.5, 0.5] * 15
+    sweep_dir = make_sweep(tmp_path / "partial", {"a": {0: {"exact_match": shifted}}}, {"exact_match": partial})
+    report_sweep(sweep_dir)
+    d = np.array(shifted) - np.array(partial)
+    mde = TTestPower().solve_power(effect_size=None, nobs=60, alpha=0.05, power=0.8) * np.sqrt(np.mean(d ** 2))
+    assert (f"a gain of {mde:.3f} would have been detected with 80% power at α = 0.05 (a paired t-test's power)"
+            in _findings(sweep_dir))
 
 
 def test_declared_comparisons_are_adjusted_across_tasks_the_rest_are_exploratory(tmp_path):
@@ -368,7 +404,8 @@ def test_a_classification_task_gets_per_class_metrics_and_a_confusion_matrix(tmp
 
     labels = ["positive", "negative", "neutral"] * 20
     answers = {"base": ["negative"] * 60, "ft": [t if i % 4 else "positive" for i, t in enumerate(labels)]}
-    sweep_dir = make_sweep(tmp_path, {"a": {0: {"sentiment": [0] * 60}}}, {"sentiment": [0] * 60})
+    right = {who: [int(a == t) for a, t in zip(answers[who], labels)] for who in answers}
+    sweep_dir = make_sweep(tmp_path, {"a": {0: {"sentiment": right["ft"]}}}, {"sentiment": right["base"]})
     for who, cell in (("base", sweep_dir / "base" / "tiny_llama"), ("ft", sweep_dir / "a" / "eval" / "epoch_0")):
         samples = [EvalSample(id=i + 1, epoch=1, input=f"Review {i}", target=t,
                               scores={"match": Score(value="C" if a == t else "I", answer=a)})
@@ -397,4 +434,73 @@ def test_identical_seeds_do_not_make_a_zero_width_interval(tmp_path):
     report_sweep(sweep_dir)
     ci = score_interval(same)
     finding = _findings(sweep_dir)
-    assert f"scores {ci.text()} (over samples of the mean of 2 seeds) on 20 samples" in finding, finding
+    assert f"scores {ci.text()} (over samples of the mean of 2 seeds, given these seeds) on 20 samples" in finding, finding
+
+
+def test_what_cannot_carry_statistics_gets_none_and_says_why(tmp_path):
+    """A score that is not the mean of its samples' scores (another metric or epoch reducer) gets
+    no interval beside it; one cluster gets no test; a pick without a test cell keeps its Finding."""
+    import json
+
+    from cruijff.report import report_sweep
+
+    sweep_dir = make_sweep(tmp_path / "metric", {"a": {0: {"exact_match": A1}}}, {"exact_match": BASE})
+    results = sweep_dir / "a" / "eval" / "epoch_0" / "results.json"
+    cell = json.loads(results.read_text())
+    cell["tasks"]["exact_match"]["value"] = 0.95  # as a max reducer over epochs, or an F1 metric, would give
+    results.write_text(json.dumps(cell))
+    report_sweep(sweep_dir)
+    row = pd.read_csv(sweep_dir / "summary.csv").set_index("checkpoint").loc["epoch_0"]
+    assert pd.isna(row["ci_low"]) and pd.isna(row["p"])
+    assert "scores 0.950; no interval or test: its score 0.950 is not the mean of its samples' scores" in _findings(sweep_dir)
+
+    one = make_sweep(tmp_path / "one", {"a": {0: {"exact_match": [1] * 5}}}, {"exact_match": [0] * 5},
+                     eval_tasks=[{"name": "exact_match", "cluster": "passage"}])
+    report_sweep(one)
+    assert "in 1 cluster (passage); +1.000 over the base model on the same samples; no test (one cluster" in _findings(one)
+
+    tasks = [{"name": "exact_match"}, {"name": "exact_match", "label": "val", "args": {"split": "validation"}},
+             {"name": "t.py@only_val", "args": {"split": "validation"}}]
+    gone = make_sweep(tmp_path / "gone", {"a": {0: {"val": A1, "exact_match": A0, "only_val": A0}},
+                                          "b": {0: {"val": A0, "exact_match": A1}}},
+                      {"exact_match": BASE, "val": BASE, "only_val": BASE}, eval_tasks=tasks)
+    (gone / "a" / "eval" / "epoch_0" / "exact_match.eval").unlink()
+    cell = json.loads((gone / "a" / "eval" / "epoch_0" / "results.json").read_text())
+    del cell["tasks"]["exact_match"]
+    (gone / "a" / "eval" / "epoch_0" / "results.json").write_text(json.dumps(cell))
+    report_sweep(gone)
+    finding = _findings(gone)
+    assert "`a` at epoch_0 was selected on val (validation), but it has no score on exact_match" in finding
+    assert "only_val" not in finding  # a validation split without a test task is no finding
+
+
+def test_a_seed_that_did_not_reach_a_checkpoint_cannot_win_the_pick_alone(tmp_path):
+    """Config x's epoch_1 was reached by one of its three seeds, with a lucky validation score: the
+    pick ranks only checkpoints all of a config's seeds reached."""
+    from cruijff.report import report_sweep
+
+    good, lucky, fair = [1] * 45 + [0] * 15, [1] * 60, [1] * 40 + [0] * 20
+    runs = {f"x_seed{k}": {0: {"exact_match": fair, "val": good}} for k in (1, 2, 3)}
+    runs["x_seed1"][1] = {"exact_match": fair, "val": lucky}
+    overrides = {f"x_seed{k}": ["opt=x", f"seed={k}"] for k in (1, 2, 3)}
+    sweep_dir = make_sweep(tmp_path, runs, {"exact_match": BASE, "val": BASE},
+                           eval_tasks=[{"name": "exact_match"},
+                                       {"name": "exact_match", "label": "val", "args": {"split": "validation"}}],
+                           overrides=overrides)
+    report_sweep(sweep_dir)
+    assert "`opt-x` (3 seeds, mean) at epoch_0, selected on val" in _findings(sweep_dir)
+
+
+def test_unequal_clusters_are_not_capped_at_n_over_g():
+    """One passage of 50 samples and ten of one: the design effect is what the cluster-robust
+    variance says (statsmodels), not capped at n / G."""
+    import statsmodels.api as sm
+
+    from cruijff.report.stats import design_effect
+
+    g = np.array([0] * 50 + list(range(1, 11)))
+    x = np.array([1.0] * 50 + [0.0] * 8 + [1.0] * 2)  # the big passage all right, most single ones wrong
+    fit = sm.OLS(x, np.ones(len(x))).fit(cov_type="cluster", cov_kwds={"groups": g}, use_t=True)
+    ratio = fit.bse[0] ** 2 / (np.mean((x - x.mean()) ** 2) / len(x))
+    assert ratio > len(x) / 11  # above the equal-size cap
+    assert design_effect(x, g) == pytest.approx(ratio)

@@ -39,6 +39,7 @@ class Scored:
     samples: list[LogSamples]               # per row: its log's samples
     clusters: dict[str, str]                 # task label -> the metadata field its samples cluster by
     unpaired: list[str] = field(default_factory=list)
+    without: dict[str, str] = field(default_factory=dict)  # cell and task -> why it has no statistics
     no_cluster: list[str] = field(default_factory=list)  # tasks whose cluster field no sample has
 
     def base_row(self, i: int) -> int | None:
@@ -66,6 +67,14 @@ def with_statistics(scores: "pd.DataFrame", samples: SampleScores, clusters: dic
     missing_field = set()
     for i, r in enumerate(df.itertuples()):
         x = per_row[i].scores
+        why = _no_statistics(r.score, per_row[i])
+        if why:
+            out.without[f"{r.run}/{r.checkpoint} on {r.task}"] = why
+            per_row[i], x = LogSamples(), {}
+        elif per_row[i].unscored:
+            out.without[f"{r.run}/{r.checkpoint} on {r.task}"] = (
+                f"{per_row[i].unscored} answer{'s' if per_row[i].unscored > 1 else ''} without a score (none, or "
+                "NaN) left out of its n, interval and tests")
         groups = out.cluster_ids(i)
         if clusters.get(r.task) and x and groups is None:
             missing_field.add(r.task)
@@ -101,6 +110,22 @@ def sweep_task_specs(sweep_dir) -> list:
     """The eval tasks of a sweep's plan (none for a dir without one)."""
     plan = SweepPlan.of(sweep_dir)
     return task_specs((plan.eval if plan else {}).get("tasks"))
+
+
+def _no_statistics(score: Any, samples: LogSamples) -> str | None:
+    """Why a cell's per-sample scores cannot carry its score's interval and tests, if they cannot:
+    its scorer gives several values per sample, or its score is not their mean (another metric
+    or epoch reducer) — an interval of the mean would not hold the score it is printed beside."""
+    if samples.problem:
+        return samples.problem
+    x = samples.scores
+    if not x or score is None or score != score:
+        return None
+    mean = sum(x.values()) / len(x)
+    if abs(float(score) - mean) > 1e-6:
+        return (f"its score {float(score):.3f} is not the mean of its samples' scores ({mean:.3f}): its metric or "
+                "epoch reducer is another")
+    return None
 
 
 def same_samples(a: Any, b: Any) -> bool:
@@ -179,6 +204,8 @@ class Finding:
     mde: float | None = None      # the gain a test at level ALPHA / family finds with 80% power
     rows: list[int] = field(default_factory=list)   # the picked cells' rows of the test task
     tied: int = 0                 # other (config, checkpoint)s with the same score where it was picked
+    seeds_planned: int = 1        # the config's runs in the plan (its seeds)
+    why: str | None = None        # why the picked cell has no statistics
 
     @property
     def significant(self) -> bool:
@@ -204,28 +231,38 @@ def selected_checkpoints(df: "pd.DataFrame", validation: dict[str, str], task: s
     return out
 
 
-def findings(scored: Scored, validation: dict[str, str], groups: dict[str, list[str]]) -> list[Finding]:
+def findings(scored: Scored, validation: dict[str, str], groups: dict[str, list[str]],
+             skip: set[str] | frozenset = frozenset()) -> list[Finding]:
     """Per test task, the declared comparison (see the module's docstring), Holm-adjusted across
     tasks; the scores table's ``role`` and ``p_holm`` then say which rows are declared and adjust
-    every other checkpoint's p within its task (exploratory)."""
+    every other checkpoint's p within its task (exploratory). ``skip``: tasks that are no test task
+    (a validation split without a test counterpart). A config is ranked at a checkpoint only where
+    all of its seeds that were evaluated on the validation task reached it."""
     df = scored.df
     if df.empty:
         return []
     config_of = configs(df, groups)
     runs = df[df["run"] != "base"].assign(config=lambda d: d["run"].map(config_of))
     out: list[Finding] = []
-    for task in sorted(set(runs["task"]) - set(validation.values())):
+    for task in sorted(set(runs["task"]) - set(validation.values()) - set(skip)):
         by = validation.get(task, task)
         pool = runs[runs["task"] == by]
         if pool.empty:
             continue
-        means = pool.groupby(["config", "checkpoint"]).agg(score=("score", "mean"), epoch=("epoch", "first"))
-        ranked = means.reset_index().sort_values(["score", "epoch", "config"], ascending=[False, True, True])
+        seeds = pool.groupby("config")["run"].nunique()
+        means = pool.groupby(["config", "checkpoint"]).agg(score=("score", "mean"), epoch=("epoch", "first"),
+                                                           runs=("run", "nunique")).reset_index()
+        means = means[means["runs"] == means["config"].map(seeds)]  # no mean of fewer seeds beats one of all
+        ranked = means.sort_values(["score", "epoch", "config"], ascending=[False, True, True])
         best = ranked.iloc[0]
         picked = runs[(runs["task"] == task) & (runs["config"] == best["config"]) & (runs["checkpoint"] == best["checkpoint"])]
+        planned = len(groups.get(best["config"], [best["config"]]))
         if picked.empty:
-            continue
-        f = _finding(scored, task, best["config"], best["checkpoint"], by, by != task, list(picked.index))
+            f = Finding(task, best["config"], [], best["checkpoint"], by, by != task,
+                        Interval(float("nan"), float("nan"), float("nan"), "none"), seeds_planned=planned)
+        else:
+            f = _finding(scored, task, best["config"], best["checkpoint"], by, by != task, list(picked.index))
+            f.seeds_planned = planned
         f.tied = int((ranked["score"] == best["score"]).sum()) - 1
         out.append(f)
     adjusted = holm([f.p for f in out])
@@ -256,6 +293,8 @@ def _finding(scored: Scored, task: str, config: str, checkpoint: str, by: str, o
                 n=_int(first["n"]), of=_int(first["of"]), clusters=_int(first["clusters"]),
                 cluster_key=scored.clusters.get(task) if first["clusters"] is not None and first["clusters"] == first["clusters"] else None,
                 rows=rows)
+    f.why = scored.without.get(f"{first['run']}/{checkpoint} on {task}") if first["n"] is None or \
+        first["n"] != first["n"] else None
     base = scored.base_row(rows[0])
     base_scores = scored.samples[base].scores if base is not None and first["gain"] is not None \
         and first["gain"] == first["gain"] else None
@@ -280,7 +319,8 @@ def _finding(scored: Scored, task: str, config: str, checkpoint: str, by: str, o
         return f
     matrix = np.array([[s[k] for k in ids] for s in per_seed], dtype=float)
     g = None if groups is None else [str(groups.get(k, f"\0{k}")) for k in ids]
-    f.score, f.score_method = score_interval(matrix.mean(axis=0), g), f"over samples of the mean of {len(rows)} seeds"
+    f.score = score_interval(matrix.mean(axis=0), g)
+    f.score_method = f"over samples of the mean of {len(rows)} seeds, given these seeds"
     if len(rows) >= 3:
         boot, _ = two_level_bootstrap(matrix, None, g)
         if boot.high > boot.low:
@@ -290,7 +330,8 @@ def _finding(scored: Scored, task: str, config: str, checkpoint: str, by: str, o
     base_arr = np.array([base_scores[k] for k in ids], dtype=float)
     f.per_seed_gain = [float(v) for v in (matrix - base_arr).mean(axis=1)]
     f.comparison = compare(base_arr, matrix.mean(axis=0), g)
-    f.gain, f.p, f.test = f.comparison.diff, f.comparison.p_value, f.comparison.test + " on the mean over seeds"
+    f.gain, f.p, f.test = (f.comparison.diff, f.comparison.p_value,
+                           f.comparison.test + " on the mean over seeds, given these seeds")
     if len(rows) >= 3:
         boot, p = two_level_bootstrap(matrix, base_arr, g)
         if boot.high > boot.low:

@@ -2,19 +2,20 @@
 
 A sweep's report needs every sample's score of every cell (for intervals and paired tests);
 reading 600 logs of 1000 samples each is the report's main cost, so what was read is kept in
-``<sweep dir>/.sample-scores-v3.pkl`` by log path, size and mtime: a report on unchanged logs reads
+``<sweep dir>/.sample-scores-v4.pkl`` by log path, size and mtime: a report on unchanged logs reads
 no log again.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
-CACHE = ".sample-scores-v3.pkl"  # v3: targets, answers, scalar metadata and the dataset's size
+CACHE = ".sample-scores-v4.pkl"  # v3: targets, answers, scalar metadata and the dataset's size
 
 
 @dataclass
@@ -28,6 +29,8 @@ class LogSamples:
     answers: dict[Any, str | None] = field(default_factory=dict)
     metadata: dict[Any, dict] = field(default_factory=dict)
     total: int | None = None
+    unscored: int = 0            # samples without a score one can take a mean of (NaN, or none)
+    problem: str | None = None   # why the log's per-sample scores cannot give statistics
 
     def clusters(self, key: str | None) -> dict[Any, Any] | None:
         """Sample id -> its value of the metadata field ``key`` (samples without one are their own
@@ -63,9 +66,17 @@ def read_sample_scores(log: str | Path) -> LogSamples:
     out = LogSamples()
     for sample in read_eval_log_sample_summaries(str(log)):
         if not sample.scores:
+            out.unscored += 1
             continue
         score = next(iter(sample.scores.values()))
-        per_epoch.setdefault(sample.id, []).append(to_float(score.value))
+        if isinstance(score.value, (dict, list)):
+            # several values per sample (a dict of metrics): no one score to take intervals of
+            return LogSamples(problem=f"its scorer gives several values per sample ({type(score.value).__name__})")
+        value = to_float(score.value)
+        if not math.isfinite(value):
+            out.unscored += 1
+            continue
+        per_epoch.setdefault(sample.id, []).append(value)
         if sample.id not in out.targets:
             out.targets[sample.id] = _text(sample.target) or ""
             out.answers[sample.id] = _text(score.answer)

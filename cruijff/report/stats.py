@@ -7,20 +7,22 @@ adjustment and power from statsmodels, t and binomial distributions and root fin
 cluster-robust variances from statsmodels' OLS. The methods:
 
 - one cell, 0/1 scores: Wilson's score interval (Wilson 1927); with clusters, on the effective
-  sample size n / deff, deff the cluster-robust over the binomial variance (Kish's design effect);
+  sample size n / deff, deff the cluster-robust over the binomial variance (Kish's design effect),
+  at the level whose normal quantile is t's with G - 1 degrees of freedom (few clusters: wider);
 - one cell, other scores (partial credit, the mean over inspect epochs): a t-interval, cluster-
   robust (CR1, G - 1 degrees of freedom) with clusters; clipped to the score's range [0, 1];
 - paired gain, 0/1 scores: Tango's score interval for the difference of paired proportions
   (Tango 1998), which never collapses to a point where the data allow a width (0/20 -> 20/20:
-  [0.77, 1]), and McNemar's mid-p test (Fagerland, Lydersen & Laake 2013); with clusters both come
+  [0.68, 1]), and McNemar's mid-p test (Fagerland, Lydersen & Laake 2013); with clusters both come
   from the same score statistic divided by the design effect (Obuchowski 1998; Durkalski et al.
   2003), so the test rejects exactly when the interval excludes 0;
 - paired gain, other scores: the paired t-interval and t-test (cluster-robust with clusters);
 - effect size of a 0/1 gain: the discordant-pairs odds ratio with its transformed Wilson interval
   (Fagerland, Lydersen & Laake 2014);
-- minimum detectable gain: the gain a two-sided test at the family's level finds with 80% power
-  for this n (effective n with clusters) and this spread of per-sample differences (statsmodels'
-  ``TTestPower``);
+- minimum detectable gain: the gain a two-sided test at the family's level finds with 80% power:
+  for 0/1 scores on independent samples the exact power of McNemar's mid-p test at the observed
+  discordance; otherwise a paired t-test's for the effective n and the spread of the per-sample
+  differences (statsmodels' ``TTestPower``);
 - seeds: the mean over seeds with a t-interval; with >= 3 seeds also a two-level bootstrap that
   resamples seeds and, within them, samples (or clusters) (Davison & Hinkley 1997, ch. 3.8).
 
@@ -73,6 +75,7 @@ class Comparison:
     clusters: int | None = None     # distinct clusters, where the samples have them
     n_eff: float = 0.0              # the samples' worth of independent evidence (n / design effect)
     sd: float = 0.0                 # root mean square of the per-sample differences (for power)
+    unit: bool = True               # both score arrays within [0, 1]
 
 
 def is_binary(x: np.ndarray) -> bool:
@@ -104,16 +107,19 @@ def _n_clusters(clusters: np.ndarray | None) -> int | None:
 
 def design_effect(x: np.ndarray, clusters: np.ndarray | None) -> float:
     """Kish's design effect of the mean of ``x``: its cluster-robust variance over the variance it
-    would have on independent samples; at least 1. Where the samples show no variation the
-    evidence is one per cluster (n / G)."""
+    would have on independent samples; at least 1. Where the samples show no variation there is
+    nothing to estimate it from: the largest it can be (sum of squared cluster sizes / n, which is
+    n / G for clusters of one size) is taken."""
     n, g = len(x), _n_clusters(clusters)
     if clusters is None or g is None or g >= n:
         return 1.0
+    sizes = np.unique(_codes(clusters), return_counts=True)[1].astype(float)
+    worst = float((sizes ** 2).sum() / n)
     iid = float(np.mean((x - x.mean()) ** 2)) / n
     if iid == 0 or g < 2:
-        return n / max(g or 1, 1)
+        return worst
     robust = float(_robust(x, clusters).bse[0]) ** 2
-    return min(max(robust / iid, 1.0), n / g)
+    return max(robust / iid, 1.0)
 
 
 def score_interval(scores: Sequence[float], clusters: Sequence[Any] | None = None) -> Interval:
@@ -123,14 +129,20 @@ def score_interval(scores: Sequence[float], clusters: Sequence[Any] | None = Non
     if len(x) == 0:
         return Interval(float("nan"), float("nan"), float("nan"), "none")
     mean = float(x.mean())
+    n_clusters = _n_clusters(g)
+    if g is not None and n_clusters is not None and n_clusters < 2:
+        return Interval(mean, float("nan"), float("nan"), "none")  # one cluster: nothing to tell its spread by
     if is_binary(x):
+        from scipy import stats
         from statsmodels.stats.proportion import proportion_confint
 
         n_eff = len(x) / design_effect(x, g)
-        low, high = proportion_confint(mean * n_eff, n_eff, alpha=ALPHA, method="wilson")
+        # with clusters, the level whose normal quantile is t's with G - 1 df (few clusters: wider)
+        alpha = ALPHA if g is None else float(2 * stats.norm.sf(stats.t.ppf(1 - ALPHA / 2, n_clusters - 1)))
+        low, high = proportion_confint(mean * n_eff, n_eff, alpha=alpha, method="wilson")
         # statsmodels' bounds at 0/n and n/n land a rounding error inside the point: they hold it
         return Interval(mean, float(min(low, mean)), float(max(high, mean)), "wilson")
-    if len(x) < 2 or (g is not None and _n_clusters(g) < 2):
+    if len(x) < 2 or float(np.ptp(x)) == 0:  # no spread to estimate from: the point, no interval
         return Interval(mean, float("nan"), float("nan"), "none")
     low, high = _robust(x, g).conf_int(ALPHA)[0]
     if _in_unit(x):
@@ -185,15 +197,16 @@ def mcnemar_p(a_only: int, b_only: int) -> tuple[float, float]:
     return exact, float(min(max(mid, 0.0), 1.0))
 
 
-def discordant_odds_ratio(a_only: int, b_only: int) -> Interval:
+def discordant_odds_ratio(a_only: int, b_only: int, deff: float = 1.0) -> Interval:
     """b_only / a_only with the transformed Wilson interval: Wilson's interval of the share of
-    b_only among the discordant pairs, mapped through p / (1 - p)."""
+    b_only among the discordant pairs (on the effective count m / deff with clusters), mapped
+    through p / (1 - p)."""
     from statsmodels.stats.proportion import proportion_confint
 
     m = a_only + b_only
     if m == 0:
         return Interval(float("nan"), float("nan"), float("nan"), "none")
-    low, high = proportion_confint(b_only, m, alpha=ALPHA, method="wilson")
+    low, high = proportion_confint(b_only / deff, m / deff, alpha=ALPHA, method="wilson")
 
     def odds(p: float) -> float:
         return math.inf if p >= 1 - 1e-9 else p / (1 - p)  # Wilson's upper bound at m/m is 1 up to rounding
@@ -212,6 +225,9 @@ def compare(a: Sequence[float], b: Sequence[float], clusters: Sequence[Any] | No
     if n == 0:
         return Comparison(0, Interval(float("nan"), float("nan"), float("nan"), "none"), None, "none")
     sd = float(np.sqrt(np.mean(d ** 2)))
+    if n_clusters is not None and n_clusters < 2:  # one cluster: no interval, no test
+        return Comparison(n, Interval(float(d.mean()), float("nan"), float("nan"), "none"), None, "none",
+                          clusters=n_clusters, n_eff=1.0, sd=sd)
     if is_binary(x) and is_binary(y):
         from scipy import stats
 
@@ -229,33 +245,78 @@ def compare(a: Sequence[float], b: Sequence[float], clusters: Sequence[Any] | No
             exact, p = mcnemar_p(a_only, b_only)
             test = "McNemar mid-p"
         diff = Interval(float(d.mean()), low, high, "tango")
-        return Comparison(n, diff, p, test, a_only, b_only, exact, discordant_odds_ratio(a_only, b_only),
-                          n_clusters, n / deff, sd)
+        return Comparison(n, diff, p, test, a_only, b_only, exact, discordant_odds_ratio(a_only, b_only, deff),
+                          n_clusters, n / deff, sd, True)
     deff = design_effect(d, g)
     if n < 2 or (n_clusters is not None and n_clusters < 2) or float(np.ptp(d)) == 0:
         # no spread to estimate from: the point, and no test
         v = float(d.mean())
         return Comparison(n, Interval(v, float("nan"), float("nan"), "none"), None, "none",
-                          clusters=n_clusters, n_eff=n / deff, sd=sd)
+                          clusters=n_clusters, n_eff=n / deff, sd=sd, unit=_in_unit(x) and _in_unit(y))
     fit = _robust(d, g)
     low, high = fit.conf_int(ALPHA)[0]
     if _in_unit(x) and _in_unit(y):
         low, high = max(-1.0, low), min(1.0, high)
     return Comparison(n, Interval(float(d.mean()), float(low), float(high), "t"), float(fit.pvalues[0]),
-                      "paired t" if g is None else "cluster-robust t", clusters=n_clusters, n_eff=n / deff, sd=sd)
+                      "paired t" if g is None else "cluster-robust t", clusters=n_clusters, n_eff=n / deff, sd=sd,
+                      unit=_in_unit(x) and _in_unit(y))
 
 
 def minimum_detectable(c: Comparison, alpha: float = ALPHA, power: float = POWER) -> float | None:
-    """The smallest gain a two-sided paired test at level ``alpha`` finds with ``power``, for this
-    comparison's effective n and spread of per-sample differences (statsmodels' TTestPower); None
-    where no sample differed (no spread to size it by)."""
+    """The smallest gain the comparison's test, at level ``alpha``, finds with ``power``.
+
+    0/1 scores on independent samples: the power of McNemar's mid-p test itself, summed exactly over
+    the discordant counts, where what fine-tuning loses stays at half the observed discordance and
+    the gain comes on top (:func:`mcnemar_power`). Otherwise: a two-sided paired t-test's, for the effective n and
+    the spread of the per-sample differences (statsmodels' TTestPower). None where no sample
+    differed (no spread to size it by) or fewer than 2 samples' worth of evidence."""
     from statsmodels.stats.power import TTestPower
 
     if c.sd == 0 or c.n_eff < 2:
         return None
+    if c.test == "McNemar mid-p" and c.a_only is not None:
+        return _mcnemar_mde(c.n, (c.a_only + c.b_only) / c.n, alpha, power)
     effect = TTestPower().solve_power(effect_size=None, nobs=c.n_eff, alpha=alpha, power=power,
                                       alternative="two-sided")
     return float(effect) * c.sd
+
+
+def mcnemar_power(n: int, rate: float, gain: float, alpha: float = ALPHA) -> float:
+    """The power of McNemar's two-sided mid-p test at level ``alpha`` on n pairs, when a pair is
+    right only for a with probability ``rate`` and right only for b with ``rate + gain`` (what
+    fine-tuning loses stays; the gain comes on top). Summed exactly over the two discordant counts."""
+    from scipy import stats
+
+    p_a, p_b = rate, rate + gain
+    if p_a + p_b > 1 or p_b <= 0:
+        return float("nan")
+
+    def span(mean: float, var: float, top: int) -> np.ndarray:
+        sd = math.sqrt(max(var, 0.0))
+        return np.arange(max(0, int(mean - 9 * sd) - 1), min(top, int(mean + 9 * sd) + 2) + 1)
+
+    total = 0.0
+    for a in span(n * p_a, n * p_a * (1 - p_a), n):
+        pa = float(stats.binom.pmf(a, n, p_a))
+        if pa < 1e-12:
+            continue
+        q = p_b / (1 - p_a) if p_a < 1 else 0.0
+        b = span((n - a) * q, (n - a) * q * (1 - q), n - a)
+        m = a + b
+        low = np.minimum(a, b)
+        mid = np.where(m > 0, 2 * stats.binom.cdf(low, m, 0.5) - stats.binom.pmf(low, m, 0.5), 1.0)
+        total += pa * float(stats.binom.pmf(b, n - a, q)[mid < alpha].sum())
+    return total
+
+
+def _mcnemar_mde(n: int, discordance: float, alpha: float, power: float) -> float | None:
+    from scipy import optimize
+
+    rate = discordance / 2  # under no gain, each way half the discordant pairs
+    top = 1 - 2 * rate
+    if top <= 0 or mcnemar_power(n, rate, top, alpha) < power:
+        return float("inf")  # no gain within the score's range would be found
+    return float(optimize.brentq(lambda g: mcnemar_power(n, rate, g, alpha) - power, 0.0, top, xtol=1e-4))
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:

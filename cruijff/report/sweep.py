@@ -187,10 +187,12 @@ def report_sweep(sweep_dir: Path, plan: list[PlannedRunRecord] | None = None) ->
     seeds = {r.name: o.split("=", 1)[1] for r in plan for o in r.overrides if SEED_KEY.match(o)}
     by_seed = over_seeds(scores, groups, seeds) if not scores.empty else None
     validation = validation_of(specs)
-    chosen = findings(scored, validation, groups)
+    chosen = findings(scored, validation, groups, skip={s.label for s in specs if s.args.get("split") == "validation"})
     scores.drop(columns=["log", "samples_key", "setting"], errors="ignore").to_csv(layout.summary(sweep_dir, "csv"), index=False)
     if by_seed is not None and not by_seed.empty:
         by_seed.to_csv(layout.summary(sweep_dir, "seeds.csv"), index=False)
+    if chosen:
+        _findings_table(chosen).to_csv(layout.summary(sweep_dir, "findings.csv"), index=False)
     finished = [r.name for r in plan if r.name not in failures]
     notes = {"resumed": _resumed(sweep_dir, [r.name for r in plan]), "unscored": unscored(sweep_dir, finished),
              "mixed": _mixed(scores), "no_cluster": [(t, scored.clusters[t]) for t in scored.no_cluster]}
@@ -245,20 +247,25 @@ def _write_markdown(sweep_dir: Path, scored: Scored, failures: dict[str, str], p
         gains = gains.assign(p=[p_value(v) for v in gains["p"]], p_holm=[p_value(v) for v in gains["p_holm"]])
         if not gains.empty and (gains["gain"] != "—").any():
             lines += ["## Paired gain over the base model (same samples)", "",
-                      "Gain: mean score difference (fine-tuned - base) with its 95% CI; test: the paired test that "
-                      "agrees with the CI (README, Statistics). p (Holm): a declared comparison (a Finding) is "
+                      "Gain: mean score difference (fine-tuned - base) with its 95% CI; test: the paired test "
+                      "(README, Statistics). p (Holm): a declared comparison (a Finding) is "
                       "adjusted across the tasks' declared comparisons; every other checkpoint is exploratory, "
                       "adjusted over the other checkpoints of its task.", "",
                       markdown_table(gains.rename(columns={"p_holm": "p (Holm)"})), ""]
     if by_seed is not None and not by_seed.empty:
-        seeds = by_seed.assign(mean=[f"{r.mean:.3f} [{r.t_low:.3f}, {r.t_high:.3f}]" for r in by_seed.itertuples()])
+        seeds = by_seed.assign(mean=[f"{r.mean:.3f} [{r.t_low:.3f}, {r.t_high:.3f}]" if r.t_high > r.t_low
+                                     else f"{r.mean:.3f}" for r in by_seed.itertuples()])
         lines += ["## Over seeds (mean, 95% t-interval)", "",
+                  "The t-interval holds the seeds' spread only: they answered the same test samples. A Finding's "
+                  "interval holds the samples' spread too.", "",
                   markdown_table(seeds[["group", "epoch", "task", "seeds", "mean", "per_seed"]]), ""]
     if chosen:
         lines += ["## Selected checkpoint per task", "",
                   markdown_table(_picks_table(chosen)), ""]
     for detail in notes.get("details") or []:
         lines += detail
+    if scored.without:
+        lines += ["## Scores without statistics, or with answers left out", ""] + [f"- {k}: {why}" for k, why in scored.without.items()] + [""]
     if scored.unpaired:
         lines += ["## Not paired", "", "These cells scored other samples (ids or inputs) than their base control, "
                   "so no gain over it is given:", ""] + [f"- {u}" for u in scored.unpaired] + [""]
@@ -278,6 +285,8 @@ def _details(scored: Scored, f: Finding, plots: Path) -> list[str]:
     from .classes import class_report, is_classification, markdown
     from .examples import example_outputs, markdown_examples, prompt_of
 
+    if not f.rows:
+        return []
     i = f.rows[0]
     log = scored.df.at[i, "log"]
     mine = scored.samples[i]
@@ -326,7 +335,7 @@ def _n_text(n, of, clusters, key: str | None = None) -> str:
         return "? samples"
     text = f"{int(n)}" + (f" of {int(of)}" if of is not None and of == of and int(of) > int(n) else "") + " samples"
     if clusters is not None and clusters == clusters:
-        text += f" in {int(clusters)} clusters" + (f" ({key})" if key else "")
+        text += f" in {int(clusters)} cluster{'s' if int(clusters) != 1 else ''}" + (f" ({key})" if key else "")
     return text
 
 
@@ -362,36 +371,51 @@ def finding(f: Finding) -> str:
            if f.tied else "")
     how = (f"selected on {f.by} (validation{tie})" if f.on_validation else
            f"selected on the test scores themselves (no validation task: the pick is optimistic{tie})")
-    seeds = f" ({len(f.runs)} seeds, mean)" if len(f.runs) > 1 else ""
+    if not f.rows:
+        return (f"**{f.task}**: `{f.config}` at {f.checkpoint} was {how}, but it has no score on {f.task}: no "
+                "declared comparison for this task.")
+    seeds = (f" ({len(f.runs)} of {f.seeds_planned} seeds, mean)" if len(f.runs) < f.seeds_planned else
+             f" ({len(f.runs)} seeds, mean)" if len(f.runs) > 1 else "")
     method = [f.score_method] if f.score_method else []
     if f.seeds is not None and f.seeds.high > f.seeds.low:
         method.append(f"seeds' t-interval {f.seeds.text()}")
     text = (f"**{f.task}**: `{f.config}`{seeds} at {f.checkpoint}, {how}, scores {f.score.text()}"
             + (" (" + "; ".join(method) + ")" if method else "")
             + f" on {_n_text(f.n, f.of, f.clusters, f.cluster_key)}")
+    if f.why:
+        return text.replace(" on ? samples", "") + f"; no interval or test: {f.why}."
     if f.gain is None:
         return text + "; no gain over the base model (no base control on the same samples)."
-    text += f"; {f.gain.text(sign=True)} over the base model on the same samples"
+    c = f.comparison
+    both = "the same samples" if c is None or c.n == f.n else f"the {c.n} samples both answered"
+    text += f"; {f.gain.text(sign=True)} over the base model on {both}"
     said = ["per seed: " + ", ".join(f"{g:+.3f}" for g in f.per_seed_gain)] if f.per_seed_gain else []
     if f.p is None or f.p != f.p:
-        return text + (f" ({said[0]})" if said else "") + "; no test (every sample's difference is the same)."
+        reason = ("one cluster cannot show how scores spread" if f.comparison is not None and f.comparison.clusters == 1
+                  else "every sample's difference is the same")
+        return text + (f" ({said[0]})" if said else "") + f"; no test ({reason})."
     said.append(f"{f.test} {p_clause(f.p)}" + (f", Holm over {f.family} tasks {p_clause(f.p_holm)}" if f.family > 1 else ""))
     text += " (" + "; ".join(said) + ")"
-    c = f.comparison
     if f.significant:
         if c is not None and c.odds_ratio is not None and c.odds_ratio.value == c.odds_ratio.value:
             text += (f"; {c.b_only} samples right only after fine-tuning, {c.a_only} only before: discordant "
                      f"odds ratio {_ratio(c.odds_ratio)}")
         return text + "."
     level = f"α = {ALPHA / f.family:.3g}" + (f" ({ALPHA:g} over {f.family} declared comparisons)" if f.family > 1 else "")
+    if c is None:
+        return text + "; not significant."
+    if c.sd == 0:
+        return text + "; not significant, and no sample scored differently: nothing to size what a test could detect by."
     if f.mde is None:
-        return text + f"; not significant, and no sample scored differently: these {c.n if c else f.n} samples cannot size what a test could detect."
-    if f.mde >= 1.0:  # more than a score in [0, 1] can gain
-        return text + (f"; not significant: with {c.n} samples" + (f" ({c.n_eff:.0f} effective)" if c.clusters else "")
-                       + f", no gain within the score's range would be detected with 80% power at {level}.")
-    return text + (f"; not significant: with {c.n} samples" + (f" ({c.n_eff:.0f} effective)" if c.clusters else "")
-                   + f" and this spread of differences, a gain of {f.mde:.3f} would have been detected with 80% power "
-                   f"at {level}.")
+        return text + f"; not significant, with too few samples ({c.n}) to size what a test could detect."
+    samples = f"with {c.n} samples" + (f" ({c.n_eff:.0f} effective)" if c.clusters else "")
+    how_sized = ("McNemar's mid-p, its exact power" if c.test == "McNemar mid-p" and not f.per_seed_gain
+                 else "a paired t-test's power")
+    if f.mde == float("inf") or (c.unit and f.mde >= 1.0):  # more than a score in [0, 1] can gain
+        return text + (f"; not significant: {samples}, no gain within the score's range would be detected with 80% "
+                       f"power at {level} ({how_sized}).")
+    return text + (f"; not significant: {samples} and this spread of differences, a gain of {f.mde:.3f} would have "
+                   f"been detected with 80% power at {level} ({how_sized}).")
 
 
 def _ratio(iv) -> str:
@@ -399,6 +423,23 @@ def _ratio(iv) -> str:
         return "∞" if v == float("inf") else f"{v:.2f}"
 
     return f"{one(iv.value)} [{one(iv.low)}, {one(iv.high)}]"
+
+
+def _findings_table(chosen: list[Finding]):
+    """summary_findings.csv: one row per declared comparison, with what its Finding says."""
+    import pandas as pd
+
+    def num(v):
+        return None if v is None or v != v else v
+
+    return pd.DataFrame([{
+        "task": f.task, "config": f.config, "runs": " ".join(f.runs), "seeds": len(f.runs), "checkpoint": f.checkpoint,
+        "picked_on": f.by, "on_validation": f.on_validation, "tied": f.tied, "score": num(f.score.value),
+        "ci_low": num(f.score.low), "ci_high": num(f.score.high), "n": f.n, "of": f.of, "clusters": f.clusters,
+        "n_paired": f.comparison.n if f.comparison else None,
+        "gain": num(f.gain.value) if f.gain else None, "gain_low": num(f.gain.low) if f.gain else None,
+        "gain_high": num(f.gain.high) if f.gain else None, "test": f.test, "p": num(f.p), "p_holm": num(f.p_holm),
+        "family": f.family, "significant": f.significant, "mde": num(f.mde)} for f in chosen])
 
 
 def _picks_table(chosen: list[Finding]):

@@ -110,7 +110,7 @@ def test_intervals_and_paired_tests_equal_the_references(tmp_path):
     assert md.startswith("# sweep\n\n## Findings\n\n- **exact_match**: `a` at epoch_1, selected on the test scores "
                          "themselves (no validation task: the pick is optimistic)")
     selected = ps[1]  # epoch_1's, in a sentence: "p = 0.012", or "p < 0.001" below that
-    assert f"McNemar mid-p {'p < 0.001' if selected < 0.001 else f'p = {selected:.3f}'}" in md
+    assert f"McNemar mid-p: {'p < 0.001' if selected < 0.001 else f'p = {selected:.3f}'}" in md
     assert "discordant odds ratio" in md  # a significant gain comes with its effect size
 
 
@@ -390,7 +390,7 @@ def test_seeds_are_replicates_of_one_config_picked_by_their_mean(tmp_path):
     assert f"scores {mine['score'].mean():.3f} [" in finding
     assert "(two-level bootstrap over 3 seeds and the samples; seeds' t-interval" in finding
     per_seed = ", ".join(f"{g:+.3f}" for g in mine["gain"])
-    assert f"(per seed: {per_seed}; two-level bootstrap over seeds and samples p < 0.001)" in finding
+    assert f"(per seed: {per_seed}; two-level bootstrap over seeds and samples: p < 0.001)" in finding
 
 
 def test_a_classification_task_gets_per_class_metrics_and_a_confusion_matrix(tmp_path):

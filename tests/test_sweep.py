@@ -68,7 +68,7 @@ def test_report_has_three_runs_and_base_and_plots(sweep):
     assert md.startswith("# grid\n\n## Findings\n\n- **cap**: `")
     assert "95% CI" in md
     assert re.search(r"\*\*exact_match\*\*: `[^`]+` at epoch_0, selected on val \(validation[^)]*\), scores [^;]+ on 20 of "
-                     r"100 samples; \+[01]\.\d{3} \[[^]]+\] over the base model on the same samples \(McNemar mid-p p "
+                     r"100 samples; \+[01]\.\d{3} \[[^]]+\] over the base model on the same samples \(McNemar mid-p: p "
                      r"(= [01]\.\d{3}|< 0\.001), Holm over 3 tasks p", md), md
     assert {"ci_low", "ci_high", "gain", "gain_low", "gain_high", "p", "p_holm", "role", "n", "of", "clusters"} <= set(df.columns)
     for png in ("accuracy_vs_epoch.png", "loss.png"):
@@ -92,7 +92,7 @@ def test_findings_declare_one_comparison_per_task_cluster_aware_and_what_a_null_
     assert 5 < clusters < 20 and (cap["test"] == "clustered McNemar").all()
     assert f"on 20 samples in {clusters} clusters (initial)" in lines[0], lines[0]
     assert re.search(r"not significant: with 4 samples, no gain within the score's range would be detected with 80% "
-                     r"power at α = 0\.0167 \(0\.05 over 3 declared comparisons\)", lines[1]), lines[1]
+                     r"power at α = 0\.0167 \(0\.05 over 3 declared comparisons; McNemar's mid-p, its exact power\)", lines[1]), lines[1]
     assert (df.groupby("task")["role"].apply(lambda r: (r == "declared").sum()).to_dict()
             == {"cap": 1, "cap4": 1, "exact_match": 1, "val": 0})
 

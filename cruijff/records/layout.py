@@ -107,8 +107,9 @@ def run_table(run_dir: Path, suffix: str) -> Path:
 
 
 def summary(sweep_dir: Path, suffix: str = "md") -> Path:
-    """A sweep's report: ``summary.md``, ``summary.csv``; ``seeds.csv``: ``summary_seeds.csv``."""
-    return sweep_dir / ("summary_seeds.csv" if suffix == "seeds.csv" else f"summary.{suffix}")
+    """A sweep's report: ``summary.md``, ``summary.csv``; ``seeds.csv``: ``summary_seeds.csv`` (and so
+    ``findings.csv``: ``summary_findings.csv``)."""
+    return sweep_dir / (f"summary_{suffix}" if suffix.count(".") else f"summary.{suffix}")
 
 
 def plots_dir(sweep_dir: Path) -> Path:

@@ -8,6 +8,7 @@ no log again.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import pickle
@@ -52,6 +53,19 @@ def _text(v: Any) -> str | None:
 
 
 def read_sample_scores(log: str | Path) -> LogSamples:
+    """One inspect log's samples (see :class:`LogSamples`); Python's cyclic garbage collector is
+    paused while it is read: inspect builds some ten thousand objects per log, none of them in a
+    cycle, and the collections they set off cost more than the read itself."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _read_samples(log)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _read_samples(log: str | Path) -> LogSamples:
     """One inspect log's samples (see :class:`LogSamples`).
 
     Read from the log's sample summaries (what ``samples_df`` reads for its summary columns): they

@@ -394,14 +394,15 @@ def finding(f: Finding) -> str:
         reason = ("one cluster cannot show how scores spread" if f.comparison is not None and f.comparison.clusters == 1
                   else "every sample's difference is the same")
         return text + (f" ({said[0]})" if said else "") + f"; no test ({reason})."
-    said.append(f"{f.test} {p_clause(f.p)}" + (f", Holm over {f.family} tasks {p_clause(f.p_holm)}" if f.family > 1 else ""))
+    said.append(f"{f.test}: {p_clause(f.p)}" + (f", Holm over {f.family} tasks {p_clause(f.p_holm)}" if f.family > 1 else ""))
     text += " (" + "; ".join(said) + ")"
     if f.significant:
         if c is not None and c.odds_ratio is not None and c.odds_ratio.value == c.odds_ratio.value:
             text += (f"; {c.b_only} samples right only after fine-tuning, {c.a_only} only before: discordant "
                      f"odds ratio {_ratio(c.odds_ratio)}")
         return text + "."
-    level = f"α = {ALPHA / f.family:.3g}" + (f" ({ALPHA:g} over {f.family} declared comparisons)" if f.family > 1 else "")
+    level = f"α = {ALPHA / f.family:.3g}"
+    over = f"{ALPHA:g} over {f.family} declared comparisons; " if f.family > 1 else ""
     if c is None:
         return text + "; not significant."
     if c.sd == 0:
@@ -413,9 +414,9 @@ def finding(f: Finding) -> str:
                  else "a paired t-test's power")
     if f.mde == float("inf") or (c.unit and f.mde >= 1.0):  # more than a score in [0, 1] can gain
         return text + (f"; not significant: {samples}, no gain within the score's range would be detected with 80% "
-                       f"power at {level} ({how_sized}).")
+                       f"power at {level} ({over}{how_sized}).")
     return text + (f"; not significant: {samples} and this spread of differences, a gain of {f.mde:.3f} would have "
-                   f"been detected with 80% power at {level} ({how_sized}).")
+                   f"been detected with 80% power at {level} ({over}{how_sized}).")
 
 
 def _ratio(iv) -> str:

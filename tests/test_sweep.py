@@ -24,10 +24,10 @@ pytestmark = pytest.mark.slow
 
 TASKS = Path(__file__).parent / "tasks" / "capitalize.py"
 # a 2 x 2 grid, one epoch each, evaluated on the test split, its validation counterpart (the pick),
-# a task whose samples cluster by their initial letter, and one of 4 samples (too few to show a gain)
+# a task of 12 samples clustered by their initial letter, and one of 4 samples (too few to show a gain)
 GRID = ["-m", "experiment.name=grid", "training.epochs=1", "eval.limit=20",
         "eval.tasks=[{name:exact_match},{name:exact_match,label:val,args:{split:validation}},"
-        f"{{name:'{TASKS}@capitalize',label:cap,cluster:initial}},{{name:'{TASKS}@capitalize',label:cap4,args:{{n:4}}}}]",
+        f"{{name:'{TASKS}@capitalize',label:cap,cluster:initial,args:{{n:12}}}},{{name:'{TASKS}@capitalize',label:cap4,args:{{n:4}}}}]",
         "peft.lora_rank=8,16", "optimizer.lr=1e-3,3e-3"]
 RUNS = ["rank8_lr1e-3_epochs1", "rank8_lr3e-3_epochs1", "rank16_lr1e-3_epochs1", "rank16_lr3e-3_epochs1"]
 BAD = RUNS[3]
@@ -89,8 +89,8 @@ def test_findings_declare_one_comparison_per_task_cluster_aware_and_what_a_null_
     df = pd.read_csv(sweep_dir / "summary.csv")
     cap = df[(df["task"] == "cap") & (df["run"] != "base")]
     clusters = int(cap["clusters"].iloc[0])
-    assert 5 < clusters < 20 and (cap["test"] == "clustered McNemar").all()
-    assert f"on 20 samples in {clusters} clusters (initial)" in lines[0], lines[0]
+    assert 1 < clusters < 12 and (cap["test"] == "clustered McNemar").all()  # 12 words, 9 initials
+    assert f"on 12 samples in {clusters} clusters (initial)" in lines[0], lines[0]
     assert re.search(r"not significant: with 4 samples, no gain within the score's range would be detected with 80% "
                      r"power at α = 0\.0167 \(0\.05 over 3 declared comparisons; McNemar's mid-p, its exact power\)", lines[1]), lines[1]
     assert (df.groupby("task")["role"].apply(lambda r: (r == "declared").sum()).to_dict()

@@ -8,6 +8,8 @@ package's) under the working dir's own ``conf/``, if it has one (a project of th
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import sys
 from typing import Any, Callable
 
@@ -115,7 +117,23 @@ def composition_message(e: Exception, argv: list[str]) -> str:
         return str(unknown_key(key, value, known))
     if isinstance(cause, OmegaConfBaseException):
         return omegaconf_message(cause)
+    sweep = _sweep_without_multirun(e, argv)
+    if sweep:
+        return sweep
     if type(e).__name__ == "OverrideParseException":
         return (f"cannot parse the overrides ({first_line(e)}); "
                 "the grammar: https://hydra.cc/docs/advanced/override_grammar/basic/")
     return first_line(e)
+
+
+def _sweep_without_multirun(e: Exception, argv: list[str]) -> str | None:
+    """Hydra's refusal of a sweep's values in a single run, with the command that sweeps them."""
+    found = re.match(r"(?:Ambiguous value for argument|Sweep parameters) '(.*)'", first_line(e))
+    if not found:
+        return None
+    line = found.group(1)
+    command = " ".join([entry(), "-m", *(shlex.quote(a) for a in argv)])
+    if not first_line(e).startswith("Ambiguous"):
+        return f"{line} is a sweep: add -m to run it ({command})"
+    key, _, values = line.partition("=")
+    return f"{line} is a list of values: add -m to sweep them ({command}), or {key}=[{values}] for one value that is a list"

@@ -144,6 +144,18 @@ def test_bad_dataset_file_is_named(tmp_path, content, problem):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["experiment=lr_search", "optimizer.lr=1e-4,1e-3"],
+     "optimizer.lr=1e-4,1e-3 is a list of values: add -m to sweep them (python launch.py -m experiment=lr_search "
+     "optimizer.lr=1e-4,1e-3), or optimizer.lr=[1e-4,1e-3] for one value that is a list"),
+    (["optimizer.lr=range(1,3)"], "optimizer.lr=range(1,3) is a sweep: add -m to run it "
+                                  "(python launch.py -m 'optimizer.lr=range(1,3)')"),
+])
+def test_a_sweep_without_m_says_to_add_m(tmp_path, args, message):
+    proc = launch(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [f"cruijff: error: {message}"], proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
 def test_did_you_mean_for_group_names(tmp_path):
     proc = launch("dataset=capitalisation", cwd=tmp_path)
     assert "did you mean 'capitalization'" in proc.stderr

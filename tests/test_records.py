@@ -99,3 +99,71 @@ def test_status_never_makes_a_launch_fail(tmp_path):
     assert refused == 0
     # and what status reports: nobody while no launch runs, the launch while one does
     assert lock_holder(tmp_path) is None
+
+
+def _status_text(sweep_dir) -> str:
+    from rich.console import Console
+
+    from cruijff.sweep import status_table
+
+    console = Console(width=220, record=True)
+    console.print(status_table(sweep_dir, "no launch running"))
+    return console.export_text()
+
+
+def _saved_config(run_dir, epochs: int, eval_epochs) -> None:
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(
+        f"model:\n  name: tiny_llama\ntraining:\n  epochs: {epochs}\neval:\n  enabled: true\n  epochs: {eval_epochs}\n")
+
+
+def test_status_shows_the_epochs_mean_loss_not_its_last_step(tmp_path):
+    """A finished run's loss column is its last epoch's mean train loss (not the last batch's,
+    which reads as divergence); a running run's is the mean so far of the epoch it trains, labelled."""
+    from cruijff.records import EpochLoss, SweepPlan, PlannedRunRecord, write_jsonl
+
+    sweep_dir = tmp_path / "sweep"
+    SweepPlan("sweep", runs=[PlannedRunRecord("done", []), PlannedRunRecord("busy", [])]).save(sweep_dir)
+    RunState(RunStatus.FINISHED, name="done", epochs=[EpochLoss(0, 2.386, 5.367, 10)]).save(sweep_dir / "done")
+    busy = sweep_dir / "busy"
+    RunState(RunStatus.RUNNING, name="busy", epochs=[EpochLoss(0, 3.0, 2.5, 2)]).save(busy)
+    write_jsonl([{"epoch": 0, "step": 1, "loss": 3.5}, {"epoch": 0, "step": 2, "loss": 2.5},
+                 {"epoch": 1, "step": 3, "loss": 1.0}, {"epoch": 1, "step": 4, "loss": 4.0}], busy / "logs" / "loss.jsonl")
+    text = _status_text(sweep_dir)
+    assert "mean loss" in text
+    done = next(ln for ln in text.splitlines() if " done " in ln)
+    assert "2.3860" in done and "5.367" not in done, text
+    row = next(ln for ln in text.splitlines() if " busy " in ln)
+    assert "2.5000 (epoch 1 so far)" in row and "4.0000" not in row, text
+    # the next look reads on: a step more in epoch 1
+    with (busy / "logs" / "loss.jsonl").open("a") as f:
+        f.write(json.dumps({"epoch": 1, "step": 5, "loss": 7.0}) + "\n")
+    row = next(ln for ln in _status_text(sweep_dir).splitlines() if " busy " in ln)
+    assert "4.0000 (epoch 1 so far)" in row
+
+
+def test_status_counts_evals_over_the_epochs_asked_for(tmp_path):
+    """eval.epochs=[14] of 15: a run with its one cell evaluated shows evals 1/1, not 1/15; before
+    its cells are planned it shows 0/1 whatever checkpoints it has."""
+    from cruijff.records import EvalPlan, ExpectedCell, PlannedRunRecord, SweepPlan
+
+    sweep_dir = tmp_path / "sweep"
+    SweepPlan("sweep", runs=[PlannedRunRecord("r", []), PlannedRunRecord("q", [])],
+              eval={"enabled": True, "epochs": [14], "tasks": ["exact_match"]}).save(sweep_dir)
+    for name in ("r", "q"):
+        run_dir = sweep_dir / name
+        _saved_config(run_dir, 15, "[14]")
+        for e in range(15):
+            (run_dir / f"epoch_{e}").mkdir()
+            (run_dir / f"epoch_{e}" / ".complete").write_text(json.dumps({"checkpoint_id": f"id{e}"}))
+        RunState(RunStatus.FINISHED, name=name, checkpoints=[f"epoch_{e}" for e in range(15)]).save(run_dir)
+    log_dir = sweep_dir / "r" / "eval" / "epoch_14"
+    (log_dir / "t.eval").parent.mkdir(parents=True)
+    (log_dir / "t.eval").write_text("")
+    CellResults(model="m", tasks={"t": TaskResult("success", "t.eval", "t", "accuracy", 1.0, 1)}, key="k").save(log_dir)
+    EvalPlan({"epoch_14": ExpectedCell("r/eval/epoch_14", "k")}).save(sweep_dir / "r")
+    text = _status_text(sweep_dir)
+    r = next(ln for ln in text.splitlines() if " r " in ln)
+    q = next(ln for ln in text.splitlines() if " q " in ln)
+    assert " 1/1 " in r and "/15 " not in r.split("15/15")[-1], text
+    assert " 0/1 " in q, text

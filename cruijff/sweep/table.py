@@ -1,4 +1,4 @@
-"""The sweep's status table — runs x state, epochs, loss, evals — from files only: what
+"""The sweep's status table — runs x state, epochs, mean train loss, evals — from files only: what
 ``python -m cruijff status`` prints, and what the launcher redraws in place while it waits.
 
 Safe to read while a sweep runs: it reads ``sweep.json``, each ``run.json``, each eval cell's
@@ -48,23 +48,54 @@ def _evals(done: int, stale: int, total: int) -> str:
     return f"{done}/{total}" + (f" ({stale} stale)" if stale else "")
 
 
-def _last_loss(run_dir: Path, st: RunState | None) -> str:
-    """The run's latest loss: its last epoch's once recorded, else the last line of its loss log."""
-    if st and st.epochs and st.status is not RunStatus.RUNNING:
-        return f"{st.epochs[-1].final_loss:.4f}"
-    path = layout.loss_file(run_dir)
+_TAILS: dict[Path, tuple[int, int, int, float, int]] = {}  # loss log -> (inode, bytes read, epoch, sum, steps)
+
+
+def _epoch_so_far(path: Path) -> tuple[int, float] | None:
+    """(epoch, mean loss of its steps so far) of the last epoch in a loss log; the log is read on
+    from where the last look stopped (a live view looks every few seconds)."""
     try:
-        with path.open("rb") as f:
-            f.seek(max(0, path.stat().st_size - 512))
-            tail = f.read().decode(errors="replace").splitlines()
+        st = path.stat()
     except OSError:
-        return ""
-    for line in reversed(tail):
+        return None
+    inode, offset, epoch, total, n = _TAILS.get(path, (st.st_ino, 0, -1, 0.0, 0))
+    if inode != st.st_ino or st.st_size < offset:  # rewritten (a resumed run keeps only the epochs it keeps)
+        inode, offset, epoch, total, n = st.st_ino, 0, -1, 0.0, 0
+    if st.st_size > offset:
         try:
-            return f"{float(json.loads(line)['loss']):.4f}"
-        except (ValueError, KeyError, TypeError):
-            continue
-    return ""
+            with path.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read(st.st_size - offset)
+        except OSError:
+            return None
+        end = chunk.rfind(b"\n") + 1  # a line being written is read next time
+        for line in chunk[:end].splitlines():
+            try:
+                row = json.loads(line)
+                e, loss = int(row["epoch"]), float(row["loss"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if e != epoch:
+                epoch, total, n = e, 0.0, 0
+            total, n = total + loss, n + 1
+        offset += end
+    _TAILS[path] = (inode, offset, epoch, total, n)
+    return (epoch, total / n) if n else None
+
+
+def _mean_loss(run_dir: Path, st: RunState | None) -> str:
+    """The mean train loss of the run's latest epoch: of its last complete epoch once recorded; of
+    the epoch it trains (so far, and so labelled) while it runs or where it stopped mid-epoch."""
+    recorded = st.epochs[-1] if st and st.epochs else None
+    if recorded is not None and st.status is not RunStatus.RUNNING:
+        return f"{recorded.mean_loss:.4f}"
+    current = _epoch_so_far(layout.loss_file(run_dir))
+    if current is None:
+        return f"{recorded.mean_loss:.4f}" if recorded else ""
+    epoch, mean = current
+    if recorded is not None and recorded.epoch >= epoch:
+        return f"{recorded.mean_loss:.4f}"
+    return f"{mean:.4f} (epoch {epoch} so far)"
 
 
 def _attempts(st: RunState | None) -> str:
@@ -75,8 +106,26 @@ def _attempts(st: RunState | None) -> str:
 
 
 @lru_cache(maxsize=4096)
-def _epochs(saved: Path, mtime_ns: int) -> int | None:
-    return OmegaConf.load(saved).training.epochs
+def _saved(saved: Path, mtime_ns: int) -> tuple[int | None, dict]:
+    """(epochs trained, eval section) of a run's saved config."""
+    cfg = OmegaConf.load(saved)
+    evals = OmegaConf.to_container(cfg.eval, resolve=True) if "eval" in cfg else {}
+    return cfg.training.epochs, evals if isinstance(evals, dict) else {}
+
+
+def _selected(evals: dict, epochs: int | None) -> list[str] | None:
+    """The checkpoints an eval section asks for (``eval.epochs``: ``all`` or a list) of a run that
+    trains ``epochs`` epochs; None where that is not known."""
+    if not evals:
+        return None
+    if not evals.get("enabled", True):
+        return []
+    chosen = evals.get("epochs", "all")
+    if chosen == "all":
+        return None if epochs is None else [f"epoch_{e}" for e in range(epochs)]
+    if not isinstance(chosen, list):
+        return None
+    return [f"epoch_{e}" for e in chosen if epochs is None or 0 <= int(e) < epochs]
 
 
 def rows(sweep_dir: Path) -> list[dict]:
@@ -92,7 +141,7 @@ def rows(sweep_dir: Path) -> list[dict]:
         run_dir = sweep_dir / r.name
         st = RunState.of(run_dir)
         saved = layout.saved_config(run_dir)
-        epochs = _epochs(saved, saved.stat().st_mtime_ns) if saved.exists() else None
+        epochs, own_eval = _saved(saved, saved.stat().st_mtime_ns) if saved.exists() else (None, {})
         status = st.status.value if st else "pending"
         duration = st.duration_s if st else None
         error = (st.error if st else None) or ""
@@ -104,11 +153,15 @@ def rows(sweep_dir: Path) -> list[dict]:
         expected = expected_cells(run_dir)
         if "base" in expected:
             bases.setdefault(*expected["base"])
-        wanted = [c for c in ckpts if c in expected] if layout.eval_plan_file(run_dir).exists() else ckpts
+        # over the checkpoints the eval section asks for (the launch's, else the run's own), trained or not
+        wanted = _selected((plan.eval if plan else None) or own_eval, epochs)
+        if wanted is None:
+            wanted = [c for c in ckpts if c in expected] if layout.eval_plan_file(run_dir).exists() else ckpts
         done, stale, total = _cells(expected, wanted)
         out.append({
             "run": r.name, "state": status, "epochs": f"{len(ckpts)}/{epochs if epochs is not None else '?'}",
-            "loss": _last_loss(run_dir, st), "attempts": _attempts(st), "job": jobs.get(r.name, ""), "duration": _duration(duration),
+            "mean loss": _mean_loss(run_dir, st), "attempts": _attempts(st), "job": jobs.get(r.name, ""),
+            "duration": _duration(duration),
             "evals": _evals(done, stale, total), "error": error[:80],
         })
     for base in sorted(set(layout.base_dirs(sweep_dir)) | set(bases)):
@@ -119,7 +172,7 @@ def rows(sweep_dir: Path) -> list[dict]:
         else:  # no run of the sweep is compared with it now
             state, evals = "stale", "unused"
         out.append({"run": f"base ({base.name})", "state": state,
-                    "epochs": "", "loss": "", "attempts": "", "job": "", "duration": "", "evals": evals,
+                    "epochs": "", "mean loss": "", "attempts": "", "job": "", "duration": "", "evals": evals,
                     "error": ""})
     return out
 
@@ -128,8 +181,8 @@ ORDER = {"running": 0, "failed": 1, "pending": 2}
 
 
 def table(sweep_dir: Path, note: str, limit: int | None = None):
-    """The status table: one row per run (state, epochs, loss, attempts, job, duration, evals,
-    error) and per base control, titled with the counts and ``note`` (who is launching);
+    """The status table: one row per run (state, epochs, mean loss of the latest epoch, attempts, job,
+    duration, evals over the checkpoints asked for, error) and per base control, titled with the counts and ``note`` (who is launching);
     ``limit``: at most that many rows, the running and failed runs first."""
     from rich.table import Table
 
@@ -145,12 +198,12 @@ def table(sweep_dir: Path, note: str, limit: int | None = None):
         left, table_rows = len(table_rows) - limit, table_rows[:limit]
     colors = {"finished": "green", "evaluated": "green", "failed": "red", "died": "red", "running": "yellow", "stale": "magenta"}
     out = Table(title=title, caption=f"… {left} more" if left else None)
-    for c in ("run", "state", "epochs", "loss", "attempts", "job", "duration", "evals", "error"):
-        out.add_column(c, justify="right" if c in ("epochs", "loss", "attempts", "evals") else "left")
+    for c in ("run", "state", "epochs", "mean loss", "attempts", "job", "duration", "evals", "error"):
+        out.add_column(c, justify="right" if c in ("epochs", "mean loss", "attempts", "evals") else "left")
     for r in table_rows:
         color = colors.get(r["state"])
         state = f"[{color}]{r['state']}[/{color}]" if color else r["state"]
-        out.add_row(r["run"], state, r["epochs"], r["loss"], str(r["attempts"]), r["job"], r["duration"],
+        out.add_row(r["run"], state, r["epochs"], r["mean loss"], str(r["attempts"]), r["job"], r["duration"],
                     r["evals"], r["error"])
     return out
 

@@ -16,8 +16,8 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import CONF_DIR, check_group_overrides, check_name, leaf_keys, register_resolvers
-from .errors import CruijffError, first_line, omegaconf_message, unknown_key
+from .config import CONF_DIR, check_group_overrides, check_name, leaf_keys, register_resolvers, unknown_key
+from .errors import CruijffError, first_line, omegaconf_message
 from .job import main as job_main
 from .records import ENTRY_ENV, entry
 from .sweep import SweepCallback
@@ -106,7 +106,9 @@ def composition_message(e: Exception, argv: list[str]) -> str:
     cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
     key = getattr(cause, "full_key", None)
     if key and "not in struct" in str(cause):
-        value = next((a.split("=", 1)[1] for a in argv if "=" in a and a.split("=", 1)[0] == key), "")
+        # the override itself: optimiser.lr=1e-3 fails at its first level, optimiser
+        given = [a.split("=", 1) for a in argv if "=" in a and not a.startswith("-")]
+        key, value = next(((k, v) for k, v in given if k == key or k.startswith(key + ".")), (key, ""))
         try:
             from hydra import compose, initialize_config_dir
 

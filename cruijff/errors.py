@@ -30,11 +30,6 @@ def did_you_mean(value: Any, options: Iterable[str], quote: bool = False) -> str
     return f" (did you mean {hint[0]!r}?)" if quote else f" (did you mean {hint[0]}?)"
 
 
-def unknown_key(key: str, value: Any, known: Iterable[str]) -> ConfigError:
-    """``key=value`` names no key of the composed config: one line, with the nearest key."""
-    return ConfigError(key, value, f"no such key in the config{did_you_mean(key, known)}; add a new key with +{key}=…")
-
-
 def first_line(e: BaseException | str) -> str:
     """The first non-empty line of an error's message (or its type's name)."""
     lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]

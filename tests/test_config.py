@@ -156,6 +156,27 @@ def test_a_sweep_without_m_says_to_add_m(tmp_path, args, message):
     assert proc.returncode == 2 and proc.stderr.splitlines() == [f"cruijff: error: {message}"], proc.stderr
     assert not (tmp_path / "outputs").exists()
 
+@pytest.mark.parametrize("args, message", [
+    # a key of another tool's name, or under the wrong group: the key cruijff has
+    (["training.learning_rate=1e-3"], "training.learning_rate='1e-3': no such key in the config (did you mean optimizer.lr?)"),
+    (["peft.epochs=3"], "peft.epochs='3': no such key in the config (did you mean training.epochs?)"),
+    (["-m", "training.rank=4,8"], "run rank2_lr1e-5_rank4: training.rank='4': no such key in the config "
+                                  "(did you mean peft.lora_rank?)"),
+    (["lr=1e-3"], "lr='1e-3': no such key in the config (did you mean optimizer.lr?)"),
+    # a misspelt config group
+    (["experimnt=lr_search"], "experimnt='lr_search': no such config group (did you mean experiment=lr_search?)"),
+    (["trainng=smoke"], "trainng='smoke': no such config group (did you mean training=smoke?)"),
+    (["optimiser.lr=1e-3"], "optimiser.lr='1e-3': no such key in the config (did you mean optimizer.lr?)"),
+    # within a group, by the part after the group's name; never a new key there
+    (["training.epoch=3"], "training.epoch='3': no such key in the config (did you mean training.epochs?)"),
+    (["training.zzzqq=1"], "training.zzzqq='1': no such key in the config; --cfg job shows every key"),
+    (["foo=1"], "foo='1': no such key in the config; add a new key with +foo=…"),
+])
+def test_an_unknown_key_names_the_key_meant(tmp_path, args, message):
+    proc = launch(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [f"cruijff: error: {message}"], proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
 def test_did_you_mean_for_group_names(tmp_path):
     proc = launch("dataset=capitalisation", cwd=tmp_path)
     assert "did you mean 'capitalization'" in proc.stderr

@@ -5,7 +5,9 @@ from ..errors import ConfigError, CruijffError
 from . import chat
 from .compose import (CONF_DIR, GROUPS, check_group_overrides, conf_dirs, eval_config, job_minutes, leaf_keys,
                       load_run, override_identity, parse_override, project_conf, register_resolvers)
-from .identity import RUN_KEYS, check_name, config_hash, file_sha256, model_content_id, model_identity, run_name
+from .keys import ALIASES, unknown_key
+from .identity import (RUN_KEYS, changes_finetune, check_name, config_hash, file_sha256, model_content_id, model_identity,
+                       run_name)
 from .model import (CHECKPOINT_MODES, PEFT_METHODS, TOKENIZER_FILES, checkpoint_mode, device_guess, effective_batch,
                     local_jobs, lora_on_output, model_files, peft_method, prepare_job, processes, resolve_paths,
                     run_gpus, sweep_batch)
@@ -16,7 +18,9 @@ __all__ = [
     "ConfigError", "CruijffError", "chat",
     "CONF_DIR", "GROUPS", "check_group_overrides", "conf_dirs", "eval_config", "job_minutes", "leaf_keys",
     "load_run", "override_identity", "parse_override", "project_conf", "register_resolvers",
-    "RUN_KEYS", "check_name", "config_hash", "file_sha256", "model_content_id", "model_identity", "run_name",
+    "ALIASES", "unknown_key",
+    "RUN_KEYS", "changes_finetune", "check_name", "config_hash", "file_sha256", "model_content_id", "model_identity",
+    "run_name",
     "CHECKPOINT_MODES", "PEFT_METHODS", "TOKENIZER_FILES", "checkpoint_mode", "device_guess", "effective_batch",
     "local_jobs", "lora_on_output", "model_files", "peft_method", "prepare_job", "processes", "resolve_paths", "run_gpus", "sweep_batch",
     "SCHEMA", "check_value", "stock_configs", "validate", "validate_dataset",

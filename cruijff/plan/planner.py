@@ -24,8 +24,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..cluster import job_resources
 from ..config import (GROUPS, SCHEMA, check_name, config_hash, leaf_keys, override_identity, parse_override,
-                      resolve_paths, run_name, validate)
-from ..errors import ConfigError, CruijffError, omegaconf_message, unknown_key
+                      resolve_paths, run_name, unknown_key, validate)
+from ..errors import ConfigError, CruijffError, omegaconf_message
 from ..evaluate import check_tasks_load
 from ..records import PlannedRunRecord, RunStanding, RunState, liveness, other_config, run_standing
 from .estimate import estimate as cost

@@ -108,3 +108,26 @@ def test_the_configured_chat_template_lays_out_the_eval_prompts(tmp_path, tiny_m
 
     assert all(a.isupper() for a in answers(mine)), answers(mine)
     assert not any(a.isupper() for a in answers(default)), answers(default)
+
+
+def test_a_task_on_two_splits_shows_each_split_under_its_own_label_in_inspect(tmp_path, tiny_model_dir):
+    """The validation and test logs of one task are told apart by their task name in `inspect view`:
+    each carries the task's label from the config (a file task and the built-in alike)."""
+    from inspect_ai.log import read_eval_log
+
+    from cruijff import assets
+    from cruijff.config import TaskSpec
+    from cruijff.evaluate import evaluate_cell
+    from cruijff.records import log_path
+
+    capitalize = f"{Path(__file__).parent / 'tasks' / 'capitalize.py'}@capitalize"
+    specs = [TaskSpec(capitalize, {"n": 3}), TaskSpec(capitalize, {"n": 3, "split": "validation"}, "capitalize_val"),
+             TaskSpec("exact_match"), TaskSpec("exact_match", {"split": "validation"}, "exact_match_val")]
+    results = evaluate_cell(tiny_model_dir, specs, tmp_path / "cell", data_file=assets.capitalization_file(),
+                            input_key="input", output_key="output", device="cpu", limit=3, display="none")
+    names = {label: read_eval_log(str(log_path(tmp_path / "cell", r.log)), header_only=True).eval.task
+             for label, r in results.tasks.items()}
+    assert names == {"capitalize": "capitalize", "capitalize_val": "capitalize_val",
+                     "exact_match": "exact_match", "exact_match_val": "exact_match_val"}
+    assert {label: r.task for label, r in results.tasks.items()} == names
+    assert all(r.status == "success" and r.samples == 3 for r in results.tasks.values())

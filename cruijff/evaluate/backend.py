@@ -60,10 +60,18 @@ def exact_match_task(data_file: str, input_key: str = "input", output_key: str =
 
 
 def build_task(spec: TaskSpec, data_file: Path, input_key: str, output_key: str):
+    """The inspect task of ``spec``, named by its label where the config gives one: a task evaluated
+    on two splits (``{name: ..., label: capitalize_val, args: {split: validation}}`` beside the test
+    one) shows in ``inspect view`` under each label, not twice under the function's name."""
     if spec.name == "exact_match":
-        args = {"name": spec.label, **spec.args}  # a task given a label of its own is named so in its logs
+        args = {"name": spec.label, **spec.args}
         return exact_match_task(str(data_file), input_key, output_key, **args)
-    return task_function(spec)(**spec.args)
+    task = task_function(spec)(**spec.args)
+    if spec.given_label and task.name != spec.label:  # else the name the task gives itself
+        from inspect_ai import task_with
+
+        task = task_with(task, name=spec.label)
+    return task
 
 
 def task_function(spec: TaskSpec):

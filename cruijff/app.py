@@ -3,7 +3,8 @@ bad input reported as one line and exit 2 — before Hydra composes (group names
 leave ``outputs/``), for what Hydra cannot compose, and for what the sweeper refuses before it submits.
 
 It composes cruijff's config groups (``CONF_DIR``: the checkout's ``conf/``, or the installed
-package's) under the working dir's own ``conf/``, if it has one (a project of the user's)."""
+package's) under the ``conf/`` of the project it runs in (a project of the user's: the working dir's, or the
+nearest above it, as git finds its repository; then it runs at the project's root)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import os
 import re
 import shlex
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import CONF_DIR, check_group_overrides, check_name, leaf_keys, register_resolvers, unknown_key
+from .config import (CONF_DIR, check_group_overrides, check_name, leaf_keys, project_root, register_resolvers,
+                     unknown_key)
 from .errors import CruijffError, first_line, omegaconf_message
 from .job import main as job_main
 from .records import ENTRY_ENV, entry
@@ -32,6 +35,10 @@ def launch(argv: list[str] | None = None) -> None:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     os.environ.setdefault(ENTRY_ENV, entry())  # the jobs record how to run them again
+    root = project_root()
+    if root is not None and root != Path.cwd().resolve():  # from a dir below the project's: run at its root
+        os.chdir(root)
+        print(f"cruijff: project {root} (its conf/, its relative paths, its outputs/)")
 
     @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
     def app(cfg: DictConfig) -> int | float:

@@ -2,7 +2,8 @@
 
 It holds a commented experiment over the embedded tiny model, a small dataset in the JSON format
 cruijff reads, an inspect task that reads it, a SLURM preset to fill in, a ``.gitignore`` and a
-README. Run from that dir, ``cruijff`` composes its ``conf/`` over the packaged config groups.
+README, and a ``.cruijff`` marker. Run from that dir or any dir below it, ``cruijff`` composes its
+``conf/`` over the packaged config groups.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from pathlib import Path
 
 from .assets import capitalization_file
+from .config import PROJECT_MARKER
 from .errors import CruijffError
 
 EXPERIMENT = """\
@@ -103,6 +105,11 @@ README = """\
 Configs in `conf/` add to cruijff's own; data in `data/`, inspect tasks in `tasks/`, results in `outputs/`.
 """
 
+MARKER = """\
+# A cruijff project: cruijff, run from this dir or any dir below it, composes this conf/ over its own
+# config groups, at this dir (its relative paths, its outputs/).
+"""
+
 # (train, validation, test) records taken from the embedded capitalization dataset
 SIZES = (500, 50, 50)
 
@@ -117,6 +124,7 @@ def starter_files() -> dict[str, str]:
         "data/example.json": json.dumps(example, indent=1) + "\n",
         "tasks/example.py": TASK,
         ".gitignore": "outputs/\n",
+        PROJECT_MARKER: MARKER,
         "README.md": README,
     }
 

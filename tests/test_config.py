@@ -177,6 +177,48 @@ def test_an_unknown_key_names_the_key_meant(tmp_path, args, message):
     assert proc.returncode == 2 and proc.stderr.splitlines() == [f"cruijff: error: {message}"], proc.stderr
     assert not (tmp_path / "outputs").exists()
 
+def _project(root):
+    (root / "conf" / "experiment").mkdir(parents=True)
+    (root / "conf" / "experiment" / "mine.yaml").write_text("# @package _global_\nexperiment:\n  name: mine\n")
+    (root / "analysis" / "notes").mkdir(parents=True)
+    return root / "analysis" / "notes"
+
+
+def test_a_project_is_found_from_a_dir_below_it(tmp_path):
+    """As git finds its repository: the nearest dir above with cruijff init's marker (or conf/config.yaml)."""
+    below = _project(tmp_path)
+    (tmp_path / ".cruijff").write_text("")
+    proc = launch("experiment=mine", "--cfg", "job", cwd=below)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == f"cruijff: project {tmp_path.resolve()} (its conf/, its relative paths, its outputs/)"
+    assert "  name: mine" in proc.stdout
+    proc = launch("experiment=mystudy", cwd=below)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "cruijff: error: experiment='mystudy': no such experiment; choose one of: demo, lr_search, mine; "
+        f"looked in {tmp_path.resolve() / 'conf' / 'experiment'} and cruijff's own"], proc.stderr
+    assert not list(tmp_path.rglob("outputs"))
+
+
+def test_a_missing_option_outside_a_project_says_no_project_conf_was_found(tmp_path):
+    below = _project(tmp_path)  # no marker: a conf/ above is a project's only with one (or a config.yaml)
+    proc = launch("experiment=mine", cwd=below)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "cruijff: error: experiment='mine': no such experiment; choose one of: demo, lr_search; "
+        f"looked in cruijff's own only: no project conf/ in {below.resolve()} or above"], proc.stderr
+
+
+def test_cruijff_init_marks_the_project_root(tmp_path):
+    from cruijff.config import project_root
+    from cruijff.project import init_project
+
+    init_project(tmp_path / "study")
+    assert project_root(tmp_path / "study" / "tasks") == (tmp_path / "study").resolve()
+    (tmp_path / "other" / "conf").mkdir(parents=True)
+    (tmp_path / "other" / "conf" / "config.yaml").write_text("")
+    (tmp_path / "other" / "sub").mkdir()
+    assert project_root(tmp_path / "other" / "sub") == (tmp_path / "other").resolve()
+    assert project_root(ROOT / "tests") is None  # cruijff's own checkout is not a project
+
 def test_did_you_mean_for_group_names(tmp_path):
     proc = launch("dataset=capitalisation", cwd=tmp_path)
     assert "did you mean 'capitalization'" in proc.stderr

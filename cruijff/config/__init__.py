@@ -4,7 +4,8 @@ task checks, chat templates. Everything here runs before any job starts and writ
 from ..errors import ConfigError, CruijffError
 from . import chat
 from .compose import (CONF_DIR, GROUPS, check_group_overrides, conf_dirs, eval_config, job_minutes, leaf_keys,
-                      load_run, override_identity, parse_override, project_conf, register_resolvers)
+                      load_run, looked_in, override_identity, parse_override, PROJECT_MARKER, project_conf,
+                      project_root, register_resolvers)
 from .keys import ALIASES, unknown_key
 from .identity import (RUN_KEYS, changes_finetune, check_name, config_hash, file_sha256, model_content_id, model_identity,
                        run_name)
@@ -17,7 +18,8 @@ from .tasks import BUILTIN_TASKS, TaskSpec, check_task, check_tasks, task_specs
 __all__ = [
     "ConfigError", "CruijffError", "chat",
     "CONF_DIR", "GROUPS", "check_group_overrides", "conf_dirs", "eval_config", "job_minutes", "leaf_keys",
-    "load_run", "override_identity", "parse_override", "project_conf", "register_resolvers",
+    "load_run", "looked_in", "override_identity", "parse_override", "PROJECT_MARKER", "project_conf", "project_root",
+    "register_resolvers",
     "ALIASES", "unknown_key",
     "RUN_KEYS", "changes_finetune", "check_name", "config_hash", "file_sha256", "model_content_id", "model_identity",
     "run_name",

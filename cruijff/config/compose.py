@@ -21,12 +21,36 @@ _PACKAGED_CONF = Path(__file__).resolve().parent.parent / "conf"  # an installed
 CONF_DIR = _PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).resolve().parents[2] / "conf"
 
 
+# what `cruijff init` leaves at a project's root, so cruijff finds the project from any dir below it
+PROJECT_MARKER = ".cruijff"
+
+
+def project_root(cwd: Path | None = None) -> Path | None:
+    """The dir of the project cruijff runs in, found as git finds its repository: the working dir
+    when it has a conf/, else the nearest dir above it whose conf/ holds a config.yaml or that holds
+    the marker ``cruijff init`` writes (``.cruijff``). None outside a project, and in cruijff's checkout."""
+    here = (cwd or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        conf = d / "conf"
+        if conf.is_dir() and (d == here or (conf / "config.yaml").is_file() or (d / PROJECT_MARKER).is_file()):
+            return None if conf.resolve() == CONF_DIR.resolve() else d
+    return None
+
+
 def project_conf(cwd: Path | None = None) -> Path | None:
-    """The conf/ of the project cruijff runs in (the working dir), when it has one of its own: its
+    """The conf/ of the project cruijff runs in (:func:`project_root`), when there is one: its
     groups' options add to or shadow the packaged ones, and its config.yaml, if any, replaces the
     packaged one (Hydra's search path, hydra_plugins.cruijff_plugins.ProjectSearchPath)."""
-    conf = (cwd or Path.cwd()) / "conf"
-    return conf.resolve() if conf.is_dir() and conf.resolve() != CONF_DIR.resolve() else None
+    root = project_root(cwd)
+    return (root / "conf").resolve() if root is not None else None
+
+
+def looked_in(group: str) -> str:
+    """Where a group's options were looked up, for an error about one that is not there."""
+    conf = project_conf()
+    if conf is None:
+        return f"looked in cruijff's own only: no project conf/ in {Path.cwd()} or above"
+    return f"looked in {conf / group} and cruijff's own"
 
 
 def conf_dirs() -> list[Path]:
@@ -96,7 +120,7 @@ def check_group_overrides(argv: list[str]) -> None:
         for v in value.split(","):
             if v not in options:
                 raise ConfigError(key, v, f"no such {key}{did_you_mean(v, options, quote=True)}; "
-                                          f"choose one of: {', '.join(options)}")
+                                          f"choose one of: {', '.join(options)}; {looked_in(key)}")
 
 
 @lru_cache(maxsize=4096)

@@ -10,7 +10,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmitit
 
 
 class ProjectSearchPath(SearchPathPlugin):
-    """The project's own ``conf/`` (in the working dir) first: its options add to or shadow cruijff's."""
+    """The project's own ``conf/`` (``cruijff.config.project_root``) first: its options add to or shadow cruijff's."""
 
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
         from cruijff.config import project_conf

@@ -228,3 +228,25 @@ def test_the_confusion_matrix_plot(tmp_path):
     targets = [str(x) for x in rng.choice(LABELS, 60)]
     plot_confusion(class_report(targets, _answers(targets, rng), resamples=50), "sentiment", tmp_path / "cm.png")
     assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_summary_csv_names_the_model_and_only_the_overrides_that_change_the_fine_tune(tmp_path):
+    """A fine-tuned row names its model (as the base rows do), and launcher keys (detach, cluster,
+    eval.*, hydra.*, experiment.name, overwrite, ...) are not hyperparameter columns."""
+    from test_stats import A0, A1, BASE, make_sweep
+
+    launch = ["detach=true", "cluster=slurm", "dry_run=false", "overwrite=true", "experiment.name=s",
+              "eval.limit=5", "eval.epochs=[0]", "hydra.launcher.timeout_min=5", "training=smoke"]
+    sweep_dir = make_sweep(tmp_path, {"a": {0: {"exact_match": A0}}, "b": {0: {"exact_match": A1}}},
+                           {"exact_match": BASE},
+                           overrides={"a": ["optimizer.lr=1e-3", *launch], "b": ["optimizer.lr=1e-4", *launch]})
+    (sweep_dir / "a" / ".hydra").mkdir()
+    (sweep_dir / "a" / ".hydra" / "config.yaml").write_text(
+        "model:\n  name: tiny_llama\n  note: ${not_a_key}\ndataset:\n  prompt: '${x}'\n")
+    from cruijff.report import report_sweep
+
+    report_sweep(sweep_dir)
+    summary = pd.read_csv(sweep_dir / "summary.csv")
+    assert set(summary["model"]) == {"tiny_llama"}, summary[["run", "model"]]
+    params = [c for c in summary.columns if "." in c or c in ("detach", "cluster", "dry_run", "overwrite", "training")]
+    assert params == ["optimizer.lr", "training"], list(summary.columns)

@@ -42,13 +42,22 @@ ABBREVIATIONS = {
 NOT_IN_RUN_NAME = re.compile(r"^(hydra|eval|experiment|overwrite|cluster|dry_run|detach|scaffold|verbose|training\.metric_logger|training\.tracking)([./=]|$)")
 
 
+def changes_finetune(override: str) -> bool:
+    """Whether a ``key=value`` override changes what a run fine-tunes (``optimizer.lr=1e-3``), as
+    opposed to how or where it is launched and evaluated (``eval.*``, ``hydra.*``, ``cluster``,
+    ``detach``, ``overwrite``, ``experiment.name``, ...): the one rule for run names and for a
+    sweep report's hyperparameter columns."""
+    ov = str(override).lstrip("+~")
+    return "=" in ov and not NOT_IN_RUN_NAME.match(ov)
+
+
 def run_name(overrides: Iterable[str]) -> str:
     """Directory name of a run, derived from its command-line overrides (never from the clock)."""
     parts = []
     for ov in overrides:
-        ov = str(ov).lstrip("+~")
-        if "=" not in ov or NOT_IN_RUN_NAME.match(ov):
+        if not changes_finetune(ov):
             continue
+        ov = str(ov).lstrip("+~")
         key, value = ov.split("=", 1)
         leaf = key.split(".")[-1] if "." in key else key
         if key.endswith("path"):

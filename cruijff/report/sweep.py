@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -19,8 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-from ..config import load_run
-from ..errors import CruijffError
+from ..config import changes_finetune
 from ..records import (PlannedRunRecord, RunState, current_cell, expected_cells, layout, log_path,
                        read_jsonl, sweep_runs, unscored)
 from .format import markdown_table, p_clause, p_value
@@ -48,7 +48,7 @@ def collect(sweep_dir: Path, plan: list[PlannedRunRecord]) -> tuple[pd.DataFrame
         if state is None or not state.finished:
             failures[r.name] = (state.error or state.status.value) if state else "did not start"
             continue
-        params = dict(o.split("=", 1) for o in r.overrides if "=" in o)
+        params = _hyperparameters(r.overrides)
         epoch_loss = {e.epoch: e for e in state.epochs}
         expected = expected_cells(run_dir)
         if "base" in expected:
@@ -64,6 +64,7 @@ def collect(sweep_dir: Path, plan: list[PlannedRunRecord]) -> tuple[pd.DataFrame
             if base_dir is not None:
                 base_name = base_dir.name
                 bases.setdefault(base_dir, cell.base_key)
+                model = model or _model_of_base(base_name)
             epoch = layout.epoch_of(ckpt)
             loss = epoch_loss.get(epoch)
             for task, value in cell.scores().items():
@@ -139,11 +140,31 @@ def _base_of(cell, sweep_dir: Path) -> Path | None:
     return None
 
 
+def _hyperparameters(overrides: list[str]) -> dict[str, str]:
+    """A run's overrides that change what it fine-tunes (key -> value as written): the summary's
+    hyperparameter columns. How and where it was launched and evaluated (``eval.*``, ``hydra.*``,
+    ``cluster``, ``detach``, ``experiment.name``, ...) is left out, by the rule run names follow."""
+    return dict(o.lstrip("+~").split("=", 1) for o in overrides if changes_finetune(o))
+
+
 def _model_of(run_dir: Path) -> str | None:
+    """The model a run fine-tuned: ``model.name`` of its saved (resolved) config, read as plain
+    YAML — a text that looks like an interpolation elsewhere in it is not resolved, and a
+    config that OmegaConf would refuse still gives its model."""
+    import yaml
+
     try:
-        return str(load_run(run_dir).model.name)
-    except CruijffError:
+        data = yaml.safe_load(layout.saved_config(run_dir).read_text())
+        name = data["model"]["name"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
         return None
+    return str(name) if name else None
+
+
+def _model_of_base(dir_name: str) -> str:
+    """The model a base control evaluates, from its dir's name (``<model>[+<template>]-<key>``)."""
+    name = re.sub(r"-[0-9a-f]{10}$", "", dir_name)
+    return name.split("+", 1)[0]
 
 
 def _report_inputs(sweep_dir: Path, plan: list[PlannedRunRecord]) -> str:
@@ -179,9 +200,8 @@ def report_sweep(sweep_dir: Path, plan: list[PlannedRunRecord] | None = None) ->
     scores = scored.df
     values: dict[str, set[str]] = {}
     for r in plan:
-        for o in r.overrides:
-            if "=" in o:
-                values.setdefault(o.split("=", 1)[0], set()).add(o.split("=", 1)[1])
+        for k, v in _hyperparameters(r.overrides).items():
+            values.setdefault(k, set()).add(v)
     axes = [k for k, v in values.items() if len(v) > 1 and not SEED_KEY.match(k + "=")]  # the swept keys
     groups = seed_groups(plan)
     seeds = {r.name: o.split("=", 1)[1] for r in plan for o in r.overrides if SEED_KEY.match(o)}

@@ -30,6 +30,7 @@ def job_name(experiment: str, kind: str) -> str:
 
 
 RESOURCES = {"timeout_min": int, "gpus_per_node": int, "cpus_per_task": int, "mem_gb": float}
+SITE_FLAGS = ("partition", "account", "qos", "constraint")  # the preset's sbatch flags, when set
 
 
 def job_resources(cfg: DictConfig) -> dict[str, Any]:
@@ -91,13 +92,38 @@ def make_executor(cluster: DictConfig, folder: Path | str, *, name: str,
         slurm_setup=[str(line) for line in cluster.setup or []],
         slurm_additional_parameters=extra,
     )
-    for key in ("partition", "account", "qos", "constraint"):
-        if cluster.get(key) not in (None, ""):
-            params[f"slurm_{key}"] = str(cluster[key])
+    for key, value in site_flags(cluster).items():
+        params[f"slurm_{key}"] = value
     if params["gpus_per_node"] == 0:
         del params["gpus_per_node"]
     executor.update_parameters(**params)
     return executor
+
+
+def site_flags(cluster: DictConfig) -> dict[str, str]:
+    """The preset's partition, account, qos and constraint, those it sets."""
+    return {key: str(cluster[key]) for key in SITE_FLAGS if cluster.get(key) not in (None, "")}
+
+
+def sbatch_directives(cluster: DictConfig, name: str, resources: dict[str, Any] | None = None) -> list[str]:
+    """``#SBATCH`` lines of one job of ``cluster`` (a SLURM preset), each value shell-quoted (sbatch
+    reads quotes in its directives): its name, the preset's site flags, the time limit, GPUs, CPUs
+    and memory (``resources`` in place of the preset's, as in :func:`make_executor`), then any other
+    flag of ``cluster.sbatch``. The same values the launch gives submitit, in plain sbatch spelling."""
+    import shlex
+
+    res = {k: cluster.get(k) for k in RESOURCES} | (resources or {})
+    minutes, mem = int(res["timeout_min"]), float(res["mem_gb"])
+    days, rest = divmod(minutes, 1440)
+    flags: dict[str, Any] = {"job-name": name, **site_flags(cluster),
+                             "time": (f"{days}-" if days else "") + f"{rest // 60:02d}:{rest % 60:02d}:00"}
+    if int(res["gpus_per_node"]):
+        flags["gpus-per-node"] = int(res["gpus_per_node"])
+    flags["cpus-per-task"] = int(res["cpus_per_task"])
+    flags["mem"] = f"{int(mem)}GB" if mem == int(mem) else f"{int(mem * 1024)}MB"  # submitit's spelling
+    extra = OmegaConf.to_container(cluster.sbatch, resolve=True) if cluster.get("sbatch") else {}
+    flags.update({str(k): v for k, v in (extra or {}).items() if str(k) not in flags})
+    return [f"#SBATCH --{k}" if v is True else f"#SBATCH --{k}={shlex.quote(str(v))}" for k, v in flags.items()]
 
 
 def signal_delay(cluster: DictConfig, timeout_min: int) -> int:

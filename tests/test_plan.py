@@ -317,6 +317,38 @@ def test_scaffold_quotes_every_path_in_the_scripts_it_writes(tmp_path, monkeypat
     assert srun[srun.index("--output") + 1] == str(work / "outputs/q/.submitit/%A_%a/%A_%a_%t_log.out")
 
 
+def test_scaffold_writes_each_run_a_finetune_sbatch_to_submit_by_hand(tmp_path):
+    """Each run gets finetune.sbatch: the site preset's #SBATCH flags with the run's resources, named
+    for the run, its output in the run's logs/, the preset's setup lines, then the run's tune command
+    (here the distributed form: two GPUs); every path one quoted word."""
+    import shlex
+
+    work = tmp_path / "my study"
+    work.mkdir()
+    proc = launch("-m", "cluster=example_site", "experiment.name=hand", "scaffold=true", "peft.lora_rank=8",
+                  "optimizer.lr=1e-3,1e-4", "cluster.gpus_per_node=2", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("rank8_lr1e-3", "rank8_lr1e-4"):
+        run_dir = (work / "outputs" / "hand" / name).resolve()
+        script = run_dir / "finetune.sbatch"
+        syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert syntax.returncode == 0, syntax.stderr
+        lines = script.read_text().splitlines()
+        assert lines[0] == "#!/bin/bash"
+        header = [ln for ln in lines if ln.startswith("#SBATCH")]
+        assert header == [
+            f"#SBATCH --job-name={name}", "#SBATCH --partition=gpu", "#SBATCH --account=mylab",
+            "#SBATCH --constraint='a100|h100'", "#SBATCH --time=00:13:00", "#SBATCH --gpus-per-node=2",
+            "#SBATCH --cpus-per-task=16", "#SBATCH --mem=4GB", "#SBATCH --mail-type=FAIL",
+            f"#SBATCH --output='{run_dir}/logs/sbatch-%j.out'", f"#SBATCH --error='{run_dir}/logs/sbatch-%j.err'"]
+        assert (run_dir / "logs").is_dir()  # sbatch cannot open its output in a dir that is not there
+        assert lines[-3:] == ["module load cuda/12.4", "source $HOME/venvs/cruijff/bin/activate",
+                              "tune run --nproc_per_node 2 lora_finetune_distributed --config "
+                              f"'{run_dir}/finetune.yaml'"]
+        assert shlex.split(lines[-1])[-1] == str(run_dir / "finetune.yaml")
+        assert lines[-1] in (work / "outputs" / "hand" / "scripts" / "tune_commands.sh").read_text().splitlines()
+
+
 def test_scaffold_runs_full_fine_tuning_with_its_own_recipe():
     from conftest import compose_config
     from cruijff.sweep.scaffold import scaffold_text

@@ -5,6 +5,7 @@
       base/<model>[+<template>]-<key>/  a base model's control cell, one per distinct key
       <run>/                         a run dir
         .hydra/config.yaml  finetune.yaml  manifest.json  run.json
+        finetune.sbatch              scaffold=true on SLURM: the run by hand (sbatch), torchtune alone
         logs/                        loss.jsonl, launch.log, and torchtune's and inspect's own output
                                      (finetune.log, eval.log)
         epoch_<N>/                   a checkpoint: an adapter (PEFT format), or full weights
@@ -94,6 +95,11 @@ def rank_error_file(run_dir: Path, rank: int | str) -> Path:
 def finetune_config(run_dir: Path) -> Path:
     """The torchtune-native config a run trains with: ``tune run <recipe> --config finetune.yaml``."""
     return run_dir / "finetune.yaml"
+
+
+def finetune_sbatch(run_dir: Path) -> Path:
+    """The scaffold's standalone SLURM script of a run: ``sbatch finetune.sbatch`` runs ``finetune.yaml``."""
+    return run_dir / "finetune.sbatch"
 
 
 def epoch_dir(run_dir: Path, epoch: int) -> Path:

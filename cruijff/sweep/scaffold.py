@@ -1,13 +1,16 @@
 """``scaffold=true``: every file the launch would use, rendered to read before anything runs —
 each run's ``finetune.yaml``, ``scripts/tune_commands.sh`` and, on SLURM, one sbatch script per job
-array exactly as the launch would submit them."""
+array exactly as the launch would submit them, and each run's own ``finetune.sbatch`` to read, edit
+and submit by hand."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from omegaconf import DictConfig
 
+from ..cluster import sbatch_directives
 from ..config import device_guess, peft_method, processes, resolve_paths
 from ..finetune import config_text, render, tune_command
 from ..plan import PlannedRun
@@ -26,16 +29,37 @@ def scaffold_text(cfg: DictConfig, run_dir: Path) -> tuple[str, str]:
             tune_command(nproc, path, method))
 
 
+def finetune_sbatch(cluster: DictConfig, run_dir: Path, resources: dict, command: str) -> str:
+    """A run's standalone SLURM script: the preset's ``#SBATCH`` flags with the run's resources,
+    named for the run, its output in the run's ``logs/``; the preset's setup lines; then the run's
+    ``tune run`` command (``command``, as :func:`scaffold_text` gives it)."""
+    logs = layout.finetune_log(run_dir).parent
+    header = sbatch_directives(cluster, run_dir.name, resources)
+    header += [f"#SBATCH --output={shlex.quote(str(logs / 'sbatch-%j.out'))}",
+               f"#SBATCH --error={shlex.quote(str(logs / 'sbatch-%j.err'))}"]
+    lines = ["#!/bin/bash", *header,
+             f"# {run_dir.name} with torchtune alone: edit it, then sbatch {shlex.quote(str(layout.finetune_sbatch(run_dir)))}",
+             "# (the launch itself runs this through cruijff: run.json, requeue and resume, evals)",
+             "set -eo pipefail", *[str(line) for line in cluster.setup or []], command]
+    return "\n".join(lines) + "\n"
+
+
 def write_scaffold(config: DictConfig, sweep_dir: Path, todo: list[PlannedRun],
                    rendered: dict[str, tuple[str, str]]) -> list[Path]:
-    """Every run's ``finetune.yaml`` in its run dir, and in ``scripts/``: the torchtune commands and,
-    on SLURM, the job-array scripts that the launch will submit."""
+    """Every run's ``finetune.yaml`` in its run dir (on SLURM with its ``finetune.sbatch``), and in
+    ``scripts/``: the torchtune commands and, on SLURM, the job-array scripts that the launch will submit."""
     written: list[Path] = []
     for run in todo:
         path = layout.finetune_config(sweep_dir / run.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(rendered[run.name][0])
         written.append(path)
+        if str(config.cluster.executor) == "slurm":
+            layout.finetune_log(path.parent).parent.mkdir(exist_ok=True)  # sbatch writes the job's output there
+            script = layout.finetune_sbatch(path.parent)
+            script.write_text(finetune_sbatch(config.cluster, path.parent.resolve(), run.resources,
+                                              rendered[run.name][1]))
+            written.append(script)
     scripts = layout.scripts_dir(sweep_dir)
     scripts.mkdir(exist_ok=True)
     lines = ["#!/usr/bin/env bash", "# Each run with torchtune alone (what the jobs run, without cruijff's records).",

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .cluster import time_limit_message
-from .config import TaskSpec, check_name, config_hash, prepare_job, resolve_paths, validate
+from .config import TaskSpec, check_name, config_hash, prepare_job, resolve_paths, run_changes, validate
 from .errors import ConfigError, CruijffError, first_line, omegaconf_message
 from .evaluate import check_tasks_load, evaluate_run
 from .finetune import finetune_run
@@ -118,9 +118,11 @@ def dry_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> int:
     specs = validate(cfg)
     check_name("run name", run_dir.name)
     preflight(cfg, run_dir, specs, evaluates=True)
-    chash = config_hash(cfg, *resolve_paths(cfg, build=False))
+    paths = resolve_paths(cfg, build=False)
+    chash = config_hash(cfg, *paths)
     standing, state = run_standing(run_dir, chash, int(cfg.training.epochs))
-    planned = ACTIVE if liveness.at_work(state) else plan_state(standing, bool(cfg.overwrite), run_dir, state, chash)
+    planned = ACTIVE if liveness.at_work(state) else plan_state(standing, bool(cfg.overwrite), run_dir, state, chash,
+                                                                lambda d: run_changes(d, cfg, *paths))
     print_plan([PlannedRun(run_dir.name, overrides, chash, planned, state)], f"{cfg.experiment.name}: dry run")
     return 0
 
@@ -147,7 +149,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: str = "a
     if claim:
         claim_run(run_dir, act)
     standing, state = run_standing(run_dir, chash, int(cfg.training.epochs))
-    if plan_state(standing, bool(cfg.overwrite), run_dir, state, chash) == OVERWRITE:
+    if plan_state(standing, bool(cfg.overwrite), run_dir, state, chash,
+                  lambda d: run_changes(d, cfg, model_dir, data_file)) == OVERWRITE:
         act("Overwrite run", f"{run_dir.name}: config hash {state.config_hash} -> {chash}")
         for child in run_dir.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()

@@ -167,3 +167,44 @@ def test_status_counts_evals_over_the_epochs_asked_for(tmp_path):
     q = next(ln for ln in text.splitlines() if " q " in ln)
     assert " 1/1 " in r and "/15 " not in r.split("15/15")[-1], text
     assert " 0/1 " in q, text
+
+
+def test_a_changed_run_is_refused_naming_what_changed(tmp_path):
+    """A run dir of another config is refused with the keys that changed, old -> new, and the data
+    file whose content changed, in one line cut to a readable length; not with two hashes."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from conftest import ROOT
+    from cruijff.config import config_changes, input_identity, register_resolvers, resolve_paths
+    from cruijff.plan import Planner
+    from cruijff.records import layout, write_json
+
+    register_resolvers()
+    data = tmp_path / "d.json"
+    rows = [{"input": "a", "output": "b"}] * 16
+    data.write_text(json.dumps({"train": rows, "validation": rows, "test": rows}))
+    common = ["dataset=json", f"dataset.path={data}"]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        old = compose("config", overrides=common + ["optimizer.lr=1e-3", "training.epochs=1"])
+        many = compose("config", overrides=common + ["optimizer.lr=3e-3", "training.epochs=2", "seed=3",
+                                                     "peft.lora_rank=2", "peft.lora_alpha=8"])
+        master = compose("config", overrides=common, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    job = ["optimizer.lr=3e-3", "training.epochs=1"]
+    run_dir = tmp_path / "sweep" / "lr3e-3_epochs1"
+    layout.saved_config(run_dir).parent.mkdir(parents=True)
+    OmegaConf.save(old, layout.saved_config(run_dir), resolve=True)
+    write_json(run_dir / layout.MANIFEST_FILE, {"inputs": input_identity(old, *resolve_paths(old, build=False))})
+    RunState(RunStatus.FINISHED, name=run_dir.name, config_hash="0" * 16).save(run_dir)
+    data.write_text(json.dumps({"train": rows[:12], "validation": rows, "test": rows}))
+    with pytest.raises(CruijffError) as e:
+        Planner(master, tmp_path / "sweep").plan([job])
+    line = str(e.value)
+    assert "(optimizer.lr 0.001 -> 0.003, data file " in line and f"{data}: content changed)" in line, line
+    assert "!=" not in line and "\n" not in line
+    # more changes than are shown: the first three, and how many more
+    text = config_changes(old, None, many, *resolve_paths(many, build=False))
+    assert text.count(" -> ") == 3 and text.endswith(" and 2 more"), text

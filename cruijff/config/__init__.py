@@ -7,8 +7,8 @@ from .compose import (CONF_DIR, GROUPS, check_group_overrides, conf_dirs, eval_c
                       load_run, looked_in, override_identity, parse_override, PROJECT_MARKER, project_conf,
                       project_root, register_resolvers)
 from .keys import ALIASES, unknown_key
-from .identity import (RUN_KEYS, changes_finetune, check_name, config_hash, file_sha256, model_content_id, model_identity,
-                       run_name)
+from .identity import (RUN_KEYS, changes_finetune, check_name, config_changes, config_hash, file_sha256,
+                       input_identity, model_content_id, model_identity, run_changes, run_name)
 from .model import (CHECKPOINT_MODES, PEFT_METHODS, TOKENIZER_FILES, checkpoint_mode, device_guess, effective_batch,
                     local_jobs, lora_on_output, model_files, peft_method, prepare_job, processes, resolve_paths,
                     run_gpus, sweep_batch)
@@ -21,8 +21,8 @@ __all__ = [
     "load_run", "looked_in", "override_identity", "parse_override", "PROJECT_MARKER", "project_conf", "project_root",
     "register_resolvers",
     "ALIASES", "unknown_key",
-    "RUN_KEYS", "changes_finetune", "check_name", "config_hash", "file_sha256", "model_content_id", "model_identity",
-    "run_name",
+    "RUN_KEYS", "changes_finetune", "check_name", "config_changes", "config_hash", "file_sha256", "input_identity",
+    "model_content_id", "model_identity", "run_changes", "run_name",
     "CHECKPOINT_MODES", "PEFT_METHODS", "TOKENIZER_FILES", "checkpoint_mode", "device_guess", "effective_batch",
     "local_jobs", "lora_on_output", "model_files", "peft_method", "prepare_job", "processes", "resolve_paths", "run_gpus", "sweep_batch",
     "SCHEMA", "check_value", "stock_configs", "validate", "validate_dataset",

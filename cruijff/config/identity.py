@@ -126,10 +126,8 @@ def _slug(value: str) -> str:
 # the config hash
 
 
-def config_hash(cfg: DictConfig, model_dir: Path | None = None, data_file: Path | None = None) -> str:
-    """Hash of everything that decides what a fine-tuning run computes (see the module's docstring)."""
-    if model_dir is None or data_file is None:
-        model_dir, data_file = resolve_paths(cfg, build=False)
+def _settings(cfg: DictConfig) -> dict:
+    """What of a config is in its hash, its inputs' content aside (see the module's docstring)."""
     sub = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig)
            else cfg[k] for k in RUN_KEYS if k in cfg}
     if cfg.get("base_recipe"):
@@ -147,14 +145,80 @@ def config_hash(cfg: DictConfig, model_dir: Path | None = None, data_file: Path 
     # what the LoRA builder gets: auto is true or false per model
     if "peft" in sub and "model" in sub and peft_method(cfg) == "lora":
         sub["peft"]["apply_lora_to_output"] = lora_on_output(cfg)
-    sub["inputs"] = {
+    return sub
+
+
+def input_identity(cfg: DictConfig, model_dir: Path, data_file: Path) -> dict[str, str]:
+    """The content of a run's inputs as its hash counts it: the model dir's identity, the data file's sha256."""
+    return {
         "model": model_identity(model_dir) if cfg.model.get("path") is not None
         else f"embedded:{cfg.model.name}:{assets.ASSET_VERSION}",
         "data": file_sha256(data_file) if cfg.dataset.get("path") is not None
         else f"embedded:{cfg.dataset.name}:{assets.ASSET_VERSION}",
     }
+
+
+def config_hash(cfg: DictConfig, model_dir: Path | None = None, data_file: Path | None = None) -> str:
+    """Hash of everything that decides what a fine-tuning run computes (see the module's docstring)."""
+    if model_dir is None or data_file is None:
+        model_dir, data_file = resolve_paths(cfg, build=False)
+    sub = _settings(cfg)
+    sub["inputs"] = input_identity(cfg, model_dir, data_file)
     blob = json.dumps(sub, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def _short(value: Any, width: int = 24) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def config_changes(old: DictConfig, old_inputs: dict | None, new: DictConfig, model_dir: Path, data_file: Path,
+                   shown: int = 3) -> str | None:
+    """What makes ``new`` another run than ``old`` (a run dir's saved config, with the content of
+    its inputs as recorded then, where it was), in one line: the keys in the hash with old -> new,
+    then the data file and the model dir whose content changed; past ``shown`` items, "and N more".
+    None where nothing can be told apart (the old config cannot be read this way)."""
+    try:
+        before, after = _flat(_settings(old)), _flat(_settings(new))
+    except Exception:  # a config of an older cruijff: no key-by-key account
+        return None
+    items = [f"{k} {_short(before.get(k, '(none)'))} -> {_short(after.get(k, '(none)'))}"
+             for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    now = input_identity(new, model_dir, data_file)
+    for what, key, path in (("data file", "data", data_file), ("model dir", "model", model_dir)):
+        if old_inputs and old_inputs.get(key) not in (None, now[key]):
+            items.append(f"{what} {path}: content changed")
+    if not items:
+        if old_inputs:
+            return None
+        items = [f"the content of the data file {data_file} or of the model dir {model_dir}"]
+    more = len(items) - shown
+    return ", ".join(items[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+def run_changes(run_dir: Path, cfg: DictConfig, model_dir: Path, data_file: Path) -> str | None:
+    """:func:`config_changes` of the run in ``run_dir`` (its saved config, the inputs its manifest
+    recorded) against ``cfg``; None where the run dir has no saved config."""
+    from ..records import layout, read_json
+
+    saved = layout.saved_config(run_dir)
+    try:
+        old = OmegaConf.load(saved)
+    except Exception:  # none, or unreadable: the hashes are all there is to say
+        return None
+    manifest = read_json(run_dir / layout.MANIFEST_FILE) or {}
+    inputs = manifest.get("inputs") if isinstance(manifest, dict) else None
+    return config_changes(old, inputs, cfg, model_dir, data_file)
 
 
 def file_sha256(path: Path) -> str:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from .. import ui
 from ..cluster import time_limit_message
-from ..config import effective_batch, peft_method, processes
+from ..config import effective_batch, input_identity, peft_method, processes, run_changes
 from ..records import (ActionLog, RunStanding, RunState, RunStatus, complete_epochs, epoch_summary, finish_manifest,
                        layout, liveness, other_config, read_jsonl, record_finished, run_standing, slurm_job_id,
                        write_jsonl, write_manifest)
@@ -35,7 +35,8 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     epochs = int(cfg.training.epochs)
     standing, previous = run_standing(run_dir, chash, epochs)
     if standing is RunStanding.OTHER_CONFIG:  # the job replaces it (overwrite=true) or refuses before this
-        raise other_config(run_dir, previous.config_hash if previous else None, chash)
+        raise other_config(run_dir, previous.config_hash if previous else None, chash,
+                           run_changes(run_dir, cfg, model_dir, data_file))
     if standing is RunStanding.FINISHED:
         recorded = previous.finished
         record_finished(run_dir, previous)
@@ -56,7 +57,8 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
             conf["checkpointer"]["adapter_checkpoint"] = str(resume_adapter(run_dir, resume).relative_to(run_dir))
     write_config(conf, layout.finetune_config(run_dir), run_dir.name, nproc, cfg.get("base_recipe"), method)
     write_manifest(run_dir, seed=int(cfg.seed), config_hash=chash,
-                   extra={"model_dir": str(model_dir), "data_file": str(data_file)})
+                   extra={"model_dir": str(model_dir), "data_file": str(data_file),
+                          "inputs": input_identity(cfg, model_dir, data_file)})
     state = RunState(
         name=run_dir.name, status=RunStatus.RUNNING, config_hash=chash,
         attempts=(previous.attempts if previous else 0) + 1, started=time.time(),

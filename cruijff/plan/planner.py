@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..cluster import job_resources
 from ..config import (GROUPS, SCHEMA, check_name, config_hash, leaf_keys, override_identity, parse_override,
-                      resolve_paths, run_name, unknown_key, validate)
+                      resolve_paths, run_changes, run_name, unknown_key, validate)
 from ..errors import ConfigError, CruijffError, omegaconf_message
 from ..evaluate import check_tasks_load
 from ..records import PlannedRunRecord, RunStanding, RunState, liveness, other_config, run_standing
@@ -175,7 +175,8 @@ class Planner:
                     chash = config_hash(cfg, *paths)
                     epochs = int(cfg.training.epochs)
                     force = bool(cfg.overwrite) if overwrite is None else overwrite
-                    run = self._state(name, overrides, chash, epochs, force)
+                    run = self._state(name, overrides, chash, epochs, force,
+                                      lambda d, c=cfg, p=paths: run_changes(d, c, *p))
                     run.resources = self._resources(cfg, changed)
                     run.model = str(cfg.model.name)
                     if estimate and run.state != FINISHED:
@@ -227,14 +228,16 @@ class Planner:
             return self._base_resources
         return job_resources(cfg)
 
-    def _state(self, name: str, overrides: list[str], chash: str, epochs: int, overwrite: bool) -> PlannedRun:
+    def _state(self, name: str, overrides: list[str], chash: str, epochs: int, overwrite: bool,
+               changes: Callable[[Path], str | None] | None = None) -> PlannedRun:
         run_dir = self.sweep_dir / name
         state = RunState.of(run_dir)
         busy = _at_work(run_dir, state, overrides, chash, overwrite)
         if busy is not None:
             return busy
         standing, state = run_standing(run_dir, chash, epochs, state)
-        return PlannedRun(name, overrides, chash, plan_state(standing, overwrite, run_dir, state, chash), state)
+        planned = plan_state(standing, overwrite, run_dir, state, chash, changes)
+        return PlannedRun(name, overrides, chash, planned, state)
 
 
 def _at_work(run_dir: Path, state: RunState | None, overrides: list[str], chash: str,
@@ -253,12 +256,15 @@ def _at_work(run_dir: Path, state: RunState | None, overrides: list[str], chash:
     return PlannedRun(run_dir.name, list(overrides), chash, ACTIVE, state)
 
 
-def plan_state(standing: RunStanding, overwrite: bool, run_dir: Path, state: RunState | None, chash: str) -> PlanState:
+def plan_state(standing: RunStanding, overwrite: bool, run_dir: Path, state: RunState | None, chash: str,
+               changes: Callable[[Path], str | None] | None = None) -> PlanState:
     """What a launch does with a run that stands so on disk (:func:`cruijff.records.run_standing`):
-    a run of another config is replaced with ``overwrite=true`` and refused without it."""
+    a run of another config is replaced with ``overwrite=true`` and refused without it, the
+    refusal saying what changed (``changes(run_dir)``: :func:`cruijff.config.run_changes`)."""
     if standing is RunStanding.OTHER_CONFIG:
         if not overwrite:
-            raise other_config(run_dir, state.config_hash if state else None, chash)
+            raise other_config(run_dir, state.config_hash if state else None, chash,
+                               changes(run_dir) if changes else None)
         return OVERWRITE
     return {RunStanding.NEW: NEW, RunStanding.FINISHED: FINISHED, RunStanding.REDO: REDO}[standing]
 

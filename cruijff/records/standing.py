@@ -61,10 +61,12 @@ def run_standing(run_dir: Path, config_hash: str, epochs: int,
     return RunStanding.REDO, state
 
 
-def other_config(run_dir: Path, recorded: str | None, config_hash: str) -> ConfigError:
-    """The refusal to replace a run dir that holds a run of another config."""
+def other_config(run_dir: Path, recorded: str | None, config_hash: str, changed: str | None = None) -> ConfigError:
+    """The refusal to replace a run dir that holds a run of another config; ``changed``: what
+    differs, in one line (else the two hashes are named)."""
+    what = changed or f"hash {recorded} != {config_hash}"
     return ConfigError("overwrite", False,
-                       f"{run_dir} holds a run of a different config (hash {recorded} != {config_hash}); "
+                       f"{run_dir} holds a run of a different config ({what}); "
                        "pass overwrite=true to replace it, or change experiment.name")
 
 

@@ -71,7 +71,7 @@ def verb(argv: list[str]) -> int:
         if not target.is_dir():
             raise CruijffError(f"{args.dir}: no such directory")
         if args.command == "status":
-            show(target)
+            return show(target)
         elif args.command == "compare":
             print_comparison(target, args.a, args.b)
         elif args.command == "plan":

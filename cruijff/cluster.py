@@ -214,12 +214,27 @@ def _ended(job, kind: str) -> bool:
 
 
 def scheduler_state(job) -> str:
-    """The scheduler's word on a job (SLURM: sacct state, e.g. ``CANCELLED by 0``, ``TIMEOUT``)."""
+    """The scheduler's word on a job (SLURM: sacct state, e.g. ``CANCELLED by alice``, ``TIMEOUT``)."""
     try:
         info = job.watcher.get_info(job.job_id, mode="cache")
     except Exception:
         return ""
-    return str(info.get("State", "")).strip()
+    return with_user_names(str(info.get("State", "")).strip())
+
+
+def with_user_names(state: str) -> str:
+    """sacct's ``CANCELLED by 1000`` (a uid) as ``CANCELLED by alice``; a uid with no user here
+    stays a number, said to be one."""
+    import pwd
+    import re
+
+    def name(m: "re.Match") -> str:
+        try:
+            return f"by {pwd.getpwuid(int(m.group(1))).pw_name}"
+        except (KeyError, OverflowError):
+            return f"by uid {m.group(1)}"
+
+    return re.sub(r"\bby (\d+)\b", name, state)
 
 
 def array_ids(job_ids: Iterable[Any]) -> list[str]:

@@ -208,3 +208,38 @@ def test_a_changed_run_is_refused_naming_what_changed(tmp_path):
     # more changes than are shown: the first three, and how many more
     text = config_changes(old, None, many, *resolve_paths(many, build=False))
     assert text.count(" -> ") == 3 and text.endswith(" and 2 more"), text
+
+
+def test_status_exits_1_while_a_run_of_the_sweep_is_failed(tmp_path):
+    """A script can tell from status's exit code whether anything failed: 1 with a failed run, 0
+    once it finished."""
+    import subprocess
+    import sys
+
+    from cruijff.records import PlannedRunRecord, RunState, RunStatus, SweepPlan
+
+    sweep_dir = tmp_path / "sweep"
+    SweepPlan("sweep", runs=[PlannedRunRecord("a", ["x=1"]), PlannedRunRecord("b", ["x=2"])]).save(sweep_dir)
+    RunState(RunStatus.FINISHED, name="a", checkpoints=["epoch_0"]).save(sweep_dir / "a")
+    RunState(RunStatus.FAILED, name="b", error="CUDA out of memory").save(sweep_dir / "b")
+
+    def status():
+        return subprocess.run([sys.executable, "-m", "cruijff", "status", str(sweep_dir)], capture_output=True, text=True)
+
+    failed = status()
+    assert failed.returncode == 1, failed.stderr
+    assert " b " in failed.stdout and "failed" in failed.stdout
+    RunState(RunStatus.FINISHED, name="b", checkpoints=["epoch_0"]).save(sweep_dir / "b")
+    assert status().returncode == 0
+
+
+def test_a_cancelled_jobs_state_names_the_user_not_the_uid():
+    import os
+    import pwd
+
+    from cruijff.cluster import with_user_names
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    assert with_user_names(f"CANCELLED by {os.getuid()}") == f"CANCELLED by {me}"
+    assert with_user_names("CANCELLED by 4294967") == "CANCELLED by uid 4294967"
+    assert with_user_names("TIMEOUT") == "TIMEOUT"

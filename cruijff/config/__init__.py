@@ -12,7 +12,7 @@ from .identity import (RUN_KEYS, changes_finetune, check_name, config_changes, c
 from .model import (CHECKPOINT_MODES, PEFT_METHODS, TOKENIZER_FILES, checkpoint_mode, device_guess, effective_batch,
                     local_jobs, lora_on_output, model_files, peft_method, prepare_job, processes, resolve_paths,
                     run_gpus, sweep_batch)
-from .schema import SCHEMA, check_value, stock_configs, validate, validate_dataset
+from .schema import SCHEMA, check_value, selected_epochs, stock_configs, validate, validate_dataset
 from .tasks import BUILTIN_TASKS, TaskSpec, check_task, check_tasks, task_specs
 
 __all__ = [
@@ -25,6 +25,6 @@ __all__ = [
     "model_content_id", "model_identity", "run_changes", "run_name",
     "CHECKPOINT_MODES", "PEFT_METHODS", "TOKENIZER_FILES", "checkpoint_mode", "device_guess", "effective_batch",
     "local_jobs", "lora_on_output", "model_files", "peft_method", "prepare_job", "processes", "resolve_paths", "run_gpus", "sweep_batch",
-    "SCHEMA", "check_value", "stock_configs", "validate", "validate_dataset",
+    "SCHEMA", "check_value", "stock_configs", "validate", "selected_epochs", "validate_dataset",
     "BUILTIN_TASKS", "TaskSpec", "check_task", "check_tasks", "task_specs",
 ]

@@ -100,6 +100,15 @@ def check_value(key: str, value: Any, spec: str) -> None:
         raise ConfigError(key, value, f"must be {_KINDS[kind]}{bound_text}{allowed}")
 
 
+def selected_epochs(setting: Any, trained: int | None) -> list[int] | None:
+    """The epoch indices an ``eval.epochs`` setting asks for, of a run that trains ``trained``
+    epochs: ``all`` is each of them (None where ``trained`` is not known); a list, those of it
+    the run trains."""
+    if setting == "all":
+        return None if trained is None else list(range(trained))
+    return [int(e) for e in setting if trained is None or 0 <= int(e) < trained]
+
+
 def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> list[TaskSpec]:
     """Check the composed config; raise ConfigError naming the first bad key; return its eval
     tasks. ``keys``: check only these of the SCHEMA (a grid point whose other values were checked

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..config import TaskSpec
+from ..config import TaskSpec, selected_epochs
 from ..config.chat import base_cell_dir
 from ..errors import CruijffError
 from ..records import CellStanding, EvalPlan, ExpectedCell, cell_standing, layout
@@ -52,7 +52,7 @@ def cells(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path, spec
     base = Cell("base", model_dir, base_cell_dir(cfg, run_dir.parent, key), key=key, parts=parts)
     out = [base] if cfg.eval.base_model else []
     link = base if cfg.eval.base_model else None  # the control a run's cells are compared with, if any
-    wanted = None if cfg.eval.epochs == "all" else set(cfg.eval.epochs)
+    wanted = selected_epochs(cfg.eval.epochs, None)  # None: every complete epoch
     for ckpt in layout.checkpoints(run_dir):
         if wanted is not None and layout.epoch_of(ckpt.name) not in wanted:
             continue

@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ..assets import cache_root
-from ..config import checkpoint_mode, device_guess, processes, resolve_paths, task_specs
+from ..config import checkpoint_mode, device_guess, processes, resolve_paths, selected_epochs, task_specs
 from ..errors import CruijffError
 from ..finetune import model_section, parameter_counts
 from ..records import RunState, layout
@@ -175,7 +175,7 @@ def estimate(cfg: DictConfig, data_file: Path, rates: dict[tuple, float] | None 
     gpu_mem = base * width + trained * 3 * width
     adapter = lora * width  # adapter_model.safetensors (the torchtune copy a resume needs is kept once)
     if cfg.eval.enabled:
-        chosen = epochs if cfg.eval.epochs == "all" else len(cfg.eval.epochs)
+        chosen = len(selected_epochs(cfg.eval.epochs, epochs))
         cells = chosen * len(task_specs(cfg.eval.tasks))
     else:
         cells = 0

@@ -21,8 +21,8 @@ import numpy as np
 from ..config import run_name, task_specs
 from ..records import SweepPlan
 from .samples import LogSamples, SampleScores
-from .stats import (ALPHA, Comparison, Interval, compare, holm, minimum_detectable, paired, score_interval,
-                    seed_interval, two_level_bootstrap)
+from .stats import (ALPHA, Comparison, Interval, cluster_labels, compare, holm, minimum_detectable, paired,
+                    sample_order, score_interval, seed_interval, two_level_bootstrap)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,6 +38,7 @@ class Scored:
     df: "pd.DataFrame"
     samples: list[LogSamples]               # per row: its log's samples
     clusters: dict[str, str]                 # task label -> the metadata field its samples cluster by
+    comparisons: list[Comparison | None] = field(default_factory=list)  # per row: its gain over its base
     unpaired: list[str] = field(default_factory=list)
     without: dict[str, str] = field(default_factory=dict)  # cell and task -> why it has no statistics
     no_cluster: list[str] = field(default_factory=list)  # tasks whose cluster field no sample has
@@ -78,8 +79,8 @@ def with_statistics(scores: "pd.DataFrame", samples: SampleScores, clusters: dic
         groups = out.cluster_ids(i)
         if clusters.get(r.task) and x and groups is None:
             missing_field.add(r.task)
-        ids = sorted(x, key=lambda k: (str(type(k)), k))
-        g = None if groups is None else [str(groups.get(k, f"\0{k}")) for k in ids]
+        ids = sample_order(x)
+        g = cluster_labels(groups, ids)
         ci = score_interval([x[k] for k in ids], g) if x else None
         cols["n"].append(len(x) if x else None)
         cols["of"].append(per_row[i].total)
@@ -93,6 +94,7 @@ def with_statistics(scores: "pd.DataFrame", samples: SampleScores, clusters: dic
         c = None
         if r.run != "base" and b is not None and x and per_row[b].scores:
             c = compare(*paired(per_row[b].scores, x, groups))
+        out.comparisons.append(c)
         cols["gain"].append(c.diff.value if c else None)
         cols["gain_low"].append(c.diff.low if c else None)
         cols["gain_high"].append(c.diff.high if c else None)
@@ -295,15 +297,15 @@ def _finding(scored: Scored, task: str, config: str, checkpoint: str, by: str, o
                 rows=rows)
     f.why = scored.without.get(f"{first['run']}/{checkpoint} on {task}") if first["n"] is None or \
         first["n"] != first["n"] else None
+    if len(rows) == 1:  # the row's own comparison with its base
+        f.comparison = scored.comparisons[rows[0]]
+        if f.comparison is not None:
+            f.gain, f.p, f.test = f.comparison.diff, f.comparison.p_value, f.comparison.test
+        return f
     base = scored.base_row(rows[0])
     base_scores = scored.samples[base].scores if base is not None and first["gain"] is not None \
         and first["gain"] == first["gain"] else None
     groups = scored.cluster_ids(rows[0])
-    if len(rows) == 1:
-        if base_scores:
-            f.comparison = compare(*paired(base_scores, scored.samples[rows[0]].scores, groups))
-            f.gain, f.p, f.test = f.comparison.diff, f.comparison.p_value, f.comparison.test
-        return f
     # a config of several seeds: its score is their mean, with an interval that holds the seeds'
     # spread and the samples' (a two-level bootstrap from 3 seeds; with 2, or where the bootstrap
     # has no spread to resample, the interval over samples of the seed-averaged scores); its gain
@@ -314,11 +316,11 @@ def _finding(scored: Scored, task: str, config: str, checkpoint: str, by: str, o
     common = set.intersection(*(set(s) for s in per_seed))
     if base_scores:
         common &= set(base_scores)
-    ids = sorted(common, key=lambda k: (str(type(k)), k))
+    ids = sample_order(common)
     if not ids:
         return f
     matrix = np.array([[s[k] for k in ids] for s in per_seed], dtype=float)
-    g = None if groups is None else [str(groups.get(k, f"\0{k}")) for k in ids]
+    g = cluster_labels(groups, ids)
     f.score = score_interval(matrix.mean(axis=0), g)
     f.score_method = f"over samples of the mean of {len(rows)} seeds, given these seeds"
     if len(rows) >= 3:

@@ -232,8 +232,8 @@ def compare(a: Sequence[float], b: Sequence[float], clusters: Sequence[Any] | No
         from scipy import stats
 
         a_only, b_only = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
-        deff = design_effect(d, g) if g is not None else 1.0
-        if g is not None and n_clusters is not None and n_clusters >= 2:
+        deff = design_effect(d, g)
+        if g is not None:  # two clusters or more (one returned above)
             # the score statistic on the effective sample (a chi-square test on 1 df, as
             # Durkalski's): the test rejects exactly where the interval leaves out 0
             low, high = tango_interval(b_only, a_only, n, deff)
@@ -386,9 +386,20 @@ def two_level_bootstrap(per_seed: np.ndarray, base: np.ndarray | None = None,
     return Interval(value, float(min(low, value)), float(max(high, value)), "bootstrap"), p
 
 
-def paired(a: dict, b: dict, clusters: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def sample_order(ids) -> list:
+    """Sample ids in one order every array of a comparison shares (ints and strings may mix)."""
+    return sorted(ids, key=lambda k: (str(type(k)), k))
+
+
+def cluster_labels(clusters: dict | None, ids: list) -> list[str] | None:
+    """Each sample's cluster (``clusters``: sample id -> cluster), in the order of ``ids``; a sample
+    without one is a cluster of its own."""
+    return None if clusters is None else [str(clusters.get(i, f"\0{i}")) for i in ids]
+
+
+def paired(a: dict, b: dict, clusters: dict | None = None) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     """Two cells' per-sample scores (sample id -> score) on the samples both answered, in id order,
     with each sample's cluster where ``clusters`` (sample id -> cluster) gives them."""
-    ids = sorted(set(a) & set(b), key=lambda k: (str(type(k)), k))
-    g = None if clusters is None else np.array([str(clusters.get(i, f"\0{i}")) for i in ids])
-    return np.array([a[i] for i in ids], dtype=float), np.array([b[i] for i in ids], dtype=float), g
+    ids = sample_order(set(a) & set(b))
+    return (np.array([a[i] for i in ids], dtype=float), np.array([b[i] for i in ids], dtype=float),
+            cluster_labels(clusters, ids))

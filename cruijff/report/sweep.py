@@ -26,7 +26,7 @@ from ..records import (PlannedRunRecord, RunState, current_cell, expected_cells,
 from .format import markdown_table, p_clause, p_value
 from .analysis import (SEED_KEY, Finding, Scored, findings, over_seeds, seed_groups, selected_checkpoints,
                        sweep_task_specs, validation_of, with_statistics)
-from .stats import ALPHA
+from .stats import ALPHA, cluster_labels, sample_order
 from .plots import plot_accuracy, plot_confusion, plot_heatmap, plot_losses
 from .samples import SampleScores
 
@@ -318,18 +318,18 @@ def _details(scored: Scored, f: Finding, plots: Path) -> list[str]:
     b = scored.base_row(i)
     if b is not None and f.gain is not None:
         base = scored.samples[b]
-        common = sorted(set(base.scores) & set(mine.scores), key=lambda k: (str(type(k)), k))
+        common = sample_order(set(base.scores) & set(mine.scores))
         right_only = [k for k in common if mine.scores[k] == 1 and base.scores[k] == 0]
         wrong_both = [k for k in common if mine.scores[k] < 1 and base.scores[k] < 1]
         rows = example_outputs(scored.df.at[b, "log"], log, right_only, wrong_both)
         if rows:
             lines += ["Example answers (base, then fine-tuned):", "", markdown_examples(rows), ""]
-    ids = sorted(mine.targets, key=lambda k: (str(type(k)), k))
+    ids = sample_order(mine.targets)
     targets = [mine.targets[k] for k in ids]
     if is_classification(targets):
         groups = scored.cluster_ids(i)
         report = class_report(targets, [mine.answers.get(k) for k in ids],
-                              None if groups is None else [str(groups.get(k, f"\0{k}")) for k in ids])
+                              cluster_labels(groups, ids))
         name = f"confusion_{_file_safe(f.task)}.png"
         plot_confusion(report, f.task, plots / name)
         lines += ["Per class (selected checkpoint):", "", markdown(report), "", f"Confusion matrix: `plots/{name}`.", ""]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ..config import selected_epochs
 from ..errors import CruijffError
 from ..records import (CellStanding, RunState, RunStatus, SweepPlan, cell_standing, expected_cells, layout, liveness,
                        sweep_runs)
@@ -121,11 +122,10 @@ def _selected(evals: dict, epochs: int | None) -> list[str] | None:
     if not evals.get("enabled", True):
         return []
     chosen = evals.get("epochs", "all")
-    if chosen == "all":
-        return None if epochs is None else [f"epoch_{e}" for e in range(epochs)]
-    if not isinstance(chosen, list):
+    if chosen != "all" and not isinstance(chosen, list):
         return None
-    return [f"epoch_{e}" for e in chosen if epochs is None or 0 <= int(e) < epochs]
+    picked = selected_epochs(chosen, epochs)
+    return None if picked is None else [f"epoch_{e}" for e in picked]
 
 
 def rows(sweep_dir: Path) -> list[dict]:

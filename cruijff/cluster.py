@@ -126,6 +126,84 @@ def sbatch_directives(cluster: DictConfig, name: str, resources: dict[str, Any] 
     return [f"#SBATCH --{k}" if v is True else f"#SBATCH --{k}={shlex.quote(str(v))}" for k, v in flags.items()]
 
 
+# sbatch's words for a refusal -> the cluster key that decides it, and where to look for what is allowed
+REFUSALS: list[tuple[tuple[str, ...], str, str]] = [  # the first that matches
+    (("account",), "account", "sacctmgr show assoc user=$USER format=account lists yours"),
+    (("qos",), "qos", "sacctmgr show assoc user=$USER format=qos lists yours"),
+    (("gres", "generic resource"), "gpus_per_node",
+     "set it to the GPUs a node of the partition has (0: none), or cluster.partition to one with GPUs "
+     "(sinfo -o '%P %G' lists them)"),
+    (("partition",), "partition", "sinfo -s lists this cluster's partitions"),
+    (("time limit",), "timeout_min", "lower it to the partition's MaxTime (sinfo -o '%P %l' lists them)"),
+    (("feature", "constraint"), "constraint", "sinfo -o '%P %f' lists the nodes' features"),
+    (("memory",), "mem_gb", "sinfo -o '%P %m' lists the nodes' memory (MB)"),
+]
+NODE_SIZE = "sinfo -o '%P %c %m %G' lists a node's CPUs, memory (MB) and GPUs per partition"
+
+
+def sbatch_words(stderr: str) -> str:
+    """sbatch's refusal in one line: its distinct messages without their ``sbatch: error:`` prefixes."""
+    out: list[str] = []
+    for line in stderr.splitlines():
+        line = re.sub(r"^((sbatch: error:|allocation failure:|Batch job submission failed:)\s*)+", "", line.strip())
+        if line and line.lower() not in (o.lower() for o in out):
+            out.append(line)
+    return "; ".join(out) or "no reason given"
+
+
+def refusal(stderr: str, cluster: DictConfig, resources: dict[str, Any] | None = None) -> CruijffError:
+    """The one line for a job sbatch refused: the cluster key that decides it, its value, sbatch's
+    own words and where to look for what is allowed. Resources too large for any node name all three."""
+    words = sbatch_words(stderr)
+    values = {k: cluster.get(k) for k in RESOURCES} | (resources or {}) | site_flags(cluster)
+    low = words.lower()
+    if "node configuration is not available" in low:
+        asked = ", ".join(f"cluster.{k}={values.get(k)}" for k in ("gpus_per_node", "cpus_per_task", "mem_gb"))
+        where = f" of partition {values['partition']}" if values.get("partition") else ""
+        return CruijffError(f"{asked}: sbatch refused the job: {words}; no node{where} has that much: {NODE_SIZE}")
+    for needles, key, hint in REFUSALS:
+        if any(n in low for n in needles):
+            return ConfigError(f"cluster.{key}", values.get(key), f"sbatch refused the job: {words}; {hint}")
+    return CruijffError(f"cluster={cluster.get('name', cluster.executor)}: sbatch refused the job: {words}; see the "
+                        "preset's partition, account, qos, constraint and resources")
+
+
+def sbatch_test(cluster: DictConfig, name: str, resources: dict[str, Any] | None = None, tasks: int = 1) -> None:
+    """Ask SLURM whether it would take a job of ``cluster`` with these resources, as an array of
+    ``tasks`` (``sbatch --test-only``: nothing is submitted); raise :func:`refusal` if not. Where
+    there is no ``sbatch`` here, nothing is checked."""
+    import shutil
+    import tempfile
+
+    if shutil.which("sbatch") is None:
+        return
+    lines = ["#!/bin/sh", *sbatch_directives(cluster, name, resources)]
+    if tasks > 1:
+        lines.append(f"#SBATCH --array=0-{tasks - 1}")
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="cruijff-test-") as script:
+        script.write("\n".join(lines) + "\ntrue\n")
+        script.flush()
+        try:
+            proc = subprocess.run(["sbatch", "--test-only", script.name], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise CruijffError(f"cannot ask SLURM whether it takes the job (sbatch --test-only: {e}); "
+                               "nothing submitted, try again") from None
+    if proc.returncode != 0:
+        raise refusal(proc.stderr or proc.stdout, cluster, resources)
+
+
+def submitted(submit: Callable[[], Any], cluster: DictConfig, resources: dict[str, Any] | None = None) -> Any:
+    """``submit()`` (a submitit submission), with a refusal by sbatch as its one line (:func:`refusal`)."""
+    from submitit.core.utils import FailedJobError
+
+    try:
+        return submit()
+    except FailedJobError as e:
+        if str(cluster.executor) != "slurm":
+            raise
+        raise refusal(str(e), cluster, resources) from None
+
+
 def signal_delay(cluster: DictConfig, timeout_min: int) -> int:
     """Seconds before its time limit a job is told to requeue itself: ``cluster.signal_delay_s``,
     at most half the limit (a job told at once would stop before it starts)."""
@@ -186,6 +264,10 @@ def watch(jobs: list, on_end: Callable[[Any], list | None], kind: str,
             time.sleep(poll)
 
 
+# sacct states of a job that may still run (or run again)
+UNFINISHED = ("", "READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "CONFIGURING", "RESIZING",
+              "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED")
+
 # States that may not be final, and how long one may last before the job counts as ended:
 # PREEMPTED is final where the cluster cancels preempted jobs (PreemptMode=CANCEL) but passes
 # where it requeues them; COMPLETED comes before the result file is visible on a slow shared
@@ -199,8 +281,7 @@ def _ended(job, kind: str) -> bool:
         return True
     if kind == "slurm":
         state = job.watcher.get_state(job.job_id, mode="cache").upper()
-        if state in ("", "READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING",
-                     "CONFIGURING", "RESIZING", "SUSPENDED"):
+        if state in UNFINISHED:
             _seen.pop(job.job_id, None)  # a later preemption starts its grace anew
             return False
         grace = next((g for s, g in GRACE_S.items() if state.startswith(s)), 0.0)
@@ -209,8 +290,41 @@ def _ended(job, kind: str) -> bool:
             if since is None or since[0] != state:
                 _seen[job.job_id] = since = (state, time.time())
             return time.time() - since[1] >= grace
-        return True
+        # cancelled, timed out: its processes go on until SLURM's KillWait ends them (and may save)
+        return not (state.startswith(("CANCELLED", "TIMEOUT")) and str(job.job_id) in completing([job.job_id]))
     return job.done()
+
+
+def completing(job_ids: list[str]) -> set[str]:
+    """Which of these SLURM jobs SLURM is still ending (squeue's COMPLETING: their processes are
+    being signalled and may still write); none where squeue cannot tell."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-t", "CG", "-o", "%i", "-j", ",".join(array_ids(job_ids))],
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    return {line.strip() for line in out.splitlines()} & {str(j) for j in job_ids}
+
+
+def ended_jobs(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """Those of these SLURM jobs that ended, with sacct's state (user names for uids) and end time
+    (``2026-12-03T12:15:38``), in one sacct call; none where there is no sacct or it fails."""
+    import shutil
+
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    try:
+        proc = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State,End", "-j", ",".join(array_ids(job_ids))],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    wanted = {str(j) for j in job_ids}
+    out = {}
+    for line in proc.stdout.splitlines():
+        job, state, end = (line.split("|") + ["", ""])[:3]
+        if job in wanted and state.split(" ")[0] not in UNFINISHED:
+            out[job] = (with_user_names(state), end)
+    return out
 
 
 def scheduler_state(job) -> str:

@@ -10,28 +10,30 @@ from pathlib import Path
 
 from .errors import CruijffError
 from .records import (CellStanding, RunState, RunStatus, cell_standing, expected_cells, lock_holder, sweep_runs)
-from .sweep import status_table
+from .sweep import ended_in_queue, status_table
 from .ui import console
 
 
 def show(sweep_dir: Path) -> int:
     """Print the sweep's table; 1 where a run or an eval cell failed (a script can tell), else 0."""
     holder = lock_holder(sweep_dir)
-    console().print(status_table(sweep_dir, f"launch running ({holder})" if holder else "no launch running"))
+    console().print(status_table(sweep_dir, f"launch running ({holder})" if holder else "no launch running",
+                                 scheduler=True))
     return 1 if failed(sweep_dir) else 0
 
 
 def failed(sweep_dir: Path) -> bool:
-    """Whether a run of the sweep is recorded failed (or its record cannot be read), or one of the
-    eval cells its runs expect now failed."""
+    """Whether a run of the sweep is recorded failed (or its record cannot be read) or its SLURM
+    job ended while it trained, or one of the eval cells its runs expect now failed."""
+    states = {}
     for r in sweep_runs(sweep_dir):
         run_dir = sweep_dir / r.name
         try:
-            state = RunState.of(run_dir)
+            state = states[r.name] = RunState.of(run_dir)
         except CruijffError:
             return True
         if state is not None and state.status is RunStatus.FAILED:
             return True
         if any(cell_standing(d, key) is CellStanding.FAILED for d, key in expected_cells(run_dir).values()):
             return True
-    return False
+    return any(not complete for complete, _, _ in ended_in_queue(sweep_dir, states).values())

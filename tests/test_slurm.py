@@ -38,12 +38,12 @@ def _sacct(*job_ids: str) -> dict[str, str]:
     return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
 
 
-def _wait(predicate, timeout: float, what: str) -> None:
+def _wait(predicate, timeout: float, what: str, every: float = 0.5) -> None:
     end = time.time() + timeout
     while time.time() < end:
         if predicate():
             return
-        time.sleep(0.5)
+        time.sleep(every)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
@@ -312,3 +312,85 @@ def test_each_run_asks_slurm_for_the_time_its_own_epochs_need(slurm, tmp_path, t
     finally:
         for kind in ("train", "eval"):
             subprocess.run(["scancel", "-n", f"cruijff-{kind}-limits"], check=False)
+
+
+def test_a_job_slurm_refuses_is_one_line_naming_the_cluster_key_before_anything_is_written(slurm, tmp_path,
+                                                                                          tiny_model_dir):
+    """The tiny model's hint asks for a GPU and this cluster has none (no gres): the dry run asks
+    sbatch (--test-only) and says what the launch would; the launch writes and submits nothing."""
+    grid = ["-m", "experiment.name=refused", "cluster=slurm", "training.epochs=1", "peft.lora_rank=8,16"]
+    gres = ("cruijff: error: cluster.gpus_per_node=1: sbatch refused the job: Invalid generic resource (gres) "
+            "specification; set it to the GPUs a node of the partition has (0: none), or cluster.partition to "
+            "one with GPUs (sinfo -o '%P %G' lists them)")
+    for extra in (["dry_run=true"], []):
+        proc = launch(*grid, *extra, cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [gres], proc.stderr[-2000:]
+    partition = launch(*grid, "cluster.gpus_per_node=0", "cluster.partition=gpu", cwd=tmp_path)
+    assert partition.returncode == 2 and partition.stderr.strip().splitlines()[-1].startswith(
+        "cruijff: error: cluster.partition='gpu': sbatch refused the job: invalid partition specified: gpu")
+    assert not (tmp_path / "outputs").exists()
+    queued = subprocess.run(["squeue", "-h", "-n", "cruijff-train-refused"], capture_output=True, text=True).stdout
+    assert queued.strip() == ""
+
+
+def test_a_submission_sbatch_refuses_raises_the_same_line(slurm, tmp_path):
+    """Where sbatch refuses the real submission (not only --test-only), the same line, no traceback."""
+    from omegaconf import OmegaConf
+
+    from cruijff.cluster import make_executor, submitted
+    from cruijff.errors import ConfigError
+
+    cluster = OmegaConf.load(Path(__file__).parents[1] / "conf" / "cluster" / "slurm.yaml")
+    cluster.merge_with({"timeout_min": 5, "gpus_per_node": 2, "cpus_per_task": 1, "mem_gb": 1})
+    executor = make_executor(cluster, tmp_path, name="cruijff-refused")
+    with pytest.raises(ConfigError) as refused:
+        submitted(lambda: executor.submit(print, "never"), cluster)
+    assert str(refused.value).startswith("cluster.gpus_per_node=2: sbatch refused the job: Invalid generic resource")
+
+
+def _one_job(sweep_dir: Path) -> str:
+    return next(iter(json.loads((sweep_dir / "sweep.json").read_text())["jobs"].values()))
+
+
+def test_a_job_cancelled_after_its_last_save_is_finished_and_says_so(slurm, tmp_path, tiny_model_dir):
+    """scancel lands after the last epoch is saved: the job goes on until SLURM kills it (KillWait),
+    so the run is finished — not "died while fine-tuning" with a finished table after it."""
+    sweep_dir = tmp_path / "outputs" / "late"
+    proc = subprocess.Popen([sys.executable, str(LAUNCH), "-m", "experiment.name=late", *SHORT, "training.epochs=2",
+                             "eval=none", "peft.lora_rank=8", "optimizer.lr=1e-3"], cwd=tmp_path,
+                            env={**os.environ, "INSPECT_DISPLAY": "none"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait(lambda: list(sweep_dir.glob("*/epoch_1/.complete")), 600, "the last epoch saved", every=0.02)
+    job = _one_job(sweep_dir)
+    subprocess.run(["scancel", job], check=True)
+    out, err = proc.communicate(timeout=600)
+    assert _sacct(job)[job].startswith("CANCELLED")
+    assert proc.returncode == 0 and "1/1 runs finished" in out, err[-2000:]
+    state = json.loads(next(sweep_dir.glob("*/run.json")).read_text())
+    note = f"SLURM job {job} ended CANCELLED by root after its last checkpoint was saved"
+    assert state["status"] == "finished" and state["note"] == note
+    assert note in out and "Job died" not in (sweep_dir / "run-experiment.log").read_text()
+
+
+def test_status_of_a_detached_sweep_reads_the_scheduler_not_a_heartbeat(slurm, tmp_path, tiny_model_dir):
+    """The job of a detached run is cancelled mid-training (its eval+report job too, so nothing
+    records it): `status` says so at once, from sacct, and exits 1; it writes nothing."""
+    sweep_dir = tmp_path / "outputs" / "gone"
+    proc = launch("-m", "experiment.name=gone", *SLURM, "training.epochs=10", "eval=none", "peft.lora_rank=8",
+                  "optimizer.lr=1e-3", "detach=true", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_file = sweep_dir / "rank8_lr1e-3_epochs10" / "run.json"
+    finish = json.loads((sweep_dir / "sweep.json").read_text())["detached"]["finish_job"]
+    try:
+        _wait(lambda: run_file.exists() and json.loads(run_file.read_text())["status"] == "running", 300, "training")
+    finally:
+        subprocess.run(["scancel", finish], check=False)
+    job = _one_job(sweep_dir)
+    subprocess.run(["scancel", job], check=True)
+    _wait(lambda: _sacct(job).get(job, "").startswith("CANCELLED"), 60, "sacct to say cancelled")
+    status = subprocess.run([sys.executable, "-m", "cruijff", "status", str(sweep_dir)], capture_output=True,
+                            text=True, env={**os.environ, "COLUMNS": "250"})
+    assert status.returncode == 1
+    row = next(line for line in status.stdout.splitlines() if "rank8_lr1e-3_epochs10" in line)
+    assert "died" in row and f"SLURM job {job} ended CANCELLED by root while fine-tuning" in row
+    assert json.loads(run_file.read_text())["status"] == "running"  # status reads; the next launch records it

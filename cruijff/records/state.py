@@ -90,6 +90,7 @@ class RunState(Record):
     config_hash: str | None = None
     attempts: int = 0               # fine-tuning attempts (each job that started it, requeues included)
     error: str | None = None        # one line: why it failed
+    note: str | None = None         # one line: what else a finished run's record should say (its job's end)
     started: float | None = None    # unix time of the current attempt's start
     ended: float | None = None
     duration_s: float | None = None  # of the last attempt

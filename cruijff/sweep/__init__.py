@@ -21,8 +21,8 @@ from .finish import finish
 from .grid import run_grid
 from .launcher import submit
 from .settle import settle, summary_line
-from .table import SweepView, table as status_table
+from .table import SweepView, ended_in_queue, table as status_table
 
 __all__ = ["SweepCallback", "finish_sweep", "finish_detached", "eval_todo", "evaluate_in_turn",
            "finish", "run_grid",
-           "submit", "settle", "summary_line", "SweepView", "status_table"]
+           "submit", "settle", "summary_line", "SweepView", "ended_in_queue", "status_table"]

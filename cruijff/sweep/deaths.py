@@ -13,7 +13,8 @@ from typing import Any
 
 from ..cluster import scheduler_state
 from ..errors import CruijffError
-from ..records import RunState, RunStatus, layout, mark_failed
+from ..config import load_run
+from ..records import RunState, RunStatus, complete_epochs, layout, mark_failed, record_finished
 
 
 def may_be_at_work(state: RunState | None, job_id: str) -> bool:
@@ -39,12 +40,8 @@ def dead_reason(job: Any, error: Exception | None, run_dir: Path) -> str:
             return f"SLURM job {job.job_id} ended {sched} while fine-tuning (epoch {len(layout.checkpoints(run_dir))})"
         last = last_error_line(job)  # it never reached fine-tuning: the job's own last word says why
         return f"SLURM job {job.job_id} ended {sched}" + (f": {last}" if last else "")
-    rc = getattr(getattr(job, "_process", None), "returncode", None)
-    if isinstance(rc, int) and rc < 0:
-        try:
-            return f"job killed by {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"job killed by signal {-rc}"
+    if killed_by(job):
+        return f"job killed by {killed_by(job)}"
     if running:  # the job's own record stops mid-training
         return (f"job process {state.pid or '?'} on {state.host or '?'} died while fine-tuning "
                 "(killed by a signal or out of memory); it raised no error")
@@ -66,3 +63,49 @@ def last_error_line(job: Any) -> str:
 def record_death(run_dir: Path, reason: str, job_id: str | None = None) -> None:
     """Mark a run whose job died as failed, with the job that died."""
     mark_failed(run_dir, reason, job_id)
+
+
+def job_end(job: Any) -> str:
+    """How a job ended, in a few words (``SLURM job 12_3 ended CANCELLED by alice``, ``its job was
+    killed by SIGKILL``); empty where it ended as it should."""
+    sched = scheduler_state(job)
+    if sched:
+        return "" if sched.startswith(("COMPLETED", "RUNNING", "PENDING", "COMPLETING")) else \
+            f"SLURM job {job.job_id} ended {sched}"
+    if job.paths.result_pickle.exists():
+        return ""
+    return f"its job was killed by {killed_by(job)}" if killed_by(job) else "its job ended without a result"
+
+
+def killed_by(job: Any) -> str:
+    """The signal that killed a local job's process (``SIGKILL``); empty for any other end."""
+    rc = getattr(getattr(job, "_process", None), "returncode", None)
+    if not isinstance(rc, int) or rc >= 0:
+        return ""
+    try:
+        return signal.Signals(-rc).name
+    except ValueError:
+        return f"signal {-rc}"
+
+
+def finished_anyway(run_dir: Path, how: str) -> RunState | None:
+    """A run whose job ended without a result (``how``: :func:`job_end`) after the run's last
+    epoch was saved is finished: its record says so, and how its job ended (a cancelled job goes
+    on until SLURM kills it, and may save its last epoch meanwhile). None where an epoch is missing."""
+    try:
+        epochs = int(load_run(run_dir).training.epochs)
+    except Exception:  # no saved config: it did not get as far as training
+        return None
+    if complete_epochs(run_dir) < epochs:
+        return None
+    state = record_finished(run_dir)
+    return state and ended_after_save(run_dir, state, how)
+
+
+def ended_after_save(run_dir: Path, state: RunState, how: str) -> RunState:
+    """A finished run's record, saying how its job ended after the last save (``how``; nothing
+    where it ended as it should)."""
+    if how and state.finished:
+        state.note = f"{how} after its last checkpoint was saved"
+        state.save(run_dir)
+    return state

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..cluster import array_ids, job_folder, job_name, largest, make_executor
+from ..cluster import array_ids, job_folder, job_name, largest, make_executor, submitted
 from ..records import ActionLog, SweepPlan, layout
 from .finish import finish
 from .launcher import submit_jobs
@@ -23,11 +23,12 @@ def detach(sweeper: Any, config: DictConfig, sweep_dir: Path, todo: list[list[st
     ids = array_ids([j.job_id for j in jobs] + list(earlier))
     plan = SweepPlan.of(sweep_dir)
     assert plan is not None  # the grid sweeper wrote it
-    executor = make_executor(config.cluster, job_folder(config),
-                             name=job_name(config.experiment.name, "eval"),
-                             dependency=f"afterany:{':'.join(ids)}" if ids else None,
-                             resources=largest(r.resources for r in plan.runs))
-    finish = executor.submit(finish_detached, sweep_dir, OmegaConf.to_container(config.eval, resolve=True))
+    resources = largest(r.resources for r in plan.runs)
+    executor = make_executor(config.cluster, job_folder(config), name=job_name(config.experiment.name, "eval"),
+                             dependency=f"afterany:{':'.join(ids)}" if ids else None, resources=resources)
+    finish = submitted(lambda: executor.submit(finish_detached, sweep_dir,
+                                               OmegaConf.to_container(config.eval, resolve=True)),
+                       config.cluster, resources)
     plan.detached = {"arrays": ids, "finish_job": finish.job_id, "submitted": time.time()}
     plan.save(sweep_dir)
     act("Detach", f"fine-tune arrays {', '.join(ids) or '(none: all finished)'}; eval+report job "

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..cluster import job_folder, job_name, make_executor, watch
+from ..cluster import job_folder, job_name, make_executor, submitted, watch
 from ..config import eval_config, local_jobs, resolve_paths, task_specs
 from ..errors import last_line
 from ..evaluate import Evaluator, evaluate_run_dir, plan_cells
@@ -66,7 +66,9 @@ class EvalJobs:
         batch = [(n, base if base not in self.bases_taken else None) for n, base in batch]
         self.bases_taken.update(base for _, base in batch if base is not None)
         groups = [batch[i:i + per_job] for i in range(0, len(batch), per_job)]
-        jobs = [self.executor(group[0][0]).submit(evaluate_group, self.sweep_dir, group, self.eval_cfg, slot)
+        jobs = [submitted(lambda: self.executor(group[0][0]).submit(evaluate_group, self.sweep_dir, group,
+                                                                     self.eval_cfg, slot),
+                          self.config.cluster, self.resources.get(group[0][0]))
                 for slot, group in enumerate(groups)]
         self.names.update({id(j): ", ".join(n for n, _ in group) for j, group in zip(jobs, groups)})
         self.act("Submit eval", ", ".join(n + (" (+ base)" if base is not None else "") for n, base in batch),

@@ -18,7 +18,7 @@ from ..plan import ACTIVE, FINISHED, OVERWRITE, PlannedRun, Planner, print_plan
 from ..records import ActionLog, SweepPlan, acquire_lock, layout, record_finished
 from .deaths import may_be_at_work
 from .detach import detach
-from .launcher import say_ended
+from .launcher import say_ended, test_submission
 from .orphans import record_dead, wait_for_orphans
 from .plan_file import write_plan
 from .scaffold import scaffold_text, write_scaffold
@@ -76,7 +76,9 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
         print_plan(runs, f"{config.experiment.name}: {len(runs)} runs, {len(todo)} to run "
                          f"(dry run: nothing written, nothing submitted)", base_cells)
         print(f"cruijff: planned {len(runs)} runs in {time.time() - t0:.2f} s")
+        test_submission(config, [r.name for r in todo], {r.name: r.resources for r in todo})
         return []
+    test_submission(config, [r.name for r in todo], {r.name: r.resources for r in todo})
     acquire_lock(sweep_dir)
     write_plan(sweep_dir, config, [r.record() for r in runs])
     act = ActionLog(layout.action_log(sweep_dir))

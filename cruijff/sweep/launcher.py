@@ -15,12 +15,13 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
-from ..cluster import array_ids, job_folder, job_name, make_executor, max_array_size, share, watch
+from ..cluster import (array_ids, job_folder, job_name, largest, make_executor, max_array_size, sbatch_test, share,
+                       submitted, watch)
 from ..config import run_name
 from ..ui import say
 from ..errors import CruijffError
 from ..records import ActionLog, PlannedRunRecord, RunState, layout
-from .deaths import dead_reason, record_death
+from .deaths import dead_reason, ended_after_save, finished_anyway, job_end, record_death
 from .evals import EvalJobs, eval_todo
 from .plan_file import add_runs, record_jobs
 from .table import SweepView
@@ -38,6 +39,13 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     returns: dict[str, Any] = {}
     evals = EvalJobs(config, sweep_dir, act) if eval_per_run(config) else None
 
+    def evaluate(name: str, state: RunState | None) -> list | None:
+        """Evaluate a finished run now, while the rest of the grid trains."""
+        if evals and state is not None and state.finished:
+            todo = eval_todo(sweep_dir, [name], config.eval)
+            return evals.submit(todo) if todo else None
+        return None
+
     def ended(job: Any) -> list | None:
         if evals and evals.owns(job):
             return evals.ended(job)
@@ -49,17 +57,22 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
                 returns[name] = job.results()[0]
             except Exception as e:
                 reason = dead_reason(job, e, run_dir)
-            else:  # evaluate this run now, while the rest of the grid trains
+            else:
                 try:
                     state = RunState.of(run_dir)
                 except CruijffError as e:  # the callback names it after the grid
                     act("Record unreadable", name, str(e))
                     state = None
+                if state is not None and state.finished and (how := job_end(job)):  # cancelled after its last save
+                    state = ended_after_save(run_dir, state, how)
+                    act("Job ended after the last save", f"{name} (job {job.job_id})", state.note or "")
                 say_ended(name, state)
-                if evals and state is not None and state.finished:
-                    todo = eval_todo(sweep_dir, [name], config.eval)
-                    return evals.submit(todo) if todo else None
-                return None
+                return evaluate(name, state)
+        elif (state := finished_anyway(run_dir, job_end(job))) is not None:  # cancelled or killed after its last save
+            act("Job ended after the last save", f"{name} (job {job.job_id})", state.note or "")
+            say_ended(name, state)
+            returns[name] = JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=float("nan"))
+            return evaluate(name, state)
         if reason is None:  # ended without a result; asking submitit would wait ~30 s for the file first
             reason = dead_reason(job, None, run_dir)
         record_death(run_dir, reason, job.job_id)
@@ -79,7 +92,8 @@ def say_ended(name: str, state: RunState | None) -> None:
         return
     if state.finished:
         loss = f", loss {state.epochs[-1].final_loss:.4f}" if state.epochs else ""
-        say(f"cruijff: {name}: fine-tuning finished in {state.duration_s or 0:.0f} s{loss}")
+        note = f" ({state.note})" if state.note else ""
+        say(f"cruijff: {name}: fine-tuning finished in {state.duration_s or 0:.0f} s{loss}{note}")
     elif state.error:
         say(f"cruijff: {name}: fine-tuning failed: {state.error}")
 
@@ -152,6 +166,21 @@ def train_arrays(config: DictConfig, names: list[str], resources: dict[str, dict
             for (res, members), parallel in zip(arrays, slots)]
 
 
+def test_submission(config: DictConfig, names: list[str], resources: dict[str, dict]) -> None:
+    """On SLURM, ask sbatch whether it takes each job array these runs would be submitted as, and
+    their eval job (``sbatch --test-only``), before anything is written or submitted: a refusal is
+    one line naming the cluster key (:func:`cruijff.cluster.refusal`)."""
+    cluster = config.cluster
+    if str(cluster.executor) != "slurm" or not names:
+        return
+    limit = max_array_size(cluster)
+    for res, members in resource_groups(names, resources):
+        sbatch_test(cluster, job_name(config.experiment.name, "train"), res, min(len(members), limit))
+    if config.eval.enabled:
+        sbatch_test(cluster, job_name(config.experiment.name, "eval"),
+                    largest(resources.get(n) or {} for n in names))
+
+
 def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> tuple[list, list]:
     """Submit fine-tuning jobs (on SLURM: job arrays) without waiting; record and log their ids."""
     from hydra.core.singleton import Singleton
@@ -171,8 +200,10 @@ def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_j
     shared = SharedRunner.save(runner, Singleton.get_state(), job_folder(config).parent)
     jobs: list = [None] * len(names)
     for executor, members in train_arrays(config, names, getattr(launcher, "run_resources", None) or {}):
-        submitted = executor.map_array(shared, [list(job_overrides[i]) for i in members], [idx[i] for i in members])
-        for i, job in zip(members, submitted):
+        array = submitted(lambda: executor.map_array(shared, [list(job_overrides[i]) for i in members],
+                                                     [idx[i] for i in members]),
+                          config.cluster, (getattr(launcher, "run_resources", None) or {}).get(names[members[0]]))
+        for i, job in zip(members, array):
             jobs[i] = job
     ids = {n: j.job_id for n, j in zip(names, jobs)}
     record_jobs(sweep_dir, ids)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..cluster import active_slurm_jobs
+from ..cluster import active_slurm_jobs, ended_jobs
 from ..errors import CruijffError
 from ..records import ActionLog, RunState, RunStatus, SweepPlan, liveness, sweep_runs
-from .deaths import may_be_at_work, record_death
+from .deaths import finished_anyway, may_be_at_work, record_death
 
 
 def settle(sweep_dir: Path, slurm: bool, act: ActionLog) -> tuple[list[str], set[str], dict[str, str]]:
@@ -27,12 +27,15 @@ def settle(sweep_dir: Path, slurm: bool, act: ActionLog) -> tuple[list[str], set
             act("squeue failed", str(e))
         else:
             active = {n for n in maybe if jobs[n] in alive}
-            for name in maybe:
-                st = states[name]
-                if st is not None and st.status is RunStatus.RUNNING and name not in active:
-                    record_death(sweep_dir / name, f"SLURM job {jobs[name]} ended while fine-tuning "
-                                 "(cancelled, timed out or killed)", jobs[name])
-                    states[name] = RunState.of(sweep_dir / name)
+            gone = [n for n in maybe if n not in active and states[n] is not None
+                    and states[n].status is RunStatus.RUNNING]
+            ended = ended_jobs([jobs[n] for n in gone])
+            for name in gone:
+                job = jobs[name]
+                how = f"SLURM job {job} ended " + (ended[job][0] if job in ended else "(cancelled, timed out or killed)")
+                if finished_anyway(sweep_dir / name, how) is None:
+                    record_death(sweep_dir / name, f"{how} while fine-tuning", job)
+                states[name] = RunState.of(sweep_dir / name)
     dead: dict[str, str] = {}  # a local job's, by its record: the launch that redoes it records it
     for name, st in states.items():  # a local job an earlier launch left running (its launcher was killed)
         if name in active or st is None:

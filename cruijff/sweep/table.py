@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 
 from ..config import selected_epochs
 from ..errors import CruijffError
-from ..records import (CellStanding, RunState, RunStatus, SweepPlan, cell_standing, expected_cells, layout, liveness,
-                       sweep_runs)
+from ..records import (CellStanding, RunState, RunStatus, SweepPlan, cell_standing, complete_epochs, expected_cells,
+                       layout, liveness, sweep_runs)
 from ..ui import console, is_live
 
 
@@ -128,8 +128,36 @@ def _selected(evals: dict, epochs: int | None) -> list[str] | None:
     return None if picked is None else [f"epoch_{e}" for e in picked]
 
 
-def rows(sweep_dir: Path) -> list[dict]:
-    """One row per run of the plan (or per run dir found), plus the base-model controls."""
+def ended_in_queue(sweep_dir: Path, states: dict[str, RunState | None]) -> dict[str, tuple[bool, str, float | None]]:
+    """Runs whose record says running while SLURM says their job ended (cancelled, timed out,
+    failed) — a detached sweep's, or one whose launch was killed — by the scheduler (one sacct
+    call): whether every epoch was saved before (then the run is finished), what happened in one
+    line, and when. Read only: the next launch records them."""
+    from ..cluster import ended_jobs
+
+    running = {n: st.job_id for n, st in states.items()
+               if st is not None and st.status is RunStatus.RUNNING and st.job_id}
+    ended = ended_jobs(list(running.values()))
+    out = {}
+    for name, job in running.items():
+        if job not in ended:
+            continue
+        state, end = ended[job]
+        try:
+            at = time.mktime(time.strptime(end, "%Y-%m-%dT%H:%M:%S"))
+        except ValueError:
+            at = None
+        saved = layout.saved_config(sweep_dir / name)
+        epochs = _saved(saved, saved.stat().st_mtime_ns)[0] if saved.exists() else None
+        complete = epochs is not None and complete_epochs(sweep_dir / name) >= epochs
+        out[name] = (complete, f"SLURM job {job} ended {state} "
+                     + ("after its last checkpoint was saved" if complete else "while fine-tuning"), at)
+    return out
+
+
+def rows(sweep_dir: Path, scheduler: bool = False) -> list[dict]:
+    """One row per run of the plan (or per run dir found), plus the base-model controls;
+    ``scheduler``: a run recorded running whose SLURM job ended says so (:func:`ended_in_queue`)."""
     plan = SweepPlan.of(sweep_dir)
     if plan is None and not layout.run_dirs(sweep_dir):
         raise CruijffError(f"{sweep_dir}: not a sweep dir (no sweep.json, no runs)")
@@ -137,16 +165,21 @@ def rows(sweep_dir: Path) -> list[dict]:
     out = []
     now = time.time()
     bases: dict[Path, str | None] = {}  # the base controls the runs expect now, with their keys
-    for r in sweep_runs(sweep_dir):
-        run_dir = sweep_dir / r.name
-        st = RunState.of(run_dir)
+    states = {r.name: RunState.of(sweep_dir / r.name) for r in sweep_runs(sweep_dir)}
+    gone = ended_in_queue(sweep_dir, states) if scheduler else {}
+    for name, st in states.items():
+        run_dir = sweep_dir / name
         saved = layout.saved_config(run_dir)
         epochs, own_eval = _saved(saved, saved.stat().st_mtime_ns) if saved.exists() else (None, {})
         status = st.status.value if st else "pending"
         duration = st.duration_s if st else None
-        error = (st.error if st else None) or ""
+        error = (st.error or st.note if st else None) or ""
         if st and status == "running" and liveness.gone(st):  # its process ended without a word
             status, error = "died", liveness.death(st)
+        elif name in gone:
+            complete, error, end = gone[name]
+            status = "finished" if complete else "died"
+            duration = end - st.started if end and st.started else duration
         elif st and status == "running" and st.started:
             duration = now - st.started
         ckpts = [c.name for c in layout.checkpoints(run_dir)]
@@ -159,8 +192,8 @@ def rows(sweep_dir: Path) -> list[dict]:
             wanted = [c for c in ckpts if c in expected] if layout.eval_plan_file(run_dir).exists() else ckpts
         done, stale, total = _cells(expected, wanted)
         out.append({
-            "run": r.name, "state": status, "epochs": f"{len(ckpts)}/{epochs if epochs is not None else '?'}",
-            "mean loss": _mean_loss(run_dir, st), "attempts": _attempts(st), "job": jobs.get(r.name, ""),
+            "run": name, "state": status, "epochs": f"{len(ckpts)}/{epochs if epochs is not None else '?'}",
+            "mean loss": _mean_loss(run_dir, st), "attempts": _attempts(st), "job": jobs.get(name, ""),
             "duration": _duration(duration),
             "evals": _evals(done, stale, total), "error": error[:80],
         })
@@ -177,16 +210,17 @@ def rows(sweep_dir: Path) -> list[dict]:
     return out
 
 
-ORDER = {"running": 0, "failed": 1, "pending": 2}
+ORDER = {"running": 0, "failed": 1, "died": 1, "pending": 2}
 
 
-def table(sweep_dir: Path, note: str, limit: int | None = None):
+def table(sweep_dir: Path, note: str, limit: int | None = None, scheduler: bool = False):
     """The status table: one row per run (state, epochs, mean loss of the latest epoch, attempts, job,
-    duration, evals over the checkpoints asked for, error) and per base control, titled with the counts and ``note`` (who is launching);
-    ``limit``: at most that many rows, the running and failed runs first."""
+    duration, evals over the checkpoints asked for, error or note) and per base control, titled with the
+    counts and ``note`` (who is launching); ``limit``: at most that many rows, the running and failed runs
+    first; ``scheduler``: see :func:`rows`."""
     from rich.table import Table
 
-    table_rows = rows(sweep_dir)
+    table_rows = rows(sweep_dir, scheduler)
     runs = [r for r in table_rows if not r["run"].startswith("base (")]
     counts: dict[str, int] = {}
     for r in runs:
@@ -198,7 +232,7 @@ def table(sweep_dir: Path, note: str, limit: int | None = None):
         left, table_rows = len(table_rows) - limit, table_rows[:limit]
     colors = {"finished": "green", "evaluated": "green", "failed": "red", "died": "red", "running": "yellow", "stale": "magenta"}
     out = Table(title=title, caption=f"… {left} more" if left else None)
-    for c in ("run", "state", "epochs", "mean loss", "attempts", "job", "duration", "evals", "error"):
+    for c in ("run", "state", "epochs", "mean loss", "attempts", "job", "duration", "evals", "note"):
         out.add_column(c, justify="right" if c in ("epochs", "mean loss", "attempts", "evals") else "left")
     for r in table_rows:
         color = colors.get(r["state"])

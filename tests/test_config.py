@@ -219,6 +219,99 @@ def test_cruijff_init_marks_the_project_root(tmp_path):
     assert project_root(tmp_path / "other" / "sub") == (tmp_path / "other").resolve()
     assert project_root(ROOT / "tests") is None  # cruijff's own checkout is not a project
 
+# A project's experiment that trains longer than a smoke run and evaluates more samples per task;
+# it comes after `_self_` in config.yaml's defaults, so its values win over the group presets.
+LONG = ("# @package _global_\nexperiment:\n  name: long\ntraining:\n  epochs: 2\n  max_steps_per_epoch: 8\n"
+        "eval:\n  limit: 50\nhydra:\n  sweeper:\n    params:\n      peft.lora_rank: 2,8\n")
+
+
+def _long_project(root):
+    (root / "conf" / "experiment").mkdir(parents=True)
+    (root / "conf" / "experiment" / "long.yaml").write_text(LONG)
+    return root / "conf"
+
+
+def _limits(cfg):
+    """(epochs, steps per epoch, eval samples per task) of a run of this config."""
+    return cfg.training.epochs, cfg.training.max_steps_per_epoch, cfg.eval.limit
+
+
+def _composer(conf, *shared):
+    """Hydra's composition of cruijff's config with the project's conf/ on the search path."""
+    def composed(*overrides):
+        return compose(config_name="config", overrides=[f"hydra.searchpath=[file://{conf}]", *shared, *overrides],
+                       return_hydra_config=True)
+    return composed
+
+
+@pytest.mark.parametrize("smoke", ["training=smoke", "training.smoke=true"])
+def test_the_smoke_preset_holds_over_the_experiments_epochs_steps_and_eval_limit(tmp_path, capsys, smoke):
+    """The experiment sets 2 epochs of 8 steps and 50 eval samples; with the smoke preset named on the
+    command line the single run and every grid point (planned fast or composed by Hydra) train 1 epoch
+    of 5 steps and evaluate 10 samples, and a grid point is the same run as the single run alike."""
+    from cruijff.job import dry_run
+    from cruijff.plan import Planner
+
+    conf = _long_project(tmp_path)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        composed = _composer(conf, "experiment=long", smoke)
+        single = composed("peft.lora_rank=8")
+        assert single.training.epochs == 2  # as composed: the experiment's value
+        dry_run(single, tmp_path / "outputs" / "long" / "rank8", ["peft.lora_rank=8"])
+        assert _limits(single) == (1, 5, 10)
+        assert "rank8" in capsys.readouterr().out
+
+        seen = {}
+        planner = Planner(composed(), tmp_path / "outputs" / "long", compose=lambda ov: composed(*ov))
+        runs = planner.plan([["peft.lora_rank=2"], ["peft.lora_rank=8"], ["peft=lora", "peft.lora_rank=4"]],
+                            each=lambda run, cfg: seen.__setitem__(run.name, _limits(cfg)))
+    assert seen == {"rank2": (1, 5, 10), "rank8": (1, 5, 10), "peft-lora_rank4": (1, 5, 10)}
+    assert runs[1].config_hash == config_hash(single)
+
+
+def test_a_grid_over_training_smoke_plans_each_point_with_its_own_limits(tmp_path):
+    """training.smoke=false gives the experiment's values back; one grid point's smoke limits do not
+    stay on the next (the planner applies plain values to one shared config)."""
+    from cruijff.plan import Planner
+
+    conf = _long_project(tmp_path)
+    seen = {}
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        planner = Planner(_composer(conf, "experiment=long")(), tmp_path / "outputs" / "long",
+                          compose=lambda ov: pytest.fail("fast path expected"))
+        planner.plan([[f"training.smoke={smoke}", f"seed={seed}"] for seed in (1, 2) for smoke in ("true", "false")],
+                     each=lambda run, cfg: seen.__setitem__(run.name, _limits(cfg)))
+    assert seen == {"smoke-true_seed1": (1, 5, 10), "smoke-false_seed1": (2, 8, 50),
+                    "smoke-true_seed2": (1, 5, 10), "smoke-false_seed2": (2, 8, 50)}
+
+
+def test_a_smoke_run_is_evaluated_on_at_most_the_smoke_samples_whatever_the_launch_asks(tmp_path):
+    """``cruijff eval`` and a sweep's eval jobs use the launch's eval section with the run's saved config."""
+    from omegaconf import OmegaConf
+
+    from cruijff.config import eval_config
+
+    conf = _long_project(tmp_path)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = _composer(conf, "experiment=long", "training=smoke")()
+    validate(cfg)
+    run_dir = tmp_path / "outputs" / "long" / "training-smoke"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), run_dir / ".hydra" / "config.yaml",
+                   resolve=True)  # as a run saves it
+    for asked, limit in ((50, 10), (None, 10), (3, 3)):
+        evals = {**OmegaConf.to_container(cfg.eval, resolve=True), "limit": asked}
+        assert eval_config(run_dir, evals).eval.limit == limit
+
+
+def test_a_smoke_sweep_of_an_experiment_evaluates_one_epoch_per_run(tmp_path):
+    _long_project(tmp_path)
+    proc = launch("-m", "experiment=long", "training=smoke", "dry_run=true", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "eval cells: 3 (1 base)" in proc.stdout  # 2 runs x 1 epoch x 1 task, and the base control
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_did_you_mean_for_group_names(tmp_path):
     proc = launch("dataset=capitalisation", cwd=tmp_path)
     assert "did you mean 'capitalization'" in proc.stderr

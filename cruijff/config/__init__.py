@@ -3,9 +3,9 @@ task checks, chat templates. Everything here runs before any job starts and writ
 
 from ..errors import ConfigError, CruijffError
 from . import chat
-from .compose import (CONF_DIR, GROUPS, check_group_overrides, conf_dirs, eval_config, job_minutes, leaf_keys,
-                      load_run, looked_in, override_identity, parse_override, PROJECT_MARKER, project_conf,
-                      project_root, register_resolvers)
+from .compose import (CONF_DIR, GROUPS, SMOKE_KEYS, apply_smoke, check_group_overrides, conf_dirs, eval_config,
+                      job_minutes, leaf_keys, load_run, looked_in, override_identity, parse_override, PROJECT_MARKER,
+                      project_conf, project_root, register_resolvers, smoke_limits)
 from .keys import ALIASES, unknown_key
 from .identity import (RUN_KEYS, changes_finetune, check_name, config_changes, config_hash, file_sha256,
                        input_identity, model_content_id, model_identity, run_changes, run_name)
@@ -17,9 +17,9 @@ from .tasks import BUILTIN_TASKS, TaskSpec, check_task, check_tasks, task_specs
 
 __all__ = [
     "ConfigError", "CruijffError", "chat",
-    "CONF_DIR", "GROUPS", "check_group_overrides", "conf_dirs", "eval_config", "job_minutes", "leaf_keys",
-    "load_run", "looked_in", "override_identity", "parse_override", "PROJECT_MARKER", "project_conf", "project_root",
-    "register_resolvers",
+    "CONF_DIR", "GROUPS", "SMOKE_KEYS", "apply_smoke", "check_group_overrides", "conf_dirs", "eval_config",
+    "job_minutes", "leaf_keys", "load_run", "looked_in", "override_identity", "parse_override", "PROJECT_MARKER", "project_conf", "project_root",
+    "register_resolvers", "smoke_limits",
     "ALIASES", "unknown_key",
     "RUN_KEYS", "changes_finetune", "check_name", "config_changes", "config_hash", "file_sha256", "input_identity",
     "model_content_id", "model_identity", "run_changes", "run_name",

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from .. import hardware
 from ..errors import ConfigError, CruijffError, did_you_mean
@@ -136,6 +136,44 @@ def override_identity(o) -> tuple:
     return (o.type, o.key_or_group, o.package, repr(o.value()))
 
 
+# The smoke preset (``training=smoke``, or ``training.smoke=true``) has the last word on these keys,
+# whatever an experiment or another override set: at most its limits (conf/training/smoke.yaml).
+SMOKE_KEYS = ("training.epochs", "training.max_steps_per_epoch", "training.eval_limit", "eval.limit")
+
+
+@lru_cache(maxsize=1)
+def smoke_limits() -> dict[str, int]:
+    """A smoke run's limits, as cruijff's smoke preset writes them: ``epochs``,
+    ``max_steps_per_epoch``, ``eval_limit``."""
+    preset = OmegaConf.load(CONF_DIR / "training" / "smoke.yaml")
+    return {key: int(preset[key]) for key in ("epochs", "max_steps_per_epoch", "eval_limit")}
+
+
+def apply_smoke(cfg: DictConfig) -> None:
+    """A composed config with ``training.smoke`` true becomes a smoke run, in place, after everything
+    else it was composed from: ``training.epochs`` the preset's; ``training.max_steps_per_epoch``,
+    ``training.eval_limit`` and ``eval.limit`` at most the preset's (unset: the preset's). Every
+    composed config passes here before it is planned, run or evaluated (``schema.validate``,
+    :func:`eval_config`). A value that is no integer is left for the schema check to name."""
+    if OmegaConf.select(cfg, "training.smoke", default=False) is not True:
+        return
+    limits = smoke_limits()
+    with read_write(cfg):
+        cfg.training.epochs = limits["epochs"]
+        cfg.training.max_steps_per_epoch = _at_most(cfg.training.get("max_steps_per_epoch"),
+                                                    limits["max_steps_per_epoch"])
+        if "eval_limit" in cfg.training:
+            cfg.training.eval_limit = _at_most(cfg.training.eval_limit, limits["eval_limit"])
+        if "eval" in cfg and "limit" in cfg.eval:
+            cfg.eval.limit = _at_most(cfg.eval.limit, limits["eval_limit"])
+
+
+def _at_most(value: Any, limit: int) -> Any:
+    if value is None:
+        return limit
+    return min(value, limit) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def load_run(run_dir: Path) -> DictConfig:
     """The resolved config a run dir was launched with."""
     saved = layout.saved_config(run_dir)
@@ -148,10 +186,11 @@ def eval_config(run_dir: Path, eval_cfg: Any = None) -> DictConfig:
     """A run's saved config, with the eval section of the current launch when given.
 
     Eval settings are not part of a run's config hash: a finished run is evaluated with the tasks
-    asked for now, without fine-tuning it again.
+    asked for now, without fine-tuning it again (a smoke run's, on at most its smoke preset's samples).
     """
     cfg = load_run(run_dir)
     if eval_cfg is not None:
         cfg.eval = OmegaConf.create(OmegaConf.to_container(eval_cfg, resolve=True)
                                     if OmegaConf.is_config(eval_cfg) else eval_cfg)
+        apply_smoke(cfg)  # a smoke run's eval limit holds whatever the launch's eval section says
     return cfg

@@ -132,8 +132,9 @@ def _settings(cfg: DictConfig) -> dict:
            else cfg[k] for k in RUN_KEYS if k in cfg}
     if cfg.get("base_recipe"):
         sub["base_recipe"] = cfg.base_recipe
-    # where the losses are sent and how the checkpoints are stored do not change what is trained
-    for key in ("metric_logger", "tracking", "checkpoint"):
+    # where the losses are sent and how the checkpoints are stored do not change what is trained;
+    # nor does the smoke flag itself: the limits it set are counted as the values they are
+    for key in ("metric_logger", "tracking", "checkpoint", "smoke"):
         sub.get("training", {}).pop(key, None)
     # hints for clusters, plans and evals, not for training (model.training reaches training.*);
     # the paths are replaced by what they hold

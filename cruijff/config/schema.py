@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from .. import assets
 from ..errors import ConfigError, did_you_mean
 from . import chat
+from .compose import apply_smoke
 from .identity import check_name
 from .model import CHECKPOINT_MODES, PEFT_METHODS, effective_batch, model_files, peft_method, processes
 from .tasks import TaskSpec, check_tasks
@@ -47,6 +48,7 @@ SCHEMA = {
     "optimizer.lr": "number>0",
     "optimizer.weight_decay": "number>=0",
     "optimizer.num_warmup_steps": "int>=0",
+    "training.smoke": "bool",
     "training.epochs": "int>=1",
     "training.batch_size": "int>=1",
     "training.gradient_accumulation_steps": "int>=1",
@@ -112,7 +114,10 @@ def selected_epochs(setting: Any, trained: int | None) -> list[int] | None:
 def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> list[TaskSpec]:
     """Check the composed config; raise ConfigError naming the first bad key; return its eval
     tasks. ``keys``: check only these of the SCHEMA (a grid point whose other values were checked
-    with an earlier one); the relations between keys, the files and the tasks are always checked."""
+    with an earlier one); the relations between keys, the files and the tasks are always checked.
+    A smoke run (``training.smoke``) gets its limits here first, over whatever set them before
+    (:func:`~cruijff.config.compose.apply_smoke`), so what is checked is what runs."""
+    apply_smoke(cfg)
     for key in SCHEMA if keys is None else [k for k in keys if k in SCHEMA]:
         value = OmegaConf.select(cfg, key, default=_MISSING)
         if value is not _MISSING:
@@ -185,9 +190,9 @@ def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> list[TaskSpe
             raise ConfigError("eval.epochs", epochs, "'all' or a list of epoch indices like [0, 1]")
         bad = [e for e in epochs if not 0 <= e < cfg.training.epochs]
         if bad:
-            raise ConfigError(
-                "eval.epochs", list(epochs), f"epochs are 0..{cfg.training.epochs - 1} (training.epochs={cfg.training.epochs})"
-            )
+            smoke = ", a smoke run: training.smoke=true" if cfg.training.get("smoke") is True else ""
+            raise ConfigError("eval.epochs", list(epochs), f"epochs are 0..{cfg.training.epochs - 1} "
+                                                           f"(training.epochs={cfg.training.epochs}{smoke})")
     specs = check_tasks(cfg.eval.tasks)
     if cfg.eval.enabled and not specs:
         raise ConfigError("eval.tasks", [], "no task to evaluate the checkpoints on: name one, or fine-tune "

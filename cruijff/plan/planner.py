@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..cluster import job_resources
-from ..config import (GROUPS, SCHEMA, check_name, config_hash, leaf_keys, override_identity, parse_override,
-                      resolve_paths, run_changes, run_name, unknown_key, validate)
+from ..config import (GROUPS, SCHEMA, SMOKE_KEYS, check_name, config_hash, leaf_keys, override_identity,
+                      parse_override, resolve_paths, run_changes, run_name, unknown_key, validate)
 from ..errors import ConfigError, CruijffError, omegaconf_message
 from ..evaluate import check_tasks_load
 from ..records import PlannedRunRecord, RunStanding, RunState, liveness, other_config, run_standing
@@ -129,6 +129,8 @@ class Planner:
             self._changed = {key for key, _ in undo}
             yield cfg
         finally:
+            if OmegaConf.select(cfg, "training.smoke", default=False) is True:  # validate() set its limits
+                undo += [(key, _raw(self._base, key)) for key in SMOKE_KEYS if _raw(self._base, key) is not _MISSING]
             for key, old in reversed(undo):
                 OmegaConf.update(cfg, key, old, merge=False)
 

@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .config import (CONF_DIR, check_group_overrides, check_name, leaf_keys, project_root, register_resolvers,
                      unknown_key)
+from .config.keys import unread_addition
 from .errors import CruijffError, first_line, omegaconf_message
 from .job import main as job_main
 from .records import ENTRY_ENV, entry
@@ -58,6 +59,10 @@ def precheck(argv: list[str]) -> None:
     check_group_overrides(argv)
     for arg in argv:
         key, _, value = arg.partition("=")
+        if key.startswith("+") and not key.startswith("++") and value:
+            refused = unread_addition(key[1:], value, known_keys)
+            if refused:
+                raise refused
         if key.lstrip("+") == "experiment.name":
             for v in value.split(","):
                 check_name("experiment.name", v.strip("'\""))
@@ -108,6 +113,17 @@ def _exit(message: str) -> None:
     sys.exit(2)
 
 
+def known_keys() -> list[str]:
+    """The leaf keys of the default config (for a suggestion: empty where it cannot be composed)."""
+    try:
+        from hydra import compose, initialize_config_dir
+
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            return list(leaf_keys(OmegaConf.to_container(compose(config_name="config"))))
+    except Exception:
+        return []
+
+
 def composition_message(e: Exception, argv: list[str]) -> str:
     """One line for a config Hydra cannot compose: an unknown key gets the nearest known one."""
     cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
@@ -116,14 +132,7 @@ def composition_message(e: Exception, argv: list[str]) -> str:
         # the override itself: optimiser.lr=1e-3 fails at its first level, optimiser
         given = [a.split("=", 1) for a in argv if "=" in a and not a.startswith("-")]
         key, value = next(((k, v) for k, v in given if k == key or k.startswith(key + ".")), (key, ""))
-        try:
-            from hydra import compose, initialize_config_dir
-
-            with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-                known = list(leaf_keys(OmegaConf.to_container(compose(config_name="config"))))
-        except Exception:
-            known = []
-        return str(unknown_key(key, value, known))
+        return str(unknown_key(key, value, known_keys()))
     if isinstance(cause, OmegaConfBaseException):
         return omegaconf_message(cause)
     sweep = _sweep_without_multirun(e, argv)

@@ -171,6 +171,10 @@ def test_a_sweep_without_m_says_to_add_m(tmp_path, args, message):
     (["training.epoch=3"], "training.epoch='3': no such key in the config (did you mean training.epochs?)"),
     (["training.zzzqq=1"], "training.zzzqq='1': no such key in the config; --cfg job shows every key"),
     (["foo=1"], "foo='1': no such key in the config; add a new key with +foo=…"),
+    # a key added under a group where nothing reads it (a planned run named for it, training nothing new)
+    (["-m", "+training.learning_rate=1e-3,1e-4"], "+training.learning_rate='1e-3,1e-4': training has no key "
+     "learning_rate, and a key added there is read by nothing (did you mean optimizer.lr?); "
+     "free-form: cluster.sbatch.*, model.args.*"),
 ])
 def test_an_unknown_key_names_the_key_meant(tmp_path, args, message):
     proc = launch(*args, cwd=tmp_path)

@@ -29,6 +29,10 @@ def hydra_compose():
     GlobalHydra.instance().clear()
 
 
+# planned for a GPU cluster: this machine's test SLURM (if up) has no GPU to take the jobs
+PLANNED = "cluster.preflight=false"
+
+
 def _hash(cfg):
     return config_hash(cfg, *resolve_paths(cfg, build=False))
 
@@ -185,7 +189,7 @@ def test_dry_run_estimates_a_70b_sweep_on_slurm(tmp_path):
     data.write_text(json.dumps({"train": [record] * 2000, "test": [record] * 10}))
     work = tmp_path / "work"
     work.mkdir()
-    proc = launch("-m", "cluster=slurm", "model=llama3_3_70b_instruct", f"model.path={model}", "dataset=json",
+    proc = launch("-m", PLANNED, "cluster=slurm", "model=llama3_3_70b_instruct", f"model.path={model}", "dataset=json",
                   f"dataset.path={data}", "peft.lora_rank=8,16", "optimizer.lr=1e-4", "training.epochs=2", "experiment.name=big",
                   "dry_run=true", cwd=work)
     print(out := proc.stdout)
@@ -221,7 +225,7 @@ def test_full_fine_tuning_asks_slurm_for_what_it_needs(peft, gpus, mem_gb, timeo
 
 
 def test_scaffold_renders_every_config_and_the_array_script_and_submits_nothing(tmp_path):
-    proc = launch("-m", "cluster=slurm", "experiment.name=scaf", "scaffold=true", cwd=tmp_path)
+    proc = launch("-m", PLANNED, "cluster=slurm", "experiment.name=scaf", "scaffold=true", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     sweep_dir = tmp_path / "outputs" / "scaf"
     names = [f"rank{r}_lr{lr}" for r in (2, 8) for lr in ("1e-5", "1e-4", "1e-3")]
@@ -250,7 +254,7 @@ def test_scaffold_renders_every_config_and_the_array_script_and_submits_nothing(
 def test_runs_that_need_different_time_limits_go_to_separate_arrays(tmp_path):
     """A grid over epochs: each run's job asks for the time its own epochs need (the cluster preset
     derives the limit from the model's minutes per epoch), so the grid is one array per limit."""
-    proc = launch("-m", "cluster=slurm", "experiment.name=limits", "scaffold=true", "training.epochs=1,3",
+    proc = launch("-m", PLANNED, "cluster=slurm", "experiment.name=limits", "scaffold=true", "training.epochs=1,3",
                   "peft.lora_rank=8,16", "optimizer.lr=1e-3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     scripts = tmp_path / "outputs" / "limits" / "scripts"
@@ -269,7 +273,7 @@ def test_runs_that_need_different_time_limits_go_to_separate_arrays(tmp_path):
 
 def test_scaffold_writes_each_array_the_launch_would_submit(tmp_path):
     """A grid larger than the cluster's array size goes as several arrays: the scaffold shows each."""
-    proc = launch("-m", "cluster=slurm", "experiment.name=split", "scaffold=true", "cluster.max_array_size=2",
+    proc = launch("-m", PLANNED, "cluster=slurm", "experiment.name=split", "scaffold=true", "cluster.max_array_size=2",
                   "peft.lora_rank=4,8,16", "optimizer.lr=1e-3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     scripts = tmp_path / "outputs" / "split" / "scripts"
@@ -295,7 +299,7 @@ def test_scaffold_quotes_every_path_in_the_scripts_it_writes(tmp_path, monkeypat
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    proc = launch("-m", "cluster=slurm", "experiment.name=q", "scaffold=true", "peft.lora_rank=8", "optimizer.lr=1e-3",
+    proc = launch("-m", PLANNED, "cluster=slurm", "experiment.name=q", "scaffold=true", "peft.lora_rank=8", "optimizer.lr=1e-3",
                   cwd=work)
     assert proc.returncode == 0, proc.stderr[-2000:]
     scripts = work / "outputs" / "q" / "scripts"
@@ -325,7 +329,7 @@ def test_scaffold_writes_each_run_a_finetune_sbatch_to_submit_by_hand(tmp_path):
 
     work = tmp_path / "my study"
     work.mkdir()
-    proc = launch("-m", "cluster=example_site", "experiment.name=hand", "scaffold=true", "peft.lora_rank=8",
+    proc = launch("-m", PLANNED, "cluster=example_site", "experiment.name=hand", "scaffold=true", "peft.lora_rank=8",
                   "optimizer.lr=1e-3,1e-4", "cluster.gpus_per_node=2", cwd=work)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("rank8_lr1e-3", "rank8_lr1e-4"):

@@ -5,7 +5,7 @@ misspelt config group (``optimiser.lr``, ``experimnt=mystudy``), else the neares
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..errors import ConfigError
 from .compose import GROUPS
@@ -37,6 +37,24 @@ def unknown_key(key: str, value: Any, known: Iterable[str]) -> ConfigError:
     if head in GROUPS:
         return ConfigError(key, value, f"{text}; --cfg job shows every key")
     return ConfigError(key, value, f"{text}; add a new key with +{key}=…")
+
+
+# keys under cruijff's groups that take any key a user adds (sbatch flags, a model builder's arguments)
+FREE_FORM = ("cluster.sbatch", "model.args")
+
+
+def unread_addition(key: str, value: Any, known: Callable[[], Iterable[str]]) -> ConfigError | None:
+    """A ``+key=value`` that adds a key under one of cruijff's config groups, where nothing would
+    read it (every key a stage reads is already there), as one line with the key meant; None for
+    a key that may be added (outside the groups, under a free-form key). ``known``: the composed
+    config's leaf keys, asked only when needed."""
+    head, _, rest = key.partition(".")
+    if not rest or head not in GROUPS or head == "experiment" or any(key.startswith(f + ".") for f in FREE_FORM):
+        return None
+    hint = _meant(key, set(known()), None)
+    return ConfigError(f"+{key}", value, f"{head} has no key {rest}, and a key added there is read by nothing"
+                       + (f" (did you mean {hint}?)" if hint else "; --cfg job shows every key")
+                       + f"; free-form: {', '.join(f + '.*' for f in FREE_FORM)}")
 
 
 def _misspelt_group(head: str, known: set[str]) -> str | None:

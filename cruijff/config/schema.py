@@ -74,6 +74,7 @@ SCHEMA = {
     "cluster.mem_gb": "number>0",
     "cluster.max_array_size": "int>=1|auto",
     "cluster.max_requeue": "int>=0",
+    "cluster.preflight": "bool",
     "cluster.signal_delay_s": "int>=0",
 }
 _SPEC = re.compile(r"^(int|number|bool|str)(?:(>=|>)(-?[\d.]+))?(?:(<=)(-?[\d.]+))?((?:\|\w+)*)$")

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .cluster import time_limit_message
-from .config import TaskSpec, check_name, config_hash, prepare_job, resolve_paths, run_changes, validate
+from .config import TaskSpec, check_name, config_hash, data_keys, prepare_job, resolve_paths, run_changes, validate
 from .errors import ConfigError, CruijffError, first_line, omegaconf_message
 from .evaluate import check_tasks_load, evaluate_run
 from .finetune import finetune_run
@@ -210,7 +210,7 @@ def preflight(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec], evaluates: 
         raise ConfigError("hydra.run.dir", str(run_dir), f"holds other runs ({held}): an experiment's or a sweep's "
                                                          "dir, not a run's; choose a dir of its own for the run")
     if evaluates and cfg.eval.enabled and specs:
-        check_tasks_load(specs, resolve_paths(cfg, build=False)[1], cfg.dataset.input_key, cfg.dataset.output_key)
+        check_tasks_load(specs, resolve_paths(cfg, build=False)[1], *data_keys(cfg))
 
 
 def _log_to_file(path: Path) -> None:

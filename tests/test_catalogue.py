@@ -151,6 +151,8 @@ RECORDS = [
 ]
 WITH_SYSTEM = [{"role": "system", "content": "Answer in one word."},
                {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris"}]
+TWO_TURNS = [{"role": "user", "content": "Capitalize: paris"}, {"role": "assistant", "content": "Paris"},
+             {"role": "user", "content": "And: rome "}, {"role": "assistant", "content": "Rome"}]
 
 
 def _stand_in_tokenizer_files(model_dir, cfg, tiny_model_dir):
@@ -203,7 +205,8 @@ def test_eval_prompts_are_laid_out_as_training_saw_them(name, tmp_path, tiny_mod
     template = chat.resolve(cfg.model.chat_template)
     assert template is not None, f"{name} has no chat template for its eval prompts"
     renderer = AutoTokenizer.from_pretrained(str(tiny_model_dir))  # any tokenizer renders a template
-    records = RECORDS + ([] if "mistral" in name else [WITH_SYSTEM])  # torchtune's Mistral template has no system role
+    records = RECORDS + [TWO_TURNS] + ([] if "mistral" in name else [WITH_SYSTEM, WITH_SYSTEM + TWO_TURNS[2:]])
+    # (torchtune's Mistral template has no system role)
     for record in records:
         messages = [Message(role=m["role"], content=m["content"], masked=m["role"] != "assistant") for m in record]
         tokens, mask = tok.tokenize_messages(messages)

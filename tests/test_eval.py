@@ -93,9 +93,9 @@ def test_the_configured_chat_template_lays_out_the_eval_prompts(tmp_path, tiny_m
     from cruijff.evaluate import evaluate_cell
     from cruijff.records import log_path
 
-    user = "{% elif message['role'] == 'user' %}{{ message['content'] }}"
-    assert user in assets.CHAT_TEMPLATE
-    upper = assets.CHAT_TEMPLATE.replace(user, user.replace("}}", "| replace('Capitalize', 'Upper') }}"))
+    content = "{{- message['content'].rstrip(' ') -}}"
+    assert content in assets.CHAT_TEMPLATE
+    upper = assets.CHAT_TEMPLATE.replace(content, content.replace(" -}}", " | replace('Capitalize', 'Upper') -}}"))
     specs = [TaskSpec("exact_match")]
     kw = dict(data_file=assets.capitalization_file(), input_key="input", output_key="output", device="cpu",
               limit=5, display="none")

@@ -40,7 +40,7 @@ def _hash(cfg):
 @pytest.mark.parametrize("job", [
     ["peft.lora_rank=16", "optimizer.lr=0.003"],
     ["training.epochs=3", "peft.lora_dropout=0.1", "seed=7"],
-    ["dataset.input_key=question", "training.batch_size=4"],
+    ["dataset.fields.input=question", "training.batch_size=4"],
 ])
 def test_planned_config_equals_the_config_hydra_composes(hydra_compose, tmp_path, job):
     master = hydra_compose([])

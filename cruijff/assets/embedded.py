@@ -31,21 +31,28 @@ import string
 import tempfile
 from pathlib import Path
 
-ASSET_VERSION = "v6"
+ASSET_VERSION = "v7"
 SEED = 1234
 
-# The prompt format shared by training and evaluation: user text, "\nAnswer:", the answer, EOS.
-# torchtune's ``prompt_template`` appends "\nAnswer:" to the user turn as a separate piece of text,
-# which its SentencePiece tokenizer encodes with a leading "▁"; the chat template shipped with the
-# checkpoint (used by inspect / transformers) writes that space out, so both give the same token ids.
+# The prompt format shared by training and evaluation: user text, "\nAnswer:", the answer, EOS, as
+# torchtune's Llama 2 tokenizer lays out messages with the ``prompt_template`` below: each message's
+# text cut of trailing spaces; a message that starts a turn (the first, or one after an answer)
+# encoded on its own, so SentencePiece gives its first piece — and the "\nAnswer:" appended to it —
+# a leading "▁", which the chat template shipped with the checkpoint (used by inspect / transformers)
+# writes out as a space; a later message of the turn (a user's after the system prompt) joined
+# without one, unless the message before it ended with a space; each later turn starting with BOS.
 TORCHTUNE_USER_SUFFIX = "\nAnswer:"
 USER_SUFFIX = " " + TORCHTUNE_USER_SUFFIX
 CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}"
-    "{% elif message['role'] == 'user' %}{{ message['content'] }} \nAnswer:"
-    "{% else %}{{ message['content'] }}{% endif %}"
-    "{% endfor %}"
+    "{%- for message in messages -%}"
+    "{%- set prev = none if loop.first else messages[loop.index0 - 1] -%}"
+    "{%- set new_turn = loop.first or prev['role'] == 'assistant' -%}"
+    "{%- set spaced = new_turn or (prev['role'] == 'system' and prev['content'].endswith(' ')) -%}"
+    "{%- if new_turn and not loop.first -%}{{ bos_token }}{%- endif -%}"
+    "{{- ' ' if spaced and not loop.first else '' -}}{{- message['content'].rstrip(' ') -}}"
+    "{%- if message['role'] == 'assistant' -%}{{- eos_token -}}"
+    "{%- elif message['role'] == 'user' -%}{{- ' ' if spaced else '' }}\nAnswer:{%- endif -%}"
+    "{%- endfor -%}"
 )
 
 # Architecture of the tiny Llama, in torchtune's argument names (``llama2`` / ``lora_llama2``).

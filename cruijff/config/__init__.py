@@ -6,6 +6,7 @@ from . import chat
 from .compose import (CONF_DIR, GROUPS, SMOKE_KEYS, apply_smoke, check_group_overrides, conf_dirs, eval_config,
                       job_minutes, leaf_keys, load_run, looked_in, override_identity, parse_override, PROJECT_MARKER,
                       project_conf, project_root, register_resolvers, smoke_limits)
+from .data import data_keys, is_chat
 from .keys import ALIASES, unknown_key
 from .identity import (RUN_KEYS, changes_finetune, check_name, config_changes, config_hash, file_sha256,
                        input_identity, model_content_id, model_identity, run_changes, run_name)
@@ -20,7 +21,7 @@ __all__ = [
     "CONF_DIR", "GROUPS", "SMOKE_KEYS", "apply_smoke", "check_group_overrides", "conf_dirs", "eval_config",
     "job_minutes", "leaf_keys", "load_run", "looked_in", "override_identity", "parse_override", "PROJECT_MARKER", "project_conf", "project_root",
     "register_resolvers", "smoke_limits",
-    "ALIASES", "unknown_key",
+    "ALIASES", "unknown_key", "data_keys", "is_chat",
     "RUN_KEYS", "changes_finetune", "check_name", "config_changes", "config_hash", "file_sha256", "input_identity",
     "model_content_id", "model_identity", "run_changes", "run_name",
     "CHECKPOINT_MODES", "PEFT_METHODS", "TOKENIZER_FILES", "checkpoint_mode", "device_guess", "effective_batch",

@@ -18,6 +18,7 @@ ALIASES = {
     "rank": "peft.lora_rank", "lora_rank": "peft.lora_rank", "lora_r": "peft.lora_rank",
     "alpha": "peft.lora_alpha", "lora_alpha": "peft.lora_alpha",
     "dropout": "peft.lora_dropout", "lora_dropout": "peft.lora_dropout",
+    "input_key": "dataset.fields.input", "output_key": "dataset.fields.output",
 }
 
 

@@ -97,7 +97,8 @@ def device_guess(cfg: DictConfig) -> str:
 
 
 def resolve_paths(cfg: DictConfig, build: bool = True) -> tuple[Path, Path]:
-    """The model dir and dataset file of a config (building the embedded ones on first use)."""
+    """The model dir and dataset file of a config (building the embedded ones on first use; the
+    dataset as the stages read it: :func:`cruijff.config.data.dataset_file`)."""
     if cfg.model.path is None:
         if cfg.model.name != "tiny_llama":
             raise ConfigError("model.path", None, f"model {cfg.model.name} needs model.path=<local model directory>")
@@ -106,10 +107,12 @@ def resolve_paths(cfg: DictConfig, build: bool = True) -> tuple[Path, Path]:
         model_dir = Path(cfg.model.path).resolve()
     if cfg.dataset.path is None:
         if cfg.dataset.name != "capitalization":
-            raise ConfigError("dataset.path", None, f"dataset {cfg.dataset.name} needs dataset.path=<JSON file>")
+            raise ConfigError("dataset.path", None, f"dataset {cfg.dataset.name} needs dataset.path=<file or directory>")
         data_file = assets.capitalization_file(build)
     else:
-        data_file = Path(cfg.dataset.path).resolve()
+        from .data import dataset_file
+
+        data_file = dataset_file(cfg)
     return model_dir, data_file
 
 

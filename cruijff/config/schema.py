@@ -21,6 +21,7 @@ from .. import assets
 from ..errors import ConfigError, did_you_mean
 from . import chat
 from .compose import apply_smoke
+from .data import data_keys, dataset_file, is_chat
 from .identity import check_name
 from .model import CHECKPOINT_MODES, PEFT_METHODS, effective_batch, model_files, peft_method, processes
 from .tasks import TaskSpec, check_tasks
@@ -58,7 +59,10 @@ SCHEMA = {
     "training.compile": "bool",
     "training.enable_activation_checkpointing": "bool",
     "training.log_every_n_steps": "int>=1",
-    "dataset.input_key": "str", "dataset.output_key": "str",
+    "dataset.fields.input": "str", "dataset.fields.output": "str", "dataset.fields.messages": "str",
+    "dataset.fields.system": "str|null", "dataset.system_prompt": "str|null",
+    "dataset.shape": "str", "dataset.format": "str", "dataset.split_column": "str|null",
+    "dataset.validation": "str|null", "dataset.test": "str|null", "dataset.split_seed": "int>=0",
     "dataset.train_on_input": "bool",
     "eval.enabled": "bool",
     "eval.base_model": "bool",
@@ -180,11 +184,14 @@ def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> list[TaskSpe
         for f in model_files(cfg.model):
             if not (path / f).exists():
                 raise ConfigError("model.path", cfg.model.path, f"lacks {f}, named by model {cfg.model.name}")
-    data = cfg.dataset.path if cfg.dataset.path is not None else (
-        str(assets.capitalization_file()) if cfg.dataset.name == "capitalization" else None)
-    if data is not None:
-        train = validate_dataset(data, cfg.dataset.input_key, cfg.dataset.output_key)
-        check_steps(cfg, train, data)
+    if str(cfg.dataset.get("shape") or "instruct") not in ("instruct", "chat"):
+        raise ConfigError("dataset.shape", cfg.dataset.shape, "instruct (an input and an output field) or chat "
+                                                              "(messages of role and content)")
+    if cfg.dataset.path is not None or cfg.dataset.name == "capitalization":
+        # a dataset to convert is read, checked and converted here, once
+        data = str(dataset_file(cfg) if cfg.dataset.path is not None else assets.capitalization_file())
+        train = validate_dataset(data, *data_keys(cfg), chat=is_chat(cfg))
+        check_steps(cfg, train, str(cfg.dataset.path or data))
     epochs = cfg.eval.epochs
     if epochs != "all":
         if not OmegaConf.is_list(epochs) or not all(isinstance(e, int) for e in epochs):
@@ -215,17 +222,17 @@ def check_steps(cfg: DictConfig, train: int, data: str) -> None:
                           f"no step would be trained; lower the batch or add examples")
 
 
-def validate_dataset(path: str, input_key: str, output_key: str) -> int:
-    """Check a dataset file; return the size of its train split."""
+def validate_dataset(path: str, input_key: str, output_key: str, chat: bool = False) -> int:
+    """Check a dataset file of splits (records of these fields, or chats); return the size of its train split."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError("dataset.path", path, "must be an existing JSON file")
+        raise ConfigError("dataset.path", path, "must be an existing file")
     st = p.stat()  # every grid point names the same file: it is read once while it stays the same
-    return _check_dataset(path, st.st_mtime_ns, st.st_size, input_key, output_key)
+    return _check_dataset(path, st.st_mtime_ns, st.st_size, input_key, output_key, chat)
 
 
 @lru_cache(maxsize=16)
-def _check_dataset(path: str, mtime_ns: int, size: int, input_key: str, output_key: str) -> int:
+def _check_dataset(path: str, mtime_ns: int, size: int, input_key: str, output_key: str, chat: bool) -> int:
     p = Path(path)
     try:
         data = json.loads(p.read_text())
@@ -239,6 +246,8 @@ def _check_dataset(path: str, mtime_ns: int, size: int, input_key: str, output_k
             continue  # optional: a task may evaluate on it (split: validation)
         if not isinstance(rows, list) or not rows:
             raise ConfigError("dataset.path", path, f"lacks a non-empty {split!r} split")
+        if chat:  # a converted file: its records were checked as they were converted
+            continue
         for key in (input_key, output_key):
             if not all(isinstance(r, dict) and isinstance(r.get(key), str) for r in rows):
                 raise ConfigError("dataset.path", path, f"every {split!r} record needs a string {key!r}")

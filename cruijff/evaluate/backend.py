@@ -41,7 +41,8 @@ from .adapter import AdapterSwap, read_adapter
 
 def exact_match_task(data_file: str, input_key: str = "input", output_key: str = "output",
                      split: str = "test", ignore_case: bool = False, name: str = "exact_match"):
-    """The dataset's ``split`` as prompts; the answer must equal the reference exactly."""
+    """The dataset's ``split`` as prompts; the answer must equal the reference exactly. A chat
+    record is asked its turns before the last, whose content is the reference."""
     from inspect_ai import Task
     from inspect_ai.dataset import MemoryDataset, Sample
     from inspect_ai.scorer import match
@@ -49,7 +50,9 @@ def exact_match_task(data_file: str, input_key: str = "input", output_key: str =
 
     rows = json.loads(Path(data_file).read_text())[split]
     samples = [
-        Sample(input=r[input_key], target=r[output_key], id=i + 1) for i, r in enumerate(rows)
+        Sample(input=chat_messages(r["messages"][:-1]), target=r["messages"][-1]["content"], id=i + 1)
+        if "messages" in r else Sample(input=r[input_key], target=r[output_key], id=i + 1)
+        for i, r in enumerate(rows)
     ]
     return Task(
         dataset=MemoryDataset(samples, name=f"{Path(data_file).stem}:{split}"),
@@ -57,6 +60,14 @@ def exact_match_task(data_file: str, input_key: str = "input", output_key: str =
         scorer=match(location="exact", ignore_case=ignore_case),
         name=name,
     )
+
+
+def chat_messages(messages: list[dict]) -> list:
+    """A record's messages as inspect's chat messages."""
+    from inspect_ai.model import ChatMessageAssistant, ChatMessageSystem, ChatMessageUser
+
+    kinds = {"system": ChatMessageSystem, "user": ChatMessageUser, "assistant": ChatMessageAssistant}
+    return [kinds[m["role"]](content=m["content"]) for m in messages]
 
 
 def build_task(spec: TaskSpec, data_file: Path, input_key: str, output_key: str):

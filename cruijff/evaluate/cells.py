@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..config import TaskSpec, selected_epochs
+from ..config import TaskSpec, data_keys, selected_epochs
 from ..config.chat import base_cell_dir
 from ..errors import CruijffError
 from ..records import CellStanding, EvalPlan, ExpectedCell, cell_standing, layout
@@ -47,7 +47,7 @@ def cells(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path, spec
     first (when asked for), then the complete epochs asked for. ``memo``: tasks already built in
     this look at the sweep (:func:`.identity.task_identity`)."""
     settings = settings_identity(cfg)
-    tasks = [task_identity(s, data_file, cfg.dataset.input_key, cfg.dataset.output_key, memo) for s in specs]
+    tasks = [task_identity(s, data_file, *data_keys(cfg), memo) for s in specs]
     key, parts = cell_key(checkpoint_identity(model_dir, None, False), tasks, settings)
     base = Cell("base", model_dir, base_cell_dir(cfg, run_dir.parent, key), key=key, parts=parts)
     out = [base] if cfg.eval.base_model else []

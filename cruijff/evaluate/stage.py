@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from .. import ui
-from ..config import TaskSpec, eval_config, prepare_job, resolve_paths, validate
+from ..config import TaskSpec, data_keys, eval_config, prepare_job, resolve_paths, validate
 from ..config.chat import eval_template
 from ..hardware import resolve_device
 from ..records import ActionLog, CellResults, CellStanding, RunState, layout
@@ -61,7 +61,7 @@ def evaluate_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
                     cell.model_dir, specs, cell.log_dir, adapter=cell.adapter,
                     device=device, gpus=int(cfg.model.resources.gpus),
                     max_tokens=int(cfg.eval.max_tokens), batch_size=int(cfg.eval.batch_size),
-                    data_file=data_file, input_key=cfg.dataset.input_key, output_key=cfg.dataset.output_key,
+                    data_file=data_file, input_key=data_keys(cfg)[0], output_key=data_keys(cfg)[1],
                     limit=cfg.eval.limit, chat_template=eval_template(cfg),
                     tags=[cfg.experiment.name, run or "base", cell.label],
                     metadata={"experiment": cfg.experiment.name, "run": run, "checkpoint": cell.label,
@@ -119,6 +119,6 @@ def evaluate_run_dir(run_dir: Path, eval_cfg: Any = None, base: bool = True, slo
     prepare_job(cfg, slot)
     specs = validate(cfg)
     model_dir, data_file = resolve_paths(cfg)
-    check_tasks_load(specs, data_file, cfg.dataset.input_key, cfg.dataset.output_key)  # before a cell is written
+    check_tasks_load(specs, data_file, *data_keys(cfg))  # before a cell is written
     return evaluate_run(cfg, run_dir, model_dir, data_file, specs, ActionLog(layout.action_log(run_dir.parent)),
                         base=base, evaluator=evaluator)

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import TaskSpec, eval_config, file_sha256, resolve_paths, validate
+from ..config import TaskSpec, data_keys, eval_config, file_sha256, resolve_paths, validate
 from ..errors import ConfigError, did_you_mean, first_line
 from .backend import build_task, exact_match_task, task_function
 
@@ -42,7 +42,7 @@ def check_run_tasks(run_dir: Path, eval_cfg: Any = None) -> None:
     ``eval_cfg`` when given) all load."""
     cfg = eval_config(run_dir, eval_cfg)
     specs = validate(cfg)
-    check_tasks_load(specs, resolve_paths(cfg, build=False)[1], cfg.dataset.input_key, cfg.dataset.output_key)
+    check_tasks_load(specs, resolve_paths(cfg, build=False)[1], *data_keys(cfg))
 
 
 def _identity(spec: TaskSpec, data_file: Path, input_key: str, output_key: str) -> tuple:
@@ -131,6 +131,8 @@ def _check_split(spec: TaskSpec, key: str, data_file: Path, input_key: str, outp
     rows = data[split]
     if not rows:
         raise ConfigError(f"{key}.args.split", split, f"the {split!r} split of {data_file.name} has no samples")
+    if all(isinstance(r, dict) and "messages" in r for r in rows):
+        return  # chats, checked as the dataset was converted
     for k in (input_key, output_key):
         bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict) or not isinstance(r.get(k), str)), None)
         if bad is not None:

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import TOKENIZER_FILES, checkpoint_mode, lora_on_output, peft_method, stock_configs
+from ..config import TOKENIZER_FILES, checkpoint_mode, data_keys, is_chat, lora_on_output, peft_method, stock_configs
 from ..hardware import resolve_device, resolve_dtype
 
 RECIPE = "lora_finetune_single_device"
@@ -156,16 +156,7 @@ def render(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path,
         "resume_from_checkpoint": False,
         # adapter: torchtune writes the adapter alone per epoch (PEFT's safetensors + config), no weights
         "save_adapter_weights_only": checkpoint_mode(cfg) == "adapter",
-        "dataset": {
-            "_component_": "torchtune.datasets.instruct_dataset",
-            "source": "json",
-            "data_files": str(data_file),
-            "field": "train",
-            "split": "train",
-            "column_map": {"input": cfg.dataset.input_key, "output": cfg.dataset.output_key},
-            "train_on_input": bool(cfg.dataset.train_on_input),
-            "packed": False,
-        },
+        "dataset": dataset_section(cfg, data_file),
         "seed": int(cfg.seed),
         "shuffle": True,
         "batch_size": int(tr.batch_size),
@@ -258,3 +249,17 @@ def parameter_counts(model: dict[str, Any]) -> tuple[int, int]:
         built = tt_config.instantiate(OmegaConf.create(model))
     base = sum(p.numel() for n, p in built.named_parameters() if "lora_" not in n)
     return base, sum(p.numel() for n, p in built.named_parameters() if "lora_" in n)
+
+
+def dataset_section(cfg: DictConfig, data_file: Path) -> dict:
+    """torchtune's dataset builder on the train split of the dataset file: ``instruct_dataset`` for
+    input/output records, ``chat_dataset`` for chats (a system prompt makes a record one); the loss
+    on the answers (every assistant turn) only, unless ``dataset.train_on_input``."""
+    common = {"source": "json", "data_files": str(data_file), "field": "train", "split": "train",
+              "train_on_input": bool(cfg.dataset.train_on_input), "packed": False}
+    if is_chat(cfg):
+        return {"_component_": "torchtune.datasets.chat_dataset", **common,
+                "conversation_column": "messages", "conversation_style": "openai"}
+    source, target = data_keys(cfg)
+    return {"_component_": "torchtune.datasets.instruct_dataset", **common,
+            "column_map": {"input": source, "output": target}}

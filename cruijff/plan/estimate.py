@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ..assets import cache_root
-from ..config import checkpoint_mode, device_guess, processes, resolve_paths, selected_epochs, task_specs
+from ..config import checkpoint_mode, data_keys, device_guess, processes, resolve_paths, selected_epochs, task_specs
 from ..errors import CruijffError
 from ..finetune import model_section, parameter_counts
 from ..records import RunState, layout
@@ -89,7 +89,8 @@ def _dataset(path: str, input_key: str, output_key: str) -> tuple[int, int]:
 def _dataset_counts(path: str, mtime_ns: int, size: int, input_key: str, output_key: str) -> tuple[int, int]:
     data = json.loads(Path(path).read_text())
     rows = data.get("train", [])
-    return len(rows), sum(len(str(r.get(input_key, ""))) + len(str(r.get(output_key, ""))) for r in rows)
+    return len(rows), sum(sum(len(str(m.get("content", ""))) for m in r["messages"]) if "messages" in r
+                          else len(str(r.get(input_key, ""))) + len(str(r.get(output_key, ""))) for r in rows)
 
 
 def _table_tokens_per_s(params: int, gpus: int) -> float:
@@ -131,7 +132,7 @@ def _dataset_of(cfg: DictConfig, data_file: Path | None = None) -> tuple[int, in
         _, data_file = resolve_paths(cfg, build=False)
     if not Path(data_file).exists():
         return 0, 0
-    return _dataset(str(data_file), str(cfg.dataset.input_key), str(cfg.dataset.output_key))
+    return _dataset(str(data_file), *data_keys(cfg))
 
 
 def _per_step(cfg: DictConfig, nproc: int) -> int:

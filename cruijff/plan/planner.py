@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..cluster import job_resources
-from ..config import (GROUPS, SCHEMA, SMOKE_KEYS, check_name, config_hash, leaf_keys, override_identity,
+from ..config import (GROUPS, SCHEMA, SMOKE_KEYS, check_name, config_hash, data_keys, leaf_keys, override_identity,
                       parse_override, resolve_paths, run_changes, run_name, unknown_key, validate)
 from ..errors import ConfigError, CruijffError, omegaconf_message
 from ..evaluate import check_tasks_load
@@ -173,7 +173,7 @@ class Planner:
                     self._checked = self._checked or changed is not None
                     paths = resolve_paths(cfg, build=False)
                     if cfg.eval.enabled and specs:  # each distinct task is loaded once, not per grid point
-                        check_tasks_load(specs, paths[1], cfg.dataset.input_key, cfg.dataset.output_key)
+                        check_tasks_load(specs, paths[1], *data_keys(cfg))
                     chash = config_hash(cfg, *paths)
                     epochs = int(cfg.training.epochs)
                     force = bool(cfg.overwrite) if overwrite is None else overwrite

@@ -1,0 +1,159 @@
+"""Data as users hold it: JSON, JSONL, CSV, TSV, Parquet, save_to_disk; splits by key, file, column or
+seeded fractions; instruct records under any field names, with a system prompt, and chats."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import compose_config, launch
+
+FIELDS = ["dataset=file", "dataset.fields.input=text", "dataset.fields.output=label"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    """The embedded capitalization data, as a user might hold it: one table with a split column in
+    each format, one JSONL file per split, a save_to_disk dir, and chats of two turns with a system prompt."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset, DatasetDict
+
+    from cruijff import assets
+
+    d = tmp_path_factory.mktemp("data")
+    data = json.loads(assets.capitalization_file().read_text())
+    rows = [{"text": r["input"], "label": r["output"], "part": split} for split, v in data.items() for r in v]
+    (d / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "all.json").write_text(json.dumps(rows))
+    for name, sep in (("all.csv", ","), ("all.tsv", "\t")):
+        with open(d / name, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["text", "label", "part"], delimiter=sep)
+            w.writeheader()
+            w.writerows(rows)
+    pq.write_table(pa.Table.from_pylist(rows), d / "all.parquet")
+    for split, v in data.items():
+        (d / f"{split}.jsonl").write_text("".join(json.dumps({"text": r["input"], "label": r["output"]}) + "\n"
+                                                  for r in v))
+    DatasetDict({k: Dataset.from_list([{"text": r["input"], "label": r["output"]} for r in v])
+                 for k, v in data.items()}).save_to_disk(str(d / "saved"))
+    chats = [{"messages": [{"role": "system", "content": "Capitalize the word."},
+                           {"role": "user", "content": "paris"}, {"role": "assistant", "content": "Paris"},
+                           {"role": "user", "content": r["input"]}, {"role": "assistant", "content": r["output"]}],
+              "part": split} for split, v in data.items() for r in v]
+    (d / "chats.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
+    return d
+
+
+def _records(*overrides: str) -> dict:
+    from cruijff.config.data import dataset_file
+
+    return json.loads(dataset_file(compose_config(*overrides)).read_text())
+
+
+def test_every_format_and_split_source_gives_the_same_records(files):
+    from cruijff import assets
+
+    truth = {k: [{"text": r["input"], "label": r["output"]} for r in v]
+             for k, v in json.loads(assets.capitalization_file().read_text()).items()}
+    by_column = ["dataset.split_column=part"]
+    for name in ("all.jsonl", "all.json", "all.csv", "all.tsv", "all.parquet"):
+        assert _records(*FIELDS, f"dataset.path={files / name}", *by_column) == truth, name
+    assert _records(*FIELDS, f"dataset.path={files / 'saved'}") == truth
+    assert _records(*FIELDS, f"dataset.path={files / 'train.jsonl'}", f"dataset.validation={files / 'validation.jsonl'}",
+                    f"dataset.test={files / 'test.jsonl'}") == truth
+
+
+def test_fractions_split_one_list_the_same_way_every_time_and_by_seed(files):
+    args = [*FIELDS, f"dataset.path={files / 'all.csv'}", "dataset.split=[0.8,0.1,0.1]"]
+    one, again, other = _records(*args), _records(*args), _records(*args, "dataset.split_seed=1")
+    assert one == again and one != other
+    assert [len(one[k]) for k in ("train", "validation", "test")] == [960, 120, 120]
+    every = [r["text"] for k in one for r in one[k]]
+    assert len(every) == len(set(every)) == 1200  # disjoint, and every record in one split
+
+
+@pytest.mark.parametrize("content, args, message", [
+    ('{"text": "a", "label": "A"}\nnot json\n', [], "dataset.path='{f}': line 2 is not JSON: Expecting value at column 1"),
+    ('{"text": "a", "label": "A", "part": "train"}\n{"text": "b", "part": "test"}\n',
+     ["dataset.split_column=part"], "dataset.fields.output='label': data.jsonl (part=test) record 0 has no text "
+                                    "'label' (it has: text, part)"),
+    ('{"text": "a", "label": " ", "part": "train"}\n', ["dataset.split_column=part"],
+     "dataset.fields.output='label': data.jsonl (part=train) record 0 has an empty 'label'"),
+    ('{"text": "a", "label": "A", "part": "dev"}\n', ["dataset.split_column=part"],
+     "dataset.split_column='part': data.jsonl record 0 has part='dev'; each record's part must be one of train, "
+     "validation, test"),
+    ('{"text": "a", "label": "A"}\n', [], "dataset.split=None: data.jsonl holds one list of records: name its "
+     "splits with dataset.split=[0.8,0.1,0.1] (fractions, shuffled with dataset.split_seed), "
+     "dataset.split_column=<column>, or dataset.validation/dataset.test files"),
+])
+def test_bad_data_is_one_line_naming_the_file_the_record_and_the_field(tmp_path, content, args, message):
+    data = tmp_path / "data.jsonl"
+    data.write_text(content)
+    proc = launch(*FIELDS, f"dataset.path={data}", *args, "dry_run=true", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == ["cruijff: error: " + message.format(f=data)]
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_chat_that_does_not_end_with_the_answer_is_refused(tmp_path):
+    data = tmp_path / "chats.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "part": "train"}) + "\n")
+    proc = launch("dataset=chat", f"dataset.path={data}", "dataset.split_column=part", "dry_run=true", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "cruijff: error: dataset.fields.messages='messages': chats.jsonl (part=train) record 0 must end with an "
+        "assistant turn (the answer) after a user turn"]
+
+
+def test_a_chat_is_prompted_at_eval_as_training_saw_its_last_turn(files, tiny_model_dir):
+    """Several turns and a system prompt: the eval prompt's token ids are exactly those training put
+    before the last answer, and training learns every answer (its mask)."""
+    from inspect_ai.model._providers.hf import HuggingFaceAPI
+    from omegaconf import OmegaConf
+    from torchtune import config as tt_config
+    from torchtune.data import OpenAIToMessages
+
+    from cruijff import finetune
+    from cruijff.evaluate.backend import chat_messages
+
+    cfg = compose_config("dataset=chat", f"dataset.path={files / 'chats.jsonl'}", "dataset.split_column=part")
+    data = _records("dataset=chat", f"dataset.path={files / 'chats.jsonl'}", "dataset.split_column=part")
+    conf = finetune.render(cfg, Path("/tmp/unused"), tiny_model_dir, Path("/tmp/data.json"))
+    tok = tt_config.instantiate(OmegaConf.create(conf["tokenizer"]))
+    api = HuggingFaceAPI(str(tiny_model_dir), device="cpu", do_sample=False)
+    to_messages = OpenAIToMessages(train_on_input=False)
+    for record in data["test"][:20]:
+        tokens, mask = tok.tokenize_messages(to_messages(record)["messages"])
+        prompt = api.tokenizer(api.hf_chat(chat_messages(record["messages"][:-1]), []))["input_ids"]
+        assert tokens[:len(prompt)] == prompt, record
+        answer = tok.encode(record["messages"][-1]["content"], add_bos=False, add_eos=False, trim_leading_whitespace=True)
+        assert tokens[len(prompt):len(prompt) + len(answer)] == answer
+        trained = [t for t, m in zip(tokens, mask) if not m]
+        first = tok.encode("Paris", add_bos=False, add_eos=False, trim_leading_whitespace=True)
+        assert trained[:len(first)] == first  # the first answer is learned too
+
+
+def test_each_format_trains_and_evaluates_end_to_end_with_the_same_scores(files, tmp_path, tiny_model_dir):
+    """One sweep over the same records as JSONL, CSV and Parquet: three runs of the same data train
+    and score alike; a chat of two turns with a system prompt trains and is evaluated on its last turn."""
+    proc = launch("-m", "experiment.name=formats", "training=smoke", "peft.lora_rank=8", "optimizer.lr=1e-3", *FIELDS,
+                  "dataset.split_column=part",
+                  "dataset.path=" + ",".join(str(files / n) for n in ("all.jsonl", "all.csv", "all.parquet")),
+                  cwd=tmp_path, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = pd.read_csv(tmp_path / "outputs" / "formats" / "summary.csv")
+    tuned = summary[summary["run"] != "base"]
+    assert len(tuned) == 3 and tuned["score"].nunique() == 1, tuned
+    losses = {json.loads(p.read_text())["epochs"][0]["mean_loss"]
+              for p in (tmp_path / "outputs" / "formats").glob("*/run.json")}
+    assert len(losses) == 1
+    chat = launch("experiment.name=chat", "training=smoke", "dataset=chat", f"dataset.path={files / 'chats.jsonl'}",
+                  "dataset.split_column=part", cwd=tmp_path, timeout=1200)
+    assert chat.returncode == 0, chat.stderr[-3000:]
+    run_dir = next((tmp_path / "outputs" / "chat").glob("*/finetune.yaml")).parent
+    assert "torchtune.datasets.chat_dataset" in (run_dir / "finetune.yaml").read_text()
+    cells = list(run_dir.glob("eval/epoch_0/results.json"))
+    assert cells and json.loads(cells[0].read_text())

@@ -59,8 +59,8 @@ def precheck(argv: list[str]) -> None:
     check_group_overrides(argv)
     for arg in argv:
         key, _, value = arg.partition("=")
-        if key.startswith("+") and not key.startswith("++") and value:
-            refused = unread_addition(key[1:], value, known_keys)
+        if key.startswith("+") and value:
+            refused = unread_addition(key.lstrip("+"), value, known_keys)
             if refused:
                 raise refused
         if key.lstrip("+") == "experiment.name":

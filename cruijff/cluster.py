@@ -121,8 +121,7 @@ def sbatch_directives(cluster: DictConfig, name: str, resources: dict[str, Any] 
         flags["gpus-per-node"] = int(res["gpus_per_node"])
     flags["cpus-per-task"] = int(res["cpus_per_task"])
     flags["mem"] = f"{int(mem)}GB" if mem == int(mem) else f"{int(mem * 1024)}MB"  # submitit's spelling
-    extra = OmegaConf.to_container(cluster.sbatch, resolve=True) if cluster.get("sbatch") else {}
-    flags.update({str(k): v for k, v in (extra or {}).items() if str(k) not in flags})
+    flags.update(extra_flags(cluster))  # as submitit passes them: after, and over, its own
     return [f"#SBATCH --{k}" if v is True else f"#SBATCH --{k}={shlex.quote(str(v))}" for k, v in flags.items()]
 
 
@@ -141,11 +140,26 @@ REFUSALS: list[tuple[tuple[str, ...], str, str]] = [  # the first that matches
 NODE_SIZE = "sinfo -o '%P %c %m %G' lists a node's CPUs, memory (MB) and GPUs per partition"
 
 
+def extra_flags(cluster: DictConfig) -> dict[str, Any]:
+    """``cluster.sbatch``: any other sbatch flag, by its sbatch name."""
+    extra = OmegaConf.to_container(cluster.sbatch, resolve=True) if cluster.get("sbatch") else {}
+    return {str(k): v for k, v in (extra or {}).items()}
+
+
+# sbatch flags of cluster.sbatch that decide what a cluster key would (a refusal names the flag)
+FLAGS_OF = {"gpus_per_node": ("gres", "gpus", "gpus-per-node", "gpus-per-task"), "partition": ("partition",),
+            "account": ("account",), "qos": ("qos",), "timeout_min": ("time",), "constraint": ("constraint",),
+            "mem_gb": ("mem", "mem-per-cpu", "mem-per-gpu"), "cpus_per_task": ("cpus-per-task",)}
+
+
 def sbatch_words(stderr: str) -> str:
     """sbatch's refusal in one line: its distinct messages without their ``sbatch: error:`` prefixes."""
     out: list[str] = []
     for line in stderr.splitlines():
-        line = re.sub(r"^((sbatch: error:|allocation failure:|Batch job submission failed:)\s*)+", "", line.strip())
+        line = re.sub(r"^((sbatch: (error|fatal):|sbatch:|allocation failure:|Batch job submission failed:)\s*)+", "",
+                      line.strip())
+        if line.startswith("Try \"sbatch --help\""):
+            continue
         if line and line.lower() not in (o.lower() for o in out):
             out.append(line)
     return "; ".join(out) or "no reason given"
@@ -157,13 +171,29 @@ def refusal(stderr: str, cluster: DictConfig, resources: dict[str, Any] | None =
     words = sbatch_words(stderr)
     values = {k: cluster.get(k) for k in RESOURCES} | (resources or {}) | site_flags(cluster)
     low = words.lower()
+    extra = extra_flags(cluster)
+    option = re.search(r"unrecognized option '--([^=' ]+)", words)
+    if option and option.group(1) in extra:
+        return ConfigError(f"cluster.sbatch.{option.group(1)}", extra[option.group(1)],
+                           f"sbatch refused the job: {words}; sbatch --help lists its flags")
+
+    def named(key: str, hint: str) -> CruijffError:
+        given = next((f for f in FLAGS_OF.get(key, ()) if f in extra), None)
+        if given:  # the preset's own flag decides it, not the cruijff key
+            return ConfigError(f"cluster.sbatch.{given}", extra[given], f"sbatch refused the job: {words}; {hint}")
+        return ConfigError(f"cluster.{key}", values.get(key), f"sbatch refused the job: {words}; {hint}")
+
     if "node configuration is not available" in low:
+        flag = next((f for k in ("mem_gb", "cpus_per_task", "gpus_per_node") for f in FLAGS_OF[k] if f in extra),
+                    "exclude" if "exclude" in extra else None)
+        if flag:  # the preset's own flag asks for it
+            return ConfigError(f"cluster.sbatch.{flag}", extra[flag], f"sbatch refused the job: {words}; {NODE_SIZE}")
         asked = ", ".join(f"cluster.{k}={values.get(k)}" for k in ("gpus_per_node", "cpus_per_task", "mem_gb"))
         where = f" of partition {values['partition']}" if values.get("partition") else ""
         return CruijffError(f"{asked}: sbatch refused the job: {words}; no node{where} has that much: {NODE_SIZE}")
     for needles, key, hint in REFUSALS:
         if any(n in low for n in needles):
-            return ConfigError(f"cluster.{key}", values.get(key), f"sbatch refused the job: {words}; {hint}")
+            return named(key, hint)
     return CruijffError(f"cluster={cluster.get('name', cluster.executor)}: sbatch refused the job: {words}; see the "
                         "preset's partition, account, qos, constraint and resources")
 

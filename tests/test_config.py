@@ -175,6 +175,8 @@ def test_a_sweep_without_m_says_to_add_m(tmp_path, args, message):
     (["-m", "+training.learning_rate=1e-3,1e-4"], "+training.learning_rate='1e-3,1e-4': training has no key "
      "learning_rate, and a key added there is read by nothing (did you mean optimizer.lr?); "
      "free-form: cluster.sbatch.*, model.args.*"),
+    (["++training.foo=1"], "+training.foo='1': training has no key foo, and a key added there is read by nothing; "
+                           "--cfg job shows every key; free-form: cluster.sbatch.*, model.args.*"),
 ])
 def test_an_unknown_key_names_the_key_meant(tmp_path, args, message):
     proc = launch(*args, cwd=tmp_path)
@@ -225,7 +227,7 @@ def test_cruijff_init_marks_the_project_root(tmp_path):
 
 # A project's experiment that trains longer than a smoke run and evaluates more samples per task;
 # it comes after `_self_` in config.yaml's defaults, so its values win over the group presets.
-LONG = ("# @package _global_\nexperiment:\n  name: long\ntraining:\n  epochs: 2\n  max_steps_per_epoch: 8\n"
+LONG = ("# @package _global_\nexperiment:\n  name: long\ntraining:\n  smoke: false\n  epochs: 2\n  max_steps_per_epoch: 8\n"
         "eval:\n  limit: 50\nhydra:\n  sweeper:\n    params:\n      peft.lora_rank: 2,8\n")
 
 

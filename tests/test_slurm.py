@@ -328,6 +328,10 @@ def test_a_job_slurm_refuses_is_one_line_naming_the_cluster_key_before_anything_
     partition = launch(*grid, "cluster.gpus_per_node=0", "cluster.partition=gpu", cwd=tmp_path)
     assert partition.returncode == 2 and partition.stderr.strip().splitlines()[-1].startswith(
         "cruijff: error: cluster.partition='gpu': sbatch refused the job: invalid partition specified: gpu")
+    flag = launch(*grid, "cluster.gpus_per_node=0", "+cluster.sbatch.mem=9999G", cwd=tmp_path)  # the preset's own flag
+    assert flag.returncode == 2 and flag.stderr.strip().splitlines() == [
+        "cruijff: error: cluster.sbatch.mem='9999G': sbatch refused the job: Requested node configuration is not "
+        "available; sinfo -o '%P %c %m %G' lists a node's CPUs, memory (MB) and GPUs per partition"]
     assert not (tmp_path / "outputs").exists()
     queued = subprocess.run(["squeue", "-h", "-n", "cruijff-train-refused"], capture_output=True, text=True).stdout
     assert queued.strip() == ""
@@ -367,7 +371,7 @@ def test_a_job_cancelled_after_its_last_save_is_finished_and_says_so(slurm, tmp_
     assert _sacct(job)[job].startswith("CANCELLED")
     assert proc.returncode == 0 and "1/1 runs finished" in out, err[-2000:]
     state = json.loads(next(sweep_dir.glob("*/run.json")).read_text())
-    note = f"SLURM job {job} ended CANCELLED by root after its last checkpoint was saved"
+    note = f"SLURM job {job} ended CANCELLED by root; every epoch was saved before it ended"
     assert state["status"] == "finished" and state["note"] == note
     assert note in out and "Job died" not in (sweep_dir / "run-experiment.log").read_text()
 

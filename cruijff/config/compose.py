@@ -155,6 +155,9 @@ def apply_smoke(cfg: DictConfig) -> None:
     ``training.eval_limit`` and ``eval.limit`` at most the preset's (unset: the preset's). Every
     composed config passes here before it is planned, run or evaluated (``schema.validate``,
     :func:`eval_config`). A value that is no integer is left for the schema check to name."""
+    if chosen_smoke(OmegaConf.select(cfg, "hydra.runtime.choices", default=None)):
+        with read_write(cfg):  # the preset named on the command line: no experiment's smoke: false undoes it
+            cfg.training.smoke = True
     if OmegaConf.select(cfg, "training.smoke", default=False) is not True:
         return
     limits = smoke_limits()
@@ -166,6 +169,11 @@ def apply_smoke(cfg: DictConfig) -> None:
             cfg.training.eval_limit = _at_most(cfg.training.eval_limit, limits["eval_limit"])
         if "eval" in cfg and "limit" in cfg.eval:
             cfg.eval.limit = _at_most(cfg.eval.limit, limits["eval_limit"])
+
+
+def chosen_smoke(choices: Any) -> bool:
+    """Whether Hydra's group choices (``hydra.runtime.choices``) name the smoke preset."""
+    return choices is not None and choices.get("training") == "smoke"
 
 
 def _at_most(value: Any, limit: int) -> Any:

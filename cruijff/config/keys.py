@@ -52,7 +52,10 @@ def unread_addition(key: str, value: Any, known: Callable[[], Iterable[str]]) ->
     head, _, rest = key.partition(".")
     if not rest or head not in GROUPS or head == "experiment" or any(key.startswith(f + ".") for f in FREE_FORM):
         return None
-    hint = _meant(key, set(known()), None)
+    keys = set(known())
+    if key in keys or any(k.startswith(key + ".") for k in keys):  # there already: Hydra says so
+        return None
+    hint = _meant(key, keys, None)
     return ConfigError(f"+{key}", value, f"{head} has no key {rest}, and a key added there is read by nothing"
                        + (f" (did you mean {hint}?)" if hint else "; --cfg job shows every key")
                        + f"; free-form: {', '.join(f + '.*' for f in FREE_FORM)}")

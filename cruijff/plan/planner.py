@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..cluster import job_resources
-from ..config import (GROUPS, SCHEMA, SMOKE_KEYS, check_name, config_hash, data_keys, leaf_keys, override_identity,
+from ..config import (GROUPS, SCHEMA, SMOKE_KEYS, check_name, chosen_smoke, config_hash, data_keys, leaf_keys, override_identity,
                       parse_override, resolve_paths, run_changes, run_name, unknown_key, validate)
 from ..errors import ConfigError, CruijffError, omegaconf_message
 from ..evaluate import check_tasks_load
@@ -79,6 +79,8 @@ class Planner:
         self.sweep_dir = sweep_dir
         self.compose = compose
         self._base = {k: v for k, v in OmegaConf.to_container(master, resolve=False).items() if k != "hydra"}
+        if chosen_smoke(OmegaConf.select(master, "hydra.runtime.choices", default=None)):
+            self._base["training"]["smoke"] = True  # the preset named on the command line (see apply_smoke)
         # command-line overrides every job shares are already part of the sweep's config
         self._applied = {override_identity(o) for o in map(parse_override, OmegaConf.select(master, "hydra.overrides.task",
                                                                             default=None) or [])

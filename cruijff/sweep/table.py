@@ -150,8 +150,8 @@ def ended_in_queue(sweep_dir: Path, states: dict[str, RunState | None]) -> dict[
         saved = layout.saved_config(sweep_dir / name)
         epochs = _saved(saved, saved.stat().st_mtime_ns)[0] if saved.exists() else None
         complete = epochs is not None and complete_epochs(sweep_dir / name) >= epochs
-        out[name] = (complete, f"SLURM job {job} ended {state} "
-                     + ("after its last checkpoint was saved" if complete else "while fine-tuning"), at)
+        out[name] = (complete, f"SLURM job {job} ended {state}"
+                     + ("; every epoch was saved before it ended" if complete else " while fine-tuning"), at)
     return out
 
 

@@ -58,6 +58,9 @@ def main(cfg: DictConfig) -> int | float:
     fresh = not any(run_dir.iterdir()) if run_dir.exists() else True
     if sweep:
         prepare_job(cfg, int(hc.job.num))
+    elif str(cfg.cluster.executor) != "local" and not cfg.get("dry_run", False):
+        print(f"cruijff: cluster={cfg.cluster.get('name', cfg.cluster.executor)} submits a sweep's jobs (-m); "
+              "this single run trains here, in this process", file=sys.stderr)
     try:
         if cfg.get("scaffold", False):  # the grid sweeper scaffolds before any job; a job never should
             raise ConfigError("scaffold", True, "renders a grid sweep's files: python launch.py -m ... scaffold=true "

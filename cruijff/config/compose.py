@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .. import hardware
 from ..errors import ConfigError, CruijffError, did_you_mean
@@ -165,8 +165,8 @@ def apply_smoke(cfg: DictConfig) -> None:
         cfg.training.epochs = limits["epochs"]
         cfg.training.max_steps_per_epoch = _at_most(cfg.training.get("max_steps_per_epoch"),
                                                     limits["max_steps_per_epoch"])
-        if "eval_limit" in cfg.training:
-            cfg.training.eval_limit = _at_most(cfg.training.eval_limit, limits["eval_limit"])
+        with open_dict(cfg.training):  # as the smoke preset has it, whichever way the run became one
+            cfg.training.eval_limit = _at_most(cfg.training.get("eval_limit"), limits["eval_limit"])
         if "eval" in cfg and "limit" in cfg.eval:
             cfg.eval.limit = _at_most(cfg.eval.limit, limits["eval_limit"])
 

@@ -58,9 +58,6 @@ def main(cfg: DictConfig) -> int | float:
     fresh = not any(run_dir.iterdir()) if run_dir.exists() else True
     if sweep:
         prepare_job(cfg, int(hc.job.num))
-    elif str(cfg.cluster.executor) != "local" and not cfg.get("dry_run", False):
-        print(f"cruijff: cluster={cfg.cluster.get('name', cfg.cluster.executor)} submits a sweep's jobs (-m); "
-              "this single run trains here, in this process", file=sys.stderr)
     try:
         if cfg.get("scaffold", False):  # the grid sweeper scaffolds before any job; a job never should
             raise ConfigError("scaffold", True, "renders a grid sweep's files: python launch.py -m ... scaffold=true "
@@ -154,6 +151,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: str = "a
     model_dir, data_file = resolve_paths(cfg)
     chash = config_hash(cfg, model_dir, data_file)
     if claim:
+        if str(cfg.cluster.executor) != "local":
+            print(f"cruijff: cluster={cfg.cluster.get('name', cfg.cluster.executor)} submits a sweep's jobs (-m); "
+                  "this single run trains here, in this process", file=sys.stderr)
         claim_run(run_dir, act)
     standing, state = run_standing(run_dir, chash, int(cfg.training.epochs))
     if plan_state(standing, bool(cfg.overwrite), run_dir, state, chash,

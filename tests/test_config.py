@@ -72,6 +72,7 @@ def test_config_hash_ignores_eval_but_not_training(cfg):
         (["training.device=tpu"], "training.device='tpu': one of auto, cpu, cuda, cuda:N, mps"),
         (["peft.apply_lora_to_output=maybe"], "peft.apply_lora_to_output='maybe': true, false or auto"),
         (["cluster=slurm", "cluster.eval_after=later"], "cluster.eval_after='later': run"),
+        (["-m", "cluster=slurm", "+cluster.sbatch.array=0-3"], "cluster.sbatch.array='0-3': cruijff sets it"),
         (["model=llama3_2_1b_instruct"], "model.path=???: a value is required"),
         (["eval.tasks=[{name: tasks/missing.py@t}]"], "task file tasks/missing.py does not exist"),
         (["-m", "optimizer.lr=1e-4,-1"], "run rank2_lr-1: optimizer.lr=-1: must be a number > 0"),

@@ -166,6 +166,11 @@ def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> list[TaskSpe
         raise ConfigError("training.device", cfg.training.device, "one of auto, cpu, cuda, cuda:N, mps")
     if cfg.training.dtype not in ("auto", "fp32", "bf16"):
         raise ConfigError("training.dtype", cfg.training.dtype, "one of auto, fp32, bf16")
+    for flag in ("array", "job-name", "job_name"):  # cruijff names its jobs and makes the grid's arrays itself
+        if flag in (cfg.cluster.get("sbatch") or {}):
+            raise ConfigError(f"cluster.sbatch.{flag}", cfg.cluster.sbatch[flag],
+                              "cruijff sets it: a grid is submitted as job arrays, named for the experiment; "
+                              "cluster.max_parallel throttles them, cluster.max_array_size splits them")
     if cfg.cluster.get("eval_after", "grid") not in ("run", "grid"):
         raise ConfigError("cluster.eval_after", cfg.cluster.eval_after,
                           "run (a run's evals start when it finishes) or grid (after the whole grid)")

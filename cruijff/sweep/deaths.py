@@ -37,7 +37,9 @@ def dead_reason(job: Any, error: Exception | None, run_dir: Path) -> str:
     sched = scheduler_state(job)
     if sched and not sched.startswith(("COMPLETED", "RUNNING", "PENDING")):
         if running:
-            return f"SLURM job {job.job_id} ended {sched} while fine-tuning (epoch {len(layout.checkpoints(run_dir))})"
+            done = len(layout.checkpoints(run_dir))
+            return (f"SLURM job {job.job_id} ended {sched} while fine-tuning "
+                    f"({done} epoch{'' if done == 1 else 's'} saved)")
         last = last_error_line(job)  # it never reached fine-tuning: the job's own last word says why
         return f"SLURM job {job.job_id} ended {sched}" + (f": {last}" if last else "")
     if killed_by(job):

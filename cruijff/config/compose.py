@@ -172,8 +172,19 @@ def apply_smoke(cfg: DictConfig) -> None:
 
 
 def chosen_smoke(choices: Any) -> bool:
-    """Whether Hydra's group choices (``hydra.runtime.choices``) name the smoke preset."""
-    return choices is not None and choices.get("training") == "smoke"
+    """Whether Hydra's group choices (``hydra.runtime.choices``) name a training preset that makes a
+    smoke run (``smoke: true`` in its file: cruijff's ``smoke``, or a project's own that says so)."""
+    name = None if choices is None else choices.get("training")
+    return name is not None and _sets_smoke(str(name), tuple(conf_dirs()))
+
+
+@lru_cache(maxsize=32)
+def _sets_smoke(name: str, dirs: tuple[Path, ...]) -> bool:
+    for d in dirs:  # the file Hydra chose: the first of the search path
+        f = d / "training" / f"{name}.yaml"
+        if f.is_file():
+            return OmegaConf.load(f).get("smoke") is True
+    return False
 
 
 def _at_most(value: Any, limit: int) -> Any:

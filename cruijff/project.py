@@ -1,7 +1,7 @@
 """``cruijff init [DIR]``: a starter project of the user's own, beside their data and tasks.
 
-It holds a commented experiment over the embedded tiny model, a small dataset in the JSON format
-cruijff reads, an inspect task that reads it, a SLURM preset to fill in, a ``.gitignore`` and a
+It holds a commented experiment over the embedded tiny model, a small dataset as JSON lines (one
+record per line, its split in a field), an inspect task that reads it, a SLURM preset to fill in, a ``.gitignore`` and a
 README, and a ``.cruijff`` marker. Run from that dir or any dir below it, ``cruijff`` composes its
 ``conf/`` over the packaged config groups.
 """
@@ -26,13 +26,17 @@ EXPERIMENT = """\
 # or replace one of the same name. Relative paths are this dir's; outputs go to outputs/<name>/.
 defaults:
   - override /model: tiny_llama     # the embedded tiny model; a real one: model=llama3_2_1b_instruct model.path=/scratch/...
-  - override /dataset: json
+  - override /dataset: file          # JSON, JSONL, CSV, Parquet, a save_to_disk dir; dataset=chat for messages
 
 experiment:
   name: example
 
 dataset:
-  path: data/example.json           # {"train": [...], "validation": [...], "test": [...]} of {input, output}
+  path: data/example.jsonl          # one record per line: {"input": ..., "output": ..., "split": ...}
+  split_column: split               # or split: [0.8, 0.1, 0.1] (seeded fractions of one list)
+  fields:                           # the record's fields, under any names
+    input: input
+    output: output
 
 training:
   epochs: 2
@@ -50,7 +54,7 @@ hydra:
 """
 
 TASK = '''\
-"""An inspect task of this project: the test split of data/example.json, scored by exact match.
+"""An inspect task of this project: the test records of data/example.jsonl, scored by exact match.
 
 Referenced in an experiment as ``tasks/example.py@example`` (``args: {split: validation}`` for the
 validation split). Any inspect ``@task`` works the same way: https://inspect.aisi.org.uk/tasks.html
@@ -64,12 +68,12 @@ from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.scorer import match
 from inspect_ai.solver import generate
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "example.json"
+DATA = Path(__file__).resolve().parent.parent / "data" / "example.jsonl"
 
 
 @task
 def example(split: str = "test"):
-    records = json.loads(DATA.read_text())[split]
+    records = [r for r in map(json.loads, DATA.read_text().splitlines()) if r["split"] == split]
     return Task(
         dataset=MemoryDataset([Sample(input=r["input"], target=r["output"]) for r in records]),
         solver=generate(),
@@ -117,11 +121,12 @@ SIZES = (500, 50, 50)
 def starter_files() -> dict[str, str]:
     """The files of a starter project, by path relative to its dir."""
     data = json.loads(capitalization_file().read_text())
-    example = {split: data[split][:n] for split, n in zip(("train", "validation", "test"), SIZES)}
+    lines = [json.dumps({**r, "split": split}) + "\n"
+             for split, n in zip(("train", "validation", "test"), SIZES) for r in data[split][:n]]
     return {
         "conf/experiment/example.yaml": EXPERIMENT,
         "conf/cluster/site.yaml": SITE,
-        "data/example.json": json.dumps(example, indent=1) + "\n",
+        "data/example.jsonl": "".join(lines),
         "tasks/example.py": TASK,
         ".gitignore": "outputs/\n",
         PROJECT_MARKER: MARKER,

@@ -63,7 +63,7 @@ def test_installed_cruijff_runs_a_project_of_its_own(installed, tmp_path):
     project = tmp_path / "my-study"
     init = cruijff(installed, "init", str(project), cwd=tmp_path)
     assert init.returncode == 0, init.stderr
-    for name in ("conf/experiment/example.yaml", "conf/cluster/site.yaml", "data/example.json", "tasks/example.py",
+    for name in ("conf/experiment/example.yaml", "conf/cluster/site.yaml", "data/example.jsonl", "tasks/example.py",
                  ".gitignore", "README.md"):
         assert (project / name).is_file(), name
     again = cruijff(installed, "init", cwd=project)
@@ -80,7 +80,7 @@ def test_installed_cruijff_runs_a_project_of_its_own(installed, tmp_path):
     run_dir, = [p for p in sweep_dir.iterdir() if (p / "run.json").exists()]
     saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
     assert saved["training"]["max_steps_per_epoch"] == 7  # the project's smoke, not cruijff's (5)
-    assert Path(saved["dataset"]["path"]) == Path("data/example.json")
+    assert Path(saved["dataset"]["path"]) == Path("data/example.jsonl")
     scores = json.loads((run_dir / "eval" / "epoch_0" / "results.json").read_text())["tasks"]
     assert set(scores) == {"example", "exact_match"}  # the project's own task beside the built-in
     assert all(t["status"] == "success" for t in scores.values())

@@ -25,9 +25,14 @@ CATALOGUE = {
     "llama3_2_1b_instruct": (1.24e9, 1),   # Llama-3.2-1B-Instruct model card
     "llama3_2_3b_instruct": (3.21e9, 1),   # Llama-3.2-3B-Instruct
     "llama3_1_8b_instruct": (8.03e9, 1),   # Llama-3.1-8B-Instruct
+    "llama3_1_8b": (8.03e9, 1),            # Llama-3.1-8B (the base model)
+    "llama3_1_70b_instruct": (70.6e9, 8),  # Llama-3.1-70B-Instruct
     "llama3_3_70b_instruct": (70.6e9, 8),  # Llama-3.3-70B-Instruct
     "qwen2_5_3b_instruct": (3.09e9, 1),    # Qwen2.5-3B-Instruct
     "qwen2_5_7b_instruct": (7.62e9, 1),    # Qwen2.5-7B-Instruct
+    "qwen2_5_14b_instruct": (14.8e9, 1),   # Qwen2.5-14B-Instruct
+    "qwen2_5_32b_instruct": (32.8e9, 2),   # Qwen2.5-32B-Instruct
+    "qwen2_5_72b_instruct": (72.7e9, 8),   # Qwen2.5-72B-Instruct
     "mistral_7b_instruct": (7.25e9, 1),    # Mistral-7B-Instruct-v0.3
 }
 
@@ -61,7 +66,7 @@ def test_rendered_config_passes_tune_validate(name, tmp_path):
     path = tmp_path / "finetune.yaml"
     finetune.write_config(conf, path, "r", config.processes(compose_config(f"model={name}", "cluster=slurm")))
     tt_config.validate(OmegaConf.load(path))  # what `tune validate` runs: every component's kwargs
-    recipe = "--nproc_per_node 8 lora_finetune_distributed" if gpus > 1 else "lora_finetune_single_device"
+    recipe = f"--nproc_per_node {gpus} lora_finetune_distributed" if gpus > 1 else "lora_finetune_single_device"
     assert f"tune run {recipe} --config" in path.read_text()
     for key in config.TOKENIZER_FILES:
         if cfg.model.tokenizer.get(key):

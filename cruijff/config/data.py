@@ -52,20 +52,20 @@ def is_chat(cfg: Any) -> bool:
             or (ds.get("fields") or {}).get("system") is not None)
 
 
-def _options(cfg: Any) -> dict:
-    ds = cfg.dataset
+def _options(ds: dict) -> dict:
+    """What shapes the conversion, from the dataset section (a plain dict); paths made absolute."""
     fields = ds.get("fields") or {}
     split = ds.get("split")
     return {
         "format": str(ds.get("format") or "auto"), "shape": str(ds.get("shape") or "instruct"),
-        "input": data_keys(cfg)[0], "output": data_keys(cfg)[1],
+        "input": str(fields.get("input") or "input"), "output": str(fields.get("output") or "output"),
         "system": None if fields.get("system") is None else str(fields.get("system")),
         "messages": str(fields.get("messages") or "messages"),
         "system_prompt": None if ds.get("system_prompt") is None else str(ds.get("system_prompt")),
-        "validation": None if ds.get("validation") is None else str(Path(str(ds.validation)).resolve()),
-        "test": None if ds.get("test") is None else str(Path(str(ds.test)).resolve()),
+        "validation": None if ds.get("validation") is None else str(Path(str(ds["validation"])).resolve()),
+        "test": None if ds.get("test") is None else str(Path(str(ds["test"])).resolve()),
         "split": None if split is None else [float(x) for x in split],
-        "split_column": None if ds.get("split_column") is None else str(ds.split_column),
+        "split_column": None if ds.get("split_column") is None else str(ds["split_column"]),
         "split_seed": int(ds.get("split_seed") or 0),
     }
 
@@ -77,18 +77,26 @@ def as_is(path: Path, options: dict) -> bool:
             and not any(options[k] for k in ("validation", "test", "split", "split_column")))
 
 
+_READ: dict[tuple[str, str], tuple[Path, dict]] = {}
+
+
 def dataset_file(cfg: Any) -> Path:
     """The JSON file of splits the stages read for ``cfg.dataset`` (``path`` set): the file itself
     when it is one already, else its conversion (built on first use, then found by its key)."""
-    path = Path(str(cfg.dataset.path)).resolve()
-    options = _options(cfg)
+    from omegaconf import OmegaConf
+
+    ds = OmegaConf.to_container(cfg.dataset, resolve=True) if OmegaConf.is_config(cfg.dataset) else dict(cfg.dataset)
+    memo = (json.dumps(ds, sort_keys=True, default=str), os.getcwd())  # a grid's runs share one dataset section
+    if memo not in _READ:
+        _READ[memo] = (Path(str(ds["path"])).resolve(), _options(ds))
+    path, options = _READ[memo]
     if as_is(path, options):
         return path
     if not path.exists():
-        raise ConfigError("dataset.path", str(cfg.dataset.path), "no such file or directory")
+        raise ConfigError("dataset.path", str(ds["path"]), "no such file or directory")
     for split in ("validation", "test"):
         if options[split] and not Path(options[split]).is_file():
-            raise ConfigError(f"dataset.{split}", cfg.dataset[split], "no such file")
+            raise ConfigError(f"dataset.{split}", ds[split], "no such file")
     sources = [str(path)] + [options[s] for s in ("validation", "test") if options[s]]
     key = hashlib.sha256(json.dumps({"version": VERSION, "sources": [_content(s) for s in sources],
                                      "options": {k: v for k, v in options.items()

@@ -80,23 +80,83 @@ def test_fractions_split_one_list_the_same_way_every_time_and_by_seed(files):
 @pytest.mark.parametrize("content, args, message", [
     ('{"text": "a", "label": "A"}\nnot json\n', [], "dataset.path='{f}': line 2 is not JSON: Expecting value at column 1"),
     ('{"text": "a", "label": "A", "part": "train"}\n{"text": "b", "part": "test"}\n',
-     ["dataset.split_column=part"], "dataset.fields.output='label': data.jsonl (part=test) record 0 has no text "
-                                    "'label' (it has: text, part)"),
+     ["dataset.split_column=part"], "dataset.fields.output='label': data.jsonl line 2 has no 'label' (it has: "
+                                    "text, part)"),
     ('{"text": "a", "label": " ", "part": "train"}\n', ["dataset.split_column=part"],
-     "dataset.fields.output='label': data.jsonl (part=train) record 0 has an empty 'label'"),
+     "dataset.fields.output='label': data.jsonl line 1 has an empty 'label'"),
     ('{"text": "a", "label": "A", "part": "dev"}\n', ["dataset.split_column=part"],
-     "dataset.split_column='part': data.jsonl record 0 has part='dev'; each record's part must be one of train, "
+     "dataset.split_column='part': data.jsonl line 1 has part='dev'; each record's part must be one of train, "
      "validation, test"),
+    ('{"text": "a", "label": 1.5, "part": "train"}\n', ["dataset.split_column=part"],
+     "dataset.fields.output='label': data.jsonl line 1 has label=1.5, not text (write it as text in the file)"),
+    ('{"text": "a", "label": "A", "part": "train"}\n', ["dataset.split_column=part", "dataset.split=[0.8,0.1,0.1]"],
+     "dataset.split_column='part': and dataset.split both split data.jsonl: choose one way"),
+    ('{"text": "a", "label": "A"}\n{"text": "b", "label": "B"}\n{"text": "c", "label": "C"}\n',
+     ["dataset.split=[0.8,0.1,0.1]"], "dataset.split=[0.8, 0.1, 0.1]: data.jsonl has 3 records: too few for a "
+                                      "validation split"),
+    (b'{"text": "caf\xe9", "label": "A"}\n', ["dataset.split=[0.8,0.1,0.1]"],
+     "dataset.path='{f}': is not UTF-8 text (invalid continuation byte at byte 13); save it as UTF-8"),
     ('{"text": "a", "label": "A"}\n', [], "dataset.split=None: data.jsonl holds one list of records: name its "
      "splits with dataset.split=[0.8,0.1,0.1] (fractions, shuffled with dataset.split_seed), "
      "dataset.split_column=<column>, or dataset.validation/dataset.test files"),
 ])
 def test_bad_data_is_one_line_naming_the_file_the_record_and_the_field(tmp_path, content, args, message):
     data = tmp_path / "data.jsonl"
-    data.write_text(content)
+    data.write_bytes(content if isinstance(content, bytes) else content.encode())
     proc = launch(*FIELDS, f"dataset.path={data}", *args, "dry_run=true", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.splitlines() == ["cruijff: error: " + message.format(f=data)]
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("roles, message", [
+    (["user"], "line 1 must end with an assistant turn (the answer) after a user turn"),
+    (["user", "system", "assistant"], "line 1 message 1 is a system turn where a assistant turn comes"),
+    (["user", "user", "assistant"], "line 1 message 1 is a user turn where a assistant turn comes"),
+    (["assistant", "user", "assistant"], "line 1 message 0 is a assistant turn where a user turn comes"),
+])
+def test_a_chat_torchtune_would_refuse_is_refused_before_anything_runs(tmp_path, roles, message):
+    data = tmp_path / "chats.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": r, "content": "x"} for r in roles], "part": "train"}) + "\n")
+    proc = launch("dataset=chat", f"dataset.path={data}", "dataset.split_column=part", "dry_run=true", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.splitlines()[0].startswith(
+        f"cruijff: error: dataset.fields.messages='messages': chats.jsonl {message}"), proc.stderr
+
+
+def test_a_source_edited_in_place_is_read_again_even_with_its_old_size_and_mtime(files, tmp_path):
+    """The same size, the mtime set back (touch -r, a restored copy): the content decides."""
+    import os
+    import shutil
+
+    data = tmp_path / "all.jsonl"
+    shutil.copy(files / "all.jsonl", data)
+    args = [*FIELDS, f"dataset.path={data}", "dataset.split_column=part"]
+    before = _records(*args)
+    st = data.stat()
+    data.write_text(data.read_text().replace('"label": "K', '"label": "Q'))
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert data.stat().st_size == st.st_size and data.stat().st_mtime_ns == st.st_mtime_ns
+    after = _records(*args)
+    assert after != before and any(r["label"].startswith("Q") for r in after["train"])
+
+
+def test_one_file_as_validation_or_as_test_is_two_datasets(files, tmp_path):
+    """A file's role is part of the conversion's key: it is never read as the other split."""
+    base = [*FIELDS, f"dataset.path={files / 'train.jsonl'}"]
+    as_test = _records(*base, f"dataset.test={files / 'test.jsonl'}")
+    assert set(as_test) == {"train", "test"}
+    proc = launch(*base, f"dataset.validation={files / 'test.jsonl'}", "dry_run=true", cwd=tmp_path)
+    assert proc.returncode == 2 and "gives no test records" in proc.stderr
+
+
+def test_an_instruct_record_is_asked_its_input_whatever_else_it_holds(tmp_path):
+    """Training reads input/output (instruct_dataset); so does the eval, a stray `messages` field or not."""
+    from cruijff.evaluate.backend import exact_match_task
+
+    data = tmp_path / "both.json"
+    record = {"input": "Capitalize: w", "output": "W", "messages": [{"role": "user", "content": "unrelated"}]}
+    data.write_text(json.dumps({"train": [record], "test": [record]}))
+    sample = exact_match_task(str(data)).dataset[0]
+    assert (sample.input, sample.target) == ("Capitalize: w", "W")
 
 
 def test_a_chat_that_does_not_end_with_the_answer_is_refused(tmp_path):
@@ -104,8 +164,8 @@ def test_a_chat_that_does_not_end_with_the_answer_is_refused(tmp_path):
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "part": "train"}) + "\n")
     proc = launch("dataset=chat", f"dataset.path={data}", "dataset.split_column=part", "dry_run=true", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.splitlines() == [
-        "cruijff: error: dataset.fields.messages='messages': chats.jsonl (part=train) record 0 must end with an "
-        "assistant turn (the answer) after a user turn"]
+        "cruijff: error: dataset.fields.messages='messages': chats.jsonl line 1 must end with an assistant turn (the "
+        "answer) after a user turn"]
 
 
 def test_a_chat_is_prompted_at_eval_as_training_saw_its_last_turn(files, tiny_model_dir):

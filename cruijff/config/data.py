@@ -52,6 +52,18 @@ def is_chat(cfg: Any) -> bool:
             or (ds.get("fields") or {}).get("system") is not None)
 
 
+def _path(value: Any) -> Path:
+    return Path(os.path.expanduser(str(value))).resolve()
+
+
+def _numbers(split: Any) -> list[float]:
+    try:
+        return [float(x) for x in split]
+    except (TypeError, ValueError):
+        raise ConfigError("dataset.split", split, "three fractions (train, validation, test) that sum to 1, "
+                          "like [0.8, 0.1, 0.1]") from None
+
+
 def _options(ds: dict) -> dict:
     """What shapes the conversion, from the dataset section (a plain dict); paths made absolute."""
     fields = ds.get("fields") or {}
@@ -62,9 +74,9 @@ def _options(ds: dict) -> dict:
         "system": None if fields.get("system") is None else str(fields.get("system")),
         "messages": str(fields.get("messages") or "messages"),
         "system_prompt": None if ds.get("system_prompt") is None else str(ds.get("system_prompt")),
-        "validation": None if ds.get("validation") is None else str(Path(str(ds["validation"])).resolve()),
-        "test": None if ds.get("test") is None else str(Path(str(ds["test"])).resolve()),
-        "split": None if split is None else [float(x) for x in split],
+        "validation": None if ds.get("validation") is None else str(_path(ds["validation"])),
+        "test": None if ds.get("test") is None else str(_path(ds["test"])),
+        "split": None if split is None else _numbers(split),
         "split_column": None if ds.get("split_column") is None else str(ds["split_column"]),
         "split_seed": int(ds.get("split_seed") or 0),
     }
@@ -88,7 +100,13 @@ def dataset_file(cfg: Any) -> Path:
     ds = OmegaConf.to_container(cfg.dataset, resolve=True) if OmegaConf.is_config(cfg.dataset) else dict(cfg.dataset)
     memo = (json.dumps(ds, sort_keys=True, default=str), os.getcwd())  # a grid's runs share one dataset section
     if memo not in _READ:
-        _READ[memo] = (Path(str(ds["path"])).resolve(), _options(ds))
+        options = _options(ds)
+        if options["input"] == options["output"]:
+            raise ConfigError("dataset.fields.output", options["output"], "is the input's field too; name the answer's")
+        if options["system"] and options["system_prompt"]:
+            raise ConfigError("dataset.system_prompt", options["system_prompt"],
+                              f"and dataset.fields.system={options['system']} both give the system prompt: choose one")
+        _READ[memo] = (_path(ds["path"]), options)
     path, options = _READ[memo]
     if as_is(path, options):
         return path
@@ -97,18 +115,22 @@ def dataset_file(cfg: Any) -> Path:
     for split in ("validation", "test"):
         if options[split] and not Path(options[split]).is_file():
             raise ConfigError(f"dataset.{split}", ds[split], "no such file")
-    sources = [str(path)] + [options[s] for s in ("validation", "test") if options[s]]
-    key = hashlib.sha256(json.dumps({"version": VERSION, "sources": [_content(s) for s in sources],
+    sources = {"path": _content(str(path)), **{k: _content(options[k]) for k in ("validation", "test") if options[k]}}
+    key = hashlib.sha256(json.dumps({"version": VERSION, "sources": sources,  # each source in its role
                                      "options": {k: v for k, v in options.items()
                                                  if k not in ("validation", "test")}},
                                     sort_keys=True).encode()).hexdigest()[:24]
     out = assets.cache_root() / "datasets" / f"{key}.json"
     if not out.exists():
         data = convert(path, options)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(data, ensure_ascii=False, sort_keys=True))
-        tmp.replace(out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(data, ensure_ascii=False, sort_keys=True))
+            tmp.replace(out)
+        except OSError as e:
+            raise ConfigError("dataset.path", str(ds["path"]), f"cannot keep its conversion in {out.parent} "
+                              f"({e.strerror}); set CRUIJFF_CACHE to a writable dir") from None
     return out
 
 
@@ -133,161 +155,229 @@ def _format(path: Path, fmt: str) -> str:
 
 def convert(path: Path, options: dict) -> dict[str, list]:
     """The splits of the dataset at ``path`` as ``options`` shape them, every record checked."""
-    found = read(path, options["format"])
-    splits = _split(path, found, options)
+    splits = _split(path, read(path, options["format"]), options)
     chat = options["shape"] == "chat" or options["system"] is not None or options["system_prompt"] is not None
-    out: dict[str, list] = {}
-    for name, (where, rows) in splits.items():
-        out[name] = [(_chat(where, i, r, options) if chat else _instruct(where, i, r, options))
-                     for i, r in enumerate(rows)]
-    if not out.get("train"):
-        raise ConfigError("dataset.path", str(path), "has no train records")
+    out = {name: [(_chat if chat else _instruct)(where, r, options) for where, r in rows]
+           for name, rows in splits.items()}
+    for name in ("train", "test"):
+        if not out.get(name):
+            raise ConfigError("dataset.path", str(path), f"gives no {name} records as split ({_how(options)}); "
+                              "every run needs train records, and its evals test ones")
     return out
 
 
-def read(path: Path, fmt: str = "auto") -> dict[str, list] | list:
-    """The records of a file (a list), or its splits (a JSON object of lists, a saved DatasetDict)."""
+def _how(options: dict) -> str:
+    if options["split"]:
+        return f"dataset.split={options['split']}"
+    if options["split_column"]:
+        return f"dataset.split_column={options['split_column']}"
+    if options["validation"] or options["test"]:
+        return "dataset.validation/dataset.test"
+    return "its own splits"
+
+
+Rows = list  # of (where a record is, for messages: "items.jsonl line 20"; the record)
+
+
+def read(path: Path, fmt: str = "auto") -> dict[str, Rows] | Rows:
+    """The records of a file, each with where it is (a list), or its splits (a JSON object of
+    lists, a saved DatasetDict). Text is UTF-8, a byte-order mark allowed."""
     kind = _format(path, fmt)
-    where = str(path)
-    if kind == "saved":
-        try:
-            from datasets import Dataset, load_from_disk
+    name = path.name
+    try:
+        if kind == "saved":
+            return _read_saved(path)
+        if kind == "json":
+            try:
+                data = json.loads(path.read_text(encoding="utf-8-sig"))
+            except ValueError as e:
+                raise ConfigError("dataset.path", str(path), f"is not valid JSON ({e})") from None
+            if isinstance(data, list):
+                return [(f"{name} record {i}", r) for i, r in enumerate(data)]
+            if not isinstance(data, dict):
+                raise ConfigError("dataset.path", str(path), "must hold a list of records or an object of splits")
+            for k, rows in data.items():
+                if not isinstance(rows, list):
+                    raise ConfigError("dataset.path", str(path), f"split {k!r} is not a list of records")
+            return {k: [(f"{name} {k} record {i}", r) for i, r in enumerate(rows)] for k, rows in data.items()}
+        if kind == "jsonl":
+            rows = []
+            with open(path, encoding="utf-8-sig") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rows.append((f"{name} line {n}", json.loads(line)))
+                    except json.JSONDecodeError as e:
+                        raise ConfigError("dataset.path", str(path),
+                                          f"line {n} is not JSON: {e.msg} at column {e.colno}") from None
+            return rows
+        if kind in ("csv", "tsv"):
+            rows = []
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                reader = csv.DictReader(f, delimiter="\t" if kind == "tsv" else ",")
+                for r in reader:
+                    if None in r:
+                        raise ConfigError("dataset.path", str(path), f"line {reader.line_num} has more fields than "
+                                          f"its header ({', '.join(reader.fieldnames or [])})")
+                    rows.append((f"{name} line {reader.line_num}", r))
+            return rows
+        if kind == "parquet":
+            import pyarrow.parquet as pq
 
-            loaded = load_from_disk(str(path))
-        except Exception as e:  # not a save_to_disk dir
-            raise ConfigError("dataset.path", where, f"not a dataset saved with save_to_disk ({e})") from None
-        if isinstance(loaded, Dataset):
-            return loaded.to_list()
-        return {name: part.to_list() for name, part in loaded.items()}
-    if kind == "json":
-        try:
-            data = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ConfigError("dataset.path", where, f"is not valid JSON ({e})") from None
-        if not isinstance(data, (dict, list)):
-            raise ConfigError("dataset.path", where, "must hold a list of records or an object of splits")
-        return data
-    if kind == "jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ConfigError("dataset.path", where, f"line {n} is not JSON: {e.msg} at column {e.colno}") from None
-        return rows
-    if kind in ("csv", "tsv"):
-        with open(path, encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f, delimiter="\t" if kind == "tsv" else ","))
-    if kind == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pylist()
-        except Exception as e:
-            raise ConfigError("dataset.path", where, f"not a Parquet file ({e})") from None
+            try:
+                table = pq.read_table(path)
+            except Exception as e:
+                raise ConfigError("dataset.path", str(path), f"not a Parquet file ({e})") from None
+            return [(f"{name} row {i}", r) for i, r in enumerate(table.to_pylist())]
+    except UnicodeDecodeError as e:
+        raise ConfigError("dataset.path", str(path), f"is not UTF-8 text ({e.reason} at byte {e.start}); "
+                          "save it as UTF-8") from None
     raise ConfigError("dataset.format", fmt if fmt != "auto" else path.suffix or "(no extension)",
                       "one of json, jsonl, csv, tsv, parquet, or a save_to_disk directory "
                       "(auto: by the file's extension)")
 
 
-def _split(path: Path, found: dict | list, options: dict) -> dict[str, tuple[str, list]]:
-    """split name -> (where its records come from, for messages; the records)."""
-    name = path.name
+def _read_saved(path: Path) -> dict[str, Rows] | Rows:
+    """A ``save_to_disk`` directory's records; a class label as its name, as the dataset shows it."""
+    try:
+        from datasets import ClassLabel, Dataset, load_from_disk
+
+        loaded = load_from_disk(str(path))
+    except Exception as e:  # not a save_to_disk dir
+        raise ConfigError("dataset.path", str(path), f"not a dataset saved with save_to_disk ({e})") from None
+
+    def rows(part: Any, label: str) -> Rows:
+        names = {k: f for k, f in part.features.items() if isinstance(f, ClassLabel)}
+        out = []
+        for i, r in enumerate(part.to_list()):
+            for k, f in names.items():
+                if isinstance(r.get(k), int) and r[k] >= 0:
+                    r[k] = f.int2str(r[k])
+            out.append((f"{path.name} {label}record {i}", r))
+        return out
+
+    if isinstance(loaded, Dataset):
+        return rows(loaded, "")
+    return {k: rows(part, f"{k} ") for k, part in loaded.items()}
+
+
+def _split(path: Path, found: dict | Rows, options: dict) -> dict[str, Rows]:
+    """split name -> its records: the source's own splits, or one list split one (and only one) way."""
     named = [k for k in ("validation", "test") if options[k]]
+    ways = [(key, value) for key, value in (("dataset.split", options["split"]),
+                                            ("dataset.split_column", options["split_column"]),
+                                            (f"dataset.{named[0]}" if named else "", named and options[named[0]]))
+            if value]
+    if len(ways) > 1:
+        raise ConfigError(ways[1][0], ways[1][1], f"and {ways[0][0]} both split {path.name}: choose one way")
     if isinstance(found, dict):
-        if named or options["split"] or options["split_column"]:
-            raise ConfigError("dataset.split", options["split"] or options["split_column"] or named[0],
-                              f"{name} has splits of its own ({', '.join(found)}); name no others")
+        if ways:
+            raise ConfigError(ways[0][0], ways[0][1], f"{path.name} has splits of its own ({', '.join(found)}); "
+                              "name no others")
         unknown = [k for k in found if k not in SPLITS]
         if unknown:
             raise ConfigError("dataset.path", str(path), f"has a split {unknown[0]!r}; splits are train, validation, test")
-        out = {}
-        for k, rows in found.items():
-            if not isinstance(rows, list):
-                raise ConfigError("dataset.path", str(path), f"split {k!r} is not a list of records")
-            out[k] = (f"{name} {k}", rows)
-        return out
+        return dict(found)
     rows = list(found)
     if named:
-        out = {"train": (name, rows)}
+        out = {"train": rows}
         for k in named:
             other = read(Path(options[k]), options["format"])
             if isinstance(other, dict):
                 raise ConfigError(f"dataset.{k}", options[k], "must hold records (a list), not splits")
-            out[k] = (Path(options[k]).name, list(other))
+            out[k] = other
         return out
     if options["split_column"]:
         col = options["split_column"]
-        out: dict[str, tuple[str, list]] = {}
-        for i, r in enumerate(rows):
+        out = {}
+        for where, r in rows:
             value = r.get(col) if isinstance(r, dict) else None
             if value not in SPLITS:
-                raise ConfigError("dataset.split_column", col, f"{name} record {i} has {col}={value!r}; "
+                raise ConfigError("dataset.split_column", col, f"{where} has {col}={value!r}; "
                                   f"each record's {col} must be one of {', '.join(SPLITS)}")
-            out.setdefault(value, (f"{name} ({col}={value})", []))[1].append(r)
+            out.setdefault(value, []).append((where, r))
         return out
     if options["split"]:
-        fractions = options["split"]
-        if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-            raise ConfigError("dataset.split", fractions, "three fractions (train, validation, test) that sum to 1")
-        order = list(range(len(rows)))
-        random.Random(options["split_seed"]).shuffle(order)
-        n_train = round(fractions[0] * len(rows))
-        n_val = round(fractions[1] * len(rows))
-        cuts = {"train": order[:n_train], "validation": order[n_train:n_train + n_val],
-                "test": order[n_train + n_val:]}
-        return {k: (name, [rows[i] for i in sorted(idx)]) for k, idx in cuts.items() if idx}
-    raise ConfigError("dataset.split", None, f"{name} holds one list of records: name its splits with "
+        return _fractions(rows, options["split"], options["split_seed"], path.name)
+    raise ConfigError("dataset.split", None, f"{path.name} holds one list of records: name its splits with "
                       "dataset.split=[0.8,0.1,0.1] (fractions, shuffled with dataset.split_seed), "
                       "dataset.split_column=<column>, or dataset.validation/dataset.test files")
 
 
-def _text(where: str, i: int, r: Any, field: str, key: str) -> str:
-    """Record ``i``'s text in ``field`` (``key``: the config key naming the field), else one line."""
+def _fractions(rows: Rows, fractions: list[float], seed: int, name: str) -> dict[str, Rows]:
+    """The records shuffled with ``seed`` and cut by fractions (train, validation, test): validation
+    and test get their share rounded half up, train the rest; a split asked for gets at least one
+    record or the cut is refused."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ConfigError("dataset.split", fractions, "three fractions (train, validation, test) that sum to 1, "
+                          "like [0.8, 0.1, 0.1]")
+    n = len(rows)
+    n_val, n_test = (int(f * n + 0.5) for f in fractions[1:])
+    sizes = {"train": n - n_val - n_test, "validation": n_val, "test": n_test}
+    empty = [k for k, f in zip(SPLITS, fractions) if f > 0 and sizes[k] <= 0]
+    if empty:
+        raise ConfigError("dataset.split", fractions, f"{name} has {n} records: too few for a {empty[0]} split")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    cuts = {"train": order[:sizes["train"]], "validation": order[sizes["train"]:sizes["train"] + n_val],
+            "test": order[sizes["train"] + n_val:]}
+    return {k: [rows[i] for i in sorted(idx)] for k, idx in cuts.items() if idx}
+
+
+def _text(where: str, r: Any, field: str, key: str) -> str:
+    """A record's text in ``field`` (``key``: the config key naming the field), else one line. A
+    whole number is its digits; any other value that is not text is refused, not guessed at."""
     if not isinstance(r, dict):
-        raise ConfigError("dataset.path", where, f"record {i} is not an object of fields")
+        raise ConfigError("dataset.path", where, "is not an object of fields")
     value = r.get(field)
-    if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
-        have = ", ".join(list(r)[:8])
-        raise ConfigError(key, field, f"{where} record {i} has no text {field!r}" + (f" (it has: {have})" if have else ""))
-    text = str(value)
-    if not text.strip():
-        raise ConfigError(key, field, f"{where} record {i} has an empty {field!r}")
-    return text
+    if value is None:
+        have = ", ".join(str(k) for k in list(r)[:8])
+        raise ConfigError(key, field, f"{where} has no {field!r}" + (f" (it has: {have})" if have else ""))
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ConfigError(key, field, f"{where} has {field}={value!r}, not text (write it as text in the file)"[:300])
+    if not value.strip():
+        raise ConfigError(key, field, f"{where} has an empty {field!r}")
+    return value
 
 
-def _instruct(where: str, i: int, r: Any, options: dict) -> dict:
-    return {options["input"]: _text(where, i, r, options["input"], "dataset.fields.input"),
-            options["output"]: _text(where, i, r, options["output"], "dataset.fields.output")}
+def _instruct(where: str, r: Any, options: dict) -> dict:
+    return {options["input"]: _text(where, r, options["input"], "dataset.fields.input"),
+            options["output"]: _text(where, r, options["output"], "dataset.fields.output")}
 
 
-def _chat(where: str, i: int, r: Any, options: dict) -> dict:
-    """A record as ``{"messages": [...]}``: a chat as it is (checked), or an instruct pair as
-    system (if any), user, assistant turns."""
+def _chat(where: str, r: Any, options: dict) -> dict:
+    """A record as ``{"messages": [...]}``: a chat as it is (checked: a system turn first if any,
+    then user and assistant turns in turn, ending with the answer), or an instruct pair as system
+    (if any), user, assistant turns. ``dataset.system_prompt`` goes before a chat that has none."""
     if options["shape"] != "chat":
-        system = (_text(where, i, r, options["system"], "dataset.fields.system") if options["system"]
+        system = (_text(where, r, options["system"], "dataset.fields.system") if options["system"]
                   else options["system_prompt"])
-        turns = [{"role": "user", "content": _text(where, i, r, options["input"], "dataset.fields.input")},
-                 {"role": "assistant", "content": _text(where, i, r, options["output"], "dataset.fields.output")}]
+        turns = [{"role": "user", "content": _text(where, r, options["input"], "dataset.fields.input")},
+                 {"role": "assistant", "content": _text(where, r, options["output"], "dataset.fields.output")}]
         return {"messages": ([{"role": "system", "content": system}] if system else []) + turns}
     field = options["messages"]
     messages = r.get(field) if isinstance(r, dict) else None
+    key = "dataset.fields.messages"
     if not isinstance(messages, list) or not messages:
-        raise ConfigError("dataset.fields.messages", field, f"{where} record {i} has no list of messages {field!r}")
+        raise ConfigError(key, field, f"{where} has no list of messages {field!r}")
     out = []
     for j, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise ConfigError("dataset.fields.messages", field, f"{where} record {i} message {j} needs a role "
-                              f"({', '.join(ROLES)}) and a text content")
+            raise ConfigError(key, field, f"{where} message {j} needs a role ({', '.join(ROLES)}) and a text content")
         out.append({"role": m["role"], "content": m["content"]})
     if options["system_prompt"] and out[0]["role"] != "system":
         out.insert(0, {"role": "system", "content": options["system_prompt"]})
-    if out[-1]["role"] != "assistant" or not any(m["role"] == "user" for m in out):
-        raise ConfigError("dataset.fields.messages", field, f"{where} record {i} must end with an assistant "
-                          "turn (the answer) after a user turn")
-    if not out[-1]["content"].strip():
-        raise ConfigError("dataset.fields.messages", field, f"{where} record {i} has an empty last assistant turn")
+    turns = out[1:] if out[0]["role"] == "system" else out
+    for j, m in enumerate(turns):
+        expected = "user" if j % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            raise ConfigError(key, field, f"{where} message {j + len(out) - len(turns)} is a {m['role']} turn where a "
+                              f"{expected} turn comes (a system turn first if any, then user and assistant in turn)")
+    if not turns or turns[-1]["role"] != "assistant":
+        raise ConfigError(key, field, f"{where} must end with an assistant turn (the answer) after a user turn")
+    if not turns[-1]["content"].strip():
+        raise ConfigError(key, field, f"{where} has an empty last assistant turn")
     return {"messages": out}

@@ -223,17 +223,19 @@ def run_changes(run_dir: Path, cfg: DictConfig, model_dir: Path, data_file: Path
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file's content, computed once per (path, size, mtime) and kept in the cache dir."""
+    """sha256 of a file's content, computed once per (path, size, mtime, ctime, inode) and kept in the cache dir."""
     try:
         st = Path(path).stat()
     except OSError:
         return "missing"
-    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    # the change time too: an edit that keeps the size and sets the old mtime back (touch -r, a restored
+    # copy) still moves ctime, which nobody can set
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 @lru_cache(maxsize=256)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    key = hashlib.sha256(f"{path}\0{size}\0{mtime_ns}".encode()).hexdigest()[:32]
+def _sha256(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
+    key = hashlib.sha256(f"{path}\0{size}\0{mtime_ns}\0{ctime_ns}\0{inode}".encode()).hexdigest()[:32]
     store = assets.cache_root() / "content-hashes" / key
     try:
         return store.read_text().strip()

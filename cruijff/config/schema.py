@@ -243,8 +243,15 @@ def _check_dataset(path: str, mtime_ns: int, size: int, input_key: str, output_k
         data = json.loads(p.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError("dataset.path", path, f"is not valid JSON ({e})") from None
+    if isinstance(data, list):
+        raise ConfigError("dataset.split", None, f"{p.name} holds one list of records: name its splits with "
+                          "dataset.split=[0.8,0.1,0.1] (fractions, shuffled with dataset.split_seed), "
+                          "dataset.split_column=<column>, or dataset.validation/dataset.test files")
     if not isinstance(data, dict):
         raise ConfigError("dataset.path", path, 'must hold {"train": [...], "validation": [...], "test": [...]}')
+    unknown = [k for k in data if k not in ("train", "validation", "test")]
+    if unknown:
+        raise ConfigError("dataset.path", path, f"has a split {unknown[0]!r}; splits are train, validation, test")
     for split in ("train", "validation", "test"):
         rows = data.get(split)
         if split == "validation" and rows in (None, []):

@@ -51,7 +51,7 @@ def exact_match_task(data_file: str, input_key: str = "input", output_key: str =
     rows = json.loads(Path(data_file).read_text())[split]
     samples = [
         Sample(input=chat_messages(r["messages"][:-1]), target=r["messages"][-1]["content"], id=i + 1)
-        if "messages" in r else Sample(input=r[input_key], target=r[output_key], id=i + 1)
+        if input_key not in r else Sample(input=r[input_key], target=r[output_key], id=i + 1)
         for i, r in enumerate(rows)
     ]
     return Task(

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from .. import hardware
 from ..errors import ConfigError, CruijffError, did_you_mean
 from ..records import layout
+from . import auto
 from .identity import check_name, run_name
 from .model import sweep_batch
 
@@ -92,6 +93,7 @@ def register_resolvers() -> None:
         "cruijff_cpus": lambda per_gpu, gpus: int(per_gpu) * max(1, int(gpus)),
         "cruijff_batch": sweep_batch,
         "cruijff_by_peft": by_peft,
+        "cruijff_auto": auto.resolve,  # model=auto: a field of the model dir's description (auto.describe)
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

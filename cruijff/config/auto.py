@@ -1,0 +1,418 @@
+"""``model=auto model.path=DIR``: the model section of a local Hugging Face model directory, read from
+its ``config.json``, as a catalogue file (``conf/model/*.yaml``) would give it.
+
+The architecture (``architectures`` / ``model_type``) picks the torchtune family; the sizes
+(``hidden_size``, ``num_hidden_layers``, ``num_attention_heads``, ``num_key_value_heads``,
+``intermediate_size``, ``vocab_size``, ``max_position_embeddings``, ``rms_norm_eps``, the RoPE base and
+scaling, ``tie_word_embeddings``, ``head_dim``, Gemma 2's soft-capping and sliding window) become the
+``args`` of the family's generic torchtune *component* builder (``lora_llama3_2``, ``lora_qwen2``, ...),
+with the checkpointer's ``model_type``, the tokenizer builder and its files, the chat template the
+evals lay prompts out with, the checkpoint files (``model.safetensors``, or the shards of its
+index), and resource hints scaled from the parameter count, computed from the same sizes.
+
+``conf/model/auto.yaml`` reads each field through the ``cruijff_auto`` resolver, so the rest of
+cruijff (validation, planning, the config hash, rendering, evaluation) sees a model section like any
+other. An architecture torchtune cannot fine-tune is refused with one line naming it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
+
+from ..errors import ConfigError
+
+TORCHTUNE = "0.6.1"  # the version pinned in pyproject.toml: its builders are the ones named here
+SUPPORTED = "Llama 2, Llama 3/3.1/3.2/3.3, Qwen2/2.5, Mistral, Gemma, Gemma 2, Phi-3/4"
+# Hugging Face architecture (``architectures[0]``) and ``model_type`` -> family
+ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "GemmaForCausalLM": "gemma",
+    "Gemma2ForCausalLM": "gemma2",
+    "Phi3ForCausalLM": "phi3",
+}
+MODEL_TYPES = {family: family for family in ARCHITECTURES.values()}
+
+# torchtune's Llama2ChatTemplate as its Llama 2 tokenizer lays it out (SentencePiece, each piece of a
+# message encoded on its own, cut of trailing spaces, with SentencePiece's leading space), written as
+# text the model's own tokenizer gives the same pieces for; the first BOS is left to the tokenizer,
+# as in cruijff's own templates (cruijff.config.chat). The system prompt goes inside every user turn,
+# after "[INST]", as torchtune puts it.
+LLAMA2_INST = (
+    "{%- set ns = namespace(system='', first=true) -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'system' -%}"
+    "{%- set ns.system = ' <<SYS>>\\n ' + m['content'].rstrip(' ') + ' \\n<</SYS>>\\n\\n' -%}"
+    "{%- elif m['role'] == 'user' -%}"
+    "{{- ('' if ns.first else '<s>') + '[INST]' + ns.system + ' ' + m['content'].rstrip(' ') + '  [/INST]' -}}"
+    "{%- set ns.first = false -%}"
+    "{%- elif m['role'] == 'assistant' -%}{{- ' ' + m['content'].rstrip(' ') + '</s>' -}}"
+    "{%- else -%}{{- raise_exception('torchtune Llama2ChatTemplate has no ' + m['role'] + ' role') -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+# Gemma's turns (<start_of_turn>user ... <end_of_turn>, the answer after <start_of_turn>model) as a
+# torchtune prompt template (role -> [prepend, append]); Gemma has no system role: a system prompt
+# is text before the first turn. GEMMA is the same layout as text (Gemma's SentencePiece model puts
+# no space before a piece), the first BOS left to the tokenizer, each later turn starting with one.
+GEMMA_PROMPT = {
+    "system": ["", "\n\n"],
+    "user": ["<start_of_turn>user\n", "<end_of_turn>\n<start_of_turn>model\n"],
+    "assistant": ["", "<end_of_turn>\n"],
+}
+GEMMA = (
+    "{%- for m in messages -%}"
+    "{%- if not loop.first and messages[loop.index0 - 1]['role'] == 'assistant' -%}{{- '<bos>' -}}{%- endif -%}"
+    "{%- if m['role'] == 'user' -%}"
+    "{{- '<start_of_turn>user\\n' + m['content'].rstrip(' ') + '<end_of_turn>\\n<start_of_turn>model\\n' -}}"
+    "{%- elif m['role'] == 'assistant' -%}{{- m['content'].rstrip(' ') + '<end_of_turn>\\n<eos>' -}}"
+    "{%- else -%}{{- m['content'].rstrip(' ') + '\\n\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+# Resource hints by parameter count, as the catalogue gives them for its models: (at most this
+# many parameters, LoRA (GPUs, host memory GB, minutes per epoch), full fine-tuning (the same),
+# torchtune's training settings (batch size, activation checkpointing)).
+TIERS = [
+    (0.1e9, (1, 4, 1), (1, 4, 1), (8, False)),          # toy models (the embedded tiny Llama)
+    (2e9, (1, 32, 20), (1, 48, 30), (4, False)),        # Llama-3.2-1B
+    (4e9, (1, 48, 40), (1, 64, 60), (4, True)),         # Llama-3.2-3B, Qwen2.5-3B
+    (10e9, (1, 64, 60), (2, 128, 60), (2, True)),       # Llama-3.1-8B, Qwen2.5-7B, Mistral-7B
+    (20e9, (1, 96, 90), (4, 256, 120), (2, True)),      # Phi-3-medium, Phi-4, Qwen2.5-14B
+    (40e9, (2, 256, 120), (8, 512, 240), (2, True)),    # Gemma-2-27B, Qwen2.5-32B
+    (100e9, (8, 512, 120), (8, 1024, 240), (2, True)),  # Llama-3.3-70B, Qwen2.5-72B
+    (math.inf, (8, 1024, 480), (8, 2048, 480), (1, True)),
+]
+MAX_SEQ_LEN = 2048  # training sequences are truncated to this (the catalogue's), or the model's own limit
+
+
+class AutoModelError(ConfigError, InterpolationResolutionError):
+    """A model dir ``model=auto`` cannot describe: one line, like any ConfigError. Raised while
+    OmegaConf resolves an interpolation, it is passed on as it is (not wrapped), so the launcher
+    prints its own line."""
+
+    _initialized = True  # OmegaConf re-raises an initialized error of its own kind unchanged
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        ConfigError.__init__(self, key, value, allowed)
+        self.args = (f"{key}=???: {allowed}" if value == "???" else f"{key}={value!r}: {allowed}",)
+        self.key, self.value, self.allowed = key, value, allowed  # OmegaConf's __init__ resets them
+
+
+def describe(model_dir: Path | str, shown: str | None = None) -> dict[str, Any]:
+    """The model section of ``model_dir`` (a catalogue file's fields), from its ``config.json``.
+    ``shown``: the path as the user gave it, for errors. Cached by the file's path and mtime."""
+    shown = str(model_dir) if shown is None else shown
+    path = Path(model_dir).expanduser().resolve()
+    if not path.is_dir():
+        raise AutoModelError("model.path", shown, "must be an existing local model directory")
+    config = path / "config.json"
+    try:
+        st, dir_st = config.stat(), path.stat()
+    except OSError:
+        raise AutoModelError("model.path", shown, "has no config.json: model=auto reads the model's "
+                                                  "architecture from it") from None
+    return copy.deepcopy(_describe(str(path), shown, st.st_mtime_ns, st.st_size, dir_st.st_mtime_ns))
+
+
+@lru_cache(maxsize=32)
+def _describe(path: str, shown: str, mtime_ns: int, size: int, dir_mtime_ns: int) -> dict[str, Any]:
+    model_dir = Path(path)
+    try:
+        hf = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise AutoModelError("model.path", shown, f"its config.json is not readable JSON ({e})") from None
+    if not isinstance(hf, dict):
+        raise AutoModelError("model.path", shown, "its config.json is not a JSON object")
+    return _Reader(hf, model_dir, shown).section()
+
+
+def resolve(key: str, _root_: Any = None, _parent_: Any = None) -> Any:
+    """The ``cruijff_auto`` resolver: the field ``key`` (dotted: ``tokenizer.component``) of the
+    model dir at ``model.path`` (a dict or list comes back as a config node)."""
+    model = _root_.model
+    if key.startswith("resources.") and (OmegaConf.is_missing(model, "path") or model.path is None):
+        # a sweep over model.path: Hydra's sweeper reads the GPUs a job needs (its batch of local jobs)
+        # from the config without the swept values; each grid point has its own path and hints
+        return dict(zip(("gpus", "mem_gb", "epoch_min"), TIERS[0][1]))[key.rsplit(".", 1)[1]]
+    if OmegaConf.is_missing(model, "path"):
+        raise AutoModelError("model.path", "???", "a value is required: model=auto reads the model's "
+                                                  "config.json from its local directory")
+    if model.path is None:
+        raise AutoModelError("model.path", None, "model=auto needs model.path=<local model directory>")
+    value: Any = describe(str(model.path))
+    for part in key.split("."):
+        value = value[part]
+    if isinstance(value, (dict, list)):
+        return OmegaConf.create(value, parent=_parent_)
+    return value
+
+
+def parameter_count(family: str, args: dict[str, Any]) -> int:
+    """Parameters of the model a family's builder makes with ``args`` (without LoRA): embeddings,
+    attention (Qwen2's q/k/v with biases), the gated MLP, the RMS norms (Gemma 2's four per layer), the
+    output layer unless tied to the embeddings."""
+    dim, heads, kv = args["embed_dim"], args["num_heads"], args["num_kv_heads"]
+    head_dim = args.get("head_dim") or dim // heads
+    vocab, inter, layers = args["vocab_size"], args["intermediate_dim"], args["num_layers"]
+    attn = dim * heads * head_dim + 2 * dim * kv * head_dim + heads * head_dim * dim
+    if family == "qwen2":
+        attn += heads * head_dim + 2 * kv * head_dim
+    norms = (4 if family == "gemma2" else 2) * dim
+    layer = attn + 3 * dim * inter + norms
+    tied = family in ("gemma", "gemma2") or bool(args.get("tie_word_embeddings"))
+    return vocab * dim * (1 if tied else 2) + layers * layer + dim
+
+
+def model_name(model_dir: Path) -> str:
+    """The model's name from its dir: the dir's own name, or for a Hugging Face cache snapshot
+    (``models--org--Name/snapshots/<commit>``) the repository's; letters, digits and ``. _ + -``."""
+    name = model_dir.name
+    if model_dir.parent.name == "snapshots" and model_dir.parent.parent.name.startswith("models--"):
+        name = model_dir.parent.parent.name.split("--")[-1]
+    name = re.sub(r"[^A-Za-z0-9_.+-]+", "-", name).lstrip("-.")[:100]
+    return name or "auto"
+
+
+def _num(value: Any) -> int | float:
+    f = float(value)
+    return int(f) if f.is_integer() else f
+
+
+class _Reader:
+    """One config.json, read into a model section."""
+
+    def __init__(self, hf: dict[str, Any], model_dir: Path, shown: str):
+        self.hf, self.dir, self.shown = hf, model_dir, shown
+        archs = hf.get("architectures") or []
+        self.arch = str(archs[0]) if archs else str(hf.get("model_type") or "unknown")
+        self.family = ARCHITECTURES.get(self.arch) if archs else MODEL_TYPES.get(str(hf.get("model_type")))
+        if self.family is None:
+            self.refuse("")
+
+    # -- errors
+
+    def refuse(self, detail: str) -> None:
+        raise AutoModelError("model.path", self.shown, f"its config.json is a {self.arch} model{detail}, which "
+                                                       f"torchtune {TORCHTUNE} cannot fine-tune; supported: {SUPPORTED}")
+
+    def need(self, key: str) -> Any:
+        value = self.hf.get(key)
+        if value is None:
+            raise AutoModelError("model.path", self.shown, f"its config.json ({self.arch}) lacks {key}")
+        return value
+
+    # -- sizes
+
+    def rope(self) -> tuple[float, dict[str, Any] | None]:
+        """The RoPE base and scaling: ``rope_theta`` / ``rope_scaling`` (transformers 4), or
+        ``rope_parameters`` (transformers 5)."""
+        params = self.hf.get("rope_parameters") or {}
+        theta = self.hf.get("rope_theta", params.get("rope_theta", 10000.0))
+        scaling = self.hf.get("rope_scaling")
+        if scaling is None and (params.get("rope_type") or params.get("type") or "default") != "default":
+            scaling = params
+        if scaling and (scaling.get("rope_type") or scaling.get("type") or "default") == "default":
+            scaling = None
+        return float(theta), scaling
+
+    def sizes(self) -> dict[str, Any]:
+        dim, heads = int(self.need("hidden_size")), int(self.need("num_attention_heads"))
+        args = {
+            "vocab_size": int(self.need("vocab_size")),
+            "num_layers": int(self.need("num_hidden_layers")),
+            "num_heads": heads,
+            "num_kv_heads": int(self.hf.get("num_key_value_heads") or heads),
+            "embed_dim": dim,
+            "intermediate_dim": int(self.need("intermediate_size")),
+            "max_seq_len": int(self.need("max_position_embeddings")),
+            "norm_eps": float(self.hf.get("rms_norm_eps") or (1e-6 if self.family.startswith("gemma") else 1e-5)),
+        }
+        head_dim = self.hf.get("head_dim")
+        if not self.family.startswith("gemma") and (dim % heads or (head_dim and int(head_dim) != dim // heads)):
+            self.refuse(f" with head_dim {head_dim or dim / heads:g}, not hidden_size / num_attention_heads, "
+                        f"which its torchtune builder assumes")
+        act = self.hf.get("hidden_act") or self.hf.get("hidden_activation")
+        if not self.family.startswith("gemma") and act not in (None, "silu"):
+            self.refuse(f" with hidden_act {act}")
+        for bias in ("attention_bias", "mlp_bias"):
+            if self.family != "qwen2" and self.hf.get(bias):
+                self.refuse(f" with {bias}")
+        return args
+
+    # -- the families
+
+    def section(self) -> dict[str, Any]:
+        args = self.sizes()
+        theta, scaling = self.rope()
+        tied = bool(self.hf.get("tie_word_embeddings", self.family in ("gemma", "gemma2")))
+        out = getattr(self, self.family)(args, theta, scaling, tied)
+        family = out["family"]
+        params = parameter_count(family, out["args"])
+        tokenizer = {"component": None, "path": None, "merges_file": None, "vocab_path": None, "merges_path": None,
+                     "max_seq_len": min(MAX_SEQ_LEN, args["max_seq_len"]), "prompt_template": None,
+                     **out.pop("tokenizer")}
+        lora, full, (batch, checkpointing) = next((t[1], t[2], t[3]) for t in TIERS if params <= t[0])
+        if params > 2e9 and args["vocab_size"] >= 150000:  # Qwen's 152k-token logits: torchtune's configs train 2
+            batch = min(batch, 2)
+        return {
+            "name": model_name(self.dir),
+            "architecture": self.arch,
+            "parameters": params,
+            **out,
+            "tied_embeddings": tied or family in ("gemma", "gemma2"),
+            "tokenizer": tokenizer,
+            "checkpoint_files": self.checkpoint_files(),
+            "chars_per_token": 1.0 if args["vocab_size"] < 1000 else None,  # a character-level vocabulary
+            "training": {"batch_size": batch, "enable_activation_checkpointing": checkpointing},
+            "resources": {name: dict(zip(("gpus", "mem_gb", "epoch_min"), hint)) for name, hint in
+                          (("lora", lora), ("full", full))},
+        }
+
+    def llama(self, args: dict, theta: float, scaling: dict | None, tied: bool) -> dict:
+        llama3_vocab = args["vocab_size"] >= 128000  # Llama 3's tiktoken vocabulary (128256 tokens)
+        if scaling is not None:
+            kind = scaling.get("rope_type") or scaling.get("type")
+            if kind != "llama3":
+                self.refuse(f" with rope_scaling {kind}")
+            for key, default in (("low_freq_factor", 1), ("high_freq_factor", 4), ("original_max_position_embeddings", 8192)):
+                if float(scaling.get(key, default)) != default:
+                    self.refuse(f" with rope_scaling {key} {scaling[key]} (torchtune's Llama 3.1 RoPE has {default})")
+        factor = _num(scaling.get("factor", 8)) if scaling else 1
+        rope = {"rope_base": _num(theta)}
+        if tied:  # Llama 3.2 1B/3B: the output layer is the embeddings; its RoPE is 3.1's (factor 1: plain RoPE)
+            out = self.builders("llama3_2", "LLAMA3_2", {**args, **rope, "scale_factor": factor,
+                                                         "tie_word_embeddings": True})
+            version = "Llama 3.2"
+        elif scaling is not None:  # Llama 3.1 / 3.3
+            out = self.builders("llama3_1", "LLAMA3", {**args, **rope, "scale_factor": factor})
+            version = "Llama 3.1"
+        elif llama3_vocab:
+            out = self.builders("llama3", "LLAMA3", {**args, **rope})
+            version = "Llama 3"
+        elif theta == 10000.0:  # torchtune's Llama 2 LoRA builder has no rope_base: its default
+            out = self.builders("llama2", "LLAMA2", args)
+            version = "Llama 2"
+        else:  # the same layers, with the model's RoPE base (Code Llama's 1e6)
+            out = self.builders("llama3", "LLAMA2", {**args, **rope}, module="llama3")
+            version = "Llama 2"
+        if llama3_vocab:
+            tokenizer_file = "original/tokenizer.model"
+            if not (self.dir / tokenizer_file).exists() and (self.dir / "tokenizer.model").exists():
+                tokenizer_file = "tokenizer.model"
+            out["tokenizer"] = {"component": "torchtune.models.llama3.llama3_tokenizer", "path": tokenizer_file}
+            out["chat_template"] = "llama3"
+        else:
+            out["tokenizer"] = {"component": "torchtune.models.llama2.llama2_tokenizer", "path": "tokenizer.model",
+                                "prompt_template": "torchtune.models.llama2.Llama2ChatTemplate"}
+            out["chat_template"] = LLAMA2_INST
+        out["family"], out["version"] = "llama", version
+        return out
+
+    def mistral(self, args: dict, theta: float, scaling: dict | None, tied: bool) -> dict:
+        if scaling is not None:
+            self.refuse(f" with rope_scaling {scaling.get('rope_type') or scaling.get('type')}")
+        if tied:
+            self.refuse(" with tie_word_embeddings")
+        out = self.builders("mistral", "MISTRAL", {**args, "rope_base": _num(theta)})
+        out["tokenizer"] = {"component": "torchtune.models.mistral.mistral_tokenizer", "path": "tokenizer.model",
+                            "prompt_template": "torchtune.models.mistral.MistralChatTemplate"}
+        out.update(chat_template="mistral_inst", family="mistral", version="Mistral")
+        return out
+
+    def qwen2(self, args: dict, theta: float, scaling: dict | None, tied: bool) -> dict:
+        if scaling is not None:
+            self.refuse(f" with rope_scaling {scaling.get('rope_type') or scaling.get('type')}")
+        if self.hf.get("use_sliding_window"):
+            self.refuse(" with use_sliding_window")
+        out = self.builders("qwen2", "QWEN2", {**args, "rope_base": _num(theta), "tie_word_embeddings": tied})
+        qwen2_5 = self.qwen2_5_tokenizer()
+        out["tokenizer"] = {"component": f"torchtune.models.{'qwen2_5.qwen2_5' if qwen2_5 else 'qwen2.qwen2'}_tokenizer",
+                            "path": "vocab.json", "merges_file": "merges.txt"}
+        out.update(chat_template="chatml", family="qwen2", version="Qwen2.5" if qwen2_5 else "Qwen2")
+        return out
+
+    def gemma(self, args: dict, theta: float, scaling: dict | None, tied: bool, family: str = "gemma") -> dict:
+        if scaling is not None:
+            self.refuse(f" with rope_scaling {scaling.get('rope_type') or scaling.get('type')}")
+        head_dim = int(self.hf.get("head_dim") or args["embed_dim"] // args["num_heads"])
+        gemma_args = {**args, "head_dim": head_dim, "rope_base": _num(theta)}
+        if family == "gemma2":
+            gemma_args.update(
+                hidden_capping_value=self.hf.get("attn_logit_softcapping", 50.0),
+                final_capping_value=self.hf.get("final_logit_softcapping", 30.0),
+                sliding_window_size=int(self.hf.get("sliding_window") or 4096),
+                query_pre_attn_scalar=self.hf.get("query_pre_attn_scalar"),
+            )
+        out = self.builders(family, family.upper(), gemma_args)
+        out["tokenizer"] = {"component": "torchtune.models.gemma.gemma_tokenizer", "path": "tokenizer.model",
+                            "prompt_template": copy.deepcopy(GEMMA_PROMPT)}
+        out.update(chat_template=GEMMA, family=family, version="Gemma 2" if family == "gemma2" else "Gemma")
+        return out
+
+    def gemma2(self, args: dict, theta: float, scaling: dict | None, tied: bool) -> dict:
+        return self.gemma(args, theta, scaling, tied, family="gemma2")
+
+    def phi3(self, args: dict, theta: float, scaling: dict | None, tied: bool) -> dict:
+        if scaling is not None:  # Phi-3-*-128k, Phi-3.5, Phi-4-mini: LongRoPE
+            self.refuse(f" with rope_scaling {scaling.get('rope_type') or scaling.get('type')}")
+        partial = self.hf.get("partial_rotary_factor", (self.hf.get("rope_parameters") or {}).get("partial_rotary_factor"))
+        if float(partial or 1.0) != 1.0:  # Phi-4-mini: RoPE on part of each head
+            self.refuse(f" with partial_rotary_factor {partial}")
+        if tied:
+            self.refuse(" with tie_word_embeddings")
+        phi4 = args["vocab_size"] >= 100000  # Phi-4's tiktoken-like BPE (100352 tokens); Phi-3's is SentencePiece
+        out = self.builders("phi3", "PHI4" if phi4 else "PHI3_MINI", {**args, "rope_base": _num(theta)})
+        if phi4:  # torchtune's phi4_tokenizer names its files vocab_path and merges_path
+            out["tokenizer"] = {"component": "torchtune.models.phi4.phi4_tokenizer",
+                                "vocab_path": "vocab.json", "merges_path": "merges.txt"}
+        else:
+            out["tokenizer"] = {"component": "torchtune.models.phi3.phi3_mini_tokenizer", "path": "tokenizer.model"}
+        # torchtune's Phi tokenizers lay out the turns themselves, as the model's own template does
+        out.update(chat_template=None, family="phi3", version="Phi-4" if phi4 else "Phi-3")
+        return out
+
+    # -- files
+
+    @staticmethod
+    def builders(name: str, model_type: str, args: dict, module: str | None = None) -> dict:
+        module = module or name
+        return {"model_type": model_type, "component": f"torchtune.models.{module}.lora_{name}",
+                "full_component": f"torchtune.models.{module}.{name}", "args": args}
+
+    def qwen2_5_tokenizer(self) -> bool:
+        """Qwen2.5's tokenizer (its special tokens: tool calls, fill-in-the-middle) unless the
+        model dir's tokenizer files show Qwen2's."""
+        for name in ("tokenizer_config.json", "tokenizer.json"):
+            try:
+                text = (self.dir / name).read_text()
+            except (OSError, UnicodeDecodeError):
+                continue
+            if "<|im_start|>" in text:
+                return "<|fim_prefix|>" in text or "<tool_call>" in text
+        return True
+
+    def checkpoint_files(self) -> list[str]:
+        """The weight files: the shards a ``*.index.json`` names, else the single file."""
+        for index, single in (("model.safetensors.index.json", "model.safetensors"),
+                              ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+            try:
+                weight_map = json.loads((self.dir / index).read_text())["weight_map"]
+            except (OSError, ValueError, KeyError, TypeError):
+                if (self.dir / single).exists():
+                    return [single]
+                continue
+            return sorted(set(weight_map.values()))
+        return ["model.safetensors"]  # none there: validation names the file the dir lacks

@@ -123,7 +123,8 @@ def test_each_family_is_described_from_its_config_json(family, tmp_path):
     hf, tok_files, builder, model_type, tokenizer, template, special = FAMILIES[family]
     shards = 2 if family == "llama3_1" else 1
     path = model_dir(tmp_path / f"My-{family}-model", hf, tok_files, shards)
-    cfg = compose_config("model=auto", f"model.path={path}")
+    merged = ["training.checkpoint=merged"] if family.startswith("phi") else []  # torchtune saves no Phi adapter
+    cfg = compose_config("model=auto", f"model.path={path}", *merged)
     m = cfg.model
     assert m.name == f"My-{family}-model"
     assert m.component == f"torchtune.models.{builder}"
@@ -135,8 +136,7 @@ def test_each_family_is_described_from_its_config_json(family, tmp_path):
     named = config.model_files(m)
     assert set(named) - set(tok_files) == ({"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}
                                            if shards == 2 else {"model.safetensors"})
-    if family != "phi4" or "vocab_path" in config.TOKENIZER_FILES:  # see test_phi4_tokenizer_files_are_rendered
-        assert set(named) - set(m.checkpoint_files) == set(tok_files)
+    assert set(named) - set(m.checkpoint_files) == set(tok_files)
     args = OmegaConf.to_container(m.args)
     sizes = {"vocab_size": hf["vocab_size"], "num_layers": 2, "num_heads": 4, "num_kv_heads": hf["num_key_value_heads"],
              "embed_dim": 64, "intermediate_dim": 172, "max_seq_len": 512, "norm_eps": hf["rms_norm_eps"]}
@@ -164,9 +164,16 @@ def test_gemma_lora_builders_take_the_rendered_section(tmp_path):
     hf, tok_files = FAMILIES["gemma2"][:2]
     path = model_dir(tmp_path / "gemma2", hf, tok_files)
     conf = finetune.render(compose_config("model=auto", f"model.path={path}"), tmp_path / "run", path, tmp_path / "d")
-    if "apply_lora_to_output" in conf["model"]:
-        pytest.xfail("cruijff/finetune/render.py passes apply_lora_to_output to every LoRA builder")
+    assert "apply_lora_to_output" not in conf["model"]
     build_on_meta(conf["model"])
+
+
+def test_phi_with_an_adapter_checkpoint_is_refused_in_one_line(tmp_path):
+    hf, tok_files = FAMILIES["phi3"][:2]
+    path = model_dir(tmp_path / "phi3", hf, tok_files)
+    with pytest.raises(ConfigError, match="torchtune 0.6.1 saves no PEFT adapter for PHI3_MINI models; use "
+                                          "training.checkpoint=merged"):
+        validate(compose_config("model=auto", f"model.path={path}"))
 
 
 def test_phi4_tokenizer_files_are_rendered(tmp_path):
@@ -175,8 +182,6 @@ def test_phi4_tokenizer_files_are_rendered(tmp_path):
     path = model_dir(tmp_path / "phi4", hf, tok_files)
     cfg = compose_config("model=auto", f"model.path={path}")
     assert (cfg.model.tokenizer.vocab_path, cfg.model.tokenizer.merges_path) == ("vocab.json", "merges.txt")
-    if "vocab_path" not in config.TOKENIZER_FILES:
-        pytest.xfail("cruijff.config.TOKENIZER_FILES lacks vocab_path and merges_path (phi4_tokenizer's)")
     conf = finetune.render(cfg, tmp_path / "run", path, tmp_path / "data.json")
     assert conf["tokenizer"]["vocab_path"] == str(path / "vocab.json")
 

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from .. import assets, hardware
 from ..errors import ConfigError
 
-TOKENIZER_FILES = ("path", "merges_file", "special_tokens_path")
+TOKENIZER_FILES = ("path", "merges_file", "special_tokens_path", "vocab_path", "merges_path")
 
 
 def model_files(model: DictConfig) -> list[str]:

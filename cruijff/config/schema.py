@@ -135,6 +135,9 @@ def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> list[TaskSpe
     if saved not in CHECKPOINT_MODES:
         raise ConfigError("training.checkpoint", saved, "adapter (the adapter alone per epoch) or merged "
                           "(full weights with the adapter merged in, as well)")
+    if method == "lora" and saved == "adapter" and str(cfg.model.get("model_type")) in ("PHI3_MINI", "PHI4"):
+        raise ConfigError("training.checkpoint", saved, f"torchtune 0.6.1 saves no PEFT adapter for "
+                          f"{cfg.model.model_type} models; use training.checkpoint=merged")
     if method == "none" and not cfg.model.get("full_component"):
         raise ConfigError("peft", "none", f"model {cfg.model.name} names no full-weight builder (model.full_component)")
     dropout = cfg.peft.get("lora_dropout", 0.0)

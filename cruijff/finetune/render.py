@@ -121,6 +121,8 @@ def model_section(cfg: DictConfig) -> dict[str, Any]:
         lora_alpha=float(peft.lora_alpha),
         lora_dropout=float(peft.lora_dropout),
     )
+    if str(m.component).rsplit(".", 1)[-1].startswith("lora_gemma"):  # Gemma's output layer is its embeddings
+        del model["apply_lora_to_output"]
     return model
 
 

@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from ..errors import ConfigError
+from . import chat
 
 TORCHTUNE = "0.6.1"  # the version pinned in pyproject.toml: its builders are the ones named here
 SUPPORTED = "Llama 2, Llama 3/3.1/3.2/3.3, Qwen2/2.5, Mistral, Gemma, Gemma 2, Phi-3/4"
@@ -42,45 +43,6 @@ ARCHITECTURES = {
     "Phi3ForCausalLM": "phi3",
 }
 MODEL_TYPES = {family: family for family in ARCHITECTURES.values()}
-
-# torchtune's Llama2ChatTemplate as its Llama 2 tokenizer lays it out (SentencePiece, each piece of a
-# message encoded on its own, cut of trailing spaces, with SentencePiece's leading space), written as
-# text the model's own tokenizer gives the same pieces for; the first BOS is left to the tokenizer,
-# as in cruijff's own templates (cruijff.config.chat). The system prompt goes inside every user turn,
-# after "[INST]", as torchtune puts it.
-LLAMA2_INST = (
-    "{%- set ns = namespace(system='', first=true) -%}"
-    "{%- for m in messages -%}"
-    "{%- if m['role'] == 'system' -%}"
-    "{%- set ns.system = ' <<SYS>>\\n ' + m['content'].rstrip(' ') + ' \\n<</SYS>>\\n\\n' -%}"
-    "{%- elif m['role'] == 'user' -%}"
-    "{{- ('' if ns.first else '<s>') + '[INST]' + ns.system + ' ' + m['content'].rstrip(' ') + '  [/INST]' -}}"
-    "{%- set ns.first = false -%}"
-    "{%- elif m['role'] == 'assistant' -%}{{- ' ' + m['content'].rstrip(' ') + '</s>' -}}"
-    "{%- else -%}{{- raise_exception('torchtune Llama2ChatTemplate has no ' + m['role'] + ' role') -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-)
-
-# Gemma's turns (<start_of_turn>user ... <end_of_turn>, the answer after <start_of_turn>model) as a
-# torchtune prompt template (role -> [prepend, append]); Gemma has no system role: a system prompt
-# is text before the first turn. GEMMA is the same layout as text (Gemma's SentencePiece model puts
-# no space before a piece), the first BOS left to the tokenizer, each later turn starting with one.
-GEMMA_PROMPT = {
-    "system": ["", "\n\n"],
-    "user": ["<start_of_turn>user\n", "<end_of_turn>\n<start_of_turn>model\n"],
-    "assistant": ["", "<end_of_turn>\n"],
-}
-GEMMA = (
-    "{%- for m in messages -%}"
-    "{%- if not loop.first and messages[loop.index0 - 1]['role'] == 'assistant' -%}{{- '<bos>' -}}{%- endif -%}"
-    "{%- if m['role'] == 'user' -%}"
-    "{{- '<start_of_turn>user\\n' + m['content'].rstrip(' ') + '<end_of_turn>\\n<start_of_turn>model\\n' -}}"
-    "{%- elif m['role'] == 'assistant' -%}{{- m['content'].rstrip(' ') + '<end_of_turn>\\n<eos>' -}}"
-    "{%- else -%}{{- m['content'].rstrip(' ') + '\\n\\n' -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-)
 
 # Resource hints by parameter count, as the catalogue gives them for its models: (at most this
 # many parameters, LoRA (GPUs, host memory GB, minutes per epoch), full fine-tuning (the same),
@@ -317,7 +279,7 @@ class _Reader:
         else:
             out["tokenizer"] = {"component": "torchtune.models.llama2.llama2_tokenizer", "path": "tokenizer.model",
                                 "prompt_template": "torchtune.models.llama2.Llama2ChatTemplate"}
-            out["chat_template"] = LLAMA2_INST
+            out["chat_template"] = "llama2_inst"
         out["family"], out["version"] = "llama", version
         return out
 
@@ -358,8 +320,8 @@ class _Reader:
             )
         out = self.builders(family, family.upper(), gemma_args)
         out["tokenizer"] = {"component": "torchtune.models.gemma.gemma_tokenizer", "path": "tokenizer.model",
-                            "prompt_template": copy.deepcopy(GEMMA_PROMPT)}
-        out.update(chat_template=GEMMA, family=family, version="Gemma 2" if family == "gemma2" else "Gemma")
+                            "prompt_template": copy.deepcopy(chat.GEMMA_PROMPT)}
+        out.update(chat_template="gemma", family=family, version="Gemma 2" if family == "gemma2" else "Gemma")
         return out
 
     def gemma2(self, args: dict, theta: float, scaling: dict | None, tied: bool) -> dict:

@@ -53,7 +53,47 @@ MISTRAL_INST = (
     "{%- endfor -%}"
 )
 
-TEMPLATES = {"llama3": LLAMA3, "chatml": CHATML, "mistral_inst": MISTRAL_INST}
+# torchtune's Llama2ChatTemplate as its Llama 2 tokenizer lays it out (SentencePiece, each piece of a
+# message encoded on its own, cut of trailing spaces, with SentencePiece's leading space), written as
+# text the model's own tokenizer gives the same pieces for; the first BOS is left to the tokenizer,
+# as in the templates above. The system prompt goes inside every user turn,
+# after "[INST]", as torchtune puts it.
+LLAMA2_INST = (
+    "{%- set ns = namespace(system='', first=true) -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'system' -%}"
+    "{%- set ns.system = ' <<SYS>>\\n ' + m['content'].rstrip(' ') + ' \\n<</SYS>>\\n\\n' -%}"
+    "{%- elif m['role'] == 'user' -%}"
+    "{{- ('' if ns.first else '<s>') + '[INST]' + ns.system + ' ' + m['content'].rstrip(' ') + '  [/INST]' -}}"
+    "{%- set ns.first = false -%}"
+    "{%- elif m['role'] == 'assistant' -%}{{- ' ' + m['content'].rstrip(' ') + '</s>' -}}"
+    "{%- else -%}{{- raise_exception('torchtune Llama2ChatTemplate has no ' + m['role'] + ' role') -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+# Gemma's turns (<start_of_turn>user ... <end_of_turn>, the answer after <start_of_turn>model) as a
+# torchtune prompt template (role -> [prepend, append]); Gemma has no system role: a system prompt
+# is text before the first turn. GEMMA is the same layout as text (Gemma's SentencePiece model puts
+# no space before a piece), the first BOS left to the tokenizer, each later turn starting with one.
+GEMMA_PROMPT = {
+    "system": ["", "\n\n"],
+    "user": ["<start_of_turn>user\n", "<end_of_turn>\n<start_of_turn>model\n"],
+    "assistant": ["", "<end_of_turn>\n"],
+}
+GEMMA = (
+    "{%- for m in messages -%}"
+    "{%- if not loop.first and messages[loop.index0 - 1]['role'] == 'assistant' -%}{{- '<bos>' -}}{%- endif -%}"
+    "{%- if m['role'] == 'user' -%}"
+    "{{- '<start_of_turn>user\\n' + m['content'].rstrip(' ') + '<end_of_turn>\\n<start_of_turn>model\\n' -}}"
+    "{%- elif m['role'] == 'assistant' -%}{{- m['content'].rstrip(' ') + '<end_of_turn>\\n<eos>' -}}"
+    "{%- else -%}{{- m['content'].rstrip(' ') + '\\n\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+TEMPLATES = {"llama3": LLAMA3, "chatml": CHATML, "mistral_inst": MISTRAL_INST, "llama2_inst": LLAMA2_INST,
+             "gemma": GEMMA}
 
 
 def is_jinja(value: str) -> bool:

@@ -286,6 +286,7 @@ def test_time_limit_without_requeues_left_is_recorded_and_a_rerun_resumes(slurm,
     state = json.loads((run_dir / "run.json").read_text())
     assert state["status"] == "failed" and state["error"].startswith("stopped at its time limit")
     kept = state["checkpoints"]
+    monkeypatch.delenv("CRUIJFF_TEST_STEP_DELAY_S")  # the rest at full speed: what is checked is where it resumes
     again = launch(*args, "cluster.timeout_min=10", cwd=tmp_path, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     state = json.loads((run_dir / "run.json").read_text())

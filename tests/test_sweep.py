@@ -326,7 +326,7 @@ def test_seeds_are_replicates_in_the_report(tmp_path, tiny_model_dir):
     over seeds comes with a t-interval and each seed's value; the plot draws the group's spread."""
     from cruijff.config import run_name
 
-    args = ["-m", "experiment.name=seeds", "training.epochs=1", "training.max_steps_per_epoch=30", "eval.limit=10", "seed=1,2",
+    args = ["-m", "experiment.name=seeds", "training.epochs=1", "training.max_steps_per_epoch=10", "eval.limit=10", "seed=1,2",
             "optimizer.lr=1e-3,3e-3", "peft.lora_rank=8"]
     proc = launch(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

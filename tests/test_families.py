@@ -1,0 +1,156 @@
+"""A second family end to end: the tiny Qwen2.5 built locally (cruijff.assets.families), with the
+tokenizer files of Qwen2.5's own format, described by ``model=auto``: training and evaluation see the
+same token ids, and a LoRA run's adapter, applied in memory, answers as its merged export does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from conftest import compose_config, launch
+from cruijff import finetune
+
+RECORDS = [
+    [{"role": "user", "content": "Capitalize: paris"}, {"role": "assistant", "content": "Paris"}],
+    [{"role": "system", "content": "Answer in one word."},
+     {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capitalize: paris"},
+     {"role": "assistant", "content": "Paris"}, {"role": "user", "content": "And: rome "},
+     {"role": "assistant", "content": "Rome"}],
+    [{"role": "user", "content": "  héllo <|im_end|> wörld \n"}, {"role": "assistant", "content": "Héllo"}],
+]
+
+
+@pytest.fixture(scope="session")
+def qwen_dir() -> Path:
+    from cruijff.assets import families
+
+    return families.tiny_qwen2_5_dir()
+
+
+def test_the_tiny_qwen2_5_is_a_qwen2_5_dir_in_its_own_formats(qwen_dir):
+    from safetensors.torch import load_file
+    from torchtune.models.qwen2_5._tokenizer import QWEN2_5_SPECIAL_TOKENS
+    from transformers import AutoTokenizer
+
+    from cruijff.assets import families
+    from cruijff.config import auto, chat
+
+    hf = json.loads((qwen_dir / "config.json").read_text())
+    assert hf["architectures"] == ["Qwen2ForCausalLM"] and hf["tie_word_embeddings"] is True
+    assert hf["vocab_size"] == max(QWEN2_5_SPECIAL_TOKENS.values()) + 1
+    vocab = json.loads((qwen_dir / "vocab.json").read_text())
+    assert sorted(vocab.values()) == list(range(151643))  # as Qwen2.5's: the specials come after
+    assert (qwen_dir / "merges.txt").read_text().startswith("#version: 0.2\n")
+    weights = load_file(qwen_dir / "model.safetensors")
+    assert "lm_head.weight" not in weights and "model.layers.0.self_attn.q_proj.bias" in weights
+    section = auto.describe(qwen_dir)
+    assert section["version"] == "Qwen2.5" and section["tied_embeddings"] is True
+    assert section["parameters"] == sum(w.numel() for w in weights.values())
+    tok = AutoTokenizer.from_pretrained(str(qwen_dir))
+    assert {t: tok.convert_tokens_to_ids(t) for t in QWEN2_5_SPECIAL_TOKENS} == QWEN2_5_SPECIAL_TOKENS
+    assert tok.chat_template == families.CHAT_TEMPLATE == chat.resolve("chatml")
+
+
+def test_a_second_build_is_the_same_model(qwen_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from cruijff.assets import families
+
+    start = time.monotonic()
+    families._build_tiny_qwen2_5(tmp_path)
+    assert time.monotonic() - start < 60
+    for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "config.json"):
+        assert (tmp_path / name).read_bytes() == (qwen_dir / name).read_bytes(), name
+    a, b = load_file(tmp_path / "model.safetensors"), load_file(qwen_dir / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_training_and_evaluation_see_the_same_token_ids(qwen_dir, tmp_path):
+    """torchtune's Qwen2.5 tokenizer, rendered from model=auto, tokenizes each record as inspect's hf
+    provider prompts the model with cruijff's ChatML template: the prompt is every token before the
+    answer's, and the whole record (answer, <|im_end|>) is the template's text tokenized."""
+    from inspect_ai.model import ChatMessageAssistant, ChatMessageSystem, ChatMessageUser
+    from inspect_ai.model._providers.hf import HuggingFaceAPI
+    from torchtune import config as tt_config
+    from torchtune.data import Message
+
+    from cruijff.config import chat
+
+    cfg = compose_config("model=auto", f"model.path={qwen_dir}")
+    assert cfg.model.tokenizer.component == "torchtune.models.qwen2_5.qwen2_5_tokenizer"
+    conf = finetune.render(cfg, tmp_path / "run", qwen_dir, tmp_path / "data.json")
+    tok = tt_config.instantiate(OmegaConf.create(conf["tokenizer"]))
+    template = chat.resolve(cfg.model.chat_template)
+    api = HuggingFaceAPI(str(qwen_dir), device="cpu", do_sample=False, chat_template=template)
+    kinds = {"system": ChatMessageSystem, "user": ChatMessageUser, "assistant": ChatMessageAssistant}
+    for record in RECORDS:
+        messages = [Message(role=m["role"], content=m["content"], masked=m["role"] != "assistant") for m in record]
+        tokens, mask = tok.tokenize_messages(messages)
+        chat_text = api.hf_chat([kinds[m["role"]](content=m["content"]) for m in record[:-1]], [])
+        prompt = api.tokenizer(chat_text, add_special_tokens=False)["input_ids"]
+        # the prompt, then the answer's tokens and <|im_end|>, which training learns (torchtune also
+        # leaves the last turn's "<|im_start|>assistant\n" unmasked: it is the prompt's end here)
+        answer = tok.encode(record[-1]["content"], add_bos=False, add_eos=False)
+        assert tokens == prompt + answer + [tok.eos_id], record
+        assert not any(mask[len(prompt):-1]) and mask[0], record
+        # torchtune 0.6.1's Qwen2.5 tokenizer masks the closing <|im_end|> (its truncate() sets the
+        # last mask to True): training does not learn to stop there
+        assert mask[-1] is True
+        full = api.tokenizer.apply_chat_template(record, chat_template=template, tokenize=False)
+        # torchtune ends the answer with <|im_end|> (its eos), without the template's last "\n"
+        assert api.tokenizer(full, add_special_tokens=False)["input_ids"][:-1] == tokens, record
+
+
+# ----------------------------------------------------------------------------------------------
+# end to end
+
+
+def _answers(cell, log_dir):
+    from inspect_ai.log import read_eval_log
+
+    from cruijff.records import log_path
+
+    log = read_eval_log(str(log_path(log_dir, cell.tasks["exact_match"].log)))
+    return [(s.id, s.output.completion, s.scores["match"].value) for s in log.samples]
+
+
+@pytest.mark.slow
+def test_the_tiny_qwen2_5_trains_evaluates_and_its_adapter_answers_as_its_export(qwen_dir, tmp_path):
+    from cruijff import assets
+    from cruijff.config import TaskSpec
+    from cruijff.evaluate import Evaluator, evaluate_cell
+
+    proc = launch("model=auto", f"model.path={qwen_dir}", "training=smoke", "experiment.name=qwen", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir,) = [p.parent for p in (tmp_path / "outputs" / "qwen").glob("*/run.json")]
+    rendered = yaml.safe_load((run_dir / "finetune.yaml").read_text())
+    assert rendered["model"]["_component_"] == "torchtune.models.qwen2.lora_qwen2"
+    assert rendered["checkpointer"]["model_type"] == "QWEN2"
+    epochs = sorted(run_dir.glob("epoch_*"))
+    assert epochs and all((e / "adapter_model.safetensors").exists() for e in epochs)
+    results = json.loads((run_dir / "eval" / epochs[-1].name / "results.json").read_text())
+    assert results["tasks"]["exact_match"]["status"] == "success"
+
+    ckpt = epochs[-1]
+    out = tmp_path / "export"
+    exported = subprocess.run([sys.executable, "-m", "cruijff", "export", str(ckpt), "--out", str(out)],
+                              capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 0, exported.stderr
+    specs = [TaskSpec("exact_match")]
+    kw = dict(data_file=assets.capitalization_file(), input_key="input", output_key="output", device="cpu",
+              limit=10, display="none")
+    evaluator = Evaluator()
+    swapped = evaluator.evaluate(qwen_dir, specs, tmp_path / "a", adapter=ckpt, **kw)
+    base = evaluator.evaluate(qwen_dir, specs, tmp_path / "b", **kw)
+    evaluator.close()
+    merged = evaluate_cell(out, specs, tmp_path / "m", **kw)
+    assert _answers(swapped, tmp_path / "a") == _answers(merged, tmp_path / "m")
+    assert _answers(swapped, tmp_path / "a") != _answers(base, tmp_path / "b")  # the adapter changed something

@@ -154,3 +154,34 @@ def test_the_tiny_qwen2_5_trains_evaluates_and_its_adapter_answers_as_its_export
     merged = evaluate_cell(out, specs, tmp_path / "m", **kw)
     assert _answers(swapped, tmp_path / "a") == _answers(merged, tmp_path / "m")
     assert _answers(swapped, tmp_path / "a") != _answers(base, tmp_path / "b")  # the adapter changed something
+
+
+def test_a_qwen2_adapter_is_saved_with_its_q_and_k_rows_as_trained(qwen_dir, tmp_path):
+    """torchtune 0.6.1 permutes the q/k lora_B rows of every PEFT adapter as Llama's conversion
+    permutes q/k; Qwen2's conversion permutes nothing, so cruijff puts the rows back after the save."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from torchtune.models import convert_weights
+
+    from cruijff.finetune.recipe import unpermute_qwen2_adapter
+
+    hf = json.loads((qwen_dir / "config.json").read_text())
+    heads, kv, dim, rank = hf["num_attention_heads"], hf["num_key_value_heads"], hf["hidden_size"], 4
+    head_dim = dim // heads
+    torch.manual_seed(0)
+    tune = {}
+    for proj, out in (("q_proj", heads * head_dim), ("k_proj", kv * head_dim), ("v_proj", kv * head_dim)):
+        tune[f"layers.0.attn.{proj}.lora_a.weight"] = torch.randn(rank, dim)
+        tune[f"layers.0.attn.{proj}.lora_b.weight"] = torch.randn(out, rank)
+    peft = convert_weights.tune_to_peft_adapter_weights(dict(tune), num_heads=heads, num_kv_heads=kv, dim=dim)
+    key = "base_model.model.model.layers.0.self_attn.{}.lora_B.weight"
+    assert not torch.equal(peft[key.format("q_proj")], tune["layers.0.attn.q_proj.lora_b.weight"])  # torchtune's
+    epoch = tmp_path / "epoch_0"
+    epoch.mkdir()
+    save_file(peft, epoch / "adapter_model.safetensors")
+    unpermute_qwen2_adapter(epoch, str(qwen_dir))
+    fixed = load_file(epoch / "adapter_model.safetensors")
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        assert torch.equal(fixed[key.format(proj)], tune[f"layers.0.attn.{proj}.lora_b.weight"]), proj
+        a = key.format(proj).replace("lora_B", "lora_A")
+        assert torch.equal(fixed[a], tune[f"layers.0.attn.{proj}.lora_a.weight"]), proj

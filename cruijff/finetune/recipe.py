@@ -82,6 +82,28 @@ def tidy_adapter_epoch(output_dir: Path, epoch: int, base_dir: str, dropout: flo
         write_json(config, peft)
 
 
+def unpermute_qwen2_adapter(epoch_dir: Path, checkpoint_dir: str) -> None:
+    """torchtune 0.6.1 writes every PEFT adapter with the q/k ``lora_B`` rows permuted as Llama's
+    Hugging Face conversion permutes q/k, but its Qwen2 conversion permutes nothing (Qwen2's RoPE is
+    Hugging Face's): for a Qwen2 model the rows are put back, so the adapter applies to the base as
+    it was trained (PEFT, vLLM, ``cruijff export``, the evaluator's in-memory swap)."""
+    path = epoch_dir / layout.ADAPTER_WEIGHTS
+    if not path.exists():
+        return
+    from safetensors.torch import load_file, save_file
+
+    hf = json.loads((Path(checkpoint_dir) / "config.json").read_text())
+    heads, kv = int(hf["num_attention_heads"]), int(hf["num_key_value_heads"])
+    head_dim = int(hf.get("head_dim") or int(hf["hidden_size"]) // heads)
+    weights = load_file(path)
+    for key, value in weights.items():
+        n = heads if ".q_proj.lora_B" in key else kv if ".k_proj.lora_B" in key else None
+        if n is not None:  # the inverse of view(n, head_dim // 2, 2, r).transpose(1, 2)
+            rank = value.shape[-1]
+            weights[key] = value.view(n, 2, head_dim // 2, rank).transpose(1, 2).reshape(n * head_dim, rank).contiguous()
+    save_file(weights, path, metadata={"format": "pt"})
+
+
 def keep_resume_adapter(output_dir: Path, epoch: int, last: bool) -> None:
     """Once ``epoch_<epoch>`` of an adapter-only run is marked complete: its torchtune-format
     adapter (``adapter_model.pt``) becomes the resume point in ``recipe_state/`` (after the last
@@ -134,6 +156,8 @@ def watch_saves(recipe, cfg) -> None:
     def after_save(epoch: int) -> None:
         if not getattr(recipe, "_is_rank_zero", True):
             return
+        if cfg.checkpointer.get("model_type") == "QWEN2":
+            unpermute_qwen2_adapter(layout.epoch_dir(output_dir, epoch), str(cfg.checkpointer.checkpoint_dir))
         if adapter_only:
             tidy_adapter_epoch(output_dir, epoch, str(cfg.checkpointer.checkpoint_dir),
                                float(cfg.model.get("lora_dropout", 0.0)))

@@ -101,7 +101,9 @@ def unpermute_qwen2_adapter(epoch_dir: Path, checkpoint_dir: str) -> None:
         if n is not None:  # the inverse of view(n, head_dim // 2, 2, r).transpose(1, 2)
             rank = value.shape[-1]
             weights[key] = value.view(n, 2, head_dim // 2, rank).transpose(1, 2).reshape(n * head_dim, rank).contiguous()
-    save_file(weights, path, metadata={"format": "pt"})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    save_file(weights, tmp, metadata={"format": "pt"})
+    os.replace(tmp, path)  # whole or not at all (the epoch is marked complete after this)
 
 
 def keep_resume_adapter(output_dir: Path, epoch: int, last: bool) -> None:

@@ -370,7 +370,6 @@ def with_user_names(state: str) -> str:
     """sacct's ``CANCELLED by 1000`` (a uid) as ``CANCELLED by alice``; a uid with no user here
     stays a number, said to be one."""
     import pwd
-    import re
 
     def name(m: "re.Match") -> str:
         try:

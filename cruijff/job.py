@@ -16,11 +16,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .cluster import time_limit_message
-from .config import (TaskSpec, check_name, chosen_smoke, config_hash, data_keys, prepare_job, resolve_paths, run_changes,
+from .config import (TaskSpec, check_name, config_hash, data_keys, mark_smoke, prepare_job, resolve_paths, run_changes,
                      validate)
 from .errors import ConfigError, CruijffError, first_line, omegaconf_message
 from .evaluate import check_tasks_load, evaluate_run
@@ -49,9 +49,7 @@ def main(cfg: DictConfig) -> int | float:
     from hydra.types import RunMode
 
     hc = HydraConfig.get()
-    if chosen_smoke(hc.runtime.choices):  # the job's config has no hydra node for apply_smoke to read
-        with open_dict(cfg):
-            cfg.training.smoke = True
+    mark_smoke(cfg, hc.runtime.choices)  # the job's config has no hydra node for apply_smoke to read
     run_dir = Path(hc.runtime.output_dir)
     sweep = hc.mode == RunMode.MULTIRUN
     optimizing = sweep and not str(hc.sweeper._target_).endswith("GridSweeper")

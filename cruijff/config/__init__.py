@@ -3,7 +3,8 @@ task checks, chat templates. Everything here runs before any job starts and writ
 
 from ..errors import ConfigError, CruijffError
 from . import chat
-from .compose import (CONF_DIR, GROUPS, SMOKE_KEYS, apply_smoke, check_group_overrides, chosen_smoke, conf_dirs, eval_config,
+from .compose import (CONF_DIR, GROUPS, SMOKE_KEYS, apply_smoke, check_group_overrides, chosen_smoke, conf_dirs,
+                      eval_config, mark_smoke,
                       job_minutes, leaf_keys, load_run, looked_in, override_identity, parse_override, PROJECT_MARKER,
                       project_conf, project_root, register_resolvers, smoke_limits)
 from .data import data_keys, is_chat
@@ -18,7 +19,8 @@ from .tasks import BUILTIN_TASKS, TaskSpec, check_task, check_tasks, task_specs
 
 __all__ = [
     "ConfigError", "CruijffError", "chat",
-    "CONF_DIR", "GROUPS", "SMOKE_KEYS", "apply_smoke", "chosen_smoke", "check_group_overrides", "conf_dirs", "eval_config",
+    "CONF_DIR", "GROUPS", "SMOKE_KEYS", "apply_smoke", "chosen_smoke", "mark_smoke", "check_group_overrides",
+    "conf_dirs", "eval_config",
     "job_minutes", "leaf_keys", "load_run", "looked_in", "override_identity", "parse_override", "PROJECT_MARKER", "project_conf", "project_root",
     "register_resolvers", "smoke_limits",
     "ALIASES", "unknown_key", "data_keys", "is_chat",

@@ -157,9 +157,7 @@ def apply_smoke(cfg: DictConfig) -> None:
     ``training.eval_limit`` and ``eval.limit`` at most the preset's (unset: the preset's). Every
     composed config passes here before it is planned, run or evaluated (``schema.validate``,
     :func:`eval_config`). A value that is no integer is left for the schema check to name."""
-    if chosen_smoke(OmegaConf.select(cfg, "hydra.runtime.choices", default=None)):
-        with read_write(cfg):  # the preset named on the command line: no experiment's smoke: false undoes it
-            cfg.training.smoke = True
+    mark_smoke(cfg, OmegaConf.select(cfg, "hydra.runtime.choices", default=None))
     if OmegaConf.select(cfg, "training.smoke", default=False) is not True:
         return
     limits = smoke_limits()
@@ -171,6 +169,14 @@ def apply_smoke(cfg: DictConfig) -> None:
             cfg.training.eval_limit = _at_most(cfg.training.get("eval_limit"), limits["eval_limit"])
         if "eval" in cfg and "limit" in cfg.eval:
             cfg.eval.limit = _at_most(cfg.eval.limit, limits["eval_limit"])
+
+
+def mark_smoke(cfg: DictConfig, choices: Any) -> None:
+    """Mark ``cfg`` a smoke run where Hydra's group choices name a smoke preset: the preset named on
+    the command line, which no experiment's ``smoke: false`` undoes."""
+    if chosen_smoke(choices):
+        with read_write(cfg), open_dict(cfg.training):
+            cfg.training.smoke = True
 
 
 def chosen_smoke(choices: Any) -> bool:

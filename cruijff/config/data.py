@@ -38,18 +38,32 @@ ROLES = ("system", "user", "assistant")
 VERSION = 1  # of the conversion: a change that could change a converted file's records bumps it
 
 
-def data_keys(cfg: Any) -> tuple[str, str]:
-    """The input and output fields of the dataset's instruct records."""
-    fields = cfg.dataset.get("fields") or {}
+def _keys(fields: Any) -> tuple[str, str]:
     return str(fields.get("input") or "input"), str(fields.get("output") or "output")
 
 
+def data_keys(cfg: Any) -> tuple[str, str]:
+    """The input and output fields of the dataset's instruct records."""
+    return _keys(cfg.dataset.get("fields") or {})
+
+
+def _chats(shape: Any, system: Any, system_prompt: Any) -> bool:
+    """Whether records are read as chats: a chat dataset, or instruct records with a system prompt
+    (laid out as system, user, assistant turns)."""
+    return str(shape or "instruct") == "chat" or system is not None or system_prompt is not None
+
+
 def is_chat(cfg: Any) -> bool:
-    """Whether the records the stages read are chats (``messages``): a chat dataset, or instruct
-    records with a system prompt (laid out as system, user, assistant turns)."""
+    """Whether the records the stages read are chats (``messages``)."""
     ds = cfg.dataset
-    return (str(ds.get("shape") or "instruct") == "chat" or ds.get("system_prompt") is not None
-            or (ds.get("fields") or {}).get("system") is not None)
+    return _chats(ds.get("shape"), (ds.get("fields") or {}).get("system"), ds.get("system_prompt"))
+
+
+def one_list(name: str) -> ConfigError:
+    """The refusal of a file that holds one list of records and names no way to split it."""
+    return ConfigError("dataset.split", None, f"{name} holds one list of records: name its splits with "
+                       "dataset.split=[0.8,0.1,0.1] (fractions, shuffled with dataset.split_seed), "
+                       "dataset.split_column=<column>, or dataset.validation/dataset.test files")
 
 
 def _path(value: Any) -> Path:
@@ -70,7 +84,7 @@ def _options(ds: dict) -> dict:
     split = ds.get("split")
     return {
         "format": str(ds.get("format") or "auto"), "shape": str(ds.get("shape") or "instruct"),
-        "input": str(fields.get("input") or "input"), "output": str(fields.get("output") or "output"),
+        "input": _keys(fields)[0], "output": _keys(fields)[1],
         "system": None if fields.get("system") is None else str(fields.get("system")),
         "messages": str(fields.get("messages") or "messages"),
         "system_prompt": None if ds.get("system_prompt") is None else str(ds.get("system_prompt")),
@@ -84,8 +98,8 @@ def _options(ds: dict) -> dict:
 
 def as_is(path: Path, options: dict) -> bool:
     """Whether the file is read as it is: a JSON file of splits with instruct records, nothing to convert."""
-    return (_format(path, options["format"]) == "json" and not path.is_dir() and options["shape"] == "instruct"
-            and options["system"] is None and options["system_prompt"] is None
+    return (_format(path, options["format"]) == "json" and not path.is_dir()
+            and not _chats(options["shape"], options["system"], options["system_prompt"])
             and not any(options[k] for k in ("validation", "test", "split", "split_column")))
 
 
@@ -156,7 +170,7 @@ def _format(path: Path, fmt: str) -> str:
 def convert(path: Path, options: dict) -> dict[str, list]:
     """The splits of the dataset at ``path`` as ``options`` shape them, every record checked."""
     splits = _split(path, read(path, options["format"]), options)
-    chat = options["shape"] == "chat" or options["system"] is not None or options["system_prompt"] is not None
+    chat = _chats(options["shape"], options["system"], options["system_prompt"])
     out = {name: [(_chat if chat else _instruct)(where, r, options) for where, r in rows]
            for name, rows in splits.items()}
     for name in ("train", "test"):
@@ -300,9 +314,7 @@ def _split(path: Path, found: dict | Rows, options: dict) -> dict[str, Rows]:
         return out
     if options["split"]:
         return _fractions(rows, options["split"], options["split_seed"], path.name)
-    raise ConfigError("dataset.split", None, f"{path.name} holds one list of records: name its splits with "
-                      "dataset.split=[0.8,0.1,0.1] (fractions, shuffled with dataset.split_seed), "
-                      "dataset.split_column=<column>, or dataset.validation/dataset.test files")
+    raise one_list(path.name)
 
 
 def _fractions(rows: Rows, fractions: list[float], seed: int, name: str) -> dict[str, Rows]:

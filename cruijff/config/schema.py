@@ -21,7 +21,7 @@ from .. import assets
 from ..errors import ConfigError, did_you_mean
 from . import chat
 from .compose import apply_smoke
-from .data import data_keys, dataset_file, is_chat
+from .data import data_keys, dataset_file, is_chat, one_list
 from .identity import check_name
 from .model import CHECKPOINT_MODES, PEFT_METHODS, effective_batch, model_files, peft_method, processes
 from .tasks import TaskSpec, check_tasks
@@ -247,9 +247,7 @@ def _check_dataset(path: str, mtime_ns: int, size: int, input_key: str, output_k
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError("dataset.path", path, f"is not valid JSON ({e})") from None
     if isinstance(data, list):
-        raise ConfigError("dataset.split", None, f"{p.name} holds one list of records: name its splits with "
-                          "dataset.split=[0.8,0.1,0.1] (fractions, shuffled with dataset.split_seed), "
-                          "dataset.split_column=<column>, or dataset.validation/dataset.test files")
+        raise one_list(p.name)
     if not isinstance(data, dict):
         raise ConfigError("dataset.path", path, 'must hold {"train": [...], "validation": [...], "test": [...]}')
     unknown = [k for k in data if k not in ("train", "validation", "test")]

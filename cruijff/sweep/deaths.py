@@ -42,8 +42,9 @@ def dead_reason(job: Any, error: Exception | None, run_dir: Path) -> str:
                     f"({done} epoch{'' if done == 1 else 's'} saved)")
         last = last_error_line(job)  # it never reached fine-tuning: the job's own last word says why
         return f"SLURM job {job.job_id} ended {sched}" + (f": {last}" if last else "")
-    if killed_by(job):
-        return f"job killed by {killed_by(job)}"
+    killed = killed_by(job)
+    if killed:
+        return f"job killed by {killed}"
     if running:  # the job's own record stops mid-training
         return (f"job process {state.pid or '?'} on {state.host or '?'} died while fine-tuning "
                 "(killed by a signal or out of memory); it raised no error")
@@ -76,7 +77,8 @@ def job_end(job: Any) -> str:
             f"SLURM job {job.job_id} ended {sched}"
     if job.paths.result_pickle.exists():
         return ""
-    return f"its job was killed by {killed_by(job)}" if killed_by(job) else "its job ended without a result"
+    killed = killed_by(job)
+    return f"its job was killed by {killed}" if killed else "its job ended without a result"
 
 
 def killed_by(job: Any) -> str:
@@ -90,15 +92,26 @@ def killed_by(job: Any) -> str:
         return f"signal {-rc}"
 
 
+def every_epoch_saved(run_dir: Path) -> bool:
+    """Whether every epoch the run's saved config trains has a complete checkpoint (False where
+    there is no saved config: it did not get as far as training)."""
+    try:
+        epochs = int(load_run(run_dir).training.epochs)
+    except Exception:
+        return False
+    return complete_epochs(run_dir) >= epochs
+
+
+def after_save(how: str) -> str:
+    """How a job ended (:func:`job_end`) after every epoch of its run was saved, in one line."""
+    return f"{how}; every epoch was saved before it ended"
+
+
 def finished_anyway(run_dir: Path, how: str) -> RunState | None:
     """A run whose job ended without a result (``how``: :func:`job_end`) after the run's last
     epoch was saved is finished: its record says so, and how its job ended (a cancelled job goes
     on until SLURM kills it, and may save its last epoch meanwhile). None where an epoch is missing."""
-    try:
-        epochs = int(load_run(run_dir).training.epochs)
-    except Exception:  # no saved config: it did not get as far as training
-        return None
-    if complete_epochs(run_dir) < epochs:
+    if not every_epoch_saved(run_dir):
         return None
     state = record_finished(run_dir)
     return state and ended_after_save(run_dir, state, how)
@@ -108,6 +121,6 @@ def ended_after_save(run_dir: Path, state: RunState, how: str) -> RunState:
     """A finished run's record, saying how its job ended after the last save (``how``; nothing
     where it ended as it should)."""
     if how and state.finished:
-        state.note = f"{how}; every epoch was saved before it ended"
+        state.note = after_save(how)
         state.save(run_dir)
     return state

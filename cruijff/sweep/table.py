@@ -16,9 +16,10 @@ from omegaconf import OmegaConf
 
 from ..config import selected_epochs
 from ..errors import CruijffError
-from ..records import (CellStanding, RunState, RunStatus, SweepPlan, cell_standing, complete_epochs, expected_cells,
-                       layout, liveness, sweep_runs)
+from ..records import (CellStanding, RunState, RunStatus, SweepPlan, cell_standing, expected_cells, layout, liveness,
+                       sweep_runs)
 from ..ui import console, is_live
+from .deaths import after_save, every_epoch_saved
 
 
 def _duration(seconds: float | None) -> str:
@@ -147,11 +148,8 @@ def ended_in_queue(sweep_dir: Path, states: dict[str, RunState | None]) -> dict[
             at = time.mktime(time.strptime(end, "%Y-%m-%dT%H:%M:%S"))
         except ValueError:
             at = None
-        saved = layout.saved_config(sweep_dir / name)
-        epochs = _saved(saved, saved.stat().st_mtime_ns)[0] if saved.exists() else None
-        complete = epochs is not None and complete_epochs(sweep_dir / name) >= epochs
-        out[name] = (complete, f"SLURM job {job} ended {state}"
-                     + ("; every epoch was saved before it ended" if complete else " while fine-tuning"), at)
+        complete, how = every_epoch_saved(sweep_dir / name), f"SLURM job {job} ended {state}"
+        out[name] = (complete, after_save(how) if complete else f"{how} while fine-tuning", at)
     return out
 
 

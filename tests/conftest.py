@@ -16,6 +16,17 @@ SLURM_CLUSTER = ROOT / "scripts" / "slurm-cluster"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+# chats a prompt-parity check lays out: one turn, a system prompt, a system prompt and two turns
+CHATS = [
+    [{"role": "user", "content": "Capitalize: paris"}, {"role": "assistant", "content": "Paris"}],
+    [{"role": "system", "content": "Answer in one word."},
+     {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capitalize: paris"},
+     {"role": "assistant", "content": "Paris"}, {"role": "user", "content": "And: rome "},
+     {"role": "assistant", "content": "Rome"}],
+]
+
+
 def launch(*args: str, cwd: Path, check: bool = False, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python launch.py ARGS`` from ``cwd`` (outputs/ lands there)."""
     env = {**os.environ, "INSPECT_DISPLAY": "none", "PYTHONUNBUFFERED": "1"}

@@ -22,7 +22,7 @@ import yaml
 from omegaconf import OmegaConf
 from torchtune import config as tt_config
 
-from conftest import compose_config, launch
+from conftest import CHATS, compose_config, launch
 from cruijff import config, finetune
 from cruijff.config import ConfigError, auto, validate
 
@@ -379,15 +379,7 @@ def test_two_auto_models_in_one_sweep_have_distinct_names(tmp_path):
 # model's SentencePiece model (a leading space before each piece, as Llama 2's); Gemma's, one trained
 # here as Gemma's is made: no leading space, its turn markers as pieces of their own.
 
-RECORDS = [
-    [{"role": "user", "content": "Capitalize: paris"}, {"role": "assistant", "content": "Paris"}],
-    [{"role": "user", "content": "  Spaces around: x \n"}, {"role": "assistant", "content": "X"}],
-    [{"role": "system", "content": "Answer in one word."},
-     {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capitalize: paris"},
-     {"role": "assistant", "content": "Paris"}, {"role": "user", "content": "And: rome "},
-     {"role": "assistant", "content": "Rome"}],
-]
+RECORDS = [*CHATS, [{"role": "user", "content": "  Spaces around: x \n"}, {"role": "assistant", "content": "X"}]]
 
 
 def gemma_like_spm(dest: Path) -> None:

@@ -153,9 +153,7 @@ def test_bad_dataset_file_is_named(tmp_path, content, problem):
                                   "(python launch.py -m 'optimizer.lr=range(1,3)')"),
 ])
 def test_a_sweep_without_m_says_to_add_m(tmp_path, args, message):
-    proc = launch(*args, cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.splitlines() == [f"cruijff: error: {message}"], proc.stderr
-    assert not (tmp_path / "outputs").exists()
+    _refused_in_one_line(tmp_path, args, message)
 
 @pytest.mark.parametrize("args, message", [
     # a key of another tool's name, or under the wrong group: the key cruijff has
@@ -180,6 +178,11 @@ def test_a_sweep_without_m_says_to_add_m(tmp_path, args, message):
                            "--cfg job shows every key; free-form: cluster.sbatch.*, model.args.*"),
 ])
 def test_an_unknown_key_names_the_key_meant(tmp_path, args, message):
+    _refused_in_one_line(tmp_path, args, message)
+
+
+def _refused_in_one_line(tmp_path, args, message):
+    """``launch.py ARGS`` exits 2 with exactly this one line, and writes no outputs/."""
     proc = launch(*args, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.splitlines() == [f"cruijff: error: {message}"], proc.stderr
     assert not (tmp_path / "outputs").exists()

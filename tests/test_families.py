@@ -14,18 +14,10 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import compose_config, launch
+from conftest import CHATS, compose_config, launch
 from cruijff import finetune
 
-RECORDS = [
-    [{"role": "user", "content": "Capitalize: paris"}, {"role": "assistant", "content": "Paris"}],
-    [{"role": "system", "content": "Answer in one word."},
-     {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capitalize: paris"},
-     {"role": "assistant", "content": "Paris"}, {"role": "user", "content": "And: rome "},
-     {"role": "assistant", "content": "Rome"}],
-    [{"role": "user", "content": "  héllo <|im_end|> wörld \n"}, {"role": "assistant", "content": "Héllo"}],
-]
+RECORDS = [*CHATS, [{"role": "user", "content": "  héllo <|im_end|> wörld \n"}, {"role": "assistant", "content": "Héllo"}]]
 
 
 @pytest.fixture(scope="session")

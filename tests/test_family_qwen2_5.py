@@ -5,16 +5,14 @@ same token ids, and a LoRA run's adapter, applied in memory, answers as its merg
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 from omegaconf import OmegaConf
 
-from conftest import CHATS, compose_config, launch
+import family_checks
+from conftest import CHATS, compose_config
 from cruijff import finetune
 
 RECORDS = [*CHATS, [{"role": "user", "content": "  héllo <|im_end|> wörld \n"}, {"role": "assistant", "content": "Héllo"}]]
@@ -22,9 +20,9 @@ RECORDS = [*CHATS, [{"role": "user", "content": "  héllo <|im_end|> wörld \n"}
 
 @pytest.fixture(scope="session")
 def qwen_dir() -> Path:
-    from cruijff.assets import families
+    from cruijff.assets.families import qwen2_5
 
-    return families.tiny_qwen2_5_dir()
+    return qwen2_5.tiny_qwen2_5_dir()
 
 
 def test_the_tiny_qwen2_5_is_a_qwen2_5_dir_in_its_own_formats(qwen_dir):
@@ -32,7 +30,7 @@ def test_the_tiny_qwen2_5_is_a_qwen2_5_dir_in_its_own_formats(qwen_dir):
     from torchtune.models.qwen2_5._tokenizer import QWEN2_5_SPECIAL_TOKENS
     from transformers import AutoTokenizer
 
-    from cruijff.assets import families
+    from cruijff.assets.families import qwen2_5
     from cruijff.config import auto, chat
 
     hf = json.loads((qwen_dir / "config.json").read_text())
@@ -48,16 +46,16 @@ def test_the_tiny_qwen2_5_is_a_qwen2_5_dir_in_its_own_formats(qwen_dir):
     assert section["parameters"] == sum(w.numel() for w in weights.values())
     tok = AutoTokenizer.from_pretrained(str(qwen_dir))
     assert {t: tok.convert_tokens_to_ids(t) for t in QWEN2_5_SPECIAL_TOKENS} == QWEN2_5_SPECIAL_TOKENS
-    assert tok.chat_template == families.CHAT_TEMPLATE == chat.resolve("chatml")
+    assert tok.chat_template == qwen2_5.CHAT_TEMPLATE == chat.resolve("chatml")
 
 
 def test_a_second_build_is_the_same_model(qwen_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from cruijff.assets import families
+    from cruijff.assets.families import qwen2_5
 
     start = time.monotonic()
-    families._build_tiny_qwen2_5(tmp_path)
+    qwen2_5._build_tiny_qwen2_5(tmp_path)
     assert time.monotonic() - start < 60
     for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "config.json"):
         assert (tmp_path / name).read_bytes() == (qwen_dir / name).read_bytes(), name
@@ -105,47 +103,17 @@ def test_training_and_evaluation_see_the_same_token_ids(qwen_dir, tmp_path):
 # end to end
 
 
-def _answers(cell, log_dir):
-    from inspect_ai.log import read_eval_log
-
-    from cruijff.records import log_path
-
-    log = read_eval_log(str(log_path(log_dir, cell.tasks["exact_match"].log)))
-    return [(s.id, s.output.completion, s.scores["match"].value) for s in log.samples]
-
-
 @pytest.mark.slow
-def test_the_tiny_qwen2_5_trains_evaluates_and_its_adapter_answers_as_its_export(qwen_dir, tmp_path):
-    from cruijff import assets
-    from cruijff.config import TaskSpec
-    from cruijff.evaluate import Evaluator, evaluate_cell
+def test_the_tiny_qwen2_5_trains_evaluates_and_its_adapter_is_torchtunes_merge(qwen_dir, tmp_path):
+    from cruijff.config import chat
 
-    proc = launch("model=auto", f"model.path={qwen_dir}", "training=smoke", "experiment.name=qwen", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (run_dir,) = [p.parent for p in (tmp_path / "outputs" / "qwen").glob("*/run.json")]
-    rendered = yaml.safe_load((run_dir / "finetune.yaml").read_text())
-    assert rendered["model"]["_component_"] == "torchtune.models.qwen2.lora_qwen2"
-    assert rendered["checkpointer"]["model_type"] == "QWEN2"
-    epochs = sorted(run_dir.glob("epoch_*"))
-    assert epochs and all((e / "adapter_model.safetensors").exists() for e in epochs)
-    results = json.loads((run_dir / "eval" / epochs[-1].name / "results.json").read_text())
-    assert results["tasks"]["exact_match"]["status"] == "success"
-
-    ckpt = epochs[-1]
-    out = tmp_path / "export"
-    exported = subprocess.run([sys.executable, "-m", "cruijff", "export", str(ckpt), "--out", str(out)],
-                              capture_output=True, text=True, timeout=300)
-    assert exported.returncode == 0, exported.stderr
-    specs = [TaskSpec("exact_match")]
-    kw = dict(data_file=assets.capitalization_file(), input_key="input", output_key="output", device="cpu",
-              limit=10, display="none")
-    evaluator = Evaluator()
-    swapped = evaluator.evaluate(qwen_dir, specs, tmp_path / "a", adapter=ckpt, **kw)
-    base = evaluator.evaluate(qwen_dir, specs, tmp_path / "b", **kw)
-    evaluator.close()
-    merged = evaluate_cell(out, specs, tmp_path / "m", **kw)
-    assert _answers(swapped, tmp_path / "a") == _answers(merged, tmp_path / "m")
-    assert _answers(swapped, tmp_path / "a") != _answers(base, tmp_path / "b")  # the adapter changed something
+    run_dir = family_checks.trained_run(qwen_dir, tmp_path, "qwen")
+    conf = family_checks.rendered(run_dir)
+    assert conf["model"]["_component_"] == "torchtune.models.qwen2.lora_qwen2"
+    assert conf["checkpointer"]["model_type"] == "QWEN2"
+    ckpt = family_checks.last_epoch(run_dir)
+    family_checks.assert_merged_is_base_plus_adapter(qwen_dir, ckpt)
+    family_checks.assert_adapter_answers_as_merged(qwen_dir, ckpt, tmp_path, chat.resolve("chatml"))
 
 
 def test_a_qwen2_adapter_is_saved_with_its_q_and_k_rows_as_trained(qwen_dir, tmp_path):

@@ -17,11 +17,10 @@ greedy decoding picks real tokens.
 from __future__ import annotations
 
 import json
-import random
-from collections import Counter
 from pathlib import Path
 
-from .embedded import SEED, _ensure, _splits, cache_root
+from ..embedded import SEED, _ensure, cache_root
+from .bpe import bytes_to_unicode, corpus, learn_merges
 
 FAMILIES_VERSION = "v1"
 TINY_QWEN2_5 = f"tiny_qwen2_5-{FAMILIES_VERSION}-seed{SEED}"
@@ -48,63 +47,6 @@ def tiny_qwen2_5_dir(build: bool = True) -> Path:
     return _ensure(TINY_QWEN2_5, _build_tiny_qwen2_5) if build else cache_root() / TINY_QWEN2_5
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character map (byte-level BPE's alphabet)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def _corpus() -> list[str]:
-    """Text the merges are learned from: the capitalization prompts and answers, chat markup."""
-    words = [w for split in _splits().values() for w in split]
-    rng = random.Random(SEED + 10)
-    texts = [f"Capitalize: {w}" for w in words] + [w.capitalize() for w in words]
-    texts += ["user\n", "assistant\n", "system\n", "Answer in one word.", "Be brief.", "And: rome "] * 50
-    rng.shuffle(texts)
-    return texts
-
-
-def learn_merges(texts: list[str], n_merges: int) -> list[tuple[str, str]]:
-    """Byte-level BPE merges: the most frequent adjacent pair, again and again (ties by the pair)."""
-    import regex
-
-    enc = bytes_to_unicode()
-    counts = Counter("".join(enc[b] for b in piece.encode("utf-8"))
-                     for text in texts for piece in regex.findall(PRETOKENIZE, text))
-    words = {tuple(w): c for w, c in counts.items()}
-    merges: list[tuple[str, str]] = []
-    for _ in range(n_merges):
-        pairs: Counter = Counter()
-        for w, c in words.items():
-            for pair in zip(w, w[1:]):
-                pairs[pair] += c
-        if not pairs:
-            break
-        best = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))[0]
-        merges.append(best)
-        joined = best[0] + best[1]
-        new = {}
-        for w, c in words.items():
-            out, i = [], 0
-            while i < len(w):
-                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
-                    out.append(joined)
-                    i += 2
-                else:
-                    out.append(w[i])
-                    i += 1
-            new[tuple(out)] = new.get(tuple(out), 0) + c
-        words = new
-    return merges
-
-
 # ChatML, as cruijff.config.chat's "chatml" lays turns out (no default system prompt; assets sit
 # below config, so the text is here too, and a test checks the two are the same)
 CHAT_TEMPLATE = (
@@ -121,7 +63,7 @@ def _build_qwen2_5_tokenizer(dest: Path) -> int:
 
     enc = bytes_to_unicode()
     vocab = {enc[b]: i for i, b in enumerate(sorted(enc, key=lambda b: ord(enc[b])))}
-    merges = learn_merges(_corpus(), N_MERGES)
+    merges = learn_merges(corpus(), N_MERGES, PRETOKENIZE)
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
     learned = len(vocab)

@@ -21,7 +21,8 @@ from omegaconf.errors import OmegaConfBaseException
 from .config import (CONF_DIR, check_group_overrides, check_name, leaf_keys, project_root, register_resolvers,
                      unknown_key)
 from .config.keys import unread_addition
-from .errors import CruijffError, first_line, omegaconf_message
+from .config.schema import AUTO_ARGS
+from .errors import ConfigError, CruijffError, first_line, omegaconf_message
 from .job import main as job_main
 from .records import ENTRY_ENV, entry
 from .sweep import SweepCallback
@@ -57,6 +58,9 @@ def launch(argv: list[str] | None = None) -> None:
 def precheck(argv: list[str]) -> None:
     """Checks that need no composed config (bad group names, a name that would leave outputs/)."""
     check_group_overrides(argv)
+    refused = _auto_args_override(argv)
+    if refused:
+        raise refused
     for arg in argv:
         key, _, value = arg.partition("=")
         if key.startswith("+") and value:
@@ -142,6 +146,17 @@ def composition_message(e: Exception, argv: list[str]) -> str:
         return (f"cannot parse the overrides ({first_line(e)}); "
                 "the grammar: https://hydra.cc/docs/advanced/override_grammar/basic/")
     return first_line(e)
+
+
+def _auto_args_override(argv: list[str]) -> ConfigError | None:
+    """``model.args.KEY=…`` with ``model=auto``: its args are read from the model dir, not set key by key."""
+    if "model=auto" not in argv:
+        return None
+    given = next((a for a in argv if a.lstrip("+").startswith("model.args")), None)
+    if given is None:
+        return None
+    key, _, value = given.lstrip("+").partition("=")
+    return ConfigError(key, value, AUTO_ARGS)
 
 
 def _sweep_without_multirun(e: Exception, argv: list[str]) -> str | None:

@@ -360,6 +360,24 @@ def test_the_description_is_read_again_when_config_json_changes(tmp_path):
     assert auto.describe(path)["args"]["num_layers"] == 3
 
 
+def test_an_auto_models_args_set_key_by_key_are_refused_in_one_line(tmp_path, tiny_model_dir):
+    """Set on the command line or by an experiment, model.args would replace every size read from
+    config.json (Hydra merges a dict over the computed one): refused, naming the key, nothing written."""
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "wide.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /model: auto\nexperiment:\n  name: wide\n"
+        "model:\n  args:\n    norm_eps: 1.0e-6\n")
+    why = ("model=auto reads the architecture (model.args) from the model dir's config.json; change it there, "
+           "or save the run's model section (outputs/…/.hydra/config.yaml) as conf/model/<name>.yaml and set it there")
+    for args, shown in ((["model=auto", "model.args.norm_eps=1e-6"], "model.args.norm_eps='1e-6'"),
+                        (["model=auto", "+model.args.bogus=1"], "model.args.bogus='1'"),
+                        (["experiment=wide"], "model.args={'norm_eps': 1e-06}")):
+        proc = launch(*args, f"model.path={tiny_model_dir}", "dry_run=true", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert proc.stderr.splitlines() == [f"cruijff: error: {shown}: {why}"], proc.stderr
+        assert not (tmp_path / "outputs").exists()
+
+
 def test_two_auto_models_in_one_sweep_have_distinct_names(tmp_path):
     hf, tok_files = FAMILIES["llama2"][:2]
     names = {compose_config("model=auto", f"model.path={model_dir(tmp_path / d, hf, tok_files)}").model.name

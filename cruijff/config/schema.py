@@ -116,6 +116,19 @@ def selected_epochs(setting: Any, trained: int | None) -> list[int] | None:
     return [int(e) for e in setting if trained is None or 0 <= int(e) < trained]
 
 
+AUTO_ARGS = ("model=auto reads the architecture (model.args) from the model dir's config.json; change it "
+             "there, or save the run's model section (outputs/…/.hydra/config.yaml) as conf/model/<name>.yaml "
+             "and set it there")
+
+
+def _auto_with_args(model: DictConfig) -> bool:
+    """A ``model=auto`` section (its builder read from the model dir) whose args something replaced."""
+    def raw(key: str) -> Any:
+        return model._get_node(key)._value() if key in model else None
+
+    return "cruijff_auto:" in str(raw("component")) and "cruijff_auto:" not in str(raw("args"))
+
+
 def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> list[TaskSpec]:
     """Check the composed config; raise ConfigError naming the first bad key; return its eval
     tasks. ``keys``: check only these of the SCHEMA (a grid point whose other values were checked
@@ -123,6 +136,8 @@ def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> list[TaskSpe
     A smoke run (``training.smoke``) gets its limits here first, over whatever set them before
     (:func:`~cruijff.config.compose.apply_smoke`), so what is checked is what runs."""
     apply_smoke(cfg)
+    if _auto_with_args(cfg.model):
+        raise ConfigError("model.args", OmegaConf.to_container(cfg.model.args, resolve=False), AUTO_ARGS)
     for key in SCHEMA if keys is None else [k for k in keys if k in SCHEMA]:
         value = OmegaConf.select(cfg, key, default=_MISSING)
         if value is not _MISSING:

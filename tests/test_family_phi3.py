@@ -183,17 +183,14 @@ def _answers(cell_dir: Path) -> list:
     return [(s.id, s.output.completion) for s in log.samples]
 
 
-@pytest.mark.slow
-def test_the_tiny_phi3_trains_and_its_merged_checkpoint_is_what_is_evaluated(phi3_dir, tmp_path):
-    """The adapter-in-memory check does not apply to Phi: torchtune writes its adapter in its own
-    format only (adapter_model.pt: q_proj/k_proj/v_proj, w1/w3 modules that Hugging Face's Phi-3 fuses
-    into qkv_proj and gate_up_proj, so no PEFT adapter names a module there). Instead: the merged
-    weights are the base plus torchtune's adapter, weight by weight; they compute what torchtune's
-    trained LoRA model computes; the evals load them (not the base with an adapter), and they answer
-    otherwise than the base."""
+def assert_merged_checkpoint_is_what_is_evaluated(model_dir: Path, run_dir: Path, tokens: list[int]) -> None:
+    """A Phi run's last epoch: no PEFT adapter (torchtune's own format only, for modules the Hugging
+    Face model has not); the merged weights are the base plus torchtune's adapter, weight by weight;
+    on ``tokens`` they compute what torchtune's trained LoRA model computes; the evals loaded them, with
+    the model's own template, and they answer otherwise than the base."""
     import torch
     from safetensors.torch import load_file
-    from torchtune.models.phi3 import lora_phi3
+    from torchtune import config as tt_config
     from torchtune.models.phi3._convert_weights import phi3_hf_to_tune
     from transformers import Phi3ForCausalLM
 
@@ -201,14 +198,8 @@ def test_the_tiny_phi3_trains_and_its_merged_checkpoint_is_what_is_evaluated(phi
     from cruijff.evaluate.adapter import read_adapter
     from cruijff.records import CellResults, layout
 
-    run_dir = family_checks.trained_run(phi3_dir, tmp_path, "phi3")
     conf = family_checks.rendered(run_dir)
-    assert conf["model"]["_component_"] == "torchtune.models.phi3.lora_phi3"
-    assert conf["checkpointer"]["model_type"] == "PHI3_MINI"
-    assert conf["tokenizer"]["_component_"] == "torchtune.models.phi3.phi3_mini_tokenizer"
     ckpt = family_checks.last_epoch(run_dir)
-
-    # no PEFT adapter: torchtune's own format only, for modules the Hugging Face model has not
     assert not (ckpt / layout.ADAPTER_WEIGHTS).exists() and not (ckpt / layout.ADAPTER_CONFIG).exists()
     with pytest.raises(CruijffError):
         read_adapter(ckpt)
@@ -217,8 +208,8 @@ def test_the_tiny_phi3_trains_and_its_merged_checkpoint_is_what_is_evaluated(phi
     assert {"qkv_proj", "gate_up_proj"} <= names and not names & {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}
 
     # the merged weights are the base plus torchtune's adapter
-    hf_config = json.loads((phi3_dir / "config.json").read_text())
-    base = load_file(phi3_dir / "model.safetensors")
+    hf_config = json.loads((model_dir / "config.json").read_text())
+    base = load_file(model_dir / "model.safetensors")
     merged = {k: v for f in sorted(ckpt.glob("model-*.safetensors")) for k, v in load_file(f).items()}
     assert merged.keys() == base.keys()
     deltas = _torchtune_adapter_deltas(ckpt, conf, hf_config)
@@ -229,16 +220,12 @@ def test_the_tiny_phi3_trains_and_its_merged_checkpoint_is_what_is_evaluated(phi
     assert any(not torch.equal(merged[k], base[k]) for k in deltas), "the adapter changed no weight"
 
     # ... which compute what torchtune's trained model (the base and its LoRA adapter) computes
-    args = {k: v for k, v in conf["model"].items() if k != "_component_"}
-    tune_model = lora_phi3(**args)
+    tune_model = tt_config.instantiate(OmegaConf.create(conf["model"]))
+    heads, kv, dim = hf_config["num_attention_heads"], hf_config["num_key_value_heads"], hf_config["hidden_size"]
+    gqa = (heads, kv, dim) if kv != heads else (None, None, None)  # as torchtune's checkpointer converts
     adapter = torch.load(ckpt / "adapter_model.pt", map_location="cpu", weights_only=True)
-    tune_model.load_state_dict({**phi3_hf_to_tune(base, None, None, None), **adapter}, strict=True)
+    tune_model.load_state_dict({**phi3_hf_to_tune(base, *gqa), **adapter}, strict=True)
     tune_model.eval()
-    from torchtune.models.phi3 import phi3_mini_tokenizer
-    from torchtune.data import Message
-
-    tok = phi3_mini_tokenizer(str(phi3_dir / "tokenizer.model"))
-    tokens, _ = tok.tokenize_messages([Message(role=m["role"], content=m["content"]) for m in CHATS[2]])
     with torch.no_grad():
         ids = torch.tensor([tokens])
         torch.testing.assert_close(hf_model(ids).logits, tune_model(ids), rtol=1e-4, atol=1e-4)
@@ -248,3 +235,24 @@ def test_the_tiny_phi3_trains_and_its_merged_checkpoint_is_what_is_evaluated(phi
     assert cell.metadata["adapter"] is False and cell.chat_template is None
     assert (run_dir.parent / cell.model).resolve() == ckpt.resolve()
     assert _answers(run_dir / "eval" / ckpt.name) != _answers(run_dir.parent / cell.metadata["base_cell"])
+
+
+@pytest.mark.slow
+def test_the_tiny_phi3_trains_and_its_merged_checkpoint_is_what_is_evaluated(phi3_dir, tmp_path):
+    """The adapter-in-memory check does not apply to Phi: torchtune writes its adapter in its own
+    format only (adapter_model.pt: q_proj/k_proj/v_proj, w1/w3 modules that Hugging Face's Phi-3 fuses
+    into qkv_proj and gate_up_proj, so no PEFT adapter names a module there). Instead: the merged
+    weights are the base plus torchtune's adapter, weight by weight; they compute what torchtune's
+    trained LoRA model computes; the evals load them (not the base with an adapter), and they answer
+    otherwise than the base."""
+    from torchtune.data import Message
+    from torchtune.models.phi3 import phi3_mini_tokenizer
+
+    run_dir = family_checks.trained_run(phi3_dir, tmp_path, "phi3")
+    conf = family_checks.rendered(run_dir)
+    assert conf["model"]["_component_"] == "torchtune.models.phi3.lora_phi3"
+    assert conf["checkpointer"]["model_type"] == "PHI3_MINI"
+    assert conf["tokenizer"]["_component_"] == "torchtune.models.phi3.phi3_mini_tokenizer"
+    tok = phi3_mini_tokenizer(str(phi3_dir / "tokenizer.model"))
+    tokens, _ = tok.tokenize_messages([Message(role=m["role"], content=m["content"]) for m in CHATS[2]])
+    assert_merged_checkpoint_is_what_is_evaluated(phi3_dir, run_dir, tokens)

@@ -190,3 +190,19 @@ def test_the_tiny_mistral_trains_evaluates_and_its_adapter_is_torchtunes_merge(m
     ckpt = family_checks.last_epoch(run_dir)
     family_checks.assert_merged_is_base_plus_adapter(mistral_dir, ckpt)
     family_checks.assert_adapter_answers_as_merged(mistral_dir, ckpt, tmp_path, chat.resolve("mistral_inst"))
+
+
+def test_a_system_prompt_for_mistral_is_refused_before_anything_runs(mistral_dir, tmp_path):
+    """torchtune would fail on it once training starts (on SLURM, after the queue): refused in one line."""
+    from conftest import launch
+
+    data = tmp_path / "items.jsonl"
+    data.write_text("".join(json.dumps({"input": f"q{i}", "output": f"a{i}", "split": split}) + "\n"
+                            for i, split in enumerate(["train"] * 8 + ["validation", "test"])))
+    proc = launch("model=auto", f"model.path={mistral_dir}", "dataset=file", f"dataset.path={data}",
+                  "dataset.system_prompt=Be brief.", "dry_run=true", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == ["cruijff: error: dataset.system_prompt='Be brief.': torchtune's "
+                                        "MistralChatTemplate has no system role: leave it out, or put it in the "
+                                        "user's text"]
+    assert not (tmp_path / "outputs").exists()

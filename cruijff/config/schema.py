@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -69,6 +70,8 @@ SCHEMA = {
     "eval.max_tokens": "int>=1",
     "eval.batch_size": "int>=1",
     "eval.limit": "int>=1|null",
+    "eval.backend": "str", "eval.vllm.command": "str", "eval.vllm.startup_timeout_s": "number>0",
+    "eval.vllm.max_model_len": "int>=1|null",
     "model.tokenizer.max_seq_len": "int>=1",
     "cluster.max_parallel": "int>=1|auto",
     "cluster.timeout_min": "number>0",
@@ -129,6 +132,34 @@ def _auto_with_args(model: DictConfig) -> bool:
     return "cruijff_auto:" in str(raw("component")) and "cruijff_auto:" not in str(raw("args"))
 
 
+EVAL_BACKENDS = ("hf", "vllm")
+
+
+def check_backend(cfg: DictConfig) -> None:
+    """``eval.backend`` and, for vLLM, its server's settings; a local sweep's vllm program must be there."""
+    backend = cfg.eval.get("backend", "hf")
+    if backend not in EVAL_BACKENDS:
+        raise ConfigError("eval.backend", backend, "hf (transformers in the eval job) or vllm (one vLLM server per "
+                          "base model, serving every adapter)")
+    if backend != "vllm" or not cfg.eval.enabled:
+        return
+    extra = cfg.eval.vllm.get("args", [])
+    if not OmegaConf.is_list(extra) or not all(isinstance(a, str) for a in extra):
+        raise ConfigError("eval.vllm.args", OmegaConf.to_container(extra) if OmegaConf.is_config(extra) else extra,
+                          'must be a list of strings, e.g. ["--gpu-memory-utilization", "0.85"]')
+    command = str(cfg.eval.vllm.command)
+    if str(cfg.cluster.get("executor", "local")) == "local" and not _program(command):
+        raise ConfigError("eval.vllm.command", command, "no such program: install vLLM (pip install vllm), or on a "
+                          "CPU machine run scripts/vllm-cpu-env and pass the path it prints")
+
+
+def _program(command: str) -> bool:
+    import shutil
+
+    path = Path(command).expanduser()
+    return bool(shutil.which(command)) if "/" not in command else path.is_file() and os.access(path, os.X_OK)
+
+
 def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> list[TaskSpec]:
     """Check the composed config; raise ConfigError naming the first bad key; return its eval
     tasks. ``keys``: check only these of the SCHEMA (a grid point whose other values were checked
@@ -158,6 +189,7 @@ def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> list[TaskSpe
     dropout = cfg.peft.get("lora_dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ConfigError("peft.lora_dropout", dropout, "must be a number with 0 <= dropout < 1")
+    check_backend(cfg)
     logger = cfg.training.get("metric_logger", "disk")
     if logger not in ("disk", "wandb", "mlflow"):
         raise ConfigError("training.metric_logger", logger, "one of disk, wandb, mlflow")
@@ -200,6 +232,10 @@ def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> list[TaskSpe
             names = [*extra, *chat.TEMPLATES]
             raise ConfigError(key, template, f"not a chat template{did_you_mean(template, names)}: one of "
                               f"{', '.join(names)}, a Jinja template, or null for the model dir's own")
+    system_key = next((k for k in ("dataset.system_prompt", "dataset.fields.system") if OmegaConf.select(cfg, k)), None)
+    if system_key and str(cfg.model.tokenizer.get("prompt_template") or "").endswith("MistralChatTemplate"):
+        raise ConfigError(system_key, OmegaConf.select(cfg, system_key), "torchtune's MistralChatTemplate has no "
+                          "system role: leave it out, or put it in the user's text")
     if cfg.model.path is not None:
         path = Path(cfg.model.path)
         if not path.is_dir():

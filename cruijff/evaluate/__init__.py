@@ -11,9 +11,9 @@ from .adapter import Adapter, AdapterSwap, read_adapter
 from .backend import Evaluator, build_task, evaluate_cell, exact_match_task, samples_key
 from .cells import Cell, cells, plan_cells
 from .identity import cell_key, checkpoint_identity, settings_identity, task_identity
-from .stage import evaluate_run, evaluate_run_dir
+from .stage import Evaluators, evaluate_run, evaluate_run_dir
 from .tasks import check_run_tasks, check_tasks_load
 
 __all__ = ["Adapter", "AdapterSwap", "read_adapter", "Evaluator", "build_task", "evaluate_cell", "exact_match_task",
            "samples_key", "Cell", "cells", "plan_cells", "cell_key", "checkpoint_identity", "settings_identity",
-           "task_identity", "evaluate_run", "evaluate_run_dir", "check_run_tasks", "check_tasks_load"]
+           "task_identity", "Evaluators", "evaluate_run", "evaluate_run_dir", "check_run_tasks", "check_tasks_load"]

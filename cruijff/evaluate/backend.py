@@ -207,52 +207,19 @@ class Evaluator:
         """Evaluate ``model_dir`` (with ``adapter``, an adapter checkpoint of it, applied) on all
         tasks; write ``results.json`` (with ``record``'s fields: the cell's key, its base control).
         ``chat_template``: Jinja text that lays out the prompts (None: the model dir's own template)."""
-        from inspect_ai import eval as inspect_eval
-
         log_dir.mkdir(parents=True, exist_ok=True)
         model = self.model(model_dir, chat_template, device, gpus, max_tokens, batch_size)
         if adapter is not None:
             if self._swap is None:
                 self._swap = AdapterSwap(model.api.model)
             self._swap.apply(read_adapter(adapter))
-        built = [build_task(t, data_file, input_key, output_key) for t in tasks]
-        keys = [samples_key(task, limit) for task in built]
         try:
-            logs = inspect_eval(
-                built,
-                model=model,
-                log_dir=str(log_dir),
-                limit=limit,
-                # all tasks at once: their samples share the model's generation batches
-                max_tasks=len(built),
-                tags=tags or [],
-                metadata=metadata or {},
-                display=display or os.environ.get("INSPECT_DISPLAY") or "plain",
-                log_format="eval",
-                score_display=False,
-            )
+            return score_cell(model, tasks, log_dir, cell_model=str(adapter or model_dir), data_file=data_file,
+                              input_key=input_key, output_key=output_key, limit=limit, chat_template=chat_template,
+                              tags=tags, metadata=metadata, display=display, record=record)
         finally:
             if self._swap is not None:
                 self._swap.restore()
-        results: dict[str, TaskResult] = {}
-        for spec, log, key in zip(tasks, logs, keys):
-            # the log by its name in the cell's dir: a moved sweep dir still finds it
-            name = Path(log.location).name if log.location else None
-            entry = TaskResult(status=log.status, log=name, task=log.eval.task, samples_key=key)
-            if log.status == "success" and log.results and log.results.scores:
-                score = log.results.scores[0]
-                entry.metric = headline_metric(score.metrics)
-                entry.value = score.metrics[entry.metric].value
-                entry.samples = log.results.completed_samples
-            elif log.error:
-                entry.error = log.error.message
-            results[spec.label] = entry
-        cell = CellResults(model=str(adapter or model_dir), tasks=results, limit=limit, chat_template=chat_template,
-                           metadata=metadata or {})
-        for k, v in (record or {}).items():
-            setattr(cell, k, v)
-        cell.save(log_dir)
-        return cell
 
     def close(self) -> None:
         """Let the held model go (its memory with it)."""
@@ -263,6 +230,49 @@ class Evaluator:
                 pass
         self._model = self._key = self._swap = None
         gc.collect()
+
+
+def score_cell(model: Any, tasks: list[TaskSpec], log_dir: Path, *, cell_model: str, data_file: Path,
+               input_key: str, output_key: str, limit: int | None, chat_template: str | None,
+               tags: list[str] | None, metadata: dict | None, display: str | None, record: dict | None) -> CellResults:
+    """Run inspect's eval of every task on ``model`` (an inspect Model, any provider) into
+    ``log_dir``, and write the cell's ``results.json`` (with ``record``'s fields)."""
+    from inspect_ai import eval as inspect_eval
+
+    built = [build_task(t, data_file, input_key, output_key) for t in tasks]
+    keys = [samples_key(task, limit) for task in built]
+    logs = inspect_eval(
+        built,
+        model=model,
+        log_dir=str(log_dir),
+        limit=limit,
+        # all tasks at once: their samples share the model's generation batches
+        max_tasks=len(built),
+        tags=tags or [],
+        metadata=metadata or {},
+        display=display or os.environ.get("INSPECT_DISPLAY") or "plain",
+        log_format="eval",
+        score_display=False,
+    )
+    results: dict[str, TaskResult] = {}
+    for spec, log, key in zip(tasks, logs, keys):
+        # the log by its name in the cell's dir: a moved sweep dir still finds it
+        name = Path(log.location).name if log.location else None
+        entry = TaskResult(status=log.status, log=name, task=log.eval.task, samples_key=key)
+        if log.status == "success" and log.results and log.results.scores:
+            score = log.results.scores[0]
+            entry.metric = headline_metric(score.metrics)
+            entry.value = score.metrics[entry.metric].value
+            entry.samples = log.results.completed_samples
+        elif log.error:
+            entry.error = log.error.message
+        results[spec.label] = entry
+    cell = CellResults(model=cell_model, tasks=results, limit=limit, chat_template=chat_template,
+                       metadata=metadata or {})
+    for k, v in (record or {}).items():
+        setattr(cell, k, v)
+    cell.save(log_dir)
+    return cell
 
 
 def evaluate_cell(model_dir: Path, tasks: list[TaskSpec], log_dir: Path, **kwargs: Any) -> CellResults:

@@ -1,15 +1,17 @@
 """The eval stage over one run dir: every checkpoint whose cell does not count under its key now
 (and the base control), on all tasks, with one load of the base model for the base control and
-every adapter checkpoint. A stale cell's files are kept aside in ``.stale/`` before it is redone."""
+every adapter checkpoint (``eval.backend``: ``hf`` in the job, or one vLLM server). A stale cell's
+files are kept aside in ``.stale/`` before it is redone."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .. import ui
 from ..config import TaskSpec, data_keys, eval_config, prepare_job, resolve_paths, validate
@@ -19,14 +21,43 @@ from ..records import ActionLog, CellResults, CellStanding, RunState, layout
 from .backend import Evaluator
 from .cells import Cell, plan_cells
 from .identity import changed
+from .vllm import VLLMEvaluator
+
+
+class Evaluators:
+    """The models of one eval job, by backend (``eval.backend``): transformers' in the job
+    (:class:`Evaluator`), or a vLLM server (:class:`VLLMEvaluator`); each kept for the job's next run."""
+
+    def __init__(self) -> None:
+        self._by: dict[str, Evaluator | VLLMEvaluator] = {}
+
+    def get(self, cfg: DictConfig) -> Evaluator | VLLMEvaluator:
+        if cfg.eval.get("backend", "hf") != "vllm":
+            if "hf" not in self._by:
+                self._by["hf"] = Evaluator()
+            return self._by["hf"]
+        settings = OmegaConf.to_container(cfg.eval, resolve=True)
+        key = "vllm:" + json.dumps(settings["vllm"], sort_keys=True, default=str)
+        if key not in self._by:
+            self._by[key] = VLLMEvaluator.of(settings)
+        return self._by[key]
+
+    @property
+    def loads(self) -> int:
+        return sum(e.loads for e in self._by.values())
+
+    def close(self) -> None:
+        for e in self._by.values():
+            e.close()
+        self._by.clear()
 from .tasks import check_tasks_load
 
 
 def evaluate_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path,
                  specs: list[TaskSpec], act: ActionLog, base: bool = True,
-                 evaluator: Evaluator | None = None) -> dict[str, str]:
+                 evaluators: Evaluators | None = None) -> dict[str, str]:
     """Evaluate the run's cells that do not count under their key now; ``base``: its base control
-    too. ``evaluator``: the job's (its loaded model serves this run too), else one for this run.
+    too. ``evaluators``: the job's (its loaded model serves this run too), else ones for this run.
     Returns the cells that have no score for some task (label -> why), after this evaluation."""
     todo_left = []
     for cell in plan_cells(cfg, run_dir, model_dir, data_file, specs):
@@ -40,8 +71,12 @@ def evaluate_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     failed: dict[str, str] = {}
     if not todo_left:
         return failed
-    own = evaluator is None
-    evaluator = evaluator or Evaluator()
+    own = evaluators is None
+    evaluators = evaluators or Evaluators()
+    evaluator = evaluators.get(cfg)
+    if isinstance(evaluator, VLLMEvaluator):  # its server registers them all when it starts
+        evaluator.expect(model_dir, [c.adapter for c in todo_left if c.adapter is not None])
+        evaluator.log_file = layout.eval_log(run_dir)
     device = resolve_device(cfg.training.device)
     state = RunState.of(run_dir)
     sweep_dir = run_dir.parent
@@ -76,14 +111,15 @@ def evaluate_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
                                for k, v in results.tasks.items())
             ui.say(f"cruijff: {run_dir.name}: {cell.label}: {scores} ({time.time() - t0:.1f} s)")
             how = ("model loaded" if evaluator.loads > loads else "model held") + (
-                ", adapter applied in memory" if cell.adapter is not None else "")
+                (", adapter on the vLLM server" if isinstance(evaluator, VLLMEvaluator) else
+                 ", adapter applied in memory") if cell.adapter is not None else "")
             act("Evaluate", f"{run_dir.name}/{cell.label}: {len(specs)} tasks, {how}, key {cell.key[:10]}",
                 f"{summary} in {time.time() - t0:.1f} s")
             if results.failures():
                 failed[cell.label] = "; ".join(f"{k}: {why}" for k, why in results.failures().items())
     finally:
         if own:
-            evaluator.close()
+            evaluators.close()
     return failed
 
 
@@ -109,11 +145,11 @@ def set_aside(cell: Cell, run: str, act: ActionLog) -> None:
 
 
 def evaluate_run_dir(run_dir: Path, eval_cfg: Any = None, base: bool = True, slot: int | None = None,
-                     evaluator: Evaluator | None = None) -> dict[str, str]:
+                     evaluators: Evaluators | None = None) -> dict[str, str]:
     """Evaluate an existing run dir with its saved config (and ``eval_cfg``, the current launch's
     eval section, when given); cells that count under their key are skipped. ``slot``: this job's
-    place among the local jobs running at once (it picks the job's GPUs). ``evaluator``: the job's,
-    to keep its loaded model for the next run; None: one for this run, closed after it. What an
+    place among the local jobs running at once (it picks the job's GPUs). ``evaluators``: the job's,
+    to keep its loaded model for the next run; None: ones for this run, closed after it. What an
     eval job runs. Returns the cells left without a score for some task (label -> why)."""
     cfg = eval_config(run_dir, eval_cfg)
     prepare_job(cfg, slot)
@@ -121,4 +157,4 @@ def evaluate_run_dir(run_dir: Path, eval_cfg: Any = None, base: bool = True, slo
     model_dir, data_file = resolve_paths(cfg)
     check_tasks_load(specs, data_file, *data_keys(cfg))  # before a cell is written
     return evaluate_run(cfg, run_dir, model_dir, data_file, specs, ActionLog(layout.action_log(run_dir.parent)),
-                        base=base, evaluator=evaluator)
+                        base=base, evaluators=evaluators)

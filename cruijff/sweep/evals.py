@@ -1,7 +1,8 @@
 """Eval jobs of a sweep: one per finished run with incomplete cells (locally, a share of the runs
 per job), through submitit; each job loads a base model once for its control and every adapter
 checkpoint it evaluates; each base model's control goes with the first run
-of that model that needs it."""
+of that model that needs it. With ``eval.backend=vllm``, one job per base model: its server serves
+the base and every adapter of all the sweep's runs of that model."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..cluster import job_folder, job_name, make_executor, submitted, watch
 from ..config import eval_config, local_jobs, resolve_paths, task_specs
 from ..errors import last_line
-from ..evaluate import Evaluator, evaluate_run_dir, plan_cells
+from ..evaluate import Evaluators, evaluate_run_dir, plan_cells
 from ..records import ActionLog, CellStanding, SweepPlan
 from .table import SweepView
 
@@ -100,11 +101,27 @@ def evaluate_runs(config: DictConfig, sweep_dir: Path, todo: list[tuple[str, Pat
                   act: ActionLog) -> None:
     """Evaluate these runs and wait. Locally as many jobs as the machine holds at once, each
     evaluating its share of the runs in turn (the runs with a base control first); on SLURM one
-    job per run, all at once (the scheduler queues them)."""
+    job per run, all at once (the scheduler queues them). With the vLLM backend, one job per base
+    model (one server for all its runs' adapters)."""
     evals = EvalJobs(config, sweep_dir, act)
-    per_job = -(-len(todo) // local_jobs(config)) if evals.kind == "local" else 1
+    if config.eval.get("backend", "hf") == "vllm":
+        jobs = [job for group in by_base_model(sweep_dir, todo, config.eval).values()
+                for job in evals.submit(group, per_job=len(group))]
+    else:
+        per_job = -(-len(todo) // local_jobs(config)) if evals.kind == "local" else 1
+        jobs = evals.submit(todo, per_job=max(1, per_job))
     with SweepView(sweep_dir) as view:
-        watch(evals.submit(todo, per_job=max(1, per_job)), evals.ended, evals.kind, on_poll=view.refresh)
+        watch(jobs, evals.ended, evals.kind, on_poll=view.refresh)
+
+
+def by_base_model(sweep_dir: Path, todo: list[tuple[str, Path | None]],
+                  eval_cfg: DictConfig | dict | None) -> dict[str, list[tuple[str, Path | None]]]:
+    """The runs to evaluate, grouped by the base model they fine-tuned (its resolved dir), in order."""
+    groups: dict[str, list[tuple[str, Path | None]]] = {}
+    for name, base in todo:
+        model_dir, _ = resolve_paths(eval_config(sweep_dir / name, eval_cfg), build=False)
+        groups.setdefault(str(Path(model_dir).resolve()), []).append((name, base))
+    return groups
 
 
 def evaluate_group(sweep_dir: Path, group: list[tuple[str, Path | None]], eval_cfg: Any, slot: int | None) -> None:
@@ -112,15 +129,16 @@ def evaluate_group(sweep_dir: Path, group: list[tuple[str, Path | None]], eval_c
     one), on one load of each base model; a run whose eval fails does not stop the others, and the
     job then fails naming them."""
     failed = []
-    evaluator = Evaluator()
+    evaluators = Evaluators()
     try:
+        expect_adapters(sweep_dir, group, eval_cfg, evaluators)
         for name, base in group:
             try:
-                evaluate_run_dir(sweep_dir / name, eval_cfg, base is not None, slot, evaluator)
+                evaluate_run_dir(sweep_dir / name, eval_cfg, base is not None, slot, evaluators)
             except Exception as e:
                 failed.append(f"{name}: {type(e).__name__}: {last_line(e)}")
     finally:
-        evaluator.close()
+        evaluators.close()
     if failed:
         raise RuntimeError("eval failed: " + "; ".join(failed))
 
@@ -131,16 +149,35 @@ def evaluate_in_turn(sweep_dir: Path, todo: list[tuple[str, Path | None]], eval_
     control with the first run that needs it); returns the runs whose eval raised. ``eval_cfg``:
     the eval section to use (None: each run's saved one)."""
     failed = []
-    evaluator = Evaluator()  # one load of each base model for all of them
+    evaluators = Evaluators()  # one load of each base model for all of them
+    expect_adapters(sweep_dir, todo, eval_cfg, evaluators)
     try:
         for i, (name, base) in enumerate(todo, 1):
             print(f"cruijff: evaluating {name} ({i}/{len(todo)})")
             try:
-                evaluate_run_dir(sweep_dir / name, eval_cfg, base is not None, evaluator=evaluator)
+                evaluate_run_dir(sweep_dir / name, eval_cfg, base is not None, evaluators=evaluators)
             except Exception as e:  # one run's eval failing is reported, not fatal to the others
                 act("Eval failed", name, f"{type(e).__name__}: {e}")
                 print(f"cruijff: {name}: eval failed: {type(e).__name__}: {e}", file=sys.stderr)
                 failed.append(name)
     finally:
-        evaluator.close()
+        evaluators.close()
     return failed
+
+
+def expect_adapters(sweep_dir: Path, group: list[tuple[str, Path | None]], eval_cfg: Any,
+                    evaluators: Evaluators) -> None:
+    """Tell a vLLM evaluator every adapter the job's runs will evaluate, before its server starts:
+    it registers them all (with the largest rank among them) rather than one run's at a time."""
+    for name, _ in group:
+        try:
+            cfg = eval_config(sweep_dir / name, eval_cfg)
+            evaluator = evaluators.get(cfg)
+            if not hasattr(evaluator, "expect"):
+                continue
+            model_dir, data_file = resolve_paths(cfg, build=False)
+            cells = plan_cells(cfg, sweep_dir / name, model_dir, data_file, task_specs(cfg.eval.tasks))
+        except Exception:  # the run's own evaluation says what is wrong with it
+            continue
+        evaluator.expect(model_dir, [c.adapter for c in cells
+                                     if c.adapter is not None and c.standing() is not CellStanding.COMPLETE])

@@ -52,7 +52,7 @@ def test_the_tiny_phi3_is_a_phi3_dir_in_its_own_formats(phi3_dir):
                    and "qkv" not in k and "gate_up" not in k for k in weights)
     section = auto.describe(phi3_dir)
     assert (section["version"], section["model_type"], section["chat_template"]) == ("Phi-3", "PHI3_MINI", None)
-    assert section["tokenizer"]["component"] == "torchtune.models.phi3.phi3_mini_tokenizer"
+    assert section["tokenizer"]["path"] == "tokenizer.model"
     assert section["parameters"] == sum(w.numel() for w in weights.values())
 
     spm = sentencepiece.SentencePieceProcessor(model_file=str(phi3_dir / "tokenizer.model"))
@@ -183,6 +183,15 @@ def _answers(cell_dir: Path) -> list:
     return [(s.id, s.output.completion) for s in log.samples]
 
 
+def trained_tokens(conf: dict, record: list[dict]) -> list[int]:
+    """A record's tokens as the run's tokenizer (its rendered config's) tokenized it for training."""
+    from torchtune import config as tt_config
+    from torchtune.data import Message
+
+    tok = tt_config.instantiate(OmegaConf.create(conf["tokenizer"]))
+    return tok.tokenize_messages([Message(role=m["role"], content=m["content"]) for m in record])[0]
+
+
 def assert_merged_checkpoint_is_what_is_evaluated(model_dir: Path, run_dir: Path, tokens: list[int]) -> None:
     """A Phi run's last epoch: no PEFT adapter (torchtune's own format only, for modules the Hugging
     Face model has not); the merged weights are the base plus torchtune's adapter, weight by weight;
@@ -245,14 +254,8 @@ def test_the_tiny_phi3_trains_and_its_merged_checkpoint_is_what_is_evaluated(phi
     weights are the base plus torchtune's adapter, weight by weight; they compute what torchtune's
     trained LoRA model computes; the evals load them (not the base with an adapter), and they answer
     otherwise than the base."""
-    from torchtune.data import Message
-    from torchtune.models.phi3 import phi3_mini_tokenizer
-
     run_dir = family_checks.trained_run(phi3_dir, tmp_path, "phi3")
     conf = family_checks.rendered(run_dir)
     assert conf["model"]["_component_"] == "torchtune.models.phi3.lora_phi3"
     assert conf["checkpointer"]["model_type"] == "PHI3_MINI"
-    assert conf["tokenizer"]["_component_"] == "torchtune.models.phi3.phi3_mini_tokenizer"
-    tok = phi3_mini_tokenizer(str(phi3_dir / "tokenizer.model"))
-    tokens, _ = tok.tokenize_messages([Message(role=m["role"], content=m["content"]) for m in CHATS[2]])
-    assert_merged_checkpoint_is_what_is_evaluated(phi3_dir, run_dir, tokens)
+    assert_merged_checkpoint_is_what_is_evaluated(phi3_dir, run_dir, trained_tokens(conf, CHATS[2]))

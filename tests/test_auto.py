@@ -82,10 +82,10 @@ FAMILIES = {
     "phi3": ({**BASE, "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "vocab_size": 512,
               "num_key_value_heads": 4, "rope_theta": 10000.0, "rope_scaling": None, "tie_word_embeddings": False,
               "original_max_position_embeddings": 512},
-             SPM, "phi3.lora_phi3", "PHI3_MINI", "phi3.phi3_mini_tokenizer", None, {"rope_base": 10000}),
+             SPM, "phi3.lora_phi3", "PHI3_MINI", "cruijff.finetune.phi_tokenizers.phi3_chat_tokenizer", None, {"rope_base": 10000}),
     "phi4": ({**BASE, "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "vocab_size": 100352,
               "rope_theta": 250000.0, "rope_scaling": None, "tie_word_embeddings": False},
-             ["vocab.json", "merges.txt"], "phi3.lora_phi3", "PHI4", "phi4.phi4_tokenizer", None, {"rope_base": 250000}),
+             ["vocab.json", "merges.txt"], "phi3.lora_phi3", "PHI4", "cruijff.finetune.phi_tokenizers.phi4_chat_tokenizer", None, {"rope_base": 250000}),
 }
 # torchtune's Gemma LoRA builders take no apply_lora_to_output (the output layer is the embeddings),
 # which cruijff's render passes to every LoRA builder
@@ -130,7 +130,7 @@ def test_each_family_is_described_from_its_config_json(family, tmp_path):
     assert m.component == f"torchtune.models.{builder}"
     assert m.full_component == f"torchtune.models.{builder.replace('lora_', '')}"
     assert m.model_type == model_type
-    assert m.tokenizer.component == f"torchtune.models.{tokenizer}"
+    assert m.tokenizer.component == (tokenizer if tokenizer.startswith("cruijff.") else f"torchtune.models.{tokenizer}")
     assert m.chat_template == template
     assert validate(cfg)  # every file it names is in the dir; the chat template is one cruijff takes
     named = config.model_files(m)

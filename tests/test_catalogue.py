@@ -34,6 +34,9 @@ CATALOGUE = {
     "qwen2_5_32b_instruct": (32.8e9, 2),   # Qwen2.5-32B-Instruct
     "qwen2_5_72b_instruct": (72.7e9, 8),   # Qwen2.5-72B-Instruct
     "mistral_7b_instruct": (7.25e9, 1),    # Mistral-7B-Instruct-v0.3
+    "gemma2_2b_instruct": (2.61e9, 1),     # Gemma-2-2B-it
+    "gemma2_9b_instruct": (9.24e9, 1),     # Gemma-2-9B-it
+    "phi4": (14.7e9, 1),                   # Phi-4
 }
 
 
@@ -180,12 +183,23 @@ def _stand_in_tokenizer_files(model_dir, cfg, tiny_model_dir):
             dest.write_text("#version: 0.2\n")
         elif "llama3" in cfg.model.tokenizer.component:  # tiktoken: base64 token, rank
             dest.write_text("".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256)))
+        elif "gemma" in cfg.model.tokenizer.component:  # Gemma's SentencePiece: no dummy prefix, its turn pieces
+            from cruijff.assets.families.gemma2 import tiny_gemma2_dir
+
+            shutil.copy(tiny_gemma2_dir() / "tokenizer.model", dest)
         else:  # SentencePiece
             shutil.copy(tiny_model_dir / "tokenizer.model", dest)
 
 
 def _as_text(tok, ids: list[int]) -> str:
     spm = getattr(tok, "_spm_model", None)
+    if spm is None and hasattr(tok, "tokenizer_model") and hasattr(tok.tokenizer_model, "byte_decoder"):
+        # torchtune's GPT-2 BPE (Phi-4) decodes to a list of byte-level tokens: the special tokens by
+        # name, the stand-in's one byte per token as its byte
+        special = {i: t for t, i in tok.special_tokens.items()}
+        bpe = tok.tokenizer_model
+        return b"".join(special[i].encode() if i in special else bytes([bpe.byte_decoder[bpe.decoder[i]]])
+                        for i in ids).decode()
     if spm is None:
         return tok.decode(ids, skip_special_tokens=False)
     # SentencePiece: pieces as written; the space SentencePiece puts before a text's first piece
@@ -219,7 +233,7 @@ def test_eval_prompts_are_laid_out_as_training_saw_them(name, tmp_path, tiny_mod
         prompt = renderer.apply_chat_template(record[:-1], chat_template=template, tokenize=False,
                                               add_generation_prompt=True)
         answer = record[-1]["content"]
-        prompt = (_as_text(tok, [tok.bos_id]) if tok.bos_id is not None else "") + prompt
+        prompt = (_as_text(tok, [tok.bos_id]) if tokens[0] == tok.bos_id else "") + prompt  # Phi-4: none
         # the prompt is all training put before the answer; the rest is the answer and its end
         assert trained.startswith(prompt), f"{name}:\n trained {trained!r}\n prompt  {prompt!r}"
         rest = trained[len(prompt):]

@@ -158,15 +158,12 @@ def test_a_gemma2_adapter_is_saved_with_its_q_and_k_rows_permuted_as_its_weights
         torch.testing.assert_close(w + b @ a, hf_merged[key], msg=key)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "torchtune 0.6.1 trains another model than Gemma 2: its GEMMA2 conversion loads "
-    "pre_feedforward_layernorm into the norm after the MLP and post_feedforward_layernorm into "
-    "the one before it (torchtune issue #2850, fixed after 0.6.1), and it soft-caps the final "
-    "norm's output instead of the logits"))
 def test_the_model_torchtune_trains_computes_the_hugging_face_models_logits(gemma_dir, tmp_path):
     """The model torchtune's LoRA recipe fine-tunes, set up as cruijff's run sets it up from the
     rendered config, gives the logits of the Hugging Face model the evals run (LoRA's B is zero
-    before training: the base model)."""
+    before training: the base model). torchtune 0.6.1 alone does not: its GEMMA2 conversion swaps
+    the norms before and after the MLP (torchtune issue #2850) and it soft-caps the final norm's
+    output instead of the logits (cruijff.finetune.recipe.fix_gemma2)."""
     import torch
     from torchtune import config as tt_config
     from torchtune.data import Message
@@ -181,6 +178,7 @@ def test_the_model_torchtune_trains_computes_the_hugging_face_models_logits(gemm
     module = runner._load_recipe_module(recipe_name(1, "lora"))
     recipe = getattr(module, recipe_class(1, "lora"))(cfg=conf)
     runner.watch_saves(recipe, conf)
+    runner.fix_gemma2(recipe, conf)
     recipe.setup(cfg=conf)
     tok = tt_config.instantiate(conf.tokenizer)
     ids = torch.tensor([tok.tokenize_messages([Message("user", "Capitalize: paris"), Message("assistant", "Paris")])[0]])

@@ -81,10 +81,6 @@ def _rendered_tokenizer(model_dir: Path, tmp_path: Path):
     return cfg, tt_config.instantiate(OmegaConf.create(conf["tokenizer"]))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "torchtune 0.6.1's Phi-4 tokenizer splits text with GPT-2's pattern (case-sensitive contractions, "
-    "\\w with digits and '_'), not the cl100k pattern of Phi-4's tokenizer.json (torchtune's CL100K_PATTERN, "
-    "which it does not use)"))
 def test_training_splits_text_as_phi4s_tokenizer(phi4_dir, tmp_path):
     _, tt = _rendered_tokenizer(phi4_dir, tmp_path)
     _, tok = _tokenizers(phi4_dir)
@@ -107,11 +103,6 @@ def test_a_second_build_is_the_same_model(phi4_dir, tmp_path):
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "torchtune 0.6.1's phi4_tokenizer ends no answer with <|im_end|> (its __call__ tokenizes without "
-    "add_eos): the model never learns to stop, and each turn after a first answer is laid out otherwise "
-    "than Phi-4's template lays it out; it also cuts the spaces at a message's end and encodes "
-    "'<|im_end|>' inside a message as text"))
 def test_training_and_evaluation_see_the_same_token_ids(phi4_dir, tmp_path):
     """torchtune's Phi-4 tokenizer, rendered from model=auto, tokenizes each record as inspect's hf
     provider prompts the model with Phi-4's own template: the prompt is every token before the

@@ -337,12 +337,14 @@ class _Reader:
             self.refuse(" with tie_word_embeddings")
         phi4 = args["vocab_size"] >= 100000  # Phi-4's tiktoken-like BPE (100352 tokens); Phi-3's is SentencePiece
         out = self.builders("phi3", "PHI4" if phi4 else "PHI3_MINI", {**args, "rope_base": _num(theta)})
+        # cruijff's Phi tokenizers (torchtune's, laying out the turns as the model's own template and
+        # tokenizer.json do: torchtune 0.6.1's lay them out otherwise), so the evals prompt with the dir's template
         if phi4:  # torchtune's phi4_tokenizer names its files vocab_path and merges_path
-            out["tokenizer"] = {"component": "torchtune.models.phi4.phi4_tokenizer",
+            out["tokenizer"] = {"component": "cruijff.finetune.phi_tokenizers.phi4_chat_tokenizer",
                                 "vocab_path": "vocab.json", "merges_path": "merges.txt"}
-        else:
-            out["tokenizer"] = {"component": "torchtune.models.phi3.phi3_mini_tokenizer", "path": "tokenizer.model"}
-        # torchtune's Phi tokenizers lay out the turns themselves, as the model's own template does
+        else:  # Phi-3: tokenizer.model, and tokenizer.json beside it (its added tokens)
+            out["tokenizer"] = {"component": "cruijff.finetune.phi_tokenizers.phi3_chat_tokenizer",
+                                "path": "tokenizer.model"}
         out.update(chat_template=None, family="phi3", version="Phi-4" if phi4 else "Phi-3")
         return out
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..records import layout
-from .recipe import _clone_before_merge, _load_recipe_module, _LossTap, continue_schedule, watch_saves
+from .recipe import _clone_before_merge, _load_recipe_module, _LossTap, continue_schedule, fix_gemma2, watch_saves
 from .render import recipe_class, recipe_name
 
 
@@ -41,6 +41,7 @@ def main(argv: list[str]) -> None:
         tt_config.log_config(recipe_name=recipe_class(2, method), cfg=cfg)
         recipe = getattr(module, recipe_class(2, method))(cfg=cfg)
         watch_saves(recipe, cfg)
+        fix_gemma2(recipe, cfg)
         recipe.setup(cfg=cfg)
         continue_schedule(recipe, cfg)
         if recipe._is_rank_zero:

@@ -106,6 +106,40 @@ def unpermute_qwen2_adapter(epoch_dir: Path, checkpoint_dir: str) -> None:
     os.replace(tmp, path)  # whole or not at all (the epoch is marked complete after this)
 
 
+def fix_gemma2(recipe, cfg) -> None:
+    """Before ``recipe.setup``, for a Gemma 2 run: torchtune 0.6.1's Gemma 2 is not Hugging Face's.
+    Its conversion loads ``pre_feedforward_layernorm`` into the norm after the MLP and
+    ``post_feedforward_layernorm`` into the one before it (torchtune issue #2850, fixed after 0.6.1):
+    the mapping is put right, for loading and saving alike. And it soft-caps the final norm's output
+    instead of the logits: once the recipe has built the model, the cap is moved onto the logits."""
+    if cfg.checkpointer.get("model_type") != "GEMMA2":
+        return
+    import torch
+    from torchtune.models.gemma2 import _convert_weights
+    from torchtune.modules import TiedLinear
+
+    _convert_weights._GEMMA2_FROM_HF.update({
+        "model.layers.{}.pre_feedforward_layernorm.weight": "layers.{}.mlp_norm.scale",
+        "model.layers.{}.post_feedforward_layernorm.weight": "layers.{}.mlp_scale.scale",
+    })
+
+    class SoftCappedOutput(TiedLinear):  # still a TiedLinear, for activation offloading's hooks
+        def __call__(self, x):
+            return self.capping_value * torch.tanh(super().__call__(x) / self.capping_value)
+
+    setup_model = recipe._setup_model
+
+    def setup_gemma2(*args, **kwargs):
+        model = setup_model(*args, **kwargs)
+        cap = model.norm.capping_value
+        model.norm.logit_capping = torch.nn.Identity()
+        model.output.__class__ = SoftCappedOutput
+        model.output.capping_value = cap
+        return model
+
+    recipe._setup_model = setup_gemma2
+
+
 def keep_resume_adapter(output_dir: Path, epoch: int, last: bool) -> None:
     """Once ``epoch_<epoch>`` of an adapter-only run is marked complete: its torchtune-format
     adapter (``adapter_model.pt``) becomes the resume point in ``recipe_state/`` (after the last
@@ -266,6 +300,7 @@ def run(finetune_yaml: Path, on_step: Callable[[dict], None] | None = None, meth
     if recipe._device.type == "cpu" and hasattr(module, "get_merged_lora_ckpt"):
         module.get_merged_lora_ckpt = _clone_before_merge(module.get_merged_lora_ckpt)
     watch_saves(recipe, cfg)
+    fix_gemma2(recipe, cfg)
     recipe.setup(cfg=cfg)
     continue_schedule(recipe, cfg)
     tap = _LossTap(recipe._metric_logger, recipe, on_step)

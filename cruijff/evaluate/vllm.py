@@ -19,9 +19,9 @@ loaded at run time (inspect's provider does it). Full-weight checkpoints (``peft
 server has stopped: a GPU never holds two copies of a model.
 
 The server's output goes to the eval log. It must answer its health check within
-``eval.vllm.startup_timeout_s``; it is stopped when the job ends, whichever way: closed by the job,
-at the interpreter's exit, and by the kernel when the job's process dies (a parent-death signal),
-its whole process group with it.
+``eval.vllm.startup_timeout_s``. It runs under a guard (:mod:`.guard`) that stops its whole process
+group (vLLM's engine processes with it) when the job ends, whichever way: closed by the job, at the
+interpreter's exit, or when the job's process dies (kill -9: the kernel's parent-death signal).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,7 +47,8 @@ from .backend import _weights_view, score_cell
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM's --max-lora-rank accepts
 HEALTH_POLL_S = 1.0
-STOP_GRACE_S = 30.0
+STOP_GRACE_S = 40.0  # the guard's own grace (20 s) and then some
+GUARD = Path(__file__).with_name("guard.py")
 
 
 def lora_rank_choice(rank: int) -> int:
@@ -72,11 +73,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # in the server's process, before it runs: SIGTERM when the job dies
-    import ctypes
-
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _runnable(command: str) -> bool:
+    return bool(shutil.which(command)) if "/" not in command else os.access(Path(command).expanduser(), os.X_OK)
 
 
 class Server:
@@ -134,11 +132,12 @@ class Server:
         with open(self.log_file, "a") as log:
             log.write(f"cruijff: starting vLLM: {' '.join(a if a != self.key else '***' for a in argv)}\n")
             log.flush()
-            try:
-                self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                env=env, start_new_session=True, preexec_fn=_die_with_parent)
-            except OSError as e:
-                raise CruijffError(f"eval.vllm.command={self.command!r}: cannot run it ({e.strerror})") from None
+            if not _runnable(self.command):
+                raise CruijffError(f"eval.vllm.command={self.command!r}: no such program")
+            # through the guard, which stops the server's whole process group however this job ends
+            self.process = subprocess.Popen([sys.executable, str(GUARD), str(os.getpid()), *argv], stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                            start_new_session=True)
         atexit.register(self.stop)
         self._wait_healthy()
 
@@ -170,20 +169,16 @@ class Server:
         return (errors or lines or ["(no output)"])[-1][-300:]
 
     def stop(self) -> None:
-        """Stop the server and every process it started (its process group); idempotent."""
+        """Stop the server and every process it started (the guard stops its process group); idempotent."""
         proc, self.process = self.process, None
         if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+            proc.terminate()
             try:
                 proc.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
-                pass
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # what is left of the group (engine processes)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
+                proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
         for d in (self._view, self._tmp):

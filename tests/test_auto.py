@@ -12,7 +12,9 @@ tiny Llama, described from its dir, trains and evaluates as ``model=tiny_llama``
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -332,6 +334,115 @@ def test_a_feature_torchtune_lacks_is_refused_in_one_line(change, reason, tmp_pa
         auto.describe(path)
     assert str(e.value) == (f"model.path='{path}': its config.json is a Phi3ForCausalLM model {reason}, which "
                             f"torchtune 0.6.1 cannot fine-tune; supported: {auto.SUPPORTED}")
+
+
+HAS = "its config.json has "
+HEADS = ("num_attention_heads must be a multiple of num_key_value_heads (each key/value head serves a group "
+         "of query heads)")
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({"hidden_size": "big"}, HAS + "hidden_size='big'; it must be a positive integer"),
+    ({"num_attention_heads": 0}, HAS + "num_attention_heads=0; it must be a positive integer"),
+    ({"num_hidden_layers": 2.5}, HAS + "num_hidden_layers=2.5; it must be a positive integer"),
+    ({"vocab_size": 0}, HAS + "vocab_size=0; it must be a positive integer"),
+    ({"vocab_size": -320}, HAS + "vocab_size=-320; it must be a positive integer"),
+    ({"intermediate_size": True}, HAS + "intermediate_size=True; it must be a positive integer"),
+    ({"rms_norm_eps": "1e-5"}, HAS + "rms_norm_eps='1e-5'; it must be a positive number"),
+    ({"rope_theta": -1}, HAS + "rope_theta=-1; it must be a positive number"),
+    ({"rope_scaling": "linear"},
+     HAS + """rope_scaling='linear'; it must be a JSON object (like {"rope_type": "llama3", "factor": 8.0}) or null"""),
+    ({"rope_scaling": {**LLAMA31_ROPE, "factor": "8"}}, HAS + "rope_scaling.factor='8'; it must be a positive number"),
+    ({"tie_word_embeddings": "false"}, HAS + "tie_word_embeddings='false'; it must be true or false"),
+    ({"architectures": "LlamaForCausalLM"},
+     HAS + """architectures='LlamaForCausalLM'; it must be a list of architecture names, like ["LlamaForCausalLM"]"""),
+    ({"model_type": 7, "architectures": None}, HAS + 'model_type=7; it must be a name, like "llama"'),
+    ({"num_key_value_heads": 3}, HAS + f"num_key_value_heads=3 and num_attention_heads=4; {HEADS}"),
+    ({"hidden_size": 66}, HAS + "hidden_size=66 and num_attention_heads=4 (and no head_dim); hidden_size must be a "
+                                "multiple of num_attention_heads"),
+])
+def test_a_config_json_field_of_the_wrong_kind_is_refused_naming_it(change, reason, tmp_path):
+    """What would only fail in training (or in reading the section: a Python error under another
+    key) is refused as the model is described, in one line naming config.json's field."""
+    path = model_dir(tmp_path / "m", {**FAMILIES["llama2"][0], **change}, SPM)
+    with pytest.raises(ConfigError) as e:
+        auto.describe(path)
+    assert str(e.value) == f"model.path='{path}': {reason}"
+
+
+def test_a_bad_config_json_field_is_one_line_under_model_path(tmp_path):
+    """Not training.batch_size's interpolation error (the first key to read the section): one line, exit 2."""
+    path = model_dir(tmp_path / "m", {**FAMILIES["qwen2_5"][0], "hidden_size": "big"}, QWEN)
+    proc = launch("model=auto", f"model.path={path}", "dry_run=true", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"cruijff: error: model.path='{path}': its config.json has hidden_size='big'; "
+                                        f"it must be a positive integer"]
+    assert not (tmp_path / "outputs").exists()
+    gemma = model_dir(tmp_path / "g", {**FAMILIES["gemma"][0], "num_key_value_heads": 3}, SPM)
+    with pytest.raises(ConfigError, match=f"num_key_value_heads=3 and num_attention_heads=4; {re.escape(HEADS)}$"):
+        compose_config("model=auto", f"model.path={gemma}").model.component
+
+
+def safetensors_file(path: Path, tensors: dict[str, list[int]]) -> None:
+    """A safetensors file's header for tensors of these shapes (bf16), and no data: the header alone is read."""
+    header, offset = {}, 0
+    for name, shape in tensors.items():
+        size = 2 * math.prod(shape)
+        header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header).encode()
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob)
+
+
+def test_embeddings_of_another_shape_than_config_json_says_are_refused(tmp_path):
+    """The embeddings' shape, from the safetensors header of the file that holds them (the index's
+    shard), is vocab_size x hidden_size: else refused, naming both."""
+    hf, tok_files = FAMILIES["llama2"][:2]
+    path = model_dir(tmp_path / "single", hf, tok_files)
+    safetensors_file(path / "model.safetensors", {"model.embed_tokens.weight": [320, 64], "lm_head.weight": [320, 64]})
+    assert auto.describe(path)["checkpoint_files"] == ["model.safetensors"]
+    safetensors_file(path / "model.safetensors", {"model.embed_tokens.weight": [32000, 64]})
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # the dir's change, as a new file moved in makes
+    with pytest.raises(ConfigError) as e:
+        auto.describe(path)
+    assert str(e.value) == (f"model.path='{path}': its model.safetensors holds model.embed_tokens.weight of shape "
+                            f"32000 x 64, but its config.json has vocab_size x hidden_size 320 x 64")
+    sharded = model_dir(tmp_path / "sharded", hf, tok_files, shards=2)
+    index = {"metadata": {}, "weight_map": {"lm_head.weight": "model-00001-of-00002.safetensors",
+                                            "model.embed_tokens.weight": "model-00002-of-00002.safetensors"}}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    safetensors_file(sharded / "model-00002-of-00002.safetensors", {"model.embed_tokens.weight": [320, 32]})
+    with pytest.raises(ConfigError, match=r"its model-00002-of-00002.safetensors holds model.embed_tokens.weight of "
+                                          r"shape 320 x 32, but its config.json has vocab_size x hidden_size 320 x 64$"):
+        compose_config("model=auto", f"model.path={sharded}").model.checkpoint_files
+
+
+def test_shards_without_a_readable_index_are_refused_naming_the_index(tmp_path):
+    hf, tok_files = FAMILIES["llama3_1"][:2]
+    path = model_dir(tmp_path / "llama", hf, tok_files, shards=3)
+    (path / "model.safetensors.index.json").unlink()
+    with pytest.raises(ConfigError) as e:
+        compose_config("model=auto", f"model.path={path}").model.checkpoint_files
+    assert str(e.value) == (f"model.path='{path}': has 3 weight shards (model-00001-of-00003.safetensors … "
+                            f"model-00003-of-00003.safetensors) and no model.safetensors.index.json, which names the "
+                            f"shard of each weight")
+    for garbled, why in (('{"weight_map": ', "not JSON: Expecting value: line 1 column 16 (char 15)"),
+                         ('{"metadata": {}}', "no weight_map of tensor name -> shard file"),
+                         ('{"weight_map": ["model-00001-of-00003.safetensors"]}',
+                          "no weight_map of tensor name -> shard file")):
+        (path / "model.safetensors.index.json").write_text(garbled)
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+        with pytest.raises(ConfigError) as e:
+            auto.describe(path)
+        assert str(e.value) == (f"model.path='{path}': has 3 weight shards (model-00001-of-00003.safetensors … "
+                                f"model-00003-of-00003.safetensors) but its model.safetensors.index.json, which names "
+                                f"the shard of each weight, is not readable ({why})")
+    for shard in path.glob("model-*.safetensors"):
+        shard.unlink()
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    with pytest.raises(ConfigError, match=r"^model.path='.*': its model.safetensors.index.json, which names the shard "
+                                          r"of each weight, is not readable \(no weight_map"):
+        auto.describe(path)
 
 
 def test_a_dir_without_config_json_or_lacking_a_shard_is_refused(tmp_path):

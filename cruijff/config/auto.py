@@ -158,9 +158,15 @@ class _Reader:
 
     def __init__(self, hf: dict[str, Any], model_dir: Path, shown: str):
         self.hf, self.dir, self.shown = hf, model_dir, shown
+        self.arch, self.weight_map = "unknown", {}
         archs = hf.get("architectures") or []
-        self.arch = str(archs[0]) if archs else str(hf.get("model_type") or "unknown")
-        self.family = ARCHITECTURES.get(self.arch) if archs else MODEL_TYPES.get(str(hf.get("model_type")))
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            self.bad("architectures", archs, 'a list of architecture names, like ["LlamaForCausalLM"]')
+        model_type = hf.get("model_type")
+        if model_type is not None and not isinstance(model_type, str):
+            self.bad("model_type", model_type, 'a name, like "llama"')
+        self.arch = archs[0] if archs else model_type or "unknown"
+        self.family = ARCHITECTURES.get(self.arch) if archs else MODEL_TYPES.get(str(model_type))
         if self.family is None:
             self.refuse("")
 
@@ -176,37 +182,83 @@ class _Reader:
             raise AutoModelError("model.path", self.shown, f"its config.json ({self.arch}) lacks {key}")
         return value
 
+    def bad(self, key: str, value: Any, allowed: str) -> None:
+        """A config.json field of the wrong kind or value: named, with what it must be."""
+        raise AutoModelError("model.path", self.shown, f"its config.json has {key}={value!r}; it must be {allowed}")
+
+    def integer(self, key: str, required: bool = True, value: Any = None) -> int | None:
+        """``key`` of config.json (or ``value``, a field inside one: ``rope_scaling.factor``): a
+        positive integer (``64.0`` too); None where it is absent and not ``required``."""
+        value = self.hf.get(key) if value is None and "." not in key else value
+        if value is None:
+            return self.need(key) if required else None  # need: refused, naming the field it lacks
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() or value <= 0:
+            self.bad(key, value, "a positive integer")
+        return int(value)
+
+    def number(self, key: str, value: Any = None, default: float | None = None) -> float | None:
+        """``key`` of config.json (or ``value``): a positive finite number, else ``default`` where absent."""
+        value = self.hf.get(key) if value is None and "." not in key else value
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            self.bad(key, value, "a positive number")
+        return float(value)
+
+    def mapping(self, key: str, value: Any) -> dict[str, Any] | None:
+        """``rope_scaling`` / ``rope_parameters``: a JSON object, or null."""
+        if value is not None and not isinstance(value, dict):
+            self.bad(key, value, "a JSON object (like {\"rope_type\": \"llama3\", \"factor\": 8.0}) or null")
+        return value
+
     # -- sizes
 
     def rope(self) -> tuple[float, dict[str, Any] | None]:
         """The RoPE base and scaling: ``rope_theta`` / ``rope_scaling`` (transformers 4), or
         ``rope_parameters`` (transformers 5)."""
-        params = self.hf.get("rope_parameters") or {}
-        theta = self.hf.get("rope_theta", params.get("rope_theta", 10000.0))
-        scaling = self.hf.get("rope_scaling")
+        params = self.mapping("rope_parameters", self.hf.get("rope_parameters")) or {}
+        theta = self.number("rope_theta")
+        if theta is None:
+            theta = self.number("rope_parameters.rope_theta", params.get("rope_theta"), 10000.0)
+        scaling = self.mapping("rope_scaling", self.hf.get("rope_scaling"))
         if scaling is None and (params.get("rope_type") or params.get("type") or "default") != "default":
             scaling = params
         if scaling and (scaling.get("rope_type") or scaling.get("type") or "default") == "default":
             scaling = None
-        return float(theta), scaling
+        return theta, scaling
 
     def sizes(self) -> dict[str, Any]:
-        dim, heads = int(self.need("hidden_size")), int(self.need("num_attention_heads"))
+        """The builder's sizes; what would only fail in training (a count that is not a positive
+        integer, heads that do not divide) is refused here, naming the field."""
+        dim, heads = self.integer("hidden_size"), self.integer("num_attention_heads")
+        kv = self.integer("num_key_value_heads", required=False) or heads
+        if heads % kv:
+            raise AutoModelError("model.path", self.shown, f"its config.json has num_key_value_heads={kv} and "
+                                 f"num_attention_heads={heads}; num_attention_heads must be a multiple of "
+                                 f"num_key_value_heads (each key/value head serves a group of query heads)")
+        head_dim = self.integer("head_dim", required=False)
+        if head_dim is None and dim % heads:
+            raise AutoModelError("model.path", self.shown, f"its config.json has hidden_size={dim} and "
+                                 f"num_attention_heads={heads} (and no head_dim); hidden_size must be a multiple "
+                                 f"of num_attention_heads")
+        gemma = self.family.startswith("gemma")
         args = {
-            "vocab_size": int(self.need("vocab_size")),
-            "num_layers": int(self.need("num_hidden_layers")),
+            "vocab_size": self.integer("vocab_size"),
+            "num_layers": self.integer("num_hidden_layers"),
             "num_heads": heads,
-            "num_kv_heads": int(self.hf.get("num_key_value_heads") or heads),
+            "num_kv_heads": kv,
             "embed_dim": dim,
-            "intermediate_dim": int(self.need("intermediate_size")),
-            "max_seq_len": int(self.need("max_position_embeddings")),
-            "norm_eps": float(self.hf.get("rms_norm_eps") or (1e-6 if self.family.startswith("gemma") else 1e-5)),
+            "intermediate_dim": self.integer("intermediate_size"),
+            "max_seq_len": self.integer("max_position_embeddings"),
+            "norm_eps": self.number("rms_norm_eps", default=1e-6 if gemma else 1e-5),
         }
-        head_dim = self.hf.get("head_dim")
-        if not self.family.startswith("gemma") and (dim % heads or (head_dim and int(head_dim) != dim // heads)):
-            self.refuse(f" with head_dim {head_dim or dim / heads:g}, not hidden_size / num_attention_heads, "
+        if not gemma and head_dim and (dim % heads or head_dim != dim // heads):
+            self.refuse(f" with head_dim {head_dim}, not hidden_size / num_attention_heads, "
                         f"which its torchtune builder assumes")
-        act = self.hf.get("hidden_act") or self.hf.get("hidden_activation")
+        act_key = "hidden_act" if self.hf.get("hidden_act") is not None else "hidden_activation"
+        act = self.hf.get(act_key)
+        if act is not None and not isinstance(act, str):
+            self.bad(act_key, act, 'an activation\'s name, like "silu"')
         if not self.family.startswith("gemma") and act not in (None, "silu"):
             self.refuse(f" with hidden_act {act}")
         for bias in ("attention_bias", "mlp_bias"):
@@ -219,10 +271,16 @@ class _Reader:
     def section(self) -> dict[str, Any]:
         args = self.sizes()
         theta, scaling = self.rope()
-        tied = bool(self.hf.get("tie_word_embeddings", self.family in ("gemma", "gemma2")))
+        tied = self.hf.get("tie_word_embeddings")
+        if tied is None:
+            tied = self.family in ("gemma", "gemma2")
+        elif not isinstance(tied, bool):
+            self.bad("tie_word_embeddings", tied, "true or false")
         out = getattr(self, self.family)(args, theta, scaling, tied)
         family = out["family"]
         params = parameter_count(family, out["args"])
+        files = self.checkpoint_files()
+        self.check_embeddings(args, files)
         tokenizer = {"component": None, "path": None, "merges_file": None, "vocab_path": None, "merges_path": None,
                      "max_seq_len": min(MAX_SEQ_LEN, args["max_seq_len"]), "prompt_template": None,
                      **out.pop("tokenizer")}
@@ -236,7 +294,7 @@ class _Reader:
             **out,
             "tied_embeddings": tied or family in ("gemma", "gemma2"),
             "tokenizer": tokenizer,
-            "checkpoint_files": self.checkpoint_files(),
+            "checkpoint_files": files,
             "chars_per_token": 1.0 if args["vocab_size"] < 1000 else None,  # a character-level vocabulary
             "training": {"batch_size": batch, "enable_activation_checkpointing": checkpointing},
             "resources": {name: dict(zip(("gpus", "mem_gb", "epoch_min"), hint)) for name, hint in
@@ -250,9 +308,9 @@ class _Reader:
             if kind != "llama3":
                 self.refuse(f" with rope_scaling {kind}")
             for key, default in (("low_freq_factor", 1), ("high_freq_factor", 4), ("original_max_position_embeddings", 8192)):
-                if float(scaling.get(key, default)) != default:
+                if self.number(f"rope_scaling.{key}", scaling.get(key), default) != default:
                     self.refuse(f" with rope_scaling {key} {scaling[key]} (torchtune's Llama 3.1 RoPE has {default})")
-        factor = _num(scaling.get("factor", 8)) if scaling else 1
+        factor = _num(self.number("rope_scaling.factor", scaling.get("factor"), 8)) if scaling else 1
         rope = {"rope_base": _num(theta)}
         if tied:  # Llama 3.2 1B/3B: the output layer is the embeddings; its RoPE is 3.1's (factor 1: plain RoPE)
             out = self.builders("llama3_2", "LLAMA3_2", {**args, **rope, "scale_factor": factor,
@@ -309,13 +367,15 @@ class _Reader:
     def gemma(self, args: dict, theta: float, scaling: dict | None, tied: bool, family: str = "gemma") -> dict:
         if scaling is not None:
             self.refuse(f" with rope_scaling {scaling.get('rope_type') or scaling.get('type')}")
-        head_dim = int(self.hf.get("head_dim") or args["embed_dim"] // args["num_heads"])
+        head_dim = self.integer("head_dim", required=False) or args["embed_dim"] // args["num_heads"]
         gemma_args = {**args, "head_dim": head_dim, "rope_base": _num(theta)}
         if family == "gemma2":
+            for key in ("attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar"):
+                self.number(key)  # a positive number, or null
             gemma_args.update(
                 hidden_capping_value=self.hf.get("attn_logit_softcapping", 50.0),
                 final_capping_value=self.hf.get("final_logit_softcapping", 30.0),
-                sliding_window_size=int(self.hf.get("sliding_window") or 4096),
+                sliding_window_size=self.integer("sliding_window", required=False) or 4096,
                 query_pre_attn_scalar=self.hf.get("query_pre_attn_scalar"),
             )
         out = self.builders(family, family.upper(), gemma_args)
@@ -330,8 +390,9 @@ class _Reader:
     def phi3(self, args: dict, theta: float, scaling: dict | None, tied: bool) -> dict:
         if scaling is not None:  # Phi-3-*-128k, Phi-3.5, Phi-4-mini: LongRoPE
             self.refuse(f" with rope_scaling {scaling.get('rope_type') or scaling.get('type')}")
-        partial = self.hf.get("partial_rotary_factor", (self.hf.get("rope_parameters") or {}).get("partial_rotary_factor"))
-        if float(partial or 1.0) != 1.0:  # Phi-4-mini: RoPE on part of each head
+        key = "partial_rotary_factor"
+        partial = self.number(key) or self.number(f"rope_parameters.{key}", (self.hf.get("rope_parameters") or {}).get(key))
+        if (partial or 1.0) != 1.0:  # Phi-4-mini: RoPE on part of each head
             self.refuse(f" with partial_rotary_factor {partial}")
         if tied:
             self.refuse(" with tie_word_embeddings")
@@ -369,14 +430,69 @@ class _Reader:
         return True
 
     def checkpoint_files(self) -> list[str]:
-        """The weight files: the shards a ``*.index.json`` names, else the single file."""
-        for index, single in (("model.safetensors.index.json", "model.safetensors"),
-                              ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        """The weight files: the shards a ``*.index.json`` names, else the single file. Shards
+        (``model-00001-of-00004.safetensors``) without a readable index are refused, naming the index."""
+        for index, single, shard in (("model.safetensors.index.json", "model.safetensors", "safetensors"),
+                                     ("pytorch_model.bin.index.json", "pytorch_model.bin", "bin")):
             try:
-                weight_map = json.loads((self.dir / index).read_text())["weight_map"]
-            except (OSError, ValueError, KeyError, TypeError):
-                if (self.dir / single).exists():
-                    return [single]
-                continue
-            return sorted(set(weight_map.values()))
+                weight_map, why = _weight_map((self.dir / index).read_text())
+            except FileNotFoundError:
+                weight_map, why = None, None
+            except (OSError, UnicodeDecodeError) as e:
+                weight_map, why = None, f"{type(e).__name__}: {e}"
+            if weight_map:
+                self.weight_map = weight_map
+                return sorted(set(weight_map.values()))
+            if (self.dir / single).exists():
+                return [single]
+            shards = sorted(p.name for p in self.dir.glob(f"*-of-*.{shard}") if re.search(r"-\d+-of-\d+\.", p.name))
+            what = shards and f"{len(shards)} weight shards ({shards[0]}{' … ' + shards[-1] if len(shards) > 1 else ''})"
+            if why is not None:
+                raise AutoModelError("model.path", self.shown, f"{f'has {what} but ' if shards else ''}its {index}, "
+                                     f"which names the shard of each weight, is not readable ({why})")
+            if shards:
+                raise AutoModelError("model.path", self.shown, f"has {what} and no {index}, which names the shard "
+                                     f"of each weight")
         return ["model.safetensors"]  # none there: validation names the file the dir lacks
+
+    def check_embeddings(self, args: dict[str, Any], files: list[str]) -> None:
+        """The embeddings' shape in the weights (the safetensors header of the file that holds them,
+        not the weights) is vocab_size x hidden_size, as the builder makes them; unread where the
+        header is not there to read."""
+        name = "model.embed_tokens.weight"
+        file = self.weight_map.get(name) or (files[0] if len(files) == 1 else None)
+        header = _safetensors_header(self.dir / file) if file and file.endswith(".safetensors") else None
+        entry = (header or {}).get(name)
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        want = [args["vocab_size"], args["embed_dim"]]
+        if isinstance(shape, list) and shape != want:
+            raise AutoModelError("model.path", self.shown, f"its {file} holds {name} of shape "
+                                 f"{' x '.join(map(str, shape))}, but its config.json has vocab_size x hidden_size "
+                                 f"{want[0]} x {want[1]}")
+
+
+def _weight_map(text: str) -> tuple[dict[str, str] | None, str | None]:
+    """The weight_map of a weight index's text (tensor name -> shard file), or None and why not."""
+    try:
+        index = json.loads(text)
+    except ValueError as e:
+        return None, f"not JSON: {e}"
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not weight_map or not isinstance(weight_map, dict) or not all(
+            isinstance(f, str) and f for f in weight_map.values()):
+        return None, "no weight_map of tensor name -> shard file"
+    return weight_map, None
+
+
+def _safetensors_header(path: Path) -> dict[str, Any] | None:
+    """The JSON header of a safetensors file (8 bytes of its length, little-endian, then the
+    header), without its tensors; None where there is none to read."""
+    try:
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if not 2 <= length <= 100 << 20:
+                return None
+            header = json.loads(f.read(length))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return header if isinstance(header, dict) else None

@@ -125,9 +125,10 @@ def test_each_family_is_described_from_its_config_json(family, tmp_path):
     hf, tok_files, builder, model_type, tokenizer, template, special = FAMILIES[family]
     shards = 2 if family == "llama3_1" else 1
     path = model_dir(tmp_path / f"My-{family}-model", hf, tok_files, shards)
-    merged = ["training.checkpoint=merged"] if family.startswith("phi") else []  # torchtune saves no Phi adapter
-    cfg = compose_config("model=auto", f"model.path={path}", *merged)
+    cfg = compose_config("model=auto", f"model.path={path}")
     m = cfg.model
+    # torchtune saves no Phi adapter: Phi's LoRA runs save merged weights, as the catalogue's phi4 does
+    assert cfg.training.checkpoint == ("merged" if family.startswith("phi") else "adapter")
     assert m.name == f"My-{family}-model"
     assert m.component == f"torchtune.models.{builder}"
     assert m.full_component == f"torchtune.models.{builder.replace('lora_', '')}"
@@ -170,12 +171,21 @@ def test_gemma_lora_builders_take_the_rendered_section(tmp_path):
     build_on_meta(conf["model"])
 
 
-def test_phi_with_an_adapter_checkpoint_is_refused_in_one_line(tmp_path):
+def test_phi_saves_merged_checkpoints_and_an_adapter_checkpoint_is_refused_in_one_line(tmp_path):
+    """As the catalogue's phi4: its training hint makes training.checkpoint merged; adapter, set, is refused."""
     hf, tok_files = FAMILIES["phi3"][:2]
     path = model_dir(tmp_path / "phi3", hf, tok_files)
+    cfg = compose_config("model=auto", f"model.path={path}")
+    assert cfg.training.checkpoint == "merged" and validate(cfg)
+    catalogue = compose_config("model=phi4", f"model.path={path}")
+    assert cfg.training.checkpoint == catalogue.training.checkpoint
     with pytest.raises(ConfigError, match="torchtune 0.6.1 saves no PEFT adapter for PHI3_MINI models; use "
                                           "training.checkpoint=merged"):
-        validate(compose_config("model=auto", f"model.path={path}"))
+        validate(compose_config("model=auto", f"model.path={path}", "training.checkpoint=adapter"))
+    llama = model_dir(tmp_path / "llama", *FAMILIES["llama2"][:2])
+    assert compose_config("model=auto", f"model.path={llama}").training.checkpoint == "adapter"
+    assert compose_config("model=auto", f"model.path={llama}", "training.checkpoint=merged").training.checkpoint == \
+        "merged"
 
 
 def test_phi4_tokenizer_files_are_rendered(tmp_path):

@@ -296,7 +296,11 @@ class _Reader:
             "tokenizer": tokenizer,
             "checkpoint_files": files,
             "chars_per_token": 1.0 if args["vocab_size"] < 1000 else None,  # a character-level vocabulary
-            "training": {"batch_size": batch, "enable_activation_checkpointing": checkpointing},
+            # LoRA checkpoints: torchtune 0.6.1 saves no PEFT adapter for Phi (merged, as the catalogue's
+            # phi4 says); any other family, the training group's own default (adapter), spelt out: auto.yaml
+            # has the key for every dir, and oc.select would take a null for the value
+            "training": {"batch_size": batch, "enable_activation_checkpointing": checkpointing,
+                         "checkpoint": "merged" if family == "phi3" else "adapter"},
             "resources": {name: dict(zip(("gpus", "mem_gb", "epoch_min"), hint)) for name, hint in
                           (("lora", lora), ("full", full))},
         }

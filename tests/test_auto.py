@@ -607,3 +607,26 @@ def test_the_tiny_models_dir_trains_and_evaluates_as_tiny_llama(tmp_path, tiny_m
     assert saved.model.name == tiny_model_dir.name and saved.model.component == "torchtune.models.llama2.lora_llama2"
     results = json.loads((run_dir / "eval" / "epoch_0" / "results.json").read_text())
     assert results  # the fine-tuned checkpoint was evaluated
+
+
+def test_a_copy_of_a_model_dir_under_another_name_is_the_same_run(tmp_path, tiny_model_dir):
+    """A run's identity is the model's content: model=auto's name (the dir's) is not in the hash;
+    a name set by hand is, and other content is another run."""
+    import shutil
+
+    from cruijff.config import config_hash
+
+    copy = tmp_path / "my-derivative"
+    shutil.copytree(tiny_model_dir, copy)
+
+    def chash(*overrides):
+        cfg = compose_config("model=auto", *overrides)
+        return config_hash(cfg, Path(cfg.model.path), config.resolve_paths(cfg, build=False)[1])
+
+    same = chash(f"model.path={tiny_model_dir}")
+    assert chash(f"model.path={copy}") == same
+    assert chash(f"model.path={copy}", "model.name=mine") != same
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["rms_norm_eps"] = 1e-3
+    (copy / "config.json").write_text(json.dumps(cfg))
+    assert chash(f"model.path={copy}") != same

@@ -140,6 +140,8 @@ def _settings(cfg: DictConfig) -> dict:
     # the paths are replaced by what they hold
     for key in ("resources", "chars_per_token", "full_component", "chat_template", "training", "path"):
         sub.get("model", {}).pop(key, None)
+    if "model" in sub and _read_from_dir(cfg.model, "name"):  # model=auto: the dir's name, not its content
+        sub["model"].pop("name", None)
     sub.get("dataset", {}).pop("path", None)
     if "training" in sub:  # the processes it trains on (nproc=auto follows the GPUs a run gets)
         sub["training"]["nproc"] = processes(cfg)
@@ -147,6 +149,12 @@ def _settings(cfg: DictConfig) -> dict:
     if "peft" in sub and "model" in sub and peft_method(cfg) == "lora":
         sub["peft"]["apply_lora_to_output"] = lora_on_output(cfg)
     return sub
+
+
+def _read_from_dir(section: DictConfig, key: str) -> bool:
+    """Whether a model section's ``key`` is read from the model dir (``model=auto``'s resolver)."""
+    node = section._get_node(key) if key in section else None
+    return node is not None and "cruijff_auto:" in str(node._value())
 
 
 def input_identity(cfg: DictConfig, model_dir: Path, data_file: Path) -> dict[str, str]:
@@ -193,10 +201,14 @@ def config_changes(old: DictConfig, old_inputs: dict | None, new: DictConfig, mo
         before, after = _flat(_settings(old)), _flat(_settings(new))
     except Exception:  # a config of an older cruijff: no key-by-key account
         return None
+    if _read_from_dir(new.model, "name"):  # a saved config holds it resolved: not a difference
+        before.pop("model.name", None)
     items = [f"{k} {_short(before.get(k, '(none)'))} -> {_short(after.get(k, '(none)'))}"
              for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
     now = input_identity(new, model_dir, data_file)
-    for what, key, path in (("data file", "data", data_file), ("model dir", "model", model_dir)):
+    # as the user named them (a converted dataset is read from its cached copy)
+    given_data, given_model = new.dataset.get("path"), new.model.get("path")
+    for what, key, path in (("data file", "data", given_data or data_file), ("model dir", "model", given_model or model_dir)):
         if old_inputs and old_inputs.get(key) not in (None, now[key]):
             items.append(f"{what} {path}: content changed")
     if not items:

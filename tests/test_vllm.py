@@ -116,7 +116,9 @@ def test_a_killed_eval_job_leaves_no_server(demo, vllm_command, tmp_path):
             time.sleep(0.5)
         assert _children(server), "the vLLM server started no engine process"
         guard = _parent(server)
-        os.kill(_parent(guard), signal.SIGKILL)  # the eval job
+        job = _parent(guard)
+        assert "guard.py" in Path(f"/proc/{guard}/cmdline").read_text() and job != os.getpid()
+        os.kill(job, signal.SIGKILL)  # the eval job
         deadline = time.monotonic() + 120
         while (_group(server) or _alive(guard)) and time.monotonic() < deadline:
             time.sleep(1)
@@ -130,7 +132,8 @@ def test_a_killed_eval_job_leaves_no_server(demo, vllm_command, tmp_path):
 
 def _servers(marker: str) -> list[int]:
     """Pids of vLLM servers whose command line holds ``marker`` (a path of the test's)."""
-    return [pid for pid, cmd in _cmdlines() if "--served-model-name" in cmd and " serve " in cmd and marker in cmd]
+    return [pid for pid, cmd in _cmdlines() if "--served-model-name" in cmd and " serve " in cmd and marker in cmd
+            and "guard.py" not in cmd]  # the server itself, not its guard (whose command line holds it)
 
 
 def _group(pgid: int) -> list[int]:
@@ -177,25 +180,25 @@ def _parent(pid: int) -> int:
 
 
 def test_a_sweep_scores_every_sample_as_the_hf_backend_from_one_server(vllm_command, tmp_path):
-    """Two runs of the tiny model (LoRA ranks 4 and 8), two epochs each, evaluated with
-    eval.backend=vllm: one eval job and one server hold the base and all four adapters (vLLM's rank
+    """A 2 x 2 sweep of the tiny model (LoRA ranks 4 and 8), two epochs each, evaluated with
+    eval.backend=vllm: one eval job and one server hold the base and all eight adapters (vLLM's rank
     choice 8, a slot more than the adapters), each log's model names its checkpoint, and no server is
     left. Launched again with eval.backend=hf, every cell is evaluated again (the backend is part of
     its key; the vLLM cells are kept aside, never mixed in): every sample's completion and score is
     the same."""
-    common = ["-m", "peft.lora_rank=4,8", "optimizer.lr=1e-3", "training.epochs=2", "training.max_steps_per_epoch=20",
-              "eval.limit=30", "experiment.name=grouped"]
+    common = ["-m", "peft.lora_rank=4,8", "optimizer.lr=1e-3,3e-3", "training.epochs=2", "training.max_steps_per_epoch=5",
+              "eval.limit=10", "experiment.name=grouped"]
     proc = launch(*common, "eval.backend=vllm", f"eval.vllm.command={vllm_command}", cwd=tmp_path, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sweep = tmp_path / "outputs" / "grouped"
     runs = sorted(p.parent for p in sweep.glob("*/run.json"))
-    assert len(runs) == 2
+    assert len(runs) == 4
     logs = "".join(layout.eval_log(r).read_text() for r in runs if layout.eval_log(r).exists())
-    assert logs.count("cruijff: starting vLLM:") == 1, "one server for the base and both runs' adapters"
-    assert "--max-loras 5 " in logs and "--max-lora-rank 8 " in logs and "--dtype float32" in logs
+    assert logs.count("cruijff: starting vLLM:") == 1, "one server for the base and all runs' adapters"
+    assert "--max-loras 9 " in logs and "--max-lora-rank 8 " in logs and "--dtype float32" in logs
     entries = layout.action_log(sweep).read_text().split("\n[")
     submitted = [e for e in entries if "ACTION: Submit eval" in e]
-    assert len(submitted) == 1 and all(r.name in submitted[0] for r in runs), submitted  # one job for both
+    assert len(submitted) == 1 and all(r.name in submitted[0] for r in runs), submitted  # one job for all
     assert "job ids" in submitted[0] and "," not in submitted[0].split("job ids", 1)[1]
     assert any("adapter on the vLLM server" in e for e in entries)
     assert not _servers(str(tmp_path)), "a vLLM server outlived its eval job"
@@ -211,7 +214,32 @@ def test_a_sweep_scores_every_sample_as_the_hf_backend_from_one_server(vllm_comm
     for c in cells:
         assert _log(c).eval.model.startswith("hf/")
         assert _samples(_log(c)) == served[c], c
-        assert len(served[c]) == 30
+        assert len(served[c]) == 10
         assert list((c.parent / ".stale").glob(f"{c.name}-*/results.json"))  # the vLLM cell, kept aside
     assert _samples(_log(_base_cell(sweep, "hf"))) == base
     assert base != served[cells[-1]]  # the adapters answer otherwise than the base: not a check of nothing
+
+
+@pytest.mark.slurm
+def test_on_slurm_a_sweep_is_evaluated_by_one_job_and_one_server(slurm, vllm_command, tmp_path):
+    """cluster=slurm: a 2 x 2 grid trains as one job array, then its evals are one SLURM job (one
+    base model) whose one server serves the base and every run's adapter; nothing is left running."""
+    proc = launch("-m", "experiment.name=vs", "cluster=slurm", "cluster.gpus_per_node=0", "cluster.cpus_per_task=1",
+                  "cluster.mem_gb=6", "training=smoke", "peft.lora_rank=4,8", "optimizer.lr=1e-3,3e-3",
+                  "eval.backend=vllm", f"eval.vllm.command={vllm_command}", cwd=tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sweep = tmp_path / "outputs" / "vs"
+    runs = sorted(p.parent for p in sweep.glob("*/run.json"))
+    assert len(runs) == 4
+    entries = layout.action_log(sweep).read_text().split("\n[")
+    (submitted,) = [e for e in entries if "ACTION: Submit eval" in e]
+    assert all(r.name in submitted for r in runs)
+    (job,) = submitted.split("slurm job ids ", 1)[1].split()[:1]
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job], capture_output=True, text=True).stdout
+    assert out.split() == ["COMPLETED"], out
+    logs = "".join(layout.eval_log(r).read_text() for r in runs if layout.eval_log(r).exists())
+    assert logs.count("cruijff: starting vLLM:") == 1 and "--max-loras 5 " in logs
+    for r in runs:
+        assert _log(r / "eval" / "epoch_0").eval.model.endswith(f":{(r / 'epoch_0').resolve()}")
+    assert _log(_base_cell(sweep, "vllm")).status == "success"
+    assert not _servers(str(tmp_path))

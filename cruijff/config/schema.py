@@ -22,7 +22,7 @@ from .. import assets
 from ..errors import ConfigError, did_you_mean
 from . import chat
 from .compose import apply_smoke
-from .data import data_keys, dataset_file, is_chat, one_list
+from .data import data_keys, dataset_file, has_system_turns, is_chat, one_list
 from .identity import check_name
 from .model import CHECKPOINT_MODES, PEFT_METHODS, effective_batch, model_files, peft_method, processes
 from .tasks import TaskSpec, check_tasks
@@ -232,10 +232,16 @@ def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> list[TaskSpe
             names = [*extra, *chat.TEMPLATES]
             raise ConfigError(key, template, f"not a chat template{did_you_mean(template, names)}: one of "
                               f"{', '.join(names)}, a Jinja template, or null for the model dir's own")
-    system_key = next((k for k in ("dataset.system_prompt", "dataset.fields.system") if OmegaConf.select(cfg, k)), None)
-    if system_key and str(cfg.model.tokenizer.get("prompt_template") or "").endswith("MistralChatTemplate"):
-        raise ConfigError(system_key, OmegaConf.select(cfg, system_key), "torchtune's MistralChatTemplate has no "
-                          "system role: leave it out, or put it in the user's text")
+    if str(cfg.model.tokenizer.get("prompt_template") or "").endswith("MistralChatTemplate"):
+        system_key = next((k for k in ("dataset.system_prompt", "dataset.fields.system") if OmegaConf.select(cfg, k)),
+                          None)
+        if system_key:
+            raise ConfigError(system_key, OmegaConf.select(cfg, system_key), "torchtune's MistralChatTemplate has "
+                              "no system role: leave it out, or put it in the user's text")
+        if has_system_turns(cfg):  # a chat's own system turns: torchtune would raise on them mid-training
+            raise ConfigError("dataset.path", cfg.dataset.path, f"its chats have system turns, which torchtune's "
+                              f"MistralChatTemplate (model {cfg.model.name}) has no role for: leave them out, or "
+                              "put them in the user's text")
     if cfg.model.path is not None:
         path = Path(cfg.model.path)
         if not path.is_dir():

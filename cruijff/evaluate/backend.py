@@ -128,6 +128,16 @@ def samples_key(task: Any, limit: int | None) -> str:
     return digest.hexdigest()[:32]
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def weight_files(model_dir: Path, adapters: bool = False) -> list[list]:
+    """[file, bytes] of the weights a load of ``model_dir`` reads (``adapters``: its adapter's files
+    instead of the model's), for a cell's record of what it read."""
+    return [[str(f), f.stat().st_size] for f in sorted(Path(model_dir).iterdir())
+            if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES) and f.name.startswith("adapter_") == adapters]
+
+
 def _weights_view(model_dir: Path) -> Path | None:
     """A temporary dir of links to ``model_dir`` without ``adapter_*`` files, if any are there."""
     if not any(model_dir.glob("adapter_*")):
@@ -148,6 +158,7 @@ class Evaluator:
         self._key: tuple | None = None
         self._swap: AdapterSwap | None = None
         self.loads = 0
+        self._loaded: list[list] = []  # the weight files of the last load, until a cell records them
 
     def model(self, model_dir: Path, chat_template: str | None, device: str, gpus: int = 1,
               max_tokens: int = 16, batch_size: int = 32):
@@ -182,6 +193,7 @@ class Evaluator:
         set_model_info(str(model), ModelInfo(organization="local", context_length=_context_length(model_dir)))
         self._model, self._key, self._swap = model, key, None
         self.loads += 1
+        self._loaded = weight_files(model_dir)
         return model
 
     def evaluate(
@@ -215,10 +227,13 @@ class Evaluator:
                 self._swap = AdapterSwap(model.api.model)
             self._swap.apply(read_adapter(adapter))
         self._name_checkpoint(model, model_dir, adapter)
+        loaded = {"weights": self._loaded, "adapters": weight_files(adapter, adapters=True) if adapter else [],
+                  "server": False}
+        self._loaded = []
         try:
             return score_cell(model, tasks, log_dir, cell_model=str(adapter or model_dir), data_file=data_file,
                               input_key=input_key, output_key=output_key, limit=limit, chat_template=chat_template,
-                              tags=tags, metadata=metadata, display=display, record=record)
+                              tags=tags, metadata=metadata, display=display, record={**(record or {}), "loaded": loaded})
         finally:
             if self._swap is not None:
                 self._swap.restore()

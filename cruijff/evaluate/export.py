@@ -18,8 +18,8 @@ from pathlib import Path
 from ..errors import CruijffError
 from ..records import layout
 from .adapter import read_adapter
+from .backend import WEIGHT_SUFFIXES
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def base_of(ckpt: Path, adapter_base: str | None) -> Path:

@@ -43,7 +43,7 @@ from typing import Any
 from ..config import TaskSpec
 from ..errors import CruijffError
 from ..records import CellResults
-from .backend import _weights_view, score_cell
+from .backend import _weights_view, score_cell, weight_files
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM's --max-lora-rank accepts
 HEALTH_POLL_S = 1.0
@@ -250,7 +250,12 @@ class VLLMEvaluator:
         log_dir.mkdir(parents=True, exist_ok=True)
         if adapter is not None:
             self.expect(model_dir, [adapter])
+        loads = self.loads
         server = self._serve(model_dir, chat_template, device, gpus, log_file or log_dir / "vllm.log")
+        started = self.loads > loads
+        loaded = {"weights": weight_files(model_dir) if started else [], "server": started,
+                  "adapters": [f for a in server.adapters for f in weight_files(a, adapters=True)] if started else
+                  [] if adapter is None or adapter.resolve() in server.adapters else weight_files(adapter, adapters=True)}
         name = f"vllm/{server.name}" + (f":{adapter.resolve()}" if adapter is not None else "")
         model = get_model(
             name, base_url=f"{server.url}/v1", api_key=server.key, memoize=False,
@@ -259,7 +264,7 @@ class VLLMEvaluator:
         )
         return score_cell(model, tasks, log_dir, cell_model=str(adapter or model_dir), data_file=data_file,
                           input_key=input_key, output_key=output_key, limit=limit, chat_template=chat_template,
-                          tags=tags, metadata=metadata, display=display, record=record)
+                          tags=tags, metadata=metadata, display=display, record={**(record or {}), "loaded": loaded})
 
     def close(self) -> None:
         if self.server is not None:

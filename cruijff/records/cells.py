@@ -48,6 +48,9 @@ class CellResults(Record):
     key_parts: dict = field(default_factory=dict)
     base_cell: str | None = None         # a run's cell: its base control's dir, relative to the sweep dir
     base_key: str | None = None          # ... and that control's key
+    # what evaluating it read from disk: "weights" (a model load: [file, bytes] each; empty when the
+    # job's loaded model served it), "adapters" (the same), "server" (a vLLM server started for it)
+    loaded: dict = field(default_factory=dict)
     version: int = 1
 
     @classmethod

@@ -243,3 +243,40 @@ def test_on_slurm_a_sweep_is_evaluated_by_one_job_and_one_server(slurm, vllm_com
         assert _log(r / "eval" / "epoch_0").eval.model.endswith(f":{(r / 'epoch_0').resolve()}")
     assert _log(_base_cell(sweep, "vllm")).status == "success"
     assert not _servers(str(tmp_path))
+
+
+def test_a_server_that_cannot_start_says_why_once(tmp_path, tiny_model_dir):
+    """Its own output's error line (not an earlier start's in the same log), one line; the job's
+    next run is not made to wait for another start that would fail the same way."""
+    from cruijff import assets
+    from cruijff.config import TaskSpec
+    from cruijff.errors import CruijffError
+    from cruijff.evaluate.vllm import VLLMEvaluator
+
+    fake = tmp_path / "vllm"
+    fake.write_text("#!/bin/sh\necho 'INFO reading the model'\necho 'vllm: error: unrecognized arguments: --bogus' >&2\n"
+                    "exit 2\n")
+    fake.chmod(0o755)
+    log = tmp_path / "eval.log"
+    log.write_text("(APIServer) ERROR 12-03 15:42:10 an earlier server's error\n")
+    evaluator = VLLMEvaluator(command=str(fake), startup_timeout_s=60, log_file=log)
+    kw = dict(data_file=assets.capitalization_file(), input_key="input", output_key="output", device="cpu", limit=2)
+    for cell in ("a", "b"):
+        with pytest.raises(CruijffError) as e:
+            evaluator.evaluate(tiny_model_dir, [TaskSpec("exact_match")], tmp_path / cell, **kw)
+        assert str(e.value).startswith("the vLLM server exited with code 2 while starting: vllm: error: "
+                                       f"unrecognized arguments: --bogus (its output: {log})"), str(e.value)
+    assert log.read_text().count("cruijff: starting vLLM:") == 1
+    evaluator.close()
+
+
+def test_a_failed_eval_job_says_its_own_reason():
+    """submitit's error ends with the job's log path; the reason is the job's own line."""
+    from cruijff.sweep.evals import job_failure
+
+    text = ("Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent call last):\n"
+            '  File "x.py", line 1, in <module>\nRuntimeError: eval failed: rank4: CruijffError: the vLLM server exited '
+            "with code 2 while starting: vllm: error: unrecognized arguments: --bogus\n\n"
+            "You can check full logs with 'job.stderr(0)' and 'job.stdout(0)'or at paths:\n  - /tmp/x/.submitit/1/1_0_log.err\n")
+    assert job_failure(RuntimeError(text)) == ("eval failed: rank4: CruijffError: the vLLM server exited with code 2 "
+                                               "while starting: vllm: error: unrecognized arguments: --bogus")

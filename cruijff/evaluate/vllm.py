@@ -93,6 +93,7 @@ class Server:
         self.process: subprocess.Popen | None = None
         self._tmp = Path(tempfile.mkdtemp(prefix="cruijff-vllm-"))
         self._view: Path | None = None
+        self._log_start = 0
 
     @property
     def url(self) -> str:
@@ -130,6 +131,7 @@ class Server:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         argv = self.argv()
         with open(self.log_file, "a") as log:
+            self._log_start = log.tell()  # this start's output begins here (the log may hold earlier ones)
             log.write(f"cruijff: starting vLLM: {' '.join(a if a != self.key else '***' for a in argv)}\n")
             log.flush()
             if not _runnable(self.command):
@@ -161,10 +163,14 @@ class Server:
             time.sleep(HEALTH_POLL_S)
 
     def _last_line(self) -> str:
+        """The line of this start's output that says why it ended: its last error line, else its last."""
         try:
-            lines = [ln.strip() for ln in self.log_file.read_text(errors="replace").splitlines() if ln.strip()]
+            with open(self.log_file, "rb") as f:
+                f.seek(self._log_start)
+                text = f.read().decode(errors="replace")
         except OSError:
             return "(no output)"
+        lines = [ln.strip() for ln in text.splitlines()[1:] if ln.strip()]  # after cruijff's "starting" line
         errors = [ln for ln in lines if "Error" in ln or "error" in ln]
         return (errors or lines or ["(no output)"])[-1][-300:]
 
@@ -211,6 +217,7 @@ class VLLMEvaluator:
         self._key: tuple | None = None
         self.expected: dict[str, list[Path]] = {}
         self.loads = 0
+        self._failed: dict[tuple, str] = {}  # why a server could not start, by what it was to serve
 
     @classmethod
     def of(cls, eval_cfg: Any, log_file: Path | None = None) -> "VLLMEvaluator":
@@ -228,12 +235,18 @@ class VLLMEvaluator:
         if key == self._key and self.server is not None and self.server.process is not None \
                 and self.server.process.poll() is None:
             return self.server
+        if key in self._failed:  # a server that could not start is not tried again for each run
+            raise CruijffError(self._failed[key])
         self.close()
         self.server = Server(self.command, model_dir.resolve(), adapters=self.expected.get(key[0], []),
                              device=device, gpus=gpus, chat_template=chat_template,
                              max_model_len=self.max_model_len, timeout_s=self.timeout_s, args=self.args,
                              log_file=self.log_file or log_file)
-        self.server.start()
+        try:
+            self.server.start()
+        except CruijffError as e:
+            self._failed[key] = str(e)
+            raise
         self._key = key
         self.loads += 1
         return self.server

@@ -94,7 +94,17 @@ class EvalJobs:
         try:
             job.result()
         except Exception as e:  # an eval job failing is reported, not fatal to the sweep
-            self.act("Eval failed", self.names[id(job)], last_line(e))
+            why = job_failure(e)
+            self.act("Eval failed", self.names[id(job)], why)
+            print(f"cruijff: eval job of {self.names[id(job)]} failed: {why}", file=sys.stderr)
+
+
+def job_failure(e: BaseException) -> str:
+    """Why an eval job failed, in its own words: submitit's error holds the job's traceback, whose
+    last line is often the path of its log; the line :func:`evaluate_group` raised says what failed."""
+    lines = [ln.strip() for ln in str(e).splitlines()]
+    ours = [ln.split("RuntimeError: ", 1)[1] for ln in lines if "RuntimeError: eval failed:" in ln]
+    return ours[-1] if ours else last_line(e)
 
 
 def evaluate_runs(config: DictConfig, sweep_dir: Path, todo: list[tuple[str, Path | None]],

@@ -61,7 +61,7 @@ def compose_config(*overrides: str):
         return compose(config_name="config", overrides=list(overrides))
 
 
-# Tests run on two processes (pytest-xdist, --dist loadgroup in pyproject.toml). Tests that share an
+# Tests run on three processes (pytest-xdist, --dist loadgroup in pyproject.toml). Tests that share an
 # expensive fixture run on one of them, so it is built once; the SLURM tests share one node, so they
 # run one at a time.
 SHARED = ("array_sweep", "sweep", "merged_run", "installed", "demo")

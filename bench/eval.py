@@ -148,9 +148,10 @@ def evaluate_sweep(sweep_dir: Path, work: Path, eval_cfg: dict, what: str) -> tu
     code = TIMERS + (
         "from pathlib import Path\n"
         "from cruijff.records import ActionLog, layout\n"
-        "from cruijff.sweep import evaluate_in_turn\n"
+        "from cruijff.sweep import eval_todo, evaluate_in_turn\n"
         f"sweep = Path({str(sweep_dir)!r})\n"
-        f"failed = evaluate_in_turn(sweep, {runs!r}, {eval_cfg!r}, ActionLog(layout.action_log(sweep)))\n"
+        f"todo = eval_todo(sweep, {runs!r}, {eval_cfg!r})\n"
+        f"failed = evaluate_in_turn(sweep, todo, {eval_cfg!r}, ActionLog(layout.action_log(sweep)))\n"
         "assert not failed, failed\n")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], cwd=work, env=ENV, capture_output=True, text=True)

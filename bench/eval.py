@@ -104,9 +104,10 @@ def processes(bs: int) -> None:
 BIG = dict(embed_dim=1024, num_layers=8, num_heads=16, num_kv_heads=16, intermediate_dim=2816)
 
 # Run in the timed process: the time spent getting the model (a load, or the held one with its
-# base weights restored) and applying adapters, one "<TAG> <seconds>" line each.
+# base weights restored) and applying adapters, one "<TAG> <seconds>" line each, appended to the file
+# $BENCH_TIMES (the eval stage sends the job's own output to the runs' eval logs).
 TIMERS = """
-import time
+import os, time
 from cruijff.evaluate import backend, adapter
 def _timed(cls, name, tag):
     real = getattr(cls, name)
@@ -115,7 +116,8 @@ def _timed(cls, name, tag):
         try:
             return real(*a, **k)
         finally:
-            print(f"{tag} {time.perf_counter() - t0}", flush=True)
+            with open(os.environ["BENCH_TIMES"], "a") as f:
+                f.write(f"{tag} {time.perf_counter() - t0}\\n")
     setattr(cls, name, timed)
 _timed(backend.Evaluator, "model", "MODEL")
 _timed(adapter.AdapterSwap, "apply", "APPLY")
@@ -141,7 +143,7 @@ def read_by_cells(sweep_dir: Path) -> dict:
 
 
 def evaluate_sweep(sweep_dir: Path, work: Path, eval_cfg: dict, what: str) -> tuple[float, str]:
-    """Time the eval stage of a sweep (every run, in this order, one process); its stdout."""
+    """Time the eval stage of a sweep (every run, in this order, one process); its timer lines."""
     from cruijff.records import layout
 
     runs = layout.run_dirs(sweep_dir)
@@ -153,12 +155,15 @@ def evaluate_sweep(sweep_dir: Path, work: Path, eval_cfg: dict, what: str) -> tu
         f"todo = eval_todo(sweep, {runs!r}, {eval_cfg!r})\n"
         f"failed = evaluate_in_turn(sweep, todo, {eval_cfg!r}, ActionLog(layout.action_log(sweep)))\n"
         "assert not failed, failed\n")
+    times = sweep_dir.parent / f".{sweep_dir.name}.times"
+    times.write_text("")
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code], cwd=work, env=ENV, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=work, env={**ENV, "BENCH_TIMES": str(times)},
+                          capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"eval of {what} failed:\n{proc.stdout[-1000:]}\n{proc.stderr[-2000:]}")
-    return wall, proc.stdout
+    return wall, times.read_text()
 
 
 def build_big_model(dest: Path) -> int:

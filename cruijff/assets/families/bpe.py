@@ -3,8 +3,10 @@ merges learned from a small corpus, for the tiny models' tokenizer files."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
+from pathlib import Path
 
 from ..embedded import SEED, _splits
 
@@ -64,3 +66,25 @@ def learn_merges(texts: list[str], n_merges: int, pretokenize: str) -> list[tupl
             new[tuple(out)] = new.get(tuple(out), 0) + c
         words = new
     return merges
+
+
+def byte_level_vocab(texts: list[str], n_merges: int, pretokenize: str,
+                     size: int) -> tuple[dict[str, int], list[tuple[str, str]], int]:
+    """A GPT-2-style ``vocab.json`` of ``size`` ids: the 256 byte tokens, then the merges learned from
+    ``texts``, then unused tokens no merge makes (the ids below a family's fixed special tokens).
+    Returns the vocabulary, the merges and how many tokens the bytes and merges make."""
+    enc = bytes_to_unicode()
+    vocab = {enc[b]: i for i, b in enumerate(sorted(enc, key=lambda b: ord(enc[b])))}
+    merges = learn_merges(texts, n_merges, pretokenize)
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    learned = len(vocab)
+    for i in range(learned, size):
+        vocab[f"<|unused_{i}|>"] = i
+    return vocab, merges, learned
+
+
+def write_vocab_merges(dest: Path, vocab: dict[str, int], merges: list[tuple[str, str]]) -> None:
+    """``vocab.json`` and ``merges.txt`` as Hugging Face's byte-level BPE tokenizers ship them."""
+    (dest / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (dest / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))

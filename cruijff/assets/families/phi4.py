@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 
 from ..embedded import SEED, _ensure, cache_root
-from .bpe import bytes_to_unicode, corpus, learn_merges
+from .bpe import byte_level_vocab, corpus, write_vocab_merges
 
 FAMILIES_VERSION = "v1"
 TINY_PHI4 = f"tiny_phi4-{FAMILIES_VERSION}-seed{SEED}"
@@ -65,17 +65,10 @@ def _build_phi4_tokenizer(dest: Path) -> int:
     """Writes the tokenizer files; returns how many tokens the bytes and merges make."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
-    enc = bytes_to_unicode()
-    vocab = {enc[b]: i for i, b in enumerate(sorted(enc, key=lambda b: ord(enc[b])))}
-    # and, as any real vocabulary has, merges of digits and of an upper-case contraction
-    merges = learn_merges(corpus() + NUMBERS * 20, N_MERGES, PRETOKENIZE)
-    for a, b in merges:
-        vocab.setdefault(a + b, len(vocab))
-    learned = len(vocab)
-    for i in range(learned, FIRST_SPECIAL_ID):  # unused tokens no merge makes, up to the added tokens
-        vocab[f"<|unused_{i}|>"] = i
-    (dest / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (dest / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    # the merges (and, as any real vocabulary has, merges of digits and of an upper-case contraction),
+    # then unused tokens no merge makes, up to the added tokens
+    vocab, merges, learned = byte_level_vocab(corpus() + NUMBERS * 20, N_MERGES, PRETOKENIZE, FIRST_SPECIAL_ID)
+    write_vocab_merges(dest, vocab, merges)
 
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None,
                                continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from ..embedded import SEED, _ensure, cache_root
-from .bpe import bytes_to_unicode, corpus, learn_merges
+from .bpe import byte_level_vocab, corpus, write_vocab_merges
 
 FAMILIES_VERSION = "v1"
 TINY_QWEN2_5 = f"tiny_qwen2_5-{FAMILIES_VERSION}-seed{SEED}"
@@ -61,18 +61,10 @@ def _build_qwen2_5_tokenizer(dest: Path) -> int:
     """Writes the tokenizer files; returns how many tokens the bytes and merges make."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-    enc = bytes_to_unicode()
-    vocab = {enc[b]: i for i, b in enumerate(sorted(enc, key=lambda b: ord(enc[b])))}
-    merges = learn_merges(corpus(), N_MERGES, PRETOKENIZE)
-    for a, b in merges:
-        vocab.setdefault(a + b, len(vocab))
-    learned = len(vocab)
     # Qwen2.5's vocab.json holds 151643 tokens, the special tokens' ids come after them (transformers
-    # adds the special tokens at the next ids): the rest are unused tokens no merge makes
-    for i in range(learned, FIRST_SPECIAL_ID):
-        vocab[f"<|unused_{i}|>"] = i
-    (dest / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (dest / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    # adds the special tokens at the next ids): past the merges, unused tokens no merge makes
+    vocab, merges, learned = byte_level_vocab(corpus(), N_MERGES, PRETOKENIZE, FIRST_SPECIAL_ID)
+    write_vocab_merges(dest, vocab, merges)
 
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None,
                                continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,

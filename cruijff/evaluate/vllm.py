@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TaskSpec
+from ..config.schema import program_exists
 from ..errors import CruijffError
-from ..records import CellResults
+from ..records import CellResults, layout
 from .backend import _weights_view, score_cell, weight_files
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM's --max-lora-rank accepts
@@ -60,7 +61,7 @@ def lora_rank_choice(rank: int) -> int:
 
 
 def adapter_rank(ckpt: Path) -> int:
-    return int(json.loads((ckpt / "adapter_config.json").read_text())["r"])
+    return int(json.loads((ckpt / layout.ADAPTER_CONFIG).read_text())["r"])
 
 
 def vllm_dtype(device: str) -> str:
@@ -71,10 +72,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _runnable(command: str) -> bool:
-    return bool(shutil.which(command)) if "/" not in command else os.access(Path(command).expanduser(), os.X_OK)
 
 
 class Server:
@@ -134,7 +131,7 @@ class Server:
             self._log_start = log.tell()  # this start's output begins here (the log may hold earlier ones)
             log.write(f"cruijff: starting vLLM: {' '.join(a if a != self.key else '***' for a in argv)}\n")
             log.flush()
-            if not _runnable(self.command):
+            if not program_exists(self.command):
                 raise CruijffError(f"eval.vllm.command={self.command!r}: no such program")
             # through the guard, which stops the server's whole process group however this job ends
             self.process = subprocess.Popen([sys.executable, str(GUARD), str(os.getpid()), *argv], stdout=log,

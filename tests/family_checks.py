@@ -56,7 +56,8 @@ def assert_merged_is_base_plus_adapter(model_dir: Path, ckpt: Path) -> int:
     return len(changed)
 
 
-def _answers(cell_dir: Path) -> list:
+def answers(cell_dir: Path) -> list:
+    """(sample id, completion, score) of a cell's one task, from its inspect log."""
     from inspect_ai.log import read_eval_log
 
     (log,) = cell_dir.glob("*.eval")
@@ -71,7 +72,7 @@ def assert_adapter_answers_as_merged(model_dir: Path, ckpt: Path, tmp_path: Path
     from cruijff.evaluate import Evaluator
 
     run_dir = ckpt.parent
-    merged = _answers(run_dir / "eval" / ckpt.name)  # the launch evaluated the merged weights
+    merged = answers(run_dir / "eval" / ckpt.name)  # the launch evaluated the merged weights
     assert json.loads((run_dir / "eval" / ckpt.name / "results.json").read_text())["metadata"]["adapter"] is False
     (base,) = [d for d in (run_dir.parent / "base").iterdir() if (d / "results.json").exists()]
     evaluator = Evaluator()
@@ -81,5 +82,5 @@ def assert_adapter_answers_as_merged(model_dir: Path, ckpt: Path, tmp_path: Path
                            device="cpu", limit=len(merged), display="none", chat_template=chat_template)
     finally:
         evaluator.close()
-    assert _answers(tmp_path / "a") == merged
-    assert merged != _answers(base)  # the adapter changed something
+    assert answers(tmp_path / "a") == merged
+    assert merged != answers(base)  # the adapter changed something

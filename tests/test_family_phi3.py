@@ -168,16 +168,6 @@ def _torchtune_adapter_deltas(ckpt: Path, conf: dict, hf_config: dict) -> dict:
     return out
 
 
-def _answers(cell_dir: Path) -> list:
-    from inspect_ai.log import read_eval_log
-
-    from cruijff.records import CellResults, log_path
-
-    cell = CellResults.of(cell_dir)
-    log = read_eval_log(str(log_path(cell_dir, cell.tasks["exact_match"].log)))
-    return [(s.id, s.output.completion) for s in log.samples]
-
-
 def trained_tokens(conf: dict, record: list[dict]) -> list[int]:
     """A record's tokens as the run's tokenizer (its rendered config's) tokenized it for training."""
     from torchtune import config as tt_config
@@ -238,7 +228,8 @@ def assert_merged_checkpoint_is_what_is_evaluated(model_dir: Path, run_dir: Path
     cell = CellResults.of(run_dir / "eval" / ckpt.name)
     assert cell.metadata["adapter"] is False and cell.chat_template is None
     assert (run_dir.parent / cell.model).resolve() == ckpt.resolve()
-    assert _answers(run_dir / "eval" / ckpt.name) != _answers(run_dir.parent / cell.metadata["base_cell"])
+    assert family_checks.answers(run_dir / "eval" / ckpt.name) != \
+        family_checks.answers(run_dir.parent / cell.metadata["base_cell"])
 
 
 @pytest.mark.slow

@@ -13,13 +13,13 @@ from .manifest import ENTRY_ENV, entry, finish_manifest, launcher_argv, slurm_jo
 from .standing import RunStanding, complete_epochs, epoch_summary, other_config, record_finished, run_standing
 from .cells import (CellResults, CellStanding, EvalPlan, ExpectedCell, TaskResult, cell_standing, current_cell,
                     expected_cells, headline_metric, log_path, unscored)
-from .state import EpochLoss, PlannedRunRecord, RunState, RunStatus, SweepPlan, mark_failed, run_state, sweep_runs
+from .state import EpochLoss, PlannedRunRecord, Retry, RunState, RunStatus, SweepPlan, mark_failed, run_state, sweep_runs
 
 __all__ = [
     "layout", "liveness", "read_json", "read_jsonl", "write_json", "write_jsonl",
     "SweepBusy", "acquire_lock", "lock_holder", "release_lock",
     "ActionLog", "stamp", "ENTRY_ENV", "entry", "finish_manifest", "launcher_argv", "slurm_job_id", "write_manifest",
-    "CellResults", "CellStanding", "EpochLoss", "EvalPlan", "ExpectedCell", "PlannedRunRecord", "RunState",
+    "CellResults", "CellStanding", "EpochLoss", "EvalPlan", "ExpectedCell", "PlannedRunRecord", "Retry", "RunState",
     "RunStatus", "SweepPlan", "TaskResult", "cell_standing", "current_cell", "expected_cells",
     "RunStanding", "complete_epochs", "epoch_summary", "other_config", "record_finished", "run_standing",
     "headline_metric", "log_path", "mark_failed", "run_state", "sweep_runs", "unscored",

@@ -82,6 +82,29 @@ class EpochLoss:
 
 
 @dataclass
+class Retry:
+    """One retry of a run's fine-tuning with other resources, in ``run.json``'s ``retries``:
+    ``kind`` is ``cuda_oom`` (out of GPU memory: the micro-batch halved, gradient accumulation
+    doubled, the effective batch kept), ``host_oom`` (SLURM ended the job OUT_OF_MEMORY: resubmitted
+    with more memory) or ``time_limit`` (requeued after its time limit with a limit from its measured
+    epoch time). ``at`` says where it struck (``epoch 0 step 3``, a job id); ``before``/``after``
+    the resources changed (``{"batch_size": 4, "gradient_accumulation_steps": 1}``,
+    ``{"mem_gb": 8}``, ``{"timeout_min": 30}``)."""
+
+    kind: str
+    at: str = ""
+    before: dict = field(default_factory=dict)
+    after: dict = field(default_factory=dict)
+    time: float | None = None       # unix time it was decided
+    error: str | None = None        # the error's one line
+
+    def describe(self) -> str:
+        """One line: ``cuda_oom at epoch 0 step 3: batch_size 4 -> 2, gradient_accumulation_steps 1 -> 2``."""
+        changed = ", ".join(f"{k} {self.before.get(k)} -> {v}" for k, v in self.after.items())
+        return f"{self.kind}" + (f" at {self.at}" if self.at else "") + (f": {changed}" if changed else "")
+
+
+@dataclass
 class RunState(Record):
     """``run.json``: what happened to a run's fine-tuning."""
 
@@ -105,12 +128,14 @@ class RunState(Record):
     resumed_from: str | None = None  # the checkpoint the last attempt resumed after
     checkpoints: list[str] = field(default_factory=list)
     epochs: list[EpochLoss] = field(default_factory=list)
+    retries: list[Retry] = field(default_factory=list)  # with other resources (out of memory, time limit)
     version: int = 1
 
     @classmethod
     def _build(cls, data: dict) -> "RunState":
         data["status"] = RunStatus(data["status"])
         data["epochs"] = [EpochLoss(**e) for e in data.get("epochs") or []]
+        data["retries"] = [Retry(**r) for r in data.get("retries") or []]
         return cls(**data)
 
     def to_dict(self) -> dict:

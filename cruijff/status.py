@@ -19,7 +19,22 @@ def show(sweep_dir: Path) -> int:
     holder = lock_holder(sweep_dir)
     console().print(status_table(sweep_dir, f"launch running ({holder})" if holder else "no launch running",
                                  scheduler=True))
+    for line in retried(sweep_dir):
+        console().print(line, markup=False, highlight=False, soft_wrap=True)
     return 1 if failed(sweep_dir) else 0
+
+
+def retried(sweep_dir: Path) -> list[str]:
+    """Below the table, each retry with other resources of each run, in one line
+    (``<run>: retried cuda_oom at epoch 1 step 3: batch_size 4 -> 2, gradient_accumulation_steps 1 -> 2``)."""
+    out = []
+    for r in sweep_runs(sweep_dir):
+        try:
+            state = RunState.of(sweep_dir / r.name)
+        except CruijffError:  # the table names it
+            continue
+        out += [f"{r.name}: retried {retry.describe()}" for retry in (state.retries if state else [])]
+    return out
 
 
 def failed(sweep_dir: Path) -> bool:

@@ -39,7 +39,7 @@ ABBREVIATIONS = {
     "max_steps_per_epoch": "steps",
 }
 # Overrides that do not change what a run computes, so they do not change its directory.
-NOT_IN_RUN_NAME = re.compile(r"^(hydra|eval|experiment|overwrite|cluster|dry_run|detach|scaffold|verbose|training\.metric_logger|training\.tracking)([./=]|$)")
+NOT_IN_RUN_NAME = re.compile(r"^(hydra|eval|experiment|overwrite|cluster|dry_run|detach|scaffold|verbose|training\.metric_logger|training\.tracking|training\.oom_retries)([./=]|$)")
 
 
 def changes_finetune(override: str) -> bool:
@@ -133,8 +133,9 @@ def _settings(cfg: DictConfig) -> dict:
     if cfg.get("base_recipe"):
         sub["base_recipe"] = cfg.base_recipe
     # where the losses are sent and how the checkpoints are stored do not change what is trained;
-    # nor does the smoke flag itself: the limits it set are counted as the values they are
-    for key in ("metric_logger", "tracking", "checkpoint", "smoke"):
+    # nor does the smoke flag itself: the limits it set are counted as the values they are; nor the
+    # retries out of GPU memory (a retry keeps the effective batch)
+    for key in ("metric_logger", "tracking", "checkpoint", "smoke", "oom_retries"):
         sub.get("training", {}).pop(key, None)
     # hints for clusters, plans and evals, not for training (model.training reaches training.*);
     # the paths are replaced by what they hold

@@ -60,6 +60,7 @@ SCHEMA = {
     "training.compile": "bool",
     "training.enable_activation_checkpointing": "bool",
     "training.log_every_n_steps": "int>=1",
+    "training.oom_retries": "int>=0",
     "dataset.fields.input": "str", "dataset.fields.output": "str", "dataset.fields.messages": "str",
     "dataset.fields.system": "str|null", "dataset.system_prompt": "str|null",
     "dataset.shape": "str", "dataset.format": "str", "dataset.split_column": "str|null",

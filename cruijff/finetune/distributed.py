@@ -6,7 +6,8 @@ cruijff.finetune.rank finetune.yaml loss.jsonl`` (each rank: :mod:`.rank`), whic
 lora_finetune_distributed --config finetune.yaml`` does, plus two things the job needs from the
 recipe: rank 0 appends each step's loss to ``loss.jsonl`` (and stops the run on a NaN loss, as on
 one device), and a failure's one-line reason is left in ``logs/train-error-<rank>.json`` (each rank) for the job's
-record. On GPUs the process group is the stock recipe's own (NCCL, with gloo for CPU tensors). On a
+record; a rank that ran out of GPU memory (``torch.OutOfMemoryError``) is raised as
+:class:`~.recipe.OutOfGPUMemory`, which the stage retries with a smaller micro-batch. On GPUs the process group is the stock recipe's own (NCCL, with gloo for CPU tensors). On a
 CPU-only machine, where the stock recipe cannot start (it asks for NCCL and for CUDA memory calls),
 the group is gloo and those calls do nothing: that is how the distributed path is tested
 without GPUs.
@@ -23,7 +24,7 @@ import sys
 from pathlib import Path
 
 from ..records import layout
-from .recipe import TrainingDiverged
+from .recipe import OutOfGPUMemory, TrainingDiverged
 
 try:  # looked up here: the child between fork and exec must not load libraries
     _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
@@ -72,6 +73,8 @@ def launch(config: Path, nproc: int, loss_file: Path | None, method: str = "lora
             continue
     if reason and reason.get("type") == "TrainingDiverged":
         raise TrainingDiverged(reason["message"])
+    if reason and reason.get("type") in ("OutOfGPUMemory", "OutOfMemoryError"):  # the stage retries it
+        raise OutOfGPUMemory.from_message(reason["message"], f"rank {reason.get('rank', '?')}")
     if reason:
         raise RuntimeError(f"{reason['type']}: {reason['message']}")
     raise RuntimeError(f"torchrun with {nproc} processes exited with code {code}; see the job's stderr")

@@ -22,6 +22,19 @@ a resumed run continues the uninterrupted run's step count and learning-rate sch
 (:func:`continue_schedule`): torchtune 0.6.1's single-device LoRA recipe restores its step count
 only when ``max_steps_per_epoch`` cuts epochs short, so otherwise it counted steps from 1 again
 and warmed the learning rate up again.
+
+An out-of-memory error of the GPU (``torch.OutOfMemoryError``) is raised as
+:class:`OutOfGPUMemory`, saying where it struck: ``setup``, or ``epoch E step S`` (``S`` counted as
+in ``logs/loss.jsonl``); the fine-tuning stage then retries the run with a smaller micro-batch.
+
+Test-only hooks, set in the environment of the process that fine-tunes (unset, they do nothing):
+
+- ``CRUIJFF_TEST_CRASH=<moment>:<epoch>``: SIGKILL at a point of an epoch's save (:func:`_crash_for_test`).
+- ``CRUIJFF_TEST_STEP_DELAY_S=<seconds>``: each logged step takes that much longer (:func:`_delay_for_test`).
+- ``CRUIJFF_TEST_OOM=<where>:<micro-batch>``: raise a real ``torch.OutOfMemoryError`` where a GPU
+  would run out of memory, while the run's micro-batch (torchtune's ``batch_size``) is at least
+  that size: ``setup`` (once the model is built) or ``<epoch>:<step>`` (that step's forward pass).
+  ``0:3:2`` makes micro-batches of 2 and more fail at epoch 0 step 3, and 1 pass (:func:`_oom_for_test`).
 """
 
 from __future__ import annotations
@@ -157,6 +170,7 @@ RECIPE_STATE = "recipe_state/recipe_state.pt"  # torchtune's: optimizer, data or
 PREVIOUS_RECIPE_STATE = "recipe_state/recipe_state.previous.pt"  # the one before the save under way
 CRASH_ENV = "CRUIJFF_TEST_CRASH"
 STEP_DELAY_ENV = "CRUIJFF_TEST_STEP_DELAY_S"
+OOM_ENV = "CRUIJFF_TEST_OOM"
 
 
 def _delay_for_test() -> None:
@@ -173,6 +187,83 @@ def _crash_for_test(moment: str, epoch: int) -> None:
     files are written, the completion marker is not) or ``after-marker``. Unset, it does nothing."""
     if os.environ.get(CRASH_ENV) == f"{moment}:{epoch}":
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _oom_for_test(where: str, batch_size: int) -> None:
+    """For tests only (no GPU here): ``CRUIJFF_TEST_OOM=<where>:<micro-batch>`` raises a real
+    ``torch.OutOfMemoryError`` at ``where`` (``setup``, or ``<epoch>:<step>``) while the run's
+    micro-batch is at least that size. Unset, it does nothing."""
+    spec = os.environ.get(OOM_ENV)
+    if not spec:
+        return
+    place, _, smallest = spec.rpartition(":")
+    if place == where and batch_size >= int(smallest):
+        import torch
+
+        raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 2.00 GiB ({OOM_ENV}={spec}, "
+                                     f"micro-batch {batch_size}).")
+
+
+class OutOfGPUMemory(RuntimeError):
+    """The GPU ran out of memory (``torch.OutOfMemoryError``) at ``at``: ``setup`` or ``epoch E
+    step S``; ``detail`` is torch's message in one line."""
+
+    def __init__(self, at: str, detail: str):
+        super().__init__(f"at {at}: {detail}")
+        self.at, self.detail = at, detail
+
+    @classmethod
+    def from_message(cls, message: str, fallback: str) -> "OutOfGPUMemory":
+        """From a rank's report (``at <where>: <detail>``, or torch's own message, then at ``fallback``)."""
+        at, sep, detail = message.partition(": ")
+        if sep and at.startswith("at "):
+            return cls(at[3:], detail)
+        return cls(fallback, one_line(message))
+
+
+def one_line(message: object, limit: int = 160) -> str:
+    """torch's out-of-memory message, shortened to its first line and two sentences ("CUDA out of
+    memory. Tried to allocate 2.00 GiB.")."""
+    first = str(message).strip().splitlines()[0] if str(message).strip() else "out of memory"
+    text = ". ".join(first.split(". ")[:2])
+    text = text if text.endswith(".") else text + "."
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+class MemoryWatch:
+    """Where a recipe is, for an out-of-memory error's record: ``setup`` until its first forward
+    pass, then the step each forward pass belongs to. The test hook ``CRUIJFF_TEST_OOM`` fires
+    there: once the model is built, or in a step's forward pass."""
+
+    def __init__(self, recipe, cfg):
+        self.recipe, self.batch_size, self.at = recipe, int(cfg.batch_size), "setup"
+        setup_model = recipe._setup_model
+
+        def setup_model_watched(*args, **kwargs):
+            model = setup_model(*args, **kwargs)
+            _oom_for_test("setup", self.batch_size)
+            return model
+
+        recipe._setup_model = setup_model_watched
+
+    def training(self) -> None:
+        """After ``recipe.setup``: each forward pass of the model marks the step it is part of."""
+        self.recipe._model.register_forward_pre_hook(self._forward)
+
+    def _forward(self, module, args) -> None:
+        epoch, step = int(self.recipe.epochs_run), int(self.recipe.global_step) + 1
+        self.at = f"epoch {epoch} step {step}"
+        _oom_for_test(f"{epoch}:{step}", self.batch_size)
+
+    @contextlib.contextmanager
+    def reported(self):
+        """Raise a ``torch.OutOfMemoryError`` inside as :class:`OutOfGPUMemory` with where it struck."""
+        import torch
+
+        try:
+            yield
+        except torch.OutOfMemoryError as e:
+            raise OutOfGPUMemory(self.at, one_line(e)) from e
 
 
 def watch_saves(recipe, cfg) -> None:
@@ -290,7 +381,8 @@ def run(finetune_yaml: Path, on_step: Callable[[dict], None] | None = None, meth
         on_start: Callable[[int, int, int], None] | None = None) -> None:
     """Run the stock single-device recipe (LoRA, or full with ``method="none"``) on
     ``finetune.yaml`` in this process; each logged step goes to ``on_step``, and ``on_start`` is
-    told (epochs, steps per epoch, epochs already run) when training begins."""
+    told (epochs, steps per epoch, epochs already run) when training begins. The GPU running out
+    of memory raises :class:`OutOfGPUMemory`."""
     from torchtune import config as tt_config
 
     cfg = OmegaConf.load(finetune_yaml)
@@ -301,13 +393,16 @@ def run(finetune_yaml: Path, on_step: Callable[[dict], None] | None = None, meth
         module.get_merged_lora_ckpt = _clone_before_merge(module.get_merged_lora_ckpt)
     watch_saves(recipe, cfg)
     fix_gemma2(recipe, cfg)
-    recipe.setup(cfg=cfg)
-    continue_schedule(recipe, cfg)
-    tap = _LossTap(recipe._metric_logger, recipe, on_step)
-    recipe._metric_logger = tap
-    if on_start:
-        on_start(int(recipe.total_epochs), int(recipe._steps_per_epoch), int(recipe.epochs_run))
-    try:
-        recipe.train()
-    finally:
-        recipe.cleanup()
+    memory = MemoryWatch(recipe, cfg)
+    with memory.reported():
+        recipe.setup(cfg=cfg)
+        continue_schedule(recipe, cfg)
+        tap = _LossTap(recipe._metric_logger, recipe, on_step)
+        recipe._metric_logger = tap
+        if on_start:
+            on_start(int(recipe.total_epochs), int(recipe._steps_per_epoch), int(recipe.epochs_run))
+        memory.training()
+        try:
+            recipe.train()
+        finally:
+            recipe.cleanup()

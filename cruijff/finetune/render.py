@@ -213,14 +213,27 @@ def _merge(base: Any, ours: Any) -> Any:
 
 
 def write_config(conf: dict[str, Any], path: Path, run_name: str, nproc: int = 1,
-                 base_recipe: str | None = None, method: str = "lora") -> None:
-    """Write ``finetune.yaml`` laid out like torchtune's own configs (sections, header)."""
-    path.write_text(config_text(conf, path, run_name, nproc, base_recipe, method))
+                 base_recipe: str | None = None, method: str = "lora", note: str | None = None) -> None:
+    """Write ``finetune.yaml`` laid out like torchtune's own configs (sections, header; ``note``:
+    a line of the header saying why a value differs from the run's config)."""
+    path.write_text(config_text(conf, path, run_name, nproc, base_recipe, method, note))
+
+
+def smaller_batch_note(configured: tuple[int, int], used: tuple[int, int]) -> str | None:
+    """The header line of a run that trains with a smaller micro-batch than its config's (after
+    running out of GPU memory): None where it trains with its config's."""
+    if tuple(configured) == tuple(used):
+        return None
+    return (f"batch_size {used[0]} x gradient_accumulation_steps {used[1]}: the run's training.batch_size "
+            f"{configured[0]} x training.gradient_accumulation_steps {configured[1]} ran out of GPU memory; "
+            "the same effective batch")
 
 
 def config_text(conf: dict[str, Any], path: Path, run_name: str, nproc: int = 1,
-                base_recipe: str | None = None, method: str = "lora") -> str:
+                base_recipe: str | None = None, method: str = "lora", note: str | None = None) -> str:
     out = [HEADER.format(name=run_name, command=tune_command(nproc, path, method))]
+    if note:
+        out.append(f"#\n# {note}\n")
     if base_recipe:
         out.append(f"#\n# Seeded from torchtune's {base_recipe}: cruijff's values override it; what cruijff\n"
                    "# leaves open (null, or keys it does not set) is the stock config's.\n")

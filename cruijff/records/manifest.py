@@ -1,5 +1,6 @@
 """``manifest.json``: how to reproduce a run — git commit/branch/dirty (+ ``git.diff``), seed,
-package versions, the exact command, host, SLURM ids, start/end times."""
+package versions, the exact command, host, SLURM ids, start/end times, the micro-batch the run
+trains with and its retries (``batch_size``, ``gradient_accumulation_steps``, ``retries``)."""
 
 from __future__ import annotations
 
@@ -129,3 +130,9 @@ def finish_manifest(run_dir: Path) -> None:
     manifest = read_json(path) or {}
     manifest["end"] = stamp()
     write_json(path, manifest)
+
+
+def update_manifest(run_dir: Path, **fields: Any) -> None:
+    """Set ``fields`` in a run's manifest (the micro-batch it trains with after a retry, its retries)."""
+    path = run_dir / layout.MANIFEST_FILE
+    write_json(path, {**(read_json(path) or {}), **fields})

@@ -39,6 +39,12 @@ def results_table(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec]) -> "pd.
     return pd.DataFrame(rows)
 
 
+def retry_lines(state: RunState | None) -> list[str]:
+    """One line per retry of the run with other resources (``Retried: cuda_oom at epoch 1 step 3:
+    batch_size 4 -> 2, gradient_accumulation_steps 1 -> 2``), of every kind."""
+    return [f"Retried: {r.describe()}" for r in (state.retries if state else [])]
+
+
 def report_run(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec]) -> None:
     """Print the run's table and write ``results.csv`` / ``results.md``."""
     from rich.table import Table
@@ -52,6 +58,7 @@ def report_run(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec]) -> None:
     layout.run_table(run_dir, "md").write_text(
         f"# {cfg.experiment.name} / {run_dir.name}\n\nStatus: {status}"
         + (f" ({state.error})" if state and state.error else "")
+        + "".join(f"\n\n{line}" for line in retry_lines(state))
         + "\n\n" + markdown_table(df) + "\n"
     )
     table = Table(title=f"{cfg.experiment.name} / {run_dir.name} — {status}")
@@ -60,6 +67,8 @@ def report_run(cfg: DictConfig, run_dir: Path, specs: list[TaskSpec]) -> None:
     for _, r in df.iterrows():
         table.add_row(*(fmt(v) for v in r.values))
     console().print(table)
+    for line in retry_lines(state):
+        say(f"cruijff: {run_dir.name}: {line}")
     try:
         shown = run_dir.resolve().relative_to(Path.cwd().resolve())
     except ValueError:  # not under the working dir

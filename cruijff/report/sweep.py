@@ -214,7 +214,8 @@ def report_sweep(sweep_dir: Path, plan: list[PlannedRunRecord] | None = None) ->
     if chosen:
         _findings_table(chosen).to_csv(layout.summary(sweep_dir, "findings.csv"), index=False)
     finished = [r.name for r in plan if r.name not in failures]
-    notes = {"resumed": _resumed(sweep_dir, [r.name for r in plan]), "unscored": unscored(sweep_dir, finished),
+    notes = {"resumed": _resumed(sweep_dir, [r.name for r in plan]), "retried": _retried(sweep_dir, [r.name for r in plan]),
+             "unscored": unscored(sweep_dir, finished),
              "mixed": _mixed(scores), "no_cluster": [(t, scored.clusters[t]) for t in scored.no_cluster]}
     plots = layout.plots_dir(sweep_dir)
     plots.mkdir(exist_ok=True)
@@ -233,8 +234,8 @@ def report_sweep(sweep_dir: Path, plan: list[PlannedRunRecord] | None = None) ->
 
 def _write_markdown(sweep_dir: Path, scored: Scored, failures: dict[str, str], planned,
                     by_seed: "pd.DataFrame | None", chosen: list[Finding], notes: dict | None = None) -> None:
-    """``notes``: ``resumed`` runs, ``unscored`` eval cells (where -> why), ``mixed`` settings per
-    task, ``no_cluster`` tasks whose cluster field no sample has."""
+    """``notes``: ``resumed`` runs, ``retried`` runs (with other resources), ``unscored`` eval cells
+    (where -> why), ``mixed`` settings per task, ``no_cluster`` tasks whose cluster field no sample has."""
     notes = notes or {}
     scores = scored.df
     resumed, unscored_cells, mixed = notes.get("resumed"), notes.get("unscored"), notes.get("mixed")
@@ -256,6 +257,9 @@ def _write_markdown(sweep_dir: Path, scored: Scored, failures: dict[str, str], p
                   "are taken as independent.", ""]
     if resumed:
         lines += ["Resumed after an interruption, from their last complete epoch: " + ", ".join(resumed) + ".", ""]
+    if notes.get("retried"):
+        lines += ["Retried with other resources (cuda_oom: out of GPU memory, retried from the last complete epoch "
+                  "with a smaller micro-batch, the same effective batch):", ""] + [f"- {r}" for r in notes["retried"]] + [""]
     if not scores.empty:
         shown = scores.assign(score=[_ci(r) for r in scores.itertuples()],
                               gain=[_gain(r) for r in scores.itertuples()])
@@ -366,6 +370,17 @@ def _resumed(sweep_dir: Path, names: list[str]) -> list[str]:
         state = RunState.of(sweep_dir / name)
         if state is not None and state.resumed_from:
             out.append(f"`{name}` after {state.resumed_from} (attempt {state.attempts})")
+    return out
+
+
+def _retried(sweep_dir: Path, names: list[str]) -> list[str]:
+    """``run``: each of its retries with other resources (``cuda_oom at epoch 1 step 3: batch_size
+    4 -> 2, ...``), of every kind, for each run that was retried."""
+    out = []
+    for name in names:
+        state = RunState.of(sweep_dir / name)
+        if state is not None and state.retries:
+            out.append(f"`{name}`: " + "; ".join(r.describe() for r in state.retries))
     return out
 
 

@@ -101,10 +101,14 @@ def _mean_loss(run_dir: Path, st: RunState | None) -> str:
 
 
 def _attempts(st: RunState | None) -> str:
-    """How many times the run was started, and the checkpoint its last attempt resumed after."""
+    """How many times the run was started, the checkpoint its last attempt resumed after, and the
+    kinds of its retries with other resources (``retried cuda_oom x2``)."""
     if st is None:
         return "0"
-    return f"{st.attempts}" + (f", resumed after {st.resumed_from}" if st.resumed_from else "")
+    kinds = [r.kind for r in st.retries]
+    return (f"{st.attempts}" + (f", resumed after {st.resumed_from}" if st.resumed_from else "")
+            + ("; retried " + ", ".join(k + (f" x{kinds.count(k)}" if kinds.count(k) > 1 else "")
+                                        for k in dict.fromkeys(kinds)) if kinds else ""))
 
 
 @lru_cache(maxsize=4096)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -46,6 +47,7 @@ class Estimate:
     cells: int              # eval cells of this run (epochs x tasks)
     checkpoint: str = "adapter"  # what each epoch saves: adapter | merged | full (peft=none)
     gpu_mem: int = 0        # bytes of GPU memory per run before activations: weights, gradients, AdamW state
+    limit: str = ""         # its SLURM time limit and where it comes from (plan.timing.apply_measured)
 
     @property
     def disk(self) -> int:
@@ -211,6 +213,8 @@ def summary(estimates: list[Estimate | None], base_cells: int) -> list[str]:
         lines.append(f"throughput: {SOURCE}; tokens ~ characters / {CHARS_PER_TOKEN:g} unless model.chars_per_token")
     if "measured" in bases:
         lines.append("throughput (*): measured from this sweep's finished runs (seconds per training sample)")
+    lines += [f"time limit: {limit} for {n} run{'s' if n != 1 else ''}" for limit, n in
+              sorted(Counter(e.limit for e in todo if e.limit).items())]
     return lines
 
 

@@ -30,6 +30,7 @@ from ..evaluate import check_tasks_load
 from ..records import PlannedRunRecord, RunStanding, RunState, liveness, other_config, run_standing
 from .estimate import estimate as cost
 from .estimate import measured
+from .timing import apply_measured, sweep_timings
 
 # keys an interpolation reads: ${a.b}, and resolver arguments such as ${oc.select:a.b,null}
 _REF = re.compile(r"(?:\$\{|[:,]\s*)([A-Za-z_]\w*(?:\.\w+)*)(?=\s*[},])")
@@ -156,6 +157,9 @@ class Planner:
         rates = None
         if estimate:
             rates = measured(self.sweep_dir) if self.sweep_dir.exists() else {}
+        timings = {}  # the sweep's finished runs, measured: time limits (SLURM) and hours
+        if self.sweep_dir.exists() and (estimate or _raw(self._base, "cluster.executor") == "slurm"):
+            timings = sweep_timings(self.sweep_dir)
 
         runs: list[PlannedRun] = []
         seen: dict[str, list[str]] = {}
@@ -185,6 +189,8 @@ class Planner:
                     run.model = str(cfg.model.name)
                     if estimate and run.state != FINISHED:
                         run.estimate = cost(cfg, paths[1], rates)
+                    if run.state != FINISHED and ((timings and run.resources) or run.estimate is not None):
+                        apply_measured(run, cfg, paths, timings)
                     if each is not None:
                         each(run, cfg)
             except CruijffError as e:

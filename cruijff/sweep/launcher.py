@@ -131,15 +131,17 @@ class SharedRunner:
     def __call__(self, overrides: list[str], job_num: int) -> Any:
         import cloudpickle
 
+        self.began = time.time()  # the attempt's start, to tell a time limit from a preemption
         with open(self.path, "rb") as f:
             runner, singletons = cloudpickle.load(f)
         return runner(overrides, "hydra.sweep.dir", job_num, f"job_id_for_{job_num}", singletons)
 
     def checkpoint(self, *args: Any) -> Any:
-        """Told it will be stopped (time limit, preemption): requeue with the same arguments."""
-        import submitit
+        """Told it will be stopped (time limit, preemption): requeue with the same arguments; after
+        a time limit, with a limit from the run's measured epoch time (:mod:`cruijff.sweep.requeue`)."""
+        from .requeue import requeue
 
-        return submitit.helpers.DelayedSubmission(self, *args)
+        return requeue(self, *args, began=getattr(self, "began", None))
 
 
 def resource_groups(names: list[str], resources: dict[str, dict]) -> list[tuple[dict, list[int]]]:

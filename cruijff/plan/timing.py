@@ -1,0 +1,150 @@
+"""Time limits from measurement: how long a run's epochs took here, and the SLURM time limit the
+rest of a run, or another run of the same model, method and data, needs.
+
+An epoch is timed by the completion markers of one attempt (``epoch_N/.complete``, the last write
+of each epoch's save, at or after the attempt's ``started`` in ``run.json``): an epoch's time is the
+gap between two markers, training and saving included; the attempt's start-up (model load, data)
+is its first marker's time after ``started``, less one epoch. A run of another size is scaled by
+its training examples: seconds per example = epoch time / examples per epoch (optimizer steps x
+examples per step), times the run's own examples per epoch, times its epochs.
+
+A limit is ``ceil((SLACK x seconds needed + the signal delay + START_S) / 60)`` minutes, at most the
+cluster preset's ``cluster.timeout_min``: the job is told to requeue itself the signal delay before
+its limit, and the job's own start (Python, imports, the config) is timed by no record.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ..cluster import signal_delay
+from ..config import device_guess, input_identity, peft_method, processes
+from ..errors import CruijffError
+from ..records import RunState, layout, read_json
+
+SLACK = 1.2     # on the measured time, as the model hint's limit has (config.compose.job_minutes)
+START_S = 120   # seconds for the job's start before its run is timed
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One attempt's measured times."""
+
+    startup_s: float   # from the attempt's start to its first epoch's training
+    epoch_s: float     # per epoch, saving included
+    epochs: int        # epochs timed
+
+
+def attempt_timing(run_dir: Path, state: RunState | None) -> Timing | None:
+    """The times of the attempt ``state`` records (its ``started``), from its epochs' completion
+    markers; None when it completed no epoch."""
+    if state is None or not state.started:
+        return None
+    marks = []
+    for ckpt in layout.checkpoints(run_dir):
+        try:
+            t = layout.complete_marker(ckpt).stat().st_mtime
+        except OSError:
+            continue
+        if t >= state.started:
+            marks.append(t)
+    marks.sort()
+    if not marks:
+        return None
+    if len(marks) == 1:
+        return Timing(0.0, marks[0] - state.started, 1)
+    epoch_s = (marks[-1] - marks[0]) / (len(marks) - 1)
+    return Timing(max(0.0, marks[0] - state.started - epoch_s), epoch_s, len(marks))
+
+
+def limit_minutes(need_s: float, signal_delay_s: float, cap: int) -> int:
+    """The time limit (minutes) of a job that needs ``need_s`` seconds: see the module's docstring."""
+    return max(1, min(int(cap), math.ceil((SLACK * need_s + float(signal_delay_s) + START_S) / 60)))
+
+
+@dataclass
+class Measured:
+    """Finished runs of one model, method, data, processes and device, measured."""
+
+    runs: int
+    s_per_example: float
+    startup_s: float
+
+    def need_s(self, examples: int, epochs: int) -> float:
+        """Seconds a run of ``epochs`` epochs of ``examples`` examples needs."""
+        return self.startup_s + self.s_per_example * examples * epochs
+
+    def describe(self, examples: int) -> str:
+        return f"measured: {self.runs} run{'s' if self.runs != 1 else ''}, {self.s_per_example * examples:.0f} s/epoch"
+
+
+def sweep_timings(sweep_dir: Path) -> dict[tuple, Measured]:
+    """The finished runs of a sweep dir, measured, by (model, data, peft method, processes, device);
+    the model and data by their content, as the manifest records them."""
+    found: dict[tuple, list[tuple[float, float]]] = {}
+    for name in layout.run_dirs(sweep_dir):
+        run_dir = sweep_dir / name
+        try:
+            state = RunState.of(run_dir)
+            if state is None or not state.finished:
+                continue
+            timing = attempt_timing(run_dir, state)
+            key, examples = _finished_key(run_dir, state)
+        except (CruijffError, OSError, ValueError, TypeError, AttributeError):
+            continue  # an unreadable or older record measures nothing
+        if timing is not None and key is not None and examples:
+            found.setdefault(key, []).append((timing.epoch_s / examples, timing.startup_s))
+    return {k: Measured(len(v), sum(s for s, _ in v) / len(v), sum(u for _, u in v) / len(v))
+            for k, v in found.items()}
+
+
+def _finished_key(run_dir: Path, state: RunState) -> tuple[tuple | None, int]:
+    """A finished run's key (see :func:`sweep_timings`) and its examples per epoch (steps logged x
+    ``training.log_every_n_steps`` x examples per step)."""
+    import yaml
+
+    inputs = (read_json(run_dir / layout.MANIFEST_FILE) or {}).get("inputs") or {}
+    with open(layout.saved_config(run_dir)) as f:
+        saved = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+    if not inputs or not state.epochs or not state.effective_batch:
+        return None, 0
+    method = str((saved.get("peft") or {}).get("method", "lora"))
+    every = int((saved.get("training") or {}).get("log_every_n_steps") or 1)
+    key = (inputs.get("model"), inputs.get("data"), method, int(state.nproc or 1), str(state.device or ""))
+    return key, state.epochs[-1].steps * every * int(state.effective_batch)
+
+
+def planned_key(cfg: DictConfig, model_dir: Path, data_file: Path) -> tuple:
+    """A planned run's key, to find finished runs like it (:func:`sweep_timings`)."""
+    inputs = input_identity(cfg, model_dir, data_file)
+    return (inputs["model"], inputs["data"], peft_method(cfg), processes(cfg), device_guess(cfg))
+
+
+def apply_measured(run: Any, cfg: DictConfig, paths: tuple[Path, Path], timings: dict[tuple, Measured]) -> None:
+    """A planned run's time limit and hours from the sweep's finished runs like it, where there
+    are any: its SLURM time limit (at most ``cluster.timeout_min``) and, with an estimate, its hours
+    and the limit's basis, which the plan table shows."""
+    limit = (run.resources or {}).get("timeout_min")
+    measured = timings.get(planned_key(cfg, *paths)) if timings else None
+    if measured is not None:
+        from .estimate import _dataset_of, _per_step, _samples_per_epoch
+
+        n, _ = _dataset_of(cfg, paths[1])
+        examples = _samples_per_epoch(cfg, n, _per_step(cfg, processes(cfg))) if n else 0
+        if examples:
+            need = measured.need_s(examples, int(cfg.training.epochs))
+            if limit is not None:
+                limit = limit_minutes(need, signal_delay(cfg.cluster, int(limit)), int(limit))
+                run.resources = {**run.resources, "timeout_min": limit}
+            if run.estimate is not None:
+                run.estimate.hours, run.estimate.basis = need / 3600, "measured"
+                if limit is not None:
+                    run.estimate.limit = f"{limit} min ({measured.describe(examples)})"
+                return
+    if run.estimate is not None and limit is not None:
+        run.estimate.limit = f"{limit} min (cluster.timeout_min)"

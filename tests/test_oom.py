@@ -129,6 +129,10 @@ def test_out_of_memory_in_an_epoch_retries_it_with_half_the_micro_batch_as_the_s
     assert [e["steps"] for e in state["epochs"]] == [4, 4]
     assert "ACTION: Retry\n  Details: " + run_dir.name + ": " + line.replace("; retrying with", ";") in \
         (run_dir.parent / "run-experiment.log").read_text()
+    # the run's report says how it was retried
+    retried = "Retried: cuda_oom at epoch 1 step 6: batch_size 4 -> 2, gradient_accumulation_steps 1 -> 2"
+    assert f"{run_dir.name}: {retried}" in proc.stdout
+    assert retried in layout.run_table(run_dir, "md").read_text()
 
 
 def test_out_of_memory_at_every_micro_batch_fails_in_one_line_naming_the_smallest(every_size):
@@ -157,7 +161,9 @@ def test_a_later_attempt_starts_from_the_smallest_micro_batch_needed(every_size,
     _, run_dir, _, _ = every_size
     proc, again = _train(run_dir.parent.parent.parent, data, "0:2:2", *ARGS)  # 2 and more would still not fit
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert again == run_dir and "out of GPU memory" not in proc.stdout
+    assert again == run_dir and "out of GPU memory at" not in proc.stdout
+    assert ("training with micro-batch 1 x gradient accumulation 4: an earlier attempt ran out of GPU memory "
+            "with more") in proc.stdout
     state = _state(run_dir)
     assert state["status"] == "finished" and state["attempts"] == 2 and len(state["retries"]) == 2
     assert _trained_with(run_dir) == (1, 4)

@@ -75,6 +75,9 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
         + (f" on {nproc} processes" if nproc > 1 else "")
         + f", {epochs} epochs, device {conf['device']}, attempt {state.attempts}"
         + (f", micro-batch {batch.size} x gradient accumulation {batch.accumulation}" if batch.smaller else ""))
+    if batch.smaller:
+        ui.say(f"cruijff: {run_dir.name}: training with micro-batch {batch.size} x gradient accumulation "
+               f"{batch.accumulation}: an earlier attempt ran out of GPU memory with more")
     t0 = time.time()
     tried, left = tried_before(state) + [batch.size], int(cfg.training.get("oom_retries", 2))
     while True:

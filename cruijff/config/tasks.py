@@ -8,26 +8,41 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..records import snapshot
 
 BUILTIN_TASKS = ("exact_match",)
 
 
 @dataclass
 class TaskSpec:
-    """One eval task: a built-in name or ``path/to/file.py@task_name``, its arguments, and the
-    label its scores go under (default: the task's own name)."""
+    """One eval task: a built-in name or ``path/to/file.py@task_name`` (``given_name``, as the
+    config writes it), its arguments, and the label its scores go under (default: the task's own name)."""
 
-    name: str
+    given_name: str
     args: dict[str, Any] = field(default_factory=dict)
     given_label: str | None = None
     cluster: str | None = None  # a field of the samples' metadata naming the group each belongs to
 
+    @property
+    def name(self) -> str:
+        """The task as this process loads it: a built-in name, or ``path@task`` where the path is
+        the file imported — the copy a sweep's launch froze, in that launch and its jobs
+        (:mod:`cruijff.records.snapshot`), else the file the config names."""
+        if "@" not in self.given_name:
+            return self.given_name
+        path, fn = self.given_name.rsplit("@", 1)
+        return f"{snapshot.frozen_path(path)}@{fn}"
+
+    @property
+    def path(self) -> str | None:
+        """The task file the config names (None for a built-in task)."""
+        return self.given_name.rsplit("@", 1)[0] if "@" in self.given_name else None
 
     @property
     def label(self) -> str:
         if self.given_label:
             return self.given_label
-        return self.name.split("@")[-1] if "@" in self.name else self.name
+        return self.given_name.split("@")[-1] if "@" in self.given_name else self.given_name
 
 
 def task_specs(tasks_cfg: Any) -> list[TaskSpec]:
@@ -62,19 +77,19 @@ def check_tasks(tasks_cfg: Any) -> list[TaskSpec]:
 
 def check_task(spec: TaskSpec, key: str) -> None:
     """Raise ConfigError unless the task can be found (without running it)."""
-    if "@" not in spec.name:
-        if spec.name not in BUILTIN_TASKS:
+    if "@" not in spec.given_name:
+        if spec.given_name not in BUILTIN_TASKS:
             raise ConfigError(
-                key, spec.name, f"unknown task; built-in: {', '.join(BUILTIN_TASKS)}, or path/file.py@task"
+                key, spec.given_name, f"unknown task; built-in: {', '.join(BUILTIN_TASKS)}, or path/file.py@task"
             )
         return
-    path, fn = spec.name.rsplit("@", 1)
-    p = Path(path)
+    path, fn = spec.given_name.rsplit("@", 1)
+    p = Path(spec.name.rsplit("@", 1)[0])  # the frozen copy, where this process runs from one
     if not p.is_file():
-        raise ConfigError(key, spec.name, f"task file {path} does not exist")
+        raise ConfigError(key, spec.given_name, f"task file {path} does not exist")
     st = p.stat()
     if fn not in _functions(str(p), st.st_mtime_ns, st.st_size):
-        raise ConfigError(key, spec.name, f"{path} defines no task function {fn!r}")
+        raise ConfigError(key, spec.given_name, f"{path} defines no task function {fn!r}")
 
 
 @lru_cache(maxsize=64)

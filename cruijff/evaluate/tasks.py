@@ -11,10 +11,12 @@ once per process: a grid of any size over the same tasks loads them once.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..config import TaskSpec, data_keys, eval_config, file_sha256, resolve_paths, validate
 from ..errors import ConfigError, did_you_mean, first_line
@@ -59,37 +61,54 @@ def _identity(spec: TaskSpec, data_file: Path, input_key: str, output_key: str) 
 
 
 def _check(spec: TaskSpec, key: str, data_file: Path, input_key: str, output_key: str) -> None:
-    if "@" not in spec.name:  # the built-in task, checked against its data without building it
-        _check_args(exact_match_task, spec, key, spec.name)
+    if "@" not in spec.given_name:  # the built-in task, checked against its data without building it
+        _check_args(exact_match_task, spec, key, spec.given_name)
         _check_split(spec, key, data_file, input_key, output_key)
         return
-    path, name = spec.name.rsplit("@", 1)
+    path, name = spec.given_name.rsplit("@", 1)
     try:
-        fn = task_function(spec)
+        with importable_beside(spec):
+            fn = task_function(spec)
     except (Exception, SystemExit) as e:
-        raise ConfigError(f"{key}.name", spec.name, f"importing {path} failed: {_error(e)}") from None
+        raise ConfigError(f"{key}.name", spec.given_name, f"importing {path} failed: {_error(e)}") from None
     _check_args(fn, spec, key, f"{name} in {path}")
     call = f"{name}({_call_args(spec.args)}) in {path}"
     try:
         task = build_task(spec, data_file, input_key, output_key)
     except (Exception, SystemExit) as e:
-        raise ConfigError(f"{key}.name", spec.name, f"{call} failed: {_error(e)}") from None
+        raise ConfigError(f"{key}.name", spec.given_name, f"{call} failed: {_error(e)}") from None
     from inspect_ai import Task
 
     if not isinstance(task, Task):
-        raise ConfigError(f"{key}.name", spec.name, f"{call} returned {type(task).__name__}, not an inspect Task")
+        raise ConfigError(f"{key}.name", spec.given_name,
+                          f"{call} returned {type(task).__name__}, not an inspect Task")
     try:
         samples = len(task.dataset)
     except TypeError:  # a dataset of unknown length: its first sample will do
         samples = next(iter(task.dataset), None) is not None
     if not samples:
-        raise ConfigError(f"{key}.name", spec.name, f"{call}: its dataset has no samples")
+        raise ConfigError(f"{key}.name", spec.given_name, f"{call}: its dataset has no samples")
+
+
+@contextlib.contextmanager
+def importable_beside(spec: TaskSpec) -> Iterator[None]:
+    """While a task file is imported, the modules beside it and the project's own (the working
+    dir's) can be imported by it, as they are in a sweep's jobs from the frozen copy."""
+    dirs = [str(Path(spec.name.rsplit("@", 1)[0]).absolute().parent), str(Path.cwd())]
+    added = [d for d in dirs if d not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for d in added:
+            if d in sys.path:
+                sys.path.remove(d)
 
 
 def _check_args(fn: Any, spec: TaskSpec, key: str, what: str) -> None:
     """The task entry's ``args`` against the function's parameters: an unknown one, or a required
     one missing, is named with those it takes."""
-    if spec.name == "exact_match":
+    if spec.given_name == "exact_match":
         takes = list(EXACT_MATCH_ARGS)
         params = {}
     else:

@@ -3,6 +3,7 @@
     outputs/<experiment>/            a sweep dir (also the parent of a single run's dir)
       sweep.json  run-experiment.log  .lock  summary.csv  summary.md  plots/  .submitit/
       base/<model>[+<template>]-<key>/  a base model's control cell, one per distinct key
+      .code/<hash>/                  the project's code as a launch froze it for its jobs (by content)
       <run>/                         a run dir
         .hydra/config.yaml  finetune.yaml  manifest.json  run.json
         finetune.sbatch              scaffold=true on SLURM: the run by hand (sbatch), torchtune alone
@@ -31,6 +32,7 @@ MANIFEST_FILE = "manifest.json"
 ACTION_LOG = "run-experiment.log"
 SAVED_CONFIG = Path(".hydra") / "config.yaml"
 SUBMITIT_DIR = ".submitit"
+CODE_DIR = ".code"
 
 
 def sweep_file(sweep_dir: Path) -> Path:
@@ -48,6 +50,11 @@ def lock_file(sweep_dir: Path) -> Path:
 def submitit_folder(sweep_dir: Path) -> Path:
     """submitit's files of every job of a sweep (training, eval, detached finish): ``%j`` is the job id."""
     return sweep_dir / SUBMITIT_DIR / "%j"
+
+
+def code_snapshot(sweep_dir: Path, digest: str) -> Path:
+    """The copy of the project's code a launch froze for its jobs, named by the hash of its content."""
+    return sweep_dir / CODE_DIR / digest
 
 
 def run_file(run_dir: Path) -> Path:

@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import layout
+from . import layout, snapshot
 from .io import read_json, write_json
 from .log import stamp
 
@@ -119,6 +119,7 @@ def write_manifest(run_dir: Path, *, seed: int, config_hash: str, extra: dict | 
         "slurm": {k: os.environ[k] for k in SLURM_VARS if k in os.environ},
         "start": stamp(),
         "end": None,
+        "code_snapshot": snapshot.active_digest(),  # the frozen code it ran from: <sweep dir>/.code/<hash>
         **(extra or {}),
     }
     write_json(run_dir / layout.MANIFEST_FILE, manifest)

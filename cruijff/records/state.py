@@ -205,6 +205,7 @@ class SweepPlan(Record):
     jobs: dict[str, str] = field(default_factory=dict)  # run -> the latest job submitted for it
     command: dict | None = None                        # argv and cwd of the launch (``cruijff plan``)
     detached: dict | None = None                       # arrays and finish job of a detached launch
+    code_snapshot: str | None = None                   # the launch's frozen code: .code/<hash> in the sweep dir
     version: int = 1
 
     @classmethod

@@ -13,6 +13,7 @@ from ..cluster import array_ids, job_folder, job_name, largest, make_executor, s
 from ..records import ActionLog, SweepPlan, layout
 from .finish import finish
 from .launcher import submit_jobs
+from .snapshot import frozen
 
 
 def detach(sweeper: Any, config: DictConfig, sweep_dir: Path, todo: list[list[str]], act: ActionLog,
@@ -26,7 +27,7 @@ def detach(sweeper: Any, config: DictConfig, sweep_dir: Path, todo: list[list[st
     resources = largest(r.resources for r in plan.runs)
     executor = make_executor(config.cluster, job_folder(config), name=job_name(config.experiment.name, "eval"),
                              dependency=f"afterany:{':'.join(ids)}" if ids else None, resources=resources)
-    finish = submitted(lambda: executor.submit(finish_detached, sweep_dir,
+    finish = submitted(lambda: executor.submit(frozen(finish_detached, sweep_dir), sweep_dir,
                                                OmegaConf.to_container(config.eval, resolve=True)),
                        config.cluster, resources)
     plan.detached = {"arrays": ids, "finish_job": finish.job_id, "submitted": time.time()}

@@ -17,6 +17,7 @@ from ..config import eval_config, local_jobs, resolve_paths, task_specs
 from ..errors import last_line
 from ..evaluate import Evaluators, evaluate_run_dir, plan_cells
 from ..records import ActionLog, CellStanding, SweepPlan
+from .snapshot import frozen
 from .table import SweepView
 
 
@@ -67,7 +68,8 @@ class EvalJobs:
         batch = [(n, base if base not in self.bases_taken else None) for n, base in batch]
         self.bases_taken.update(base for _, base in batch if base is not None)
         groups = [batch[i:i + per_job] for i in range(0, len(batch), per_job)]
-        jobs = [submitted(lambda: self.executor(group[0][0]).submit(evaluate_group, self.sweep_dir, group,
+        job = frozen(evaluate_group, self.sweep_dir)  # run from the launch's frozen code
+        jobs = [submitted(lambda: self.executor(group[0][0]).submit(job, self.sweep_dir, group,
                                                                      self.eval_cfg, slot),
                           self.config.cluster, self.resources.get(group[0][0]))
                 for slot, group in enumerate(groups)]

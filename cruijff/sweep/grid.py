@@ -22,6 +22,7 @@ from .launcher import say_ended, test_submission
 from .orphans import record_dead, wait_for_orphans
 from .plan_file import write_plan
 from .scaffold import scaffold_text, write_scaffold
+from .snapshot import freeze
 
 
 def run_grid(sweeper: Any, arguments: list[str]) -> list:
@@ -107,6 +108,7 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
         if r.state == FINISHED:
             record_finished(sweep_dir / r.name)
     sweeper.launcher.run_resources = {r.name: r.resources for r in todo}
+    sweeper.launcher.code_snapshot = freeze(config, sweep_dir)  # what every job of this launch imports
     act("Plan sweep", f"{len(runs)} runs: " + ", ".join(f"{r.name} ({r.state})" for r in runs),
         f"{len(todo)} to run, {len(runs) - len(todo)} finished earlier (skipped), "
         f"planned in {time.time() - t0:.2f} s")

@@ -24,6 +24,7 @@ from ..records import ActionLog, PlannedRunRecord, RunState, layout
 from .deaths import dead_reason, ended_after_save, finished_anyway, job_end, record_death
 from .evals import EvalJobs, eval_todo
 from .plan_file import add_runs, record_jobs
+from .snapshot import freeze_jobs
 from .table import SweepView
 
 
@@ -201,6 +202,7 @@ def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_j
     sweep_dir.mkdir(parents=True, exist_ok=True)
     add_runs(sweep_dir, config, [PlannedRunRecord(n, list(o)) for n, o in zip(names, job_overrides)])
     idx = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
+    runner = freeze_jobs(launcher, runner, sweep_dir)  # the jobs import the launch's frozen code
     shared = SharedRunner.save(runner, Singleton.get_state(), job_folder(config).parent)
     jobs: list = [None] * len(names)
     for executor, members in train_arrays(config, names, getattr(launcher, "run_resources", None) or {}):

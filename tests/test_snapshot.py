@@ -1,0 +1,203 @@
+"""Code frozen at submit: a sweep's jobs import the project's code as the launch copied it into
+``<sweep dir>/.code/<hash>/``, whatever is edited while they wait; the next launch sees the edit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import LAUNCH, _git
+from cruijff.records import snapshot as active
+from cruijff.sweep import snapshot
+
+HELPER = 'WORDS = ["ab", "cd", "ef"]\n'
+TASK = '''\
+from inspect_ai import Task, task
+from inspect_ai.dataset import MemoryDataset, Sample
+from inspect_ai.scorer import match
+from inspect_ai.solver import generate
+
+from words import WORDS  # a module beside the task file
+
+PREFIX = "old"
+
+
+@task
+def probe():
+    samples = [Sample(id=i + 1, input=f"Repeat: {w}", target=f"{PREFIX}-{w}") for i, w in enumerate(WORDS)]
+    return Task(dataset=MemoryDataset(samples), solver=generate(), scorer=match(location="exact"))
+'''
+EXPERIMENT = """\
+# @package _global_
+experiment:
+  name: frozen
+seed: 7
+"""
+
+
+def _project(root: Path) -> Path:
+    """A project dir: conf/ with an experiment, a task file importing a module beside it, data."""
+    (root / "tasks").mkdir(parents=True)
+    (root / "tasks" / "probe.py").write_text(TASK)
+    (root / "tasks" / "words.py").write_text(HELPER)
+    (root / "conf" / "experiment").mkdir(parents=True)
+    (root / "conf" / "experiment" / "frozen.yaml").write_text(EXPERIMENT)
+    (root / "data").mkdir()
+    (root / "data" / "big.bin").write_bytes(b"\0" * (snapshot.SIZE_LIMIT + 1))
+    return root
+
+
+def _config(*tasks: str):
+    return OmegaConf.create({"eval": {"tasks": [{"name": t} for t in tasks]}})
+
+
+def _take(root: Path, *tasks: str) -> snapshot.Snapshot:
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        return snapshot.take(_config(*tasks), root / "outputs" / "x")
+    finally:
+        os.chdir(cwd)
+
+
+def _files(snap: snapshot.Snapshot) -> dict[str, bytes]:
+    return {p.relative_to(snap.root).as_posix(): p.read_bytes() for p in snap.root.rglob("*")
+            if p.is_file() and not p.is_symlink()}
+
+
+def test_a_copy_holds_the_tasks_their_modules_and_conf_and_links_the_rest(tmp_path):
+    root = _project(tmp_path / "p")
+    snap = _take(root, "tasks/probe.py@probe", "exact_match")
+    assert sorted(_files(snap)) == ["conf/experiment/frozen.yaml", "tasks/probe.py", "tasks/words.py"]
+    assert (snap.root / "data").is_symlink() and os.readlink(snap.root / "data") == str(root.resolve() / "data")
+    assert not (snap.root / "outputs").exists()
+    assert snap.root == root / "outputs" / "x" / ".code" / snap.digest and snap.written
+
+
+def test_the_same_content_twice_is_one_copy_and_an_edit_is_another(tmp_path):
+    root = _project(tmp_path / "p")
+    first = _take(root, "tasks/probe.py@probe")
+    again = _take(root, "tasks/probe.py@probe")
+    assert again.digest == first.digest and not again.written
+    (root / "tasks" / "probe.py").write_text(TASK.replace('"old"', '"new"'))
+    edited = _take(root, "tasks/probe.py@probe")
+    assert edited.digest != first.digest
+    assert sorted(p.name for p in (root / "outputs" / "x" / ".code").iterdir()) == sorted([first.digest, edited.digest])
+    assert b'"old"' in (first.root / "tasks" / "probe.py").read_bytes()  # the first copy is as it was
+
+
+def test_the_hash_covers_every_byte_and_path_and_not_mtimes(tmp_path):
+    files = {"tasks/a.py": b"x = 1\n", "conf/b.yaml": b"k: v\n"}
+    base = snapshot.content_hash(files, {"data": "/p/data"})
+    assert snapshot.content_hash(dict(reversed(files.items())), {"data": "/p/data"}) == base
+    assert snapshot.content_hash({**files, "tasks/a.py": b"x = 2\n"}, {"data": "/p/data"}) != base
+    assert snapshot.content_hash({"tasks/A.py": b"x = 1\n", "conf/b.yaml": b"k: v\n"}, {"data": "/p/data"}) != base
+    assert snapshot.content_hash(files, {"data": "/q/data"}) != base
+    root = _project(tmp_path / "p")
+    first = _take(root, "tasks/probe.py@probe")
+    os.utime(root / "tasks" / "probe.py", (1, 1))
+    assert _take(root, "tasks/probe.py@probe").digest == first.digest
+
+
+def test_in_a_git_repo_the_tracked_tree_is_copied_with_its_uncommitted_changes(tmp_path):
+    root = _project(tmp_path / "p")
+    (root / "lib.py").write_text("VALUE = 1\n")
+    (root / ".gitignore").write_text("outputs/\n")
+    _git(root, "init", "-q", "-b", "main")
+    _git(root, "add", "lib.py", ".gitignore", "tasks", "data")
+    _git(root, "commit", "-q", "-m", "init")
+    (root / "lib.py").write_text("VALUE = 2\n")  # uncommitted
+    (root / "notes.txt").write_text("untracked\n")
+    snap = _take(root, "tasks/probe.py@probe")
+    files = _files(snap)
+    assert files["lib.py"] == b"VALUE = 2\n" and ".gitignore" in files
+    assert (snap.root / "notes.txt").is_symlink()  # untracked: read live, not copied
+    assert (snap.root / "data").is_symlink()  # too big to copy: read live
+    assert snap.skipped == [("data/big.bin", snapshot.SIZE_LIMIT + 1)]
+    assert not any(p.startswith(".git/") for p in files)
+
+
+def test_a_copy_killed_while_written_leaves_nothing_under_a_hash(tmp_path):
+    root = _project(tmp_path / "p")
+    code = root / "outputs" / "x" / ".code"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (code / f"{snapshot.TMP_PREFIX}{dead.pid}-0000").mkdir(parents=True)  # a launch killed mid-copy
+    snap = _take(root, "tasks/probe.py@probe")
+    assert [p.name for p in code.iterdir()] == [snap.digest]
+
+
+def test_a_task_resolves_into_the_copy_a_process_runs_from(tmp_path, monkeypatch):
+    from cruijff.config import TaskSpec
+
+    root = _project(tmp_path / "p")
+    snap = _take(root, "tasks/probe.py@probe")
+    monkeypatch.chdir(root)
+    spec = TaskSpec("tasks/probe.py@probe")
+    assert spec.name == "tasks/probe.py@probe"
+    try:
+        snapshot.use(snap)
+        assert spec.name == f"{snap.root}/tasks/probe.py@probe" and spec.label == "probe"
+        assert active.active_digest() == snap.digest
+    finally:
+        active.deactivate()
+
+
+def _launch(cwd: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    args = ["-m", "experiment=frozen", "training=smoke", "peft.lora_rank=8", "optimizer.lr=1e-3",
+            "eval.base_model=false", "eval.tasks=[{name: tasks/probe.py@probe}]", *extra]
+    return subprocess.Popen([sys.executable, str(LAUNCH), *args], cwd=cwd, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT,
+                            env={**os.environ, "INSPECT_DISPLAY": "none", "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+def _targets(run_dir: Path) -> list[str]:
+    from inspect_ai.log import read_eval_log
+
+    (log,) = (run_dir / "eval" / "epoch_0").glob("*.eval")
+    return sorted(str(s.target) for s in read_eval_log(str(log)).samples)
+
+
+@pytest.mark.slow
+def test_jobs_run_the_code_of_the_launch_and_the_next_launch_sees_the_edit(tmp_path, tiny_model_dir):
+    """The task file, the module beside it and conf/ are edited once the launch has frozen them, while
+    its fine-tuning job runs (each step made slower for the test: CRUIJFF_TEST_STEP_DELAY_S) and
+    before its eval job is even submitted: the jobs run what was launched. The next launch
+    evaluates the cell again with the edited code."""
+    root = _project(tmp_path)
+    sweep = root / "outputs" / "frozen"
+    proc = _launch(root, env={"CRUIJFF_TEST_STEP_DELAY_S": "1"})
+    deadline = time.time() + 300
+    while not (sweep / "sweep.json").exists() or not json.loads((sweep / "sweep.json").read_text()).get(
+            "code_snapshot"):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.2)
+    (root / "tasks" / "probe.py").write_text(TASK.replace('"old"', '"new"'))
+    (root / "tasks" / "words.py").write_text('WORDS = ["xy"]\n')
+    (root / "conf" / "experiment" / "frozen.yaml").write_text(EXPERIMENT.replace("seed: 7", "seed: 8"))
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-3000:]
+    (run_dir,) = [p.parent for p in sweep.glob("*/run.json")]
+    frozen = json.loads((sweep / "sweep.json").read_text())["code_snapshot"]
+    assert f"cruijff: code frozen for the jobs: outputs/frozen/.code/{frozen} (3 files)" in out
+    assert _targets(run_dir) == ["old-ab", "old-cd", "old-ef"]
+    assert json.loads((run_dir / "manifest.json").read_text())["code_snapshot"] == frozen
+    assert "seed: 7" in (run_dir / ".hydra" / "config.yaml").read_text()
+    assert [p.name for p in (sweep / ".code").iterdir()] == [frozen]
+
+    (root / "conf" / "experiment" / "frozen.yaml").write_text(EXPERIMENT)  # the run's config as it trained
+    again = _launch(root)
+    out = again.communicate(timeout=600)[0]
+    assert again.returncode == 0, out[-3000:]
+    now = json.loads((sweep / "sweep.json").read_text())["code_snapshot"]
+    assert now != frozen and sorted(p.name for p in (sweep / ".code").iterdir()) == sorted([frozen, now])
+    assert "fine-tuning finished" not in out  # only its eval cell was done again
+    assert _targets(run_dir) == ["new-xy"]
+    assert list((run_dir / "eval" / ".stale").rglob("*.eval"))

@@ -201,3 +201,39 @@ def test_jobs_run_the_code_of_the_launch_and_the_next_launch_sees_the_edit(tmp_p
     assert "fine-tuning finished" not in out  # only its eval cell was done again
     assert _targets(run_dir) == ["new-xy"]
     assert list((run_dir / "eval" / ".stale").rglob("*.eval"))
+
+
+def _finished(job: str) -> str | None:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", job], capture_output=True,
+                         text=True).stdout
+    states = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+    state = states.get(job, "")
+    return state if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") else None
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_held_slurm_job_released_after_an_edit_runs_the_code_of_its_launch(slurm, tmp_path, tiny_model_dir):
+    """Detached on SLURM, its jobs held in the queue (``+cluster.sbatch.hold=true``); the task file
+    is edited, then the jobs released: the eval+report job scores with the code of the launch."""
+    root = _project(tmp_path)
+    sweep = root / "outputs" / "frozen"
+    proc = _launch(root, "cluster=slurm", "cluster.gpus_per_node=0", "cluster.cpus_per_task=1", "cluster.mem_gb=2",
+                   "detach=true", "+cluster.sbatch.hold=true")
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-3000:]
+    plan = json.loads((sweep / "sweep.json").read_text())
+    held = [*plan["detached"]["arrays"], plan["detached"]["finish_job"]]
+    try:
+        (root / "tasks" / "probe.py").write_text(TASK.replace('"old"', '"new"'))
+        subprocess.run(["scontrol", "release", ",".join(held)], check=True, capture_output=True)
+        end = time.time() + 600
+        while _finished(plan["detached"]["finish_job"]) is None:
+            assert time.time() < end, "the eval+report job did not end in 600 s"
+            time.sleep(1)
+        assert _finished(plan["detached"]["finish_job"]) == "COMPLETED"
+    finally:
+        subprocess.run(["scancel", *held], capture_output=True)
+    (run_dir,) = [p.parent for p in sweep.glob("*/run.json")]
+    assert _targets(run_dir) == ["old-ab", "old-cd", "old-ef"]
+    assert json.loads((run_dir / "manifest.json").read_text())["code_snapshot"] == plan["code_snapshot"]

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from ..records import layout
-from .recipe import _clone_before_merge, _load_recipe_module, _LossTap, continue_schedule, fix_gemma2, watch_saves
+from .recipe import (MemoryWatch, _clone_before_merge, _load_recipe_module, _LossTap, continue_schedule, fix_gemma2,
+                     watch_saves)
 from .render import recipe_class, recipe_name
 
 
@@ -42,7 +43,9 @@ def main(argv: list[str]) -> None:
         recipe = getattr(module, recipe_class(2, method))(cfg=cfg)
         watch_saves(recipe, cfg)
         fix_gemma2(recipe, cfg)
-        recipe.setup(cfg=cfg)
+        memory = MemoryWatch(recipe, cfg)  # out of GPU memory: raised with where it struck
+        with memory.reported():
+            recipe.setup(cfg=cfg)
         continue_schedule(recipe, cfg)
         if recipe._is_rank_zero:
             loss_file.parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +56,9 @@ def main(argv: list[str]) -> None:
                 sink.flush()
 
             recipe._metric_logger = _LossTap(recipe._metric_logger, recipe, on_step)
-        recipe.train()
+        memory.training()
+        with memory.reported():
+            recipe.train()
         recipe.cleanup()
     except BaseException as e:
         layout.rank_error_file(loss_file.parent.parent, rank).write_text(

@@ -128,8 +128,19 @@ def _slug(value: str) -> str:
 
 def _settings(cfg: DictConfig) -> dict:
     """What of a config is in its hash, its inputs' content aside (see the module's docstring)."""
-    sub = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig)
-           else cfg[k] for k in RUN_KEYS if k in cfg}
+    return _finish(hash_sections(cfg), cfg)
+
+
+def hash_sections(cfg: DictConfig) -> dict:
+    """The sections of a config its hash is made of, resolved, before :func:`_finish` leaves out what
+    does not decide the run and adds what is derived."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig)
+            else cfg[k] for k in RUN_KEYS if k in cfg}
+
+
+def _finish(sub: dict, cfg: DictConfig) -> dict:
+    """``sub`` (:func:`hash_sections` of ``cfg``) as hashed: the keys that do not decide the run left
+    out, the processes and the LoRA output flag as the run will have them."""
     if cfg.get("base_recipe"):
         sub["base_recipe"] = cfg.base_recipe
     # where the losses are sent and how the checkpoints are stored do not change what is trained;
@@ -172,9 +183,19 @@ def config_hash(cfg: DictConfig, model_dir: Path | None = None, data_file: Path 
     """Hash of everything that decides what a fine-tuning run computes (see the module's docstring)."""
     if model_dir is None or data_file is None:
         model_dir, data_file = resolve_paths(cfg, build=False)
-    sub = _settings(cfg)
+    return settings_hash(hashed_settings(hash_sections(cfg), cfg, model_dir, data_file))
+
+
+def hashed_settings(sections: dict, cfg: DictConfig, model_dir: Path, data_file: Path) -> dict:
+    """Everything a config's hash is made of, from its :func:`hash_sections` (changed in place)."""
+    sub = _finish(sections, cfg)
     sub["inputs"] = input_identity(cfg, model_dir, data_file)
-    blob = json.dumps(sub, sort_keys=True, default=str)
+    return sub
+
+
+def settings_hash(settings: dict) -> str:
+    """The config hash of :func:`hashed_settings`."""
+    blob = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -24,6 +24,7 @@ from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.scorer import match
 from inspect_ai.solver import generate
 
+from shared import SUFFIX  # a module of the project's
 from words import WORDS  # a module beside the task file
 
 PREFIX = "old"
@@ -31,7 +32,7 @@ PREFIX = "old"
 
 @task
 def probe():
-    samples = [Sample(id=i + 1, input=f"Repeat: {w}", target=f"{PREFIX}-{w}") for i, w in enumerate(WORDS)]
+    samples = [Sample(id=i + 1, input=f"Repeat: {w}", target=f"{PREFIX}-{w}{SUFFIX}") for i, w in enumerate(WORDS)]
     return Task(dataset=MemoryDataset(samples), solver=generate(), scorer=match(location="exact"))
 '''
 EXPERIMENT = """\
@@ -43,10 +44,12 @@ seed: 7
 
 
 def _project(root: Path) -> Path:
-    """A project dir: conf/ with an experiment, a task file importing a module beside it, data."""
+    """A project dir: conf/ with an experiment, a task file importing a module beside it and one
+    of the project dir, data."""
     (root / "tasks").mkdir(parents=True)
     (root / "tasks" / "probe.py").write_text(TASK)
     (root / "tasks" / "words.py").write_text(HELPER)
+    (root / "shared.py").write_text('SUFFIX = "."\n')
     (root / "conf" / "experiment").mkdir(parents=True)
     (root / "conf" / "experiment" / "frozen.yaml").write_text(EXPERIMENT)
     (root / "data").mkdir()
@@ -75,7 +78,7 @@ def _files(snap: snapshot.Snapshot) -> dict[str, bytes]:
 def test_a_copy_holds_the_tasks_their_modules_and_conf_and_links_the_rest(tmp_path):
     root = _project(tmp_path / "p")
     snap = _take(root, "tasks/probe.py@probe", "exact_match")
-    assert sorted(_files(snap)) == ["conf/experiment/frozen.yaml", "tasks/probe.py", "tasks/words.py"]
+    assert sorted(_files(snap)) == ["conf/experiment/frozen.yaml", "shared.py", "tasks/probe.py", "tasks/words.py"]
     assert (snap.root / "data").is_symlink() and os.readlink(snap.root / "data") == str(root.resolve() / "data")
     assert not (snap.root / "outputs").exists()
     assert snap.root == root / "outputs" / "x" / ".code" / snap.digest and snap.written
@@ -150,6 +153,31 @@ def test_a_task_resolves_into_the_copy_a_process_runs_from(tmp_path, monkeypatch
         active.deactivate()
 
 
+def test_a_task_checked_in_a_frozen_process_imports_the_project_modules_of_the_copy(tmp_path, monkeypatch):
+    """What a job checks before it evaluates (every task loads) imports the copy's modules too, not
+    the edited ones of the project dir."""
+    from cruijff.config import TaskSpec
+    from cruijff.evaluate import check_tasks_load
+    from cruijff.evaluate.backend import build_task
+
+    root = _project(tmp_path / "p")
+    snap = _take(root, "tasks/probe.py@probe")
+    (root / "shared.py").write_text('SUFFIX = "?"\n')
+    monkeypatch.chdir(root)
+    for name in ("shared", "words"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    spec = TaskSpec("tasks/probe.py@probe")
+    try:
+        snapshot.use(snap)
+        check_tasks_load([spec], root / "data" / "none.json", "input", "output")
+        task = build_task(spec, root / "data" / "none.json", "input", "output")
+        assert [s.target for s in task.dataset] == ["old-ab.", "old-cd.", "old-ef."]
+    finally:
+        active.deactivate()
+        for name in ("shared", "words"):
+            sys.modules.pop(name, None)
+
+
 def _launch(cwd: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
     args = ["-m", "experiment=frozen", "training=smoke", "peft.lora_rank=8", "optimizer.lr=1e-3",
             "eval.base_model=false", "eval.tasks=[{name: tasks/probe.py@probe}]", *extra]
@@ -181,13 +209,14 @@ def test_jobs_run_the_code_of_the_launch_and_the_next_launch_sees_the_edit(tmp_p
         time.sleep(0.2)
     (root / "tasks" / "probe.py").write_text(TASK.replace('"old"', '"new"'))
     (root / "tasks" / "words.py").write_text('WORDS = ["xy"]\n')
+    (root / "shared.py").write_text('SUFFIX = "?"\n')
     (root / "conf" / "experiment" / "frozen.yaml").write_text(EXPERIMENT.replace("seed: 7", "seed: 8"))
     out = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, out[-3000:]
     (run_dir,) = [p.parent for p in sweep.glob("*/run.json")]
     frozen = json.loads((sweep / "sweep.json").read_text())["code_snapshot"]
-    assert f"cruijff: code frozen for the jobs: outputs/frozen/.code/{frozen} (3 files)" in out
-    assert _targets(run_dir) == ["old-ab", "old-cd", "old-ef"]
+    assert f"cruijff: code frozen for the jobs: outputs/frozen/.code/{frozen} (4 files)" in out
+    assert _targets(run_dir) == ["old-ab.", "old-cd.", "old-ef."]
     assert json.loads((run_dir / "manifest.json").read_text())["code_snapshot"] == frozen
     assert "seed: 7" in (run_dir / ".hydra" / "config.yaml").read_text()
     assert [p.name for p in (sweep / ".code").iterdir()] == [frozen]
@@ -199,7 +228,7 @@ def test_jobs_run_the_code_of_the_launch_and_the_next_launch_sees_the_edit(tmp_p
     now = json.loads((sweep / "sweep.json").read_text())["code_snapshot"]
     assert now != frozen and sorted(p.name for p in (sweep / ".code").iterdir()) == sorted([frozen, now])
     assert "fine-tuning finished" not in out  # only its eval cell was done again
-    assert _targets(run_dir) == ["new-xy"]
+    assert _targets(run_dir) == ["new-xy?"]
     assert list((run_dir / "eval" / ".stale").rglob("*.eval"))
 
 
@@ -235,5 +264,5 @@ def test_a_held_slurm_job_released_after_an_edit_runs_the_code_of_its_launch(slu
     finally:
         subprocess.run(["scancel", *held], capture_output=True)
     (run_dir,) = [p.parent for p in sweep.glob("*/run.json")]
-    assert _targets(run_dir) == ["old-ab", "old-cd", "old-ef"]
+    assert _targets(run_dir) == ["old-ab.", "old-cd.", "old-ef."]
     assert json.loads((run_dir / "manifest.json").read_text())["code_snapshot"] == plan["code_snapshot"]

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 from ..config import TaskSpec, data_keys, eval_config, file_sha256, resolve_paths, validate
 from ..errors import ConfigError, did_you_mean, first_line
+from ..records import snapshot
 from .backend import build_task, exact_match_task, task_function
 
 _loaded: set[tuple] = set()
@@ -92,9 +93,9 @@ def _check(spec: TaskSpec, key: str, data_file: Path, input_key: str, output_key
 
 @contextlib.contextmanager
 def importable_beside(spec: TaskSpec) -> Iterator[None]:
-    """While a task file is imported, the modules beside it and the project's own (the working
-    dir's) can be imported by it, as they are in a sweep's jobs from the frozen copy."""
-    dirs = [str(Path(spec.name.rsplit("@", 1)[0]).absolute().parent), str(Path.cwd())]
+    """While a task file is imported, the modules beside it and the project's own can be imported
+    by it: the working dir's, or in a sweep's launch and jobs, the frozen copy's."""
+    dirs = [str(Path(spec.name.rsplit("@", 1)[0]).absolute().parent), str(snapshot.code_root())]
     added = [d for d in dirs if d not in sys.path]
     sys.path[:0] = added
     try:

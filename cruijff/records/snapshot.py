@@ -42,6 +42,11 @@ def active_digest() -> str | None:
     return _active.get("digest")
 
 
+def code_root() -> Path:
+    """The dir this process's project code is imported from: the frozen copy, else the working dir."""
+    return _active.get("root") or Path.cwd()
+
+
 def relative_in(path: str | os.PathLike, origin: Path) -> str | None:
     """Where ``path`` (relative to ``origin``, or absolute) lies inside ``origin``, as a relative
     POSIX path; None when it lies outside it."""

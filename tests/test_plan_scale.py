@@ -11,10 +11,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import ROOT
+from conftest import ROOT, launch
 from cruijff.cluster import job_resources
 from cruijff.config import config_hash, register_resolvers, resolve_paths, run_name, validate
-from cruijff.plan import FINISHED, NEW, OVERWRITE, REDO, Planner, estimate, plan_state
+from cruijff.plan import (FINISHED, NEW, OVERWRITE, REDO, Estimate, PlannedRun, Planner, estimate, plan_state,
+                          print_plan)
 from cruijff.plan.timing import apply_measured, sweep_timings
 from cruijff.records import layout, run_standing
 
@@ -97,3 +98,39 @@ def test_a_bad_value_at_a_later_grid_point_is_named_as_before(hydra_compose, tmp
     jobs = [[f"optimizer.lr={lr}", f"seed={s}"] for lr in ("1e-3", "-1e-3") for s in (1, 2)]
     with pytest.raises(Exception, match=r"run lr-1e-3_seed1: optimizer\.lr=-0\.001: must be a number > 0"):
         planner.plan(jobs)
+
+
+def _runs(n, finished=(), redo=()):
+    cost = Estimate(samples=8, steps=2, tokens=1000, gpus=1, hours=0.5, basis="table", disk_merged=2000,
+                    disk_adapter=1000, cells=2)
+    return [PlannedRun(f"seed{i}", [f"seed={i}"], f"{i:016x}", FINISHED if i in finished else REDO if i in redo else NEW,
+                       estimate=None if i in finished else dataclasses.replace(cost)) for i in range(n)]
+
+
+def test_a_big_plan_prints_its_ends_its_states_and_totals(capsys):
+    print_plan(_runs(60, finished={3, 58}, redo={10}), "demo: 60 runs")
+    out = capsys.readouterr().out
+    shown = [i for i in range(60) if f" seed{i} " in out]
+    assert shown == [0, 1, 2, 3, 4, 55, 56, 57, 58, 59]
+    assert "  runs by state: 57 new, 2 finished, 1 redo" in out
+    assert "  to run: 58 runs, 0.06M tokens" in out and "29.00 GPU-hours" in out  # the totals, of all 58
+    assert out.rstrip().endswith("50 rows not shown; full_table=true shows all")
+
+
+def test_a_plan_prints_in_full_when_asked_or_small(capsys):
+    print_plan(_runs(60), "demo: 60 runs", full=True)
+    out = capsys.readouterr().out
+    assert all(f" seed{i} " in out for i in range(60)) and "not shown" not in out and "runs by state" not in out
+    print_plan(_runs(50), "demo: 50 runs")
+    out = capsys.readouterr().out
+    assert all(f" seed{i} " in out for i in range(50)) and "not shown" not in out
+
+
+def test_full_table_on_the_command_line_lists_every_run_and_names_no_run(tmp_path):
+    grid = ["-m", "dry_run=true", "training=smoke", "peft.lora_rank=1,2,3,4,5,6,7,8,9,10,11,12",
+            "optimizer.lr=1e-4,2e-4,3e-4,4e-4,5e-4"]
+    summary = launch(*grid, cwd=tmp_path, check=True).stdout
+    full = launch(*grid, "full_table=true", cwd=tmp_path, check=True).stdout
+    assert "60 runs" in summary and "50 rows not shown; full_table=true shows all" in summary
+    assert "rank6_lr3e-4_training-smoke" not in summary and "rank12_lr5e-4_training-smoke" in summary
+    assert "rank6_lr3e-4_training-smoke" in full and "not shown" not in full and "full_table-" not in full

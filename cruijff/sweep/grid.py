@@ -47,6 +47,7 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
         raise ConfigError("hydra.sweep.dir", str(sweep_dir), f"is {'' if inside == sweep_dir.absolute() else 'inside '}"
                           f"the run dir {inside} (it holds run.json or .hydra/); choose a dir outside any run")
     dry = bool(config.get("dry_run", False))
+    full = bool(config.get("full_table", False))  # the plan table lists every run, however many
     if sweep_dir.exists() and not dry:
         acquire_lock(sweep_dir)
 
@@ -75,7 +76,7 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
                   if config.eval.enabled and config.eval.base_model else 0)
     if dry:
         print_plan(runs, f"{config.experiment.name}: {len(runs)} runs, {len(todo)} to run "
-                         f"(dry run: nothing written, nothing submitted)", base_cells)
+                         f"(dry run: nothing written, nothing submitted)", base_cells, full)
         print(f"cruijff: planned {len(runs)} runs in {time.time() - t0:.2f} s")
         test_submission(config, [r.name for r in todo], {r.name: r.resources for r in todo})
         return []
@@ -86,7 +87,7 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
     if scaffold:
         written = write_scaffold(config, sweep_dir, todo, rendered)
         print_plan(runs, f"{config.experiment.name}: {len(runs)} runs, {len(todo)} to run "
-                         f"(scaffold: rendered, nothing submitted)", base_cells)
+                         f"(scaffold: rendered, nothing submitted)", base_cells, full)
         act("Scaffold", f"{len(todo)} runs to run of {len(runs)}", f"rendered {len(written)} files; nothing submitted")
         for path in written:
             print(f"cruijff: wrote {path}")

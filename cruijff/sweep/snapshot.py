@@ -292,14 +292,14 @@ def _walk(origin: Path, rel: str) -> Iterable[str]:
 
 def _read(path: Path, limit: int | None) -> bytes | int | None:
     """A regular file's bytes (a link to one: its target's); its size when over ``limit``; None
-    when it is no file (a tracked file deleted, a submodule)."""
+    when it is no file (a tracked file deleted, a submodule) or cannot be read (it is linked)."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if limit is not None and size > limit:
                 return size
             return f.read()
-    except (IsADirectoryError, FileNotFoundError, NotADirectoryError):
+    except (IsADirectoryError, FileNotFoundError, NotADirectoryError, PermissionError):
         return None
 
 

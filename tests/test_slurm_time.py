@@ -82,11 +82,15 @@ def test_a_run_requeued_at_its_time_limit_gets_the_limit_its_epochs_left_need(re
     assert retry["before"] == {"timeout_min": PRESET_MIN}
     new = retry["after"]["timeout_min"]
     assert 1 <= new < PRESET_MIN
-    # SLURM ran the requeued job under the new limit
-    rows = subprocess.run(["sacct", "-n", "-X", "-P", "-D", "-o", "JobID,State,TimeLimit", "-j", job],
-                          capture_output=True, text=True, check=True).stdout.strip().splitlines()
-    final = [r.split("|") for r in rows if r.startswith(job + "|")][-1]
-    assert final[1] == "COMPLETED" and _limit(final[2]) == new, rows
+    # SLURM ran the requeued job under the new limit (its accounting says so a few seconds after it ends)
+    def attempts() -> list[list[str]]:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-D", "-o", "JobID,State,TimeLimit", "-j", job],
+                             capture_output=True, text=True, check=True).stdout
+        return [r.split("|") for r in out.strip().splitlines() if r.startswith(job + "|")]
+
+    _wait(lambda: attempts()[-1][1] == "COMPLETED", 60, "sacct to record the requeued job's end")
+    rows = attempts()
+    assert [state for _, state, _ in rows] == ["REQUEUED", "COMPLETED"] and _limit(rows[-1][2]) == new, rows
     log = (sweep_dir / "run-experiment.log").read_text()
     line = f"requeued with time limit {new} min (was {PRESET_MIN} min): measured "
     assert "ACTION: Retry" in log and f"{name}: time limit (job {job})" in log and line in log

@@ -72,16 +72,16 @@ def decide(began: float | None) -> Limit | None:
     from hydra.core.hydra_config import HydraConfig
 
     job_id = slurm_job_id()
-    hydra = HydraConfig.get()
-    run_dir = Path(str(hydra.runtime.output_dir))
-    cfg = OmegaConf.load(layout.saved_config(run_dir))
-    cap = int(cfg.cluster.timeout_min)
     before = job_minutes(job_id) if job_id else None
     if job_id is None or before is None:
         return None
     ran = time.time() - (began or time.time())
     if ran < min(0.8 * before * 60, before * 60 - 600):
         return None
+    hydra = HydraConfig.get()
+    run_dir = Path(str(hydra.runtime.output_dir))
+    cfg = OmegaConf.load(layout.saved_config(run_dir))
+    cap = int(cfg.cluster.timeout_min)
     if not str(hydra.sweeper._target_).endswith("GridSweeper"):
         return Limit(run_dir, job_id, before, before, "its eval runs in the same job and is not measured: limit kept")
     timing = attempt_timing(run_dir, RunState.of(run_dir))

@@ -16,6 +16,7 @@ its limit, and the job's own start (Python, imports, the config) is timed by no 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,13 +41,13 @@ class Timing:
     epochs: int        # epochs timed
 
 
-def attempt_timing(run_dir: Path, state: RunState | None) -> Timing | None:
+def attempt_timing(run_dir: Path, state: RunState | None, ckpts: list[Path] | None = None) -> Timing | None:
     """The times of the attempt ``state`` records (its ``started``), from its epochs' completion
-    markers; None when it completed no epoch."""
+    markers (``ckpts``: its complete checkpoints, when already listed); None when it completed no epoch."""
     if state is None or not state.started:
         return None
     marks = []
-    for ckpt in layout.checkpoints(run_dir):
+    for ckpt in layout.checkpoints(run_dir) if ckpts is None else ckpts:
         try:
             t = layout.complete_marker(ckpt).stat().st_mtime
         except OSError:
@@ -93,8 +94,9 @@ def sweep_timings(sweep_dir: Path) -> dict[tuple, Measured]:
             state = RunState.of(run_dir)
             if state is None or not state.finished:
                 continue
-            timing = attempt_timing(run_dir, state)
-            key, examples = _finished_key(run_dir, state)
+            ckpts = layout.checkpoints(run_dir)
+            timing = attempt_timing(run_dir, state, ckpts)
+            key, examples = _finished_key(run_dir, state, ckpts)
         except (CruijffError, OSError, ValueError, TypeError, AttributeError):
             continue  # an unreadable or older record measures nothing
         if timing is not None and key is not None and examples:
@@ -103,20 +105,18 @@ def sweep_timings(sweep_dir: Path) -> dict[tuple, Measured]:
             for k, v in found.items()}
 
 
-def _finished_key(run_dir: Path, state: RunState) -> tuple[tuple | None, int]:
+def _finished_key(run_dir: Path, state: RunState, ckpts: list[Path]) -> tuple[tuple | None, int]:
     """A finished run's key (see :func:`sweep_timings`) and its examples per epoch (steps logged x
-    ``training.log_every_n_steps`` x examples per step)."""
-    import yaml
-
+    ``training.log_every_n_steps`` x examples per step). Its method is its checkpoints' kind (``full``:
+    ``peft.method=none``); its saved config is searched, not parsed (a YAML parse per run was most
+    of the time of a 1000-run sweep's relaunch)."""
     inputs = (read_json(run_dir / layout.MANIFEST_FILE) or {}).get("inputs") or {}
-    with open(layout.saved_config(run_dir)) as f:
-        saved = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
-    if not inputs or not state.epochs or not state.effective_batch:
+    if not inputs or not ckpts or not state.epochs or not state.effective_batch:
         return None, 0
-    method = str((saved.get("peft") or {}).get("method", "lora"))
-    every = int((saved.get("training") or {}).get("log_every_n_steps") or 1)
+    method = "none" if (layout.completion(ckpts[-1]) or {}).get("kind") == "full" else "lora"
+    every = re.search(r"^\s*log_every_n_steps:\s*(\d+)\s*$", layout.saved_config(run_dir).read_text(), re.M)
     key = (inputs.get("model"), inputs.get("data"), method, int(state.nproc or 1), str(state.device or ""))
-    return key, state.epochs[-1].steps * every * int(state.effective_batch)
+    return key, state.epochs[-1].steps * int(every.group(1) if every else 1) * int(state.effective_batch)
 
 
 def planned_key(cfg: DictConfig, model_dir: Path, data_file: Path) -> tuple:

@@ -7,7 +7,8 @@ JobId=<job> TimeLimit=<minutes>`` right after submitit's ``scontrol requeue`` (a
 limit were lowered below its elapsed time first could be ended by SLURM's time check before the
 requeue). A refused update leaves the old limit; the requeue goes on whatever happens here. Each
 change is a ``time_limit`` entry of ``run.json``'s ``retries``, a ``Retry`` line of the sweep's
-``run-experiment.log`` and a line of the job's output.
+``run-experiment.log`` and a line of the job's output. A grid's jobs only fine-tune (evals are jobs of
+their own); an Optuna trial's job also evaluates, which no record times yet, so it keeps its limit.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .cluster import time_limit_message
+from .cluster import backend, time_limit_message
 from .config import (TaskSpec, check_name, config_hash, data_keys, mark_smoke, prepare_job, resolve_paths, run_changes,
                      validate)
 from .errors import ConfigError, CruijffError, first_line, omegaconf_message
@@ -149,7 +149,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], evaluate: str = "a
     model_dir, data_file = resolve_paths(cfg)
     chash = config_hash(cfg, model_dir, data_file)
     if claim:
-        if str(cfg.cluster.executor) != "local":
+        if not backend(cfg.cluster).on_this_machine:
             print(f"cruijff: cluster={cfg.cluster.get('name', cfg.cluster.executor)} submits a sweep's jobs (-m); "
                   "this single run trains here, in this process", file=sys.stderr)
         claim_run(run_dir, act)

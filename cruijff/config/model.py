@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .. import assets, hardware
+from ..cluster import backend, backends
 from ..errors import ConfigError
 
 TOKENIZER_FILES = ("path", "merges_file", "special_tokens_path", "vocab_path", "merges_path")
@@ -56,7 +57,7 @@ def processes(cfg: DictConfig) -> int:
         return int(n)
     if cfg.training.device == "cpu":
         return 1
-    if cfg.cluster.executor == "slurm":
+    if not backend(cfg.cluster).on_this_machine:
         return max(1, int(cfg.cluster.get("gpus_per_node") or 1))
     # this machine runs the job: no more processes than it has GPUs (one on a CPU-only machine)
     return max(1, min(int(cfg.model.get("resources", {}).get("gpus", 1)), hardware.gpu_count()))
@@ -81,7 +82,7 @@ def local_jobs(cfg: DictConfig) -> int:
 def prepare_job(cfg: DictConfig, slot: int | None) -> None:
     """A job's share of this machine: its own GPUs (a local job in ``slot`` of a batch on a
     multi-GPU machine) and its CPU threads."""
-    local = cfg.cluster.executor == "local"
+    local = backend(cfg.cluster).on_this_machine
     if slot is not None and local and cfg.training.device != "cpu":
         hardware.pin_gpus(slot, run_gpus(cfg))
     hardware.limit_threads(local_jobs(cfg) if local else 1)
@@ -91,7 +92,7 @@ def device_guess(cfg: DictConfig) -> str:
     """The device a job will train on: a GPU where the cluster gives one, whatever this machine has."""
     if cfg.training.device != "auto":
         return str(cfg.training.device)
-    if cfg.cluster.executor == "slurm":
+    if not backend(cfg.cluster).on_this_machine:
         return "cuda" if int(cfg.cluster.get("gpus_per_node") or 0) > 0 else "cpu"
     return "cuda" if hardware.gpu_count() > 0 else "cpu"  # without starting torch
 
@@ -119,4 +120,5 @@ def resolve_paths(cfg: DictConfig, build: bool = True) -> tuple[Path, Path]:
 def sweep_batch(executor: str, max_parallel: Any, nproc: Any = "auto", gpus: Any = 1) -> int | None:
     """Grid points handed to the launcher at once: local, the jobs that may run together; on
     SLURM, all of them (one array, throttled by the scheduler)."""
-    return hardware.local_parallel(max_parallel, hardware.gpus_per_run(nproc, gpus)) if executor == "local" else None
+    here = getattr(backends().get(str(executor)), "on_this_machine", False)
+    return hardware.local_parallel(max_parallel, hardware.gpus_per_run(nproc, gpus)) if here else None

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 from omegaconf import DictConfig, OmegaConf
 
 from .. import assets
+from ..cluster import backend_class
 from ..errors import ConfigError, did_you_mean
 from . import chat
 from .compose import apply_smoke
@@ -149,7 +150,7 @@ def check_backend(cfg: DictConfig) -> None:
         raise ConfigError("eval.vllm.args", OmegaConf.to_container(extra) if OmegaConf.is_config(extra) else extra,
                           'must be a list of strings, e.g. ["--gpu-memory-utilization", "0.85"]')
     command = str(cfg.eval.vllm.command)
-    if str(cfg.cluster.get("executor", "local")) == "local" and not program_exists(command):
+    if backend_class(cfg.cluster.get("executor", "local")).on_this_machine and not program_exists(command):
         raise ConfigError("eval.vllm.command", command, "no such program: install vLLM (pip install vllm), or on a "
                           "CPU machine run scripts/vllm-cpu-env and pass the path it prints")
 

@@ -12,6 +12,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from ..cluster import backend
 from ..errors import CruijffError
 from ..records import ActionLog, acquire_lock, layout, release_lock
 from ..ui import console
@@ -79,8 +80,7 @@ def _grid_sweeper(config: DictConfig) -> bool:
 
 def finish_sweep(config: DictConfig, sweep_dir: Path, act: ActionLog, t0: float) -> dict[str, str]:
     """Evaluate what does not count yet (eval jobs), report if anything changed, summarise; returns failures."""
-    slurm = str(config.cluster.executor) == "slurm"
-    summary, failed = finish(sweep_dir, config.eval, slurm, act, t0,
+    summary, failed = finish(sweep_dir, config.eval, backend(config.cluster).queued, act, t0,
                              evaluate=lambda todo: evaluate_runs(config, sweep_dir, todo, act))
     console().print(status_table(sweep_dir, "sweep done"))
     print(f"cruijff: {summary}")

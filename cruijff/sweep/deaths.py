@@ -7,11 +7,10 @@ the run's ``run.json`` and the sweep goes on.
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Any
 
-from ..cluster import scheduler_state
+from ..cluster import killed_by, scheduler_state
 from ..errors import CruijffError
 from ..config import load_run
 from ..records import RunState, RunStatus, complete_epochs, layout, mark_failed, record_finished
@@ -79,17 +78,6 @@ def job_end(job: Any) -> str:
         return ""
     killed = killed_by(job)
     return f"its job was killed by {killed}" if killed else "its job ended without a result"
-
-
-def killed_by(job: Any) -> str:
-    """The signal that killed a local job's process (``SIGKILL``); empty for any other end."""
-    rc = getattr(getattr(job, "_process", None), "returncode", None)
-    if not isinstance(rc, int) or rc >= 0:
-        return ""
-    try:
-        return signal.Signals(-rc).name
-    except ValueError:
-        return f"signal {-rc}"
 
 
 def every_epoch_saved(run_dir: Path) -> bool:

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..cluster import array_ids, job_folder, job_name, largest, make_executor, submitted
+from ..cluster import array_ids, backend, job_folder, job_name, largest
 from ..records import ActionLog, SweepPlan, layout
 from .finish import finish
 from .launcher import submit_jobs
@@ -25,11 +25,12 @@ def detach(sweeper: Any, config: DictConfig, sweep_dir: Path, todo: list[list[st
     plan = SweepPlan.of(sweep_dir)
     assert plan is not None  # the grid sweeper wrote it
     resources = largest(r.resources for r in plan.runs)
-    executor = make_executor(config.cluster, job_folder(config), name=job_name(config.experiment.name, "eval"),
-                             dependency=f"afterany:{':'.join(ids)}" if ids else None, resources=resources)
-    finish = submitted(lambda: executor.submit(frozen(finish_detached, sweep_dir), sweep_dir,
+    where = backend(config.cluster)
+    executor = where.executor(job_folder(config), name=job_name(config.experiment.name, "eval"),
+                              dependency=f"afterany:{':'.join(ids)}" if ids else None, resources=resources)
+    finish = where.submitted(lambda: executor.submit(frozen(finish_detached, sweep_dir), sweep_dir,
                                                OmegaConf.to_container(config.eval, resolve=True)),
-                       config.cluster, resources)
+                       resources)
     plan.detached = {"arrays": ids, "finish_job": finish.job_id, "submitted": time.time()}
     plan.save(sweep_dir)
     act("Detach", f"fine-tune arrays {', '.join(ids) or '(none: all finished)'}; eval+report job "

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..cluster import job_folder, job_name, make_executor, submitted, watch
+from ..cluster import backend, job_folder, job_name
 from ..config import eval_config, local_jobs, resolve_paths, task_specs
 from ..errors import last_line
 from ..evaluate import Evaluators, evaluate_run_dir, plan_cells
@@ -56,7 +56,7 @@ class EvalJobs:
         self.executors: dict[tuple, Any] = {}
         plan = SweepPlan.of(sweep_dir)
         self.resources = {r.name: r.resources for r in (plan.runs if plan else [])}
-        self.kind = str(config.cluster.executor)
+        self.where = backend(config.cluster)
         self.eval_cfg = OmegaConf.to_container(config.eval, resolve=True)
         self.sweep_dir, self.act = sweep_dir, act
         self.names: dict[int, str] = {}
@@ -69,13 +69,13 @@ class EvalJobs:
         self.bases_taken.update(base for _, base in batch if base is not None)
         groups = [batch[i:i + per_job] for i in range(0, len(batch), per_job)]
         job = frozen(evaluate_group, self.sweep_dir)  # run from the launch's frozen code
-        jobs = [submitted(lambda: self.executor(group[0][0]).submit(job, self.sweep_dir, group,
+        jobs = [self.where.submitted(lambda: self.executor(group[0][0]).submit(job, self.sweep_dir, group,
                                                                      self.eval_cfg, slot),
-                          self.config.cluster, self.resources.get(group[0][0]))
+                          self.resources.get(group[0][0]))
                 for slot, group in enumerate(groups)]
         self.names.update({id(j): ", ".join(n for n, _ in group) for j, group in zip(jobs, groups)})
         self.act("Submit eval", ", ".join(n + (" (+ base)" if base is not None else "") for n, base in batch),
-                 f"{self.kind} job ids " + ", ".join(j.job_id for j in jobs))
+                 f"{self.where.name} job ids " + ", ".join(j.job_id for j in jobs))
         return jobs
 
     def executor(self, run: str) -> Any:
@@ -84,9 +84,8 @@ class EvalJobs:
         res = {k: v for k, v in self.resources.get(run, {}).items() if k != "timeout_min"}
         key = tuple(sorted(res.items()))
         if key not in self.executors:
-            self.executors[key] = make_executor(self.config.cluster, self.folder,
-                                                name=job_name(self.config.experiment.name, "eval"),
-                                                resources=res)
+            self.executors[key] = self.where.executor(self.folder, name=job_name(self.config.experiment.name, "eval"),
+                                                      resources=res)
         return self.executors[key]
 
     def owns(self, job: Any) -> bool:
@@ -120,10 +119,10 @@ def evaluate_runs(config: DictConfig, sweep_dir: Path, todo: list[tuple[str, Pat
         jobs = [job for group in by_base_model(sweep_dir, todo, config.eval).values()
                 for job in evals.submit(group, per_job=len(group))]
     else:
-        per_job = -(-len(todo) // local_jobs(config)) if evals.kind == "local" else 1
+        per_job = -(-len(todo) // local_jobs(config)) if evals.where.on_this_machine else 1
         jobs = evals.submit(todo, per_job=max(1, per_job))
     with SweepView(sweep_dir) as view:
-        watch(jobs, evals.ended, evals.kind, on_poll=view.refresh)
+        evals.where.watch(jobs, evals.ended, on_poll=view.refresh)
 
 
 def by_base_model(sweep_dir: Path, todo: list[tuple[str, Path | None]],

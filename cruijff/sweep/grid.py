@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ..cluster import active_slurm_jobs, array_ids
+from ..cluster import active_slurm_jobs, array_ids, backend
 from ..config import check_name
 from ..errors import ConfigError, CruijffError, first_line
 from ..plan import ACTIVE, FINISHED, OVERWRITE, PlannedRun, Planner, print_plan
@@ -67,9 +67,9 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
     planner = Planner(config, sweep_dir, compose)
     runs = planner.plan(jobs, estimate=dry or scaffold, each=render_run if scaffold else None)
     previous = SweepPlan.of(sweep_dir)
-    if str(config.cluster.executor) == "slurm" and previous is not None:
+    if backend(config.cluster).queued and previous is not None:
         _skip_runs_at_work(runs, previous.jobs)
-    if config.get("detach", False) and str(config.cluster.executor) != "slurm":
+    if config.get("detach", False) and not backend(config.cluster).queued:
         raise CruijffError("detach=True: detached sweeps need a scheduler that outlives this process; use cluster=slurm")
     todo = [r for r in runs if r.state not in (FINISHED, ACTIVE)]
     base_cells = (len(config.eval.tasks) * len({r.model for r in runs})
@@ -93,7 +93,7 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
             print(f"cruijff: wrote {path}")
         print("cruijff: read them, then run the same command without scaffold=true")
         return []
-    if str(config.cluster.executor) == "local":  # a job an earlier launch left running: waited for, never run twice
+    if not backend(config.cluster).queued:  # a job an earlier launch left running: waited for, never run twice
         t_wait = time.time()
         waited = wait_for_orphans(sweep_dir, runs, act)
         t0 += time.time() - t_wait  # the plan's time below is not the wait's

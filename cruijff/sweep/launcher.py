@@ -15,8 +15,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
-from ..cluster import (array_ids, job_folder, job_name, largest, make_executor, max_array_size, sbatch_test, share,
-                       submitted, watch)
+from ..cluster import array_ids, backend, job_folder, job_name, largest
 from ..config import run_name
 from ..ui import say
 from ..errors import CruijffError
@@ -83,7 +82,7 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         return None
 
     with SweepView(sweep_dir) as view:
-        watch(jobs, ended, str(config.cluster.executor), on_poll=view.refresh)
+        backend(config.cluster).watch(jobs, ended, on_poll=view.refresh)
     return [returns[n] for n in names]
 
 
@@ -104,7 +103,7 @@ def eval_per_run(config: DictConfig) -> bool:
     the moment its fine-tuning ends, while the rest of the grid still trains. Locally the jobs
     already hold every GPU, so evals wait for the grid; so do they with the vLLM backend, whose one
     job per base model serves every run's adapters from one server."""
-    return (str(config.cluster.executor) == "slurm" and config.cluster.get("eval_after", "grid") == "run"
+    return (backend(config.cluster).queued and config.cluster.get("eval_after", "grid") == "run"
             and bool(config.eval.enabled) and config.eval.get("backend", "hf") != "vllm"
             and str(config.hydra.sweeper._target_).endswith("GridSweeper"))
 
@@ -159,31 +158,28 @@ def train_arrays(config: DictConfig, names: list[str], resources: dict[str, dict
     asking for the same resources (:func:`resource_groups`), split where a group exceeds the
     cluster's array size, each with its share of the array throttle. What the launch submits, and
     what the scaffold renders."""
-    cluster = config.cluster
-    limit = max_array_size(cluster)
+    where = backend(config.cluster)
+    limit = where.max_array_size()
     arrays = [(res, members[i:i + limit]) for res, members in resource_groups(names, resources)
               for i in range(0, len(members), limit)]
-    slots = (share(int(cluster.max_parallel), [len(m) for _, m in arrays]) if str(cluster.executor) == "slurm"
-             else [None] * len(arrays))
     folder = job_folder(config)
-    return [(make_executor(cluster, folder, name=job_name(config.experiment.name, "train"), resources=res,
-                           parallel=parallel), members)
-            for (res, members), parallel in zip(arrays, slots)]
+    return [(where.executor(folder, name=job_name(config.experiment.name, "train"), resources=res,
+                            parallel=parallel), members)
+            for (res, members), parallel in zip(arrays, where.slots([len(m) for _, m in arrays]))]
 
 
 def test_submission(config: DictConfig, names: list[str], resources: dict[str, dict]) -> None:
-    """On SLURM, ask sbatch whether it takes each job array these runs would be submitted as, and
-    their eval job (``sbatch --test-only``), before anything is written or submitted: a refusal is
-    one line naming the cluster key (:func:`cruijff.cluster.refusal`)."""
-    cluster = config.cluster
-    if str(cluster.executor) != "slurm" or not names:
+    """Ask the scheduler whether it takes each job array these runs would be submitted as, and
+    their eval job (on SLURM ``sbatch --test-only``), before anything is written or submitted: a
+    refusal is one line naming the cluster key (:func:`cruijff.cluster.refusal`)."""
+    where = backend(config.cluster)
+    if not where.queued or not names:
         return
-    limit = max_array_size(cluster)
+    limit = where.max_array_size()
     for res, members in resource_groups(names, resources):
-        sbatch_test(cluster, job_name(config.experiment.name, "train"), res, min(len(members), limit))
+        where.preflight(job_name(config.experiment.name, "train"), res, min(len(members), limit))
     if config.eval.enabled:
-        sbatch_test(cluster, job_name(config.experiment.name, "eval"),
-                    largest(resources.get(n) or {} for n in names))
+        where.preflight(job_name(config.experiment.name, "eval"), largest(resources.get(n) or {} for n in names))
 
 
 def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> tuple[list, list]:
@@ -192,10 +188,10 @@ def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_j
     from hydra_plugins.hydra_submitit_launcher import submitit_launcher as stock
 
     config = launcher.config
-    kind = str(config.cluster.executor)
+    where = backend(config.cluster)
     sweep_dir = Path(str(config.hydra.sweep.dir))
     # the job side is Hydra's own (compose the job's config, run the task function)
-    runner = {"local": stock.LocalLauncher, "slurm": stock.SlurmLauncher}[kind](**launcher.params)
+    runner = getattr(stock, where.stock_launcher)(**launcher.params)
     runner.setup(hydra_context=launcher.hydra_context, task_function=launcher.task_function, config=config)
 
     names = [run_name(o) for o in job_overrides]
@@ -206,9 +202,9 @@ def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_j
     shared = SharedRunner.save(runner, Singleton.get_state(), job_folder(config).parent)
     jobs: list = [None] * len(names)
     for executor, members in train_arrays(config, names, getattr(launcher, "run_resources", None) or {}):
-        array = submitted(lambda: executor.map_array(shared, [list(job_overrides[i]) for i in members],
-                                                     [idx[i] for i in members]),
-                          config.cluster, (getattr(launcher, "run_resources", None) or {}).get(names[members[0]]))
+        array = where.submitted(lambda: executor.map_array(shared, [list(job_overrides[i]) for i in members],
+                                                           [idx[i] for i in members]),
+                                (getattr(launcher, "run_resources", None) or {}).get(names[members[0]]))
         for i, job in zip(members, array):
             jobs[i] = job
     ids = {n: j.job_id for n, j in zip(names, jobs)}
@@ -216,8 +212,8 @@ def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_j
     arrays = array_ids(j.job_id for j in jobs)
     ActionLog(layout.action_log(sweep_dir))(
         "Submit fine-tune", ", ".join(names),
-        f"{kind} job ids " + ", ".join(ids.values())
-        + (f" (array{'s' if len(arrays) > 1 else ''} {', '.join(arrays)})" if kind == "slurm" else ""))
+        f"{where.name} job ids " + ", ".join(ids.values())
+        + (f" (array{'s' if len(arrays) > 1 else ''} {', '.join(arrays)})" if where.queued else ""))
     for n in names:
-        print(f"cruijff: {n}: submitted as {kind} job {ids[n]}")
+        print(f"cruijff: {n}: submitted as {where.name} job {ids[n]}")
     return names, jobs

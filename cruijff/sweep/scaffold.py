@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..cluster import sbatch_directives
+from ..cluster import backend
 from ..config import device_guess, peft_method, processes, resolve_paths
 from ..finetune import config_text, render, tune_command
 from ..plan import PlannedRun
@@ -29,12 +29,15 @@ def scaffold_text(cfg: DictConfig, run_dir: Path) -> tuple[str, str]:
             tune_command(nproc, path, method))
 
 
-def finetune_sbatch(cluster: DictConfig, run_dir: Path, resources: dict, command: str) -> str:
+def finetune_sbatch(cluster: DictConfig, run_dir: Path, resources: dict, command: str) -> str | None:
     """A run's standalone SLURM script: the preset's ``#SBATCH`` flags with the run's resources,
     named for the run, its output in the run's ``logs/``; the preset's setup lines; then the run's
-    ``tune run`` command (``command``, as :func:`scaffold_text` gives it)."""
+    ``tune run`` command (``command``, as :func:`scaffold_text` gives it). None where no
+    scheduler reads scripts (a local cluster)."""
     logs = layout.finetune_log(run_dir).parent
-    header = sbatch_directives(cluster, run_dir.name, resources)
+    header = backend(cluster).script_header(run_dir.name, resources)
+    if header is None:
+        return None
     header += [f"#SBATCH --output={shlex.quote(str(logs / 'sbatch-%j.out'))}",
                f"#SBATCH --error={shlex.quote(str(logs / 'sbatch-%j.err'))}"]
     lines = ["#!/bin/bash", *header,
@@ -54,11 +57,11 @@ def write_scaffold(config: DictConfig, sweep_dir: Path, todo: list[PlannedRun],
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(rendered[run.name][0])
         written.append(path)
-        if str(config.cluster.executor) == "slurm":
+        text = finetune_sbatch(config.cluster, path.parent.resolve(), run.resources, rendered[run.name][1])
+        if text is not None:
             layout.finetune_log(path.parent).parent.mkdir(exist_ok=True)  # sbatch writes the job's output there
             script = layout.finetune_sbatch(path.parent)
-            script.write_text(finetune_sbatch(config.cluster, path.parent.resolve(), run.resources,
-                                              rendered[run.name][1]))
+            script.write_text(text)
             written.append(script)
     scripts = layout.scripts_dir(sweep_dir)
     scripts.mkdir(exist_ok=True)
@@ -66,14 +69,13 @@ def write_scaffold(config: DictConfig, sweep_dir: Path, todo: list[PlannedRun],
              "set -euo pipefail"] + [rendered[run.name][1] for run in todo]
     (scripts / "tune_commands.sh").write_text("\n".join(lines) + "\n")
     written.append(scripts / "tune_commands.sh")
-    if str(config.cluster.executor) == "slurm" and todo:
+    where = backend(config.cluster)
+    if where.queued and todo:
         arrays = train_arrays(config, [r.name for r in todo], {r.name: r.resources for r in todo})
         for old in scripts.glob("train*.sbatch"):  # from an earlier scaffold of this sweep
             old.unlink()
-        for k, (auto, members) in enumerate(arrays, 1):
-            executor = auto._executor
-            executor.parameters["map_count"] = len(members)
-            text = executor._make_submission_file_text(executor._submitit_command_str, "scaffold")
+        for k, (executor, members) in enumerate(arrays, 1):
+            text = where.array_script(executor, len(members)) or ""
             path = scripts / ("train.sbatch" if len(arrays) == 1 else f"train-{k}.sbatch")
             runs = ", ".join(todo[i].name for i in members[:10]) + (f", ... ({len(members) - 10} more)"
                                                                     if len(members) > 10 else "")

@@ -1,12 +1,7 @@
-"""Where jobs run: submitit executors built from the ``cluster`` config group, and watching them.
-
-``cluster.executor`` is ``local`` (this machine) or ``slurm``. Resources come from the cluster
-preset, which defaults them to the model's hint (``model.resources``). A grid goes to SLURM as job
-arrays of at most the cluster's MaxArraySize tasks, throttled by ``cluster.max_parallel``.
-
-Jobs are watched by polling every few seconds (one ``sacct`` call for all of them), so a job that
-dies is noticed in seconds; submitit's own watcher backs off to minutes.
-"""
+"""``cluster.executor=slurm``: sbatch job arrays through submitit, their ``#SBATCH`` lines,
+sbatch's refusals as one line naming the cluster key, and what ``sacct`` and ``squeue`` say of a
+job. Jobs are watched by polling every few seconds (one ``sacct`` call for all of them), so a job
+that dies is noticed in seconds; submitit's own watcher backs off to minutes."""
 
 from __future__ import annotations
 
@@ -18,86 +13,13 @@ from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError, CruijffError
-from .records import layout
-
-POLL_S = {"local": 0.5, "slurm": 3.0}
-
-
-def job_name(experiment: str, kind: str) -> str:
-    """A job name SLURM shows in squeue: no spaces or shell characters, whatever the experiment name."""
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", f"cruijff-{kind}-{experiment}")[:100]
+from ..errors import ConfigError, CruijffError
+from . import _submitit
+from .backend import Backend
+from .jobs import RESOURCES, preset_resources, share
 
 
-RESOURCES = {"timeout_min": int, "gpus_per_node": int, "cpus_per_task": int, "mem_gb": float}
 SITE_FLAGS = ("partition", "account", "qos", "constraint")  # the preset's sbatch flags, when set
-
-
-def job_resources(cfg: DictConfig) -> dict[str, Any]:
-    """What one run's SLURM job asks for, from the run's own config: the cluster preset derives
-    these from the model's hint and the epochs, so runs of one grid may differ (a grid over models
-    or ``training.epochs``). Empty off SLURM."""
-    cluster = cfg.cluster
-    if str(cluster.executor) != "slurm":
-        return {}
-    return {key: cast(cluster[key]) for key, cast in RESOURCES.items()}
-
-
-def largest(resources: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Enough for any of these runs (one job that evaluates them all)."""
-    out: dict[str, Any] = {}
-    for r in resources:
-        for k, v in r.items():
-            out[k] = max(out.get(k, v), v)
-    return out
-
-
-def job_folder(config: DictConfig) -> Path:
-    """Where submitit keeps the files of every job of a sweep — training, eval, the detached finish
-    job: ``hydra.launcher.submitit_folder``, default ``<sweep dir>/.submitit/%j`` (``%j``: the job id)."""
-    folder = OmegaConf.select(config, "hydra.launcher.submitit_folder", default=None)
-    return Path(str(folder)) if folder else layout.submitit_folder(Path(str(config.hydra.sweep.dir)))
-
-
-def make_executor(cluster: DictConfig, folder: Path | str, *, name: str,
-                  dependency: str | None = None, resources: dict[str, Any] | None = None,
-                  parallel: int | None = None):
-    """A submitit executor for ``cluster``; ``resources`` (see :func:`job_resources`) replace the
-    preset's GPUs, CPUs, memory and time limit for the runs at hand, ``parallel`` its array
-    throttle (``cluster.max_parallel``)."""
-    import submitit
-
-    kind = str(cluster.executor)
-    res = {k: cluster.get(k) for k in RESOURCES} | (resources or {})
-    timeout = int(res["timeout_min"])
-    if kind == "local":
-        executor = submitit.AutoExecutor(folder=str(folder), cluster="local")
-        executor.update_parameters(timeout_min=timeout, name=name)
-        return executor
-    if kind != "slurm":
-        raise ConfigError("cluster.executor", kind, "one of local, slurm")
-    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm",
-                                     slurm_max_num_timeout=int(cluster.max_requeue))
-    extra = {str(k): v for k, v in (OmegaConf.to_container(cluster.sbatch, resolve=True) or {}).items()}
-    if dependency:
-        extra["dependency"] = dependency
-    params: dict[str, Any] = dict(
-        name=name,
-        timeout_min=timeout,
-        gpus_per_node=int(res["gpus_per_node"]),
-        cpus_per_task=int(res["cpus_per_task"]),
-        mem_gb=float(res["mem_gb"]),
-        slurm_array_parallelism=int(parallel or cluster.max_parallel),
-        slurm_signal_delay_s=signal_delay(cluster, timeout),
-        slurm_setup=[str(line) for line in cluster.setup or []],
-        slurm_additional_parameters=extra,
-    )
-    for key, value in site_flags(cluster).items():
-        params[f"slurm_{key}"] = value
-    if params["gpus_per_node"] == 0:
-        del params["gpus_per_node"]
-    executor.update_parameters(**params)
-    return executor
 
 
 def site_flags(cluster: DictConfig) -> dict[str, str]:
@@ -108,7 +30,7 @@ def site_flags(cluster: DictConfig) -> dict[str, str]:
 def sbatch_directives(cluster: DictConfig, name: str, resources: dict[str, Any] | None = None) -> list[str]:
     """``#SBATCH`` lines of one job of ``cluster`` (a SLURM preset), each value shell-quoted (sbatch
     reads quotes in its directives): its name, the preset's site flags, the time limit, GPUs, CPUs
-    and memory (``resources`` in place of the preset's, as in :func:`make_executor`), then any other
+    and memory (``resources`` in place of the preset's, as in :meth:`SlurmBackend.executor`), then any other
     flag of ``cluster.sbatch``. The same values the launch gives submitit, in plain sbatch spelling."""
     import shlex
 
@@ -222,37 +144,14 @@ def sbatch_test(cluster: DictConfig, name: str, resources: dict[str, Any] | None
         raise refusal(proc.stderr or proc.stdout, cluster, resources)
 
 
-def submitted(submit: Callable[[], Any], cluster: DictConfig, resources: dict[str, Any] | None = None) -> Any:
-    """``submit()`` (a submitit submission), with a refusal by sbatch as its one line (:func:`refusal`)."""
-    from submitit.core.utils import FailedJobError
-
-    try:
-        return submit()
-    except FailedJobError as e:
-        if str(cluster.executor) != "slurm":
-            raise
-        raise refusal(str(e), cluster, resources) from None
-
-
 def signal_delay(cluster: DictConfig, timeout_min: int) -> int:
     """Seconds before its time limit a job is told to requeue itself: ``cluster.signal_delay_s``,
     at most half the limit (a job told at once would stop before it starts)."""
     return min(int(cluster.get("signal_delay_s", 120)), timeout_min * 30)
 
 
-def time_limit_message(error: BaseException, cluster: DictConfig) -> str | None:
-    """What to record when submitit stopped a job at its time limit with no requeue left (its
-    ``UncompletedJobError``, raised wherever the job was); None for any other error."""
-    if type(error).__name__ != "UncompletedJobError" or "timed-out" not in str(error):
-        return None
-    return (f"stopped at its time limit (cluster.timeout_min={cluster.get('timeout_min')}) with no requeue left "
-            f"(cluster.max_requeue={cluster.get('max_requeue')}); a re-run resumes after its last complete epoch")
-
-
 def max_array_size(cluster: DictConfig) -> int:
     """Tasks per job array: ``cluster.max_array_size``, or the controller's MaxArraySize - 1."""
-    if str(cluster.executor) != "slurm":
-        return 1_000_000
     value = cluster.get("max_array_size", "auto")
     if value != "auto":
         return max(1, int(value))
@@ -262,36 +161,6 @@ def max_array_size(cluster: DictConfig) -> int:
         return int(match.group(1)) - 1 if match else 1000  # array indices run 0..MaxArraySize-1
     except (OSError, subprocess.SubprocessError):
         return 1000
-
-
-def share(total: int, sizes: list[int]) -> list[int]:
-    """``total`` array slots shared by groups of these sizes, in proportion, at least 1 each: the
-    grid's arrays together run about ``cluster.max_parallel`` tasks at once."""
-    n = sum(sizes)
-    return [max(1, total * size // n) for size in sizes]
-
-
-def watch(jobs: list, on_end: Callable[[Any], list | None], kind: str,
-          on_poll: Callable[[], None] | None = None) -> None:
-    """Call ``on_end(job)`` for each job as it ends, polling every few seconds; returns when all
-    ended. ``on_end`` may return new jobs (an eval job for a run that just finished): they are
-    watched too. ``on_poll`` is called at each poll (a live view redraws)."""
-    pending = list(jobs)
-    poll = POLL_S.get(kind, 3.0)
-    while pending:
-        if on_poll:
-            on_poll()
-        if kind == "slurm" and pending:
-            pending[0].watcher.update()  # one sacct call for every job registered with the watcher
-        still = []
-        for job in pending:
-            if _ended(job, kind):
-                still += on_end(job) or []
-            else:
-                still.append(job)
-        pending = still
-        if pending:
-            time.sleep(poll)
 
 
 # sacct states of a job that may still run (or run again)
@@ -306,23 +175,24 @@ GRACE_S = {"PREEMPTED": 60.0, "COMPLETED": 20.0}
 _seen: dict[str, tuple[str, float]] = {}
 
 
-def _ended(job, kind: str) -> bool:
+def job_ended(job: Any) -> bool:
+    """Whether a SLURM job has ended, by its result file or sacct's state (from the watcher's
+    cache: :meth:`SlurmBackend.refresh` asks once for all). A state that may not be final
+    counts after its grace; a cancelled or timed-out job only once SLURM has stopped its processes."""
     if job.paths.result_pickle.exists():
         return True
-    if kind == "slurm":
-        state = job.watcher.get_state(job.job_id, mode="cache").upper()
-        if state in UNFINISHED:
-            _seen.pop(job.job_id, None)  # a later preemption starts its grace anew
-            return False
-        grace = next((g for s, g in GRACE_S.items() if state.startswith(s)), 0.0)
-        if grace:
-            since = _seen.get(job.job_id)
-            if since is None or since[0] != state:
-                _seen[job.job_id] = since = (state, time.time())
-            return time.time() - since[1] >= grace
-        # cancelled, timed out: its processes go on until SLURM's KillWait ends them (and may save)
-        return not (state.startswith(("CANCELLED", "TIMEOUT")) and str(job.job_id) in completing([job.job_id]))
-    return job.done()
+    state = job.watcher.get_state(job.job_id, mode="cache").upper()
+    if state in UNFINISHED:
+        _seen.pop(job.job_id, None)  # a later preemption starts its grace anew
+        return False
+    grace = next((g for s, g in GRACE_S.items() if state.startswith(s)), 0.0)
+    if grace:
+        since = _seen.get(job.job_id)
+        if since is None or since[0] != state:
+            _seen[job.job_id] = since = (state, time.time())
+        return time.time() - since[1] >= grace
+    # cancelled, timed out: its processes go on until SLURM's KillWait ends them (and may save)
+    return not (state.startswith(("CANCELLED", "TIMEOUT")) and str(job.job_id) in completing([job.job_id]))
 
 
 def completing(job_ids: list[str]) -> set[str]:
@@ -403,3 +273,109 @@ def active_slurm_jobs(job_ids: list[str]) -> set[str]:
         raise CruijffError(f"cannot ask SLURM which earlier jobs still run (squeue: {failure}); "
                            "nothing submitted, try again")
     return {line.strip() for line in proc.stdout.splitlines() if line.strip()} & {str(j) for j in job_ids}
+
+
+# the line slurmstepd writes into a job's stderr when it kills the job for its memory
+# (jobacct_gather's OverMemoryKill, or the cgroup's out-of-memory handler)
+MEMORY_KILL = re.compile(r"slurmstepd.*(exceeded (job )?memory limit|oom-kill event)", re.I)
+
+
+def memory_exceeded(job: Any) -> str | None:
+    """How SLURM said it ended a job for its memory: sacct's ``OUT_OF_MEMORY`` (task/cgroup), or
+    slurmstepd's line in the job's stderr (``Exceeded job memory limit``); None for any other end."""
+    state = scheduler_state(job)
+    if state.upper().startswith(("COMPLETED", *[s for s in UNFINISHED if s])):
+        return None
+    try:
+        lines = [ln.strip() for ln in (job.stderr() or "").splitlines() if MEMORY_KILL.search(ln)]
+    except Exception:
+        lines = []
+    line = next((ln for ln in lines if "(" in ln), lines[-1] if lines else "")[:300]
+    if state.upper().startswith("OUT_OF_MEMORY"):
+        return state + (f": {line}" if line else "")
+    return line or None
+
+
+class SlurmBackend(Backend):
+    """Jobs wait in SLURM's queue as job arrays, throttled by ``cluster.max_parallel``; they
+    outlive the launcher, and ``sacct``/``squeue`` say which still run and how each ended."""
+
+    name = "slurm"
+    queued = True
+    stock_launcher = "SlurmLauncher"
+    poll_s = 3.0
+
+    def executor(self, folder: Path | str, *, name: str, dependency: str | None = None,
+                 resources: dict[str, Any] | None = None, parallel: int | None = None) -> Any:
+        import submitit
+
+        cluster = self.cluster
+        res = preset_resources(cluster, resources)
+        timeout = int(res["timeout_min"])
+        executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm",
+                                         slurm_max_num_timeout=int(cluster.max_requeue))
+        extra = extra_flags(cluster)
+        if dependency:
+            extra["dependency"] = dependency
+        params: dict[str, Any] = dict(
+            name=name,
+            timeout_min=timeout,
+            gpus_per_node=int(res["gpus_per_node"]),
+            cpus_per_task=int(res["cpus_per_task"]),
+            mem_gb=float(res["mem_gb"]),
+            slurm_array_parallelism=int(parallel or cluster.max_parallel),
+            slurm_signal_delay_s=signal_delay(cluster, timeout),
+            slurm_setup=[str(line) for line in cluster.setup or []],
+            slurm_additional_parameters=extra,
+        )
+        for key, value in site_flags(cluster).items():
+            params[f"slurm_{key}"] = value
+        if params["gpus_per_node"] == 0:
+            del params["gpus_per_node"]
+        executor.update_parameters(**params)
+        return executor
+
+    def resources(self, cfg: DictConfig) -> dict[str, Any]:
+        return {key: cast(self.cluster[key]) for key, cast in RESOURCES.items()}
+
+    def max_array_size(self) -> int:
+        return max_array_size(self.cluster)
+
+    def slots(self, sizes: list[int]) -> list[int | None]:
+        return list(share(int(self.cluster.max_parallel), sizes))
+
+    def preflight(self, name: str, resources: dict[str, Any] | None = None, tasks: int = 1) -> None:
+        sbatch_test(self.cluster, name, resources, tasks)
+
+    def submitted(self, submit: Callable[[], Any], resources: dict[str, Any] | None = None) -> Any:
+        from submitit.core.utils import FailedJobError
+
+        try:
+            return submit()
+        except FailedJobError as e:
+            raise refusal(str(e), self.cluster, resources) from None
+
+    def script_header(self, name: str, resources: dict[str, Any] | None = None) -> list[str] | None:
+        return sbatch_directives(self.cluster, name, resources)
+
+    def array_script(self, executor: Any, tasks: int) -> str | None:
+        return _submitit.array_script(executor, tasks)
+
+    def refresh(self, jobs: list) -> None:
+        if jobs:
+            jobs[0].watcher.update()  # one sacct call for every job registered with the watcher
+
+    def ended(self, job: Any) -> bool:
+        return job_ended(job)
+
+    def state(self, job: Any) -> str:
+        return scheduler_state(job)
+
+    def active(self, job_ids: list[str]) -> set[str]:
+        return active_slurm_jobs(job_ids)
+
+    def ended_jobs(self, job_ids: list[str]) -> dict[str, tuple[str, str]]:
+        return ended_jobs(job_ids)
+
+    def memory_exceeded(self, job: Any) -> str | None:
+        return memory_exceeded(job)

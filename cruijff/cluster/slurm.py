@@ -281,8 +281,9 @@ MEMORY_KILL = re.compile(r"slurmstepd.*(exceeded (job )?memory limit|oom-kill ev
 
 
 def memory_exceeded(job: Any) -> str | None:
-    """How SLURM said it ended a job for its memory: sacct's ``OUT_OF_MEMORY`` (task/cgroup), or
-    slurmstepd's line in the job's stderr (``Exceeded job memory limit``); None for any other end."""
+    """How SLURM said it ended a job for its memory: sacct's ``OUT_OF_MEMORY`` (task/cgroup; of the
+    job, or of its step: ``OUT_OF_MEMORY (step 12.0)``), and slurmstepd's line in the job's stderr
+    (``Exceeded job memory limit`` where job accounting kills it); None for any other end."""
     state = scheduler_state(job)
     if state.upper().startswith(("COMPLETED", *[s for s in UNFINISHED if s])):
         return None
@@ -292,8 +293,23 @@ def memory_exceeded(job: Any) -> str | None:
         lines = []
     line = next((ln for ln in lines if "(" in ln), lines[-1] if lines else "")[:300]
     if state.upper().startswith("OUT_OF_MEMORY"):
-        return state + (f": {line}" if line else "")
-    return line or None
+        said = state
+    else:
+        step = out_of_memory_step(job.job_id)
+        said = f"OUT_OF_MEMORY (step {step})" if step else ""
+    return ": ".join(p for p in (said, line) if p) or None
+
+
+def out_of_memory_step(job_id: str) -> str | None:
+    """The step of a SLURM job that sacct says ended ``OUT_OF_MEMORY`` (``12.0``: submitit's srun
+    step, while the job itself says FAILED); None where none did, or sacct cannot tell."""
+    try:
+        out = subprocess.run(["sacct", "-n", "-P", "-o", "JobID,State", "-j", str(job_id)],
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return next((line.split("|")[0] for line in out.splitlines()
+                 if "|" in line and line.split("|")[1].startswith("OUT_OF_MEMORY")), None)
 
 
 class SlurmBackend(Backend):

@@ -13,7 +13,7 @@ from typing import Any
 from ..cluster import killed_by, scheduler_state
 from ..errors import CruijffError
 from ..config import load_run
-from ..records import RunState, RunStatus, complete_epochs, layout, mark_failed, record_finished
+from ..records import Retry, RunState, RunStatus, complete_epochs, layout, mark_failed, record_finished
 
 
 def may_be_at_work(state: RunState | None, job_id: str) -> bool:
@@ -112,3 +112,52 @@ def ended_after_save(run_dir: Path, state: RunState, how: str) -> RunState:
         state.note = after_save(how)
         state.save(run_dir)
     return state
+
+
+GROWTH = 1.5  # a job ended for its memory asks for this much more next time
+
+
+def memory_cap(cluster: Any, planned_mem_gb: float) -> float:
+    """The most memory (GB) a run's job may ask for after running out: ``cluster.max_mem_gb``,
+    or (null) 4 x the memory the run's config asks for."""
+    value = cluster.get("max_mem_gb")
+    return float(value) if value is not None else 4 * float(planned_mem_gb)
+
+
+def next_memory(asked_gb: float, cap_gb: float) -> float | None:
+    """The memory (GB) a job ended for exceeding ``asked_gb`` asks for next: 1.5 x, at most the
+    cap; None where it asked for the cap already."""
+    if asked_gb >= cap_gb:
+        return None
+    return min(round(asked_gb * GROWTH, 3), cap_gb)
+
+
+def at_memory_cap(job_id: str, asked_gb: float, cap_gb: float, why: str) -> str:
+    """Why a run failed whose job ran out of memory with as much as the cap allows, in one line."""
+    said = why.split(": slurmstepd")[0]  # sacct's word where it has one; slurmstepd's line is in run.json's retries
+    return (f"SLURM job {job_id} ran out of memory with {asked_gb:g} GB ({said}); cluster.max_mem_gb={cap_gb:g} "
+            "allows no more: raise it (sinfo -o '%P %m' lists the nodes' memory, MB)")
+
+
+def record_retry(run_dir: Path, retry: Retry, job_id: str) -> None:
+    """Append a retry to the run's ``run.json`` (started anew where its job died before writing
+    one, or wrote one that cannot be read)."""
+    try:
+        state = RunState.of(run_dir)
+    except CruijffError:
+        state = None
+    if state is None:
+        state = RunState(RunStatus.FAILED, name=run_dir.name, error=f"{retry.kind} in job {job_id}", job_id=job_id)
+    state.retries.append(retry)
+    state.save(run_dir)
+
+
+def learned_memory(run_dir: Path) -> float | None:
+    """The memory (GB) the run's latest job resubmitted for running out of it asked for, from
+    ``run.json``'s ``host_oom`` retries (None: none)."""
+    try:
+        state = RunState.of(run_dir)
+    except CruijffError:
+        return None
+    grown = [r.after.get("mem_gb") for r in (state.retries if state else []) if r.kind == "host_oom"]
+    return float(grown[-1]) if grown and grown[-1] is not None else None

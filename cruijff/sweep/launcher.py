@@ -1,5 +1,6 @@
 """The launcher (``hydra/launcher=cruijff``): fine-tuning jobs through submitit, locally or as
-SLURM job arrays, watched until they end; a job that dies is recorded, never raised.
+SLURM job arrays, watched until they end; a job that dies is recorded, never raised. A job SLURM
+ends for exceeding its memory is resubmitted with 1.5 x the memory, up to ``cluster.max_mem_gb``.
 
 Every job of a sweep — training, eval, the detached finish job — keeps its submitit files in one
 folder, :func:`cruijff.cluster.job_folder`.
@@ -18,9 +19,10 @@ from omegaconf import DictConfig
 from ..cluster import array_ids, backend, job_folder, job_name, largest
 from ..config import run_name
 from ..ui import say
-from ..errors import CruijffError
-from ..records import ActionLog, PlannedRunRecord, RunState, layout
-from .deaths import dead_reason, ended_after_save, finished_anyway, job_end, record_death
+from ..errors import ConfigError, CruijffError
+from ..records import ActionLog, PlannedRunRecord, Retry, RunState, SweepPlan, layout
+from .deaths import (at_memory_cap, dead_reason, ended_after_save, finished_anyway, job_end, learned_memory, memory_cap,
+                     next_memory, record_death, record_retry)
 from .evals import EvalJobs, eval_todo
 from .plan_file import add_runs, record_jobs
 from .snapshot import freeze_jobs
@@ -35,7 +37,8 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     sweep_dir = Path(str(config.hydra.sweep.dir))
     names, jobs = submit_jobs(launcher, job_overrides, initial_job_idx)
     act = ActionLog(layout.action_log(sweep_dir))
-    by_job = {id(j): (n, list(o)) for n, j, o in zip(names, jobs, job_overrides)}
+    where = backend(config.cluster)
+    by_job = {id(j): (n, list(o), initial_job_idx + i) for i, (n, j, o) in enumerate(zip(names, jobs, job_overrides))}
     returns: dict[str, Any] = {}
     evals = EvalJobs(config, sweep_dir, act) if eval_per_run(config) else None
 
@@ -49,7 +52,7 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     def ended(job: Any) -> list | None:
         if evals and evals.owns(job):
             return evals.ended(job)
-        name, overrides = by_job[id(job)]
+        name, overrides, job_num = by_job[id(job)]
         run_dir = sweep_dir / name
         reason = None
         if job.paths.result_pickle.exists():
@@ -73,6 +76,14 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
             say_ended(name, state)
             returns[name] = JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=float("nan"))
             return evaluate(name, state)
+        if reason is None and (why := where.memory_exceeded(job)):
+            again = more_memory(launcher, job, name, overrides, job_num, why, act)
+            if not isinstance(again, str):
+                by_job[id(again)] = (name, overrides, job_num)
+                if evals:  # its eval job asks for as much
+                    evals.resources[name] = launcher.asked_resources[name]
+                return [again]
+            reason = again
         if reason is None:  # ended without a result; asking submitit would wait ~30 s for the file first
             reason = dead_reason(job, None, run_dir)
         record_death(run_dir, reason, job.job_id)
@@ -82,7 +93,7 @@ def submit(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         return None
 
     with SweepView(sweep_dir) as view:
-        backend(config.cluster).watch(jobs, ended, on_poll=view.refresh)
+        where.watch(jobs, ended, on_poll=view.refresh)
     return [returns[n] for n in names]
 
 
@@ -175,6 +186,7 @@ def test_submission(config: DictConfig, names: list[str], resources: dict[str, d
     where = backend(config.cluster)
     if not where.queued or not names:
         return
+    check_memory_cap(config.cluster, resources)
     limit = where.max_array_size()
     for res, members in resource_groups(names, resources):
         where.preflight(job_name(config.experiment.name, "train"), res, min(len(members), limit))
@@ -200,11 +212,13 @@ def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_j
     idx = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
     runner = freeze_jobs(launcher, runner, sweep_dir)  # the jobs import the launch's frozen code
     shared = SharedRunner.save(runner, Singleton.get_state(), job_folder(config).parent)
+    resources = with_learned_memory(sweep_dir, names, getattr(launcher, "run_resources", None) or {})
+    launcher.shared_runner, launcher.asked_resources = shared, resources  # what a resubmission reuses
     jobs: list = [None] * len(names)
-    for executor, members in train_arrays(config, names, getattr(launcher, "run_resources", None) or {}):
+    for executor, members in train_arrays(config, names, resources):
         array = where.submitted(lambda: executor.map_array(shared, [list(job_overrides[i]) for i in members],
                                                            [idx[i] for i in members]),
-                                (getattr(launcher, "run_resources", None) or {}).get(names[members[0]]))
+                                resources.get(names[members[0]]))
         for i, job in zip(members, array):
             jobs[i] = job
     ids = {n: j.job_id for n, j in zip(names, jobs)}
@@ -217,3 +231,77 @@ def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_j
     for n in names:
         print(f"cruijff: {n}: submitted as {where.name} job {ids[n]}")
     return names, jobs
+
+
+def more_memory(launcher: Any, job: Any, name: str, overrides: list[str], job_num: int, why: str,
+                act: ActionLog) -> Any:
+    """Resubmit a run whose job SLURM ended for exceeding its memory, with 1.5 x the memory (at
+    most ``cluster.max_mem_gb``); it resumes after its last complete epoch. Recorded in the run's
+    ``run.json`` retries, the log, ``sweep.json``'s resources (a later launch asks for as much at
+    once) and a console line. Returns the new job, or the one line the run fails with (at the cap)."""
+    config = launcher.config
+    where = backend(config.cluster)
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    planned = (getattr(launcher, "run_resources", None) or {}).get(name) or where.resources(config)
+    asked = launcher.asked_resources.get(name) or planned
+    before, cap = float(asked["mem_gb"]), memory_cap(config.cluster, float(planned["mem_gb"]))
+    after = next_memory(before, cap)
+    if after is None:
+        return at_memory_cap(job.job_id, before, cap, why)
+    res = {**asked, "mem_gb": after}
+    executor = where.executor(job_folder(config), name=job_name(config.experiment.name, "train"), resources=res)
+    try:
+        new = where.submitted(lambda: executor.submit(launcher.shared_runner, list(overrides), job_num), res)
+    except CruijffError as e:
+        return (f"SLURM job {job.job_id} ran out of its memory ({before:g} GB: {why}); resubmitting it with "
+                f"{after:g} GB failed: {e}")
+    retry = Retry("host_oom", at=f"job {job.job_id}", before={"mem_gb": before}, after={"mem_gb": after},
+                  time=time.time(), error=why)
+    record_retry(sweep_dir / name, retry, str(job.job_id))
+    record_jobs(sweep_dir, {name: new.job_id})
+    plan_resources(sweep_dir, {name: res})
+    launcher.asked_resources[name] = res
+    act("Retry", f"{name} (job {job.job_id})", f"{retry.describe()}: resubmitted as job {new.job_id} ({why})")
+    say(f"cruijff: {name}: job {job.job_id} ran out of memory ({before:g} GB): resubmitted as {where.name} job "
+        f"{new.job_id} with {after:g} GB")
+    return new
+
+
+def with_learned_memory(sweep_dir: Path, names: list[str], planned: dict[str, dict]) -> dict[str, dict]:
+    """The resources each run's job asks for: its plan's, with the memory an earlier job of the run
+    was resubmitted with after running out of it, where that is more (``sweep.json`` says so too)."""
+    out, grown = dict(planned), {}
+    for name in names:
+        res, mem = planned.get(name) or {}, learned_memory(sweep_dir / name)
+        if "mem_gb" in res and mem is not None and mem > float(res["mem_gb"]):
+            out[name] = grown[name] = {**res, "mem_gb": mem}
+            ActionLog(layout.action_log(sweep_dir))("Ask more memory", name, f"mem_gb {res['mem_gb']} -> {mem:g}: "
+                                                    "an earlier job of the run ran out of memory")
+    if grown:
+        plan_resources(sweep_dir, grown)
+    return out
+
+
+def plan_resources(sweep_dir: Path, resources: dict[str, dict]) -> None:
+    """Set these runs' resources in ``sweep.json``."""
+    plan = SweepPlan.of(sweep_dir)
+    if plan is None:
+        return
+    for run in plan.runs:
+        if run.name in resources:
+            run.resources = dict(resources[run.name])
+    plan.save(sweep_dir)
+
+
+def check_memory_cap(cluster: DictConfig, resources: dict[str, dict]) -> None:
+    """``cluster.max_mem_gb``: null, or a number of GB at least what any run's job asks for."""
+    value = cluster.get("max_mem_gb")
+    if value is None:
+        return
+    allowed = "a number of GB > 0 (the most a job may ask for after running out of memory), or null: 4 x cluster.mem_gb"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError("cluster.max_mem_gb", value, allowed)
+    asked = max((float(r["mem_gb"]) for r in resources.values() if "mem_gb" in r), default=0.0)
+    if value < asked:
+        raise ConfigError("cluster.max_mem_gb", value, f"at least the memory a run's job asks for first "
+                                                       f"(cluster.mem_gb={asked:g}); {allowed}")

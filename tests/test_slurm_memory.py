@@ -1,0 +1,73 @@
+"""A training job SLURM ends for exceeding its memory request is resubmitted with 1.5 x the
+memory, up to ``cluster.max_mem_gb``, and resumes; at the cap the run fails naming the key.
+
+Real SLURM (scripts/slurm-cluster: where this machine allows, task/cgroup constrains each job's
+RAM and sacct says OUT_OF_MEMORY), real submitit, real torchtune on the tiny model, whose job
+needs a few hundred MB: 0.25 GB is too little, and a few steps of 1.5 x are enough.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from conftest import launch
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+ARGS = ["cluster=slurm", "cluster.gpus_per_node=0", "cluster.cpus_per_task=1", "training.epochs=1",
+        "training.max_steps_per_epoch=5", "eval=none", "peft.lora_rank=8", "optimizer.lr=1e-3"]
+RUN = "rank8_lr1e-3_epochs1_steps5"
+
+
+def _sacct(job: str, field: str) -> str:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", field, "-j", job],
+                         capture_output=True, text=True, check=True).stdout
+    return out.strip().splitlines()[0]
+
+
+def test_a_job_over_its_memory_is_resubmitted_with_more_and_finishes(slurm, tmp_path, tiny_model_dir):
+    proc = launch("-m", "experiment.name=hostoom", *ARGS, "cluster.mem_gb=0.25", "cluster.max_mem_gb=2",
+                  cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    sweep_dir = tmp_path / "outputs" / "hostoom"
+    state = json.loads((sweep_dir / RUN / "run.json").read_text())
+    assert state["status"] == "finished"
+    retries = state["retries"]
+    mem = 0.25
+    for retry in retries:  # one retry where 0.375 GB is enough; more where it is not
+        assert retry["kind"] == "host_oom" and retry["before"] == {"mem_gb": mem}
+        mem = round(mem * 1.5, 3)
+        assert retry["after"] == {"mem_gb": mem}
+        assert "OUT_OF_MEMORY" in retry["error"] or "memory limit" in retry["error"]
+        assert f"{RUN}: {retry['at']} ran out of memory ({retry['before']['mem_gb']:g} GB): resubmitted" in proc.stdout
+    first = re.search(r"submitted as slurm job (\S+)", proc.stdout).group(1)
+    assert retries and retries[0]["at"] == f"job {first}"
+    log = (sweep_dir / "run-experiment.log").read_text()
+    assert log.count("ACTION: Retry") == len(retries) and "host_oom at job" in log
+    plan = json.loads((sweep_dir / "sweep.json").read_text())
+    assert plan["runs"][0]["resources"]["mem_gb"] == mem  # a later launch asks for it at once
+    last = plan["jobs"][RUN]
+    assert state["job_id"] == last and last not in [r["at"].split()[1] for r in retries]
+    assert _sacct(last, "ReqMem") == f"{int(mem * 1024)}M"  # what SLURM was asked for
+
+
+def test_at_the_cap_the_run_fails_naming_the_key(slurm, tmp_path, tiny_model_dir):
+    proc = launch("-m", "experiment.name=hostcap", *ARGS, "cluster.mem_gb=0.1", "cluster.max_mem_gb=0.12",
+                  cwd=tmp_path, timeout=600)
+    assert proc.returncode == 1
+    state = json.loads((tmp_path / "outputs" / "hostcap" / RUN / "run.json").read_text())
+    assert state["status"] == "failed"
+    assert [r["after"] for r in state["retries"]] == [{"mem_gb": 0.12}]  # 1.5 x 0.1, held to the cap
+    assert "ran out of memory with 0.12 GB" in state["error"]
+    assert "cluster.max_mem_gb=0.12 allows no more" in state["error"]
+    assert "cluster.max_mem_gb=0.12 allows no more" in proc.stderr
+    again = launch("-m", "experiment.name=hostcap", *ARGS, "cluster.mem_gb=0.1", "cluster.max_mem_gb=0.12",
+                   cwd=tmp_path, timeout=600)
+    assert again.returncode == 1
+    job = re.search(r"submitted as slurm job (\S+)", again.stdout).group(1)
+    assert _sacct(job, "ReqMem") == "122M"  # a later launch asks at once for what the run was last given
+    assert "ACTION: Ask more memory" in (tmp_path / "outputs" / "hostcap" / "run-experiment.log").read_text()

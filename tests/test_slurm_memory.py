@@ -71,3 +71,12 @@ def test_at_the_cap_the_run_fails_naming_the_key(slurm, tmp_path, tiny_model_dir
     job = re.search(r"submitted as slurm job (\S+)", again.stdout).group(1)
     assert _sacct(job, "ReqMem") == "122M"  # a later launch asks at once for what the run was last given
     assert "ACTION: Ask more memory" in (tmp_path / "outputs" / "hostcap" / "run-experiment.log").read_text()
+
+
+def test_a_cap_below_the_first_request_is_one_line_before_anything_is_submitted(slurm, tmp_path):
+    proc = launch("-m", "experiment.name=lowcap", *ARGS, "cluster.mem_gb=0.1", "cluster.max_mem_gb=0.05",
+                  cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "cruijff: error: cluster.max_mem_gb=0.05: at least the memory a run's job asks for first (cluster.mem_gb=0.1)")
+    assert not (tmp_path / "outputs").exists()

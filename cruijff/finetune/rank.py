@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from ..records import layout
-from .recipe import (MemoryWatch, _clone_before_merge, _load_recipe_module, _LossTap, continue_schedule, fix_gemma2,
-                     watch_saves)
+from .recipe import (MemoryWatch, _clone_before_merge, _load_recipe_module, _LossTap, continue_schedule,
+                     epochs_as_configured, fix_gemma2, watch_saves)
 from .render import recipe_class, recipe_name
 
 
@@ -43,6 +43,7 @@ def main(argv: list[str]) -> None:
         recipe = getattr(module, recipe_class(2, method))(cfg=cfg)
         watch_saves(recipe, cfg)
         fix_gemma2(recipe, cfg)
+        epochs_as_configured(recipe, cfg)
         memory = MemoryWatch(recipe, cfg)  # out of GPU memory: raised with where it struck
         with memory.reported():
             recipe.setup(cfg=cfg)

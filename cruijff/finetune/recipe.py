@@ -230,6 +230,32 @@ def one_line(message: object, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+CONFIG_MICRO_BATCH = "config_micro_batch"  # finetune.yaml's record of the run's own batch, when it trains with less
+
+
+def epochs_as_configured(recipe, cfg) -> None:
+    """Before ``recipe.setup``, for a run retried with a smaller micro-batch than its config's
+    (``config_micro_batch`` in ``finetune.yaml``: out of GPU memory): each epoch ends where the
+    config's would. torchtune drops an epoch's last partial micro-batch, so a smaller one would
+    train examples the config's never does, and carry their gradient into the next epoch's first
+    step: the epoch is cut at the config's optimizer steps (``max_steps_per_epoch``), which train
+    exactly the config's examples, in the same order."""
+    configured = cfg.get(CONFIG_MICRO_BATCH)
+    if not configured:
+        return
+    size, accumulation = int(configured["batch_size"]), int(configured["gradient_accumulation_steps"])
+    setup_data = recipe._setup_data
+
+    def setup_data_as_configured(*args, **kwargs):
+        loader = setup_data(*args, **kwargs)
+        steps = len(loader.sampler) // size // accumulation  # the config's: its loader drops a partial batch too
+        if recipe.max_steps_per_epoch is None or steps < recipe.max_steps_per_epoch:
+            recipe.max_steps_per_epoch = steps
+        return loader
+
+    recipe._setup_data = setup_data_as_configured
+
+
 class MemoryWatch:
     """Where a recipe is, for an out-of-memory error's record: ``setup`` until its first forward
     pass, then the step each forward pass belongs to. The test hook ``CRUIJFF_TEST_OOM`` fires
@@ -393,6 +419,7 @@ def run(finetune_yaml: Path, on_step: Callable[[dict], None] | None = None, meth
         module.get_merged_lora_ckpt = _clone_before_merge(module.get_merged_lora_ckpt)
     watch_saves(recipe, cfg)
     fix_gemma2(recipe, cfg)
+    epochs_as_configured(recipe, cfg)
     memory = MemoryWatch(recipe, cfg)
     with memory.reported():
         recipe.setup(cfg=cfg)

@@ -85,6 +85,11 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
         status, error, rows, oom = _train(cfg, run_dir, conf, rows, nproc, method, epochs, resume)
         if oom is None:
             break
+        if complete_epochs(run_dir) >= epochs:  # it struck after the last save: nothing is lost
+            status, error = RunStatus.FINISHED, None
+            state.note = f"out of GPU memory at {oom[0]}, after every epoch was saved"
+            act("Out of GPU memory after the last save", run_dir.name, oom[1])
+            break
         smaller = batch.halved()
         if smaller is None or left == 0:
             status, error = RunStatus.FAILED, out_of_memory(cfg, oom[0], batch, tried, smaller)
@@ -100,6 +105,8 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
         state.save(run_dir)
     if status is RunStatus.FINISHED and any(r["loss"] != r["loss"] for r in rows):  # NaN
         status, error = RunStatus.FAILED, "loss became NaN"
+    if status is RunStatus.FINISHED:  # an earlier attempt's traceback is not this run's
+        layout.error_file(run_dir).unlink(missing_ok=True)
     state.status, state.error = status, error
     state.ended = time.time()
     state.duration_s = round(time.time() - t0, 1)
@@ -155,6 +162,9 @@ def _configure(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path,
     resume = resume_point(record, run_dir, int(cfg.training.epochs), method)
     conf = render(cfg, run_dir, model_dir, data_file)
     conf["batch_size"], conf["gradient_accumulation_steps"] = batch.size, batch.accumulation
+    if batch.smaller:  # its epochs end where the config's do (recipe.epochs_as_configured)
+        conf[recipe.CONFIG_MICRO_BATCH] = {"batch_size": int(cfg.training.batch_size),
+                                           "gradient_accumulation_steps": int(cfg.training.gradient_accumulation_steps)}
     if resume:  # torchtune's own resume: the epoch's weights or adapter + optimizer, data and epoch state
         conf["resume_from_checkpoint"] = True
         if method == "none":  # full fine-tuning reads the epoch's own weights (relative to output_dir)
@@ -228,12 +238,12 @@ def retry_smaller(run_dir: Path, state: RunState, oom: tuple[str, str, str], bat
     at, detail = oom[0], oom[1]
     retry = Retry(kind="cuda_oom", at=at, before=batch.fields(), after=smaller.fields(), time=time.time(),
                   error=detail)
+    change = (f"micro-batch {batch.size} -> {smaller.size}, "
+              f"gradient accumulation {batch.accumulation} -> {smaller.accumulation}")
+    act("Retry", f"{run_dir.name}: out of GPU memory at {at}; {change}")  # first: a kill after it retries again
     state.retries.append(retry)
     state.save(run_dir)
     update_manifest(run_dir, **smaller.fields(), retries=[asdict(r) for r in state.retries])
-    change = (f"micro-batch {batch.size} -> {smaller.size}, "
-              f"gradient accumulation {batch.accumulation} -> {smaller.accumulation}")
-    act("Retry", f"{run_dir.name}: out of GPU memory at {at}; {change}")
     ui.say(f"cruijff: {run_dir.name}: out of GPU memory at {at}; retrying with {change} (same effective batch)")
 
 

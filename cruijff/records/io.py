@@ -48,7 +48,10 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def write_jsonl(rows: Iterable[dict], path: Path) -> None:
+    """Write JSON lines atomically (a kill mid-write leaves the file as it was)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)

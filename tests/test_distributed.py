@@ -13,7 +13,7 @@ import pytest
 
 from conftest import compose_config, launch
 from cruijff import config, finetune
-from cruijff.cluster import make_executor
+from cruijff.cluster import backend, make_executor
 from cruijff.records import layout
 
 
@@ -23,8 +23,7 @@ def test_gpus_of_a_slurm_run_become_torchrun_processes_and_sbatch_gpus(tmp_path)
     finetune.write_config({"output_dir": "/o"}, tmp_path / "finetune.yaml", "r", config.processes(cfg))
     header = (tmp_path / "finetune.yaml").read_text()
     assert "tune run --nproc_per_node 8 lora_finetune_distributed --config" in header
-    script = make_executor(cfg.cluster, tmp_path / "%j", name="x")._executor._make_submission_file_text(
-        "python -m job", "uid")
+    script = backend(cfg.cluster).array_script(make_executor(cfg.cluster, tmp_path / "%j", name="x"), 1)
     assert "#SBATCH --gpus-per-node=8" in script and "#SBATCH --nodes=1" in script
     assert "--ntasks" not in script  # one task: the job starts torchrun, torchrun starts the 8
     # one GPU per run, or training forced onto the CPU: the single-device recipe in the job process

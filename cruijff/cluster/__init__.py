@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
+from ._submitit import after_requeue
 from .backend import Backend, backend, backend_class, backends
 from .jobs import RESOURCES, job_folder, job_name, largest, share, time_limit_message
 from .local import LocalBackend, killed_by
@@ -39,7 +40,7 @@ def job_resources(cfg: DictConfig) -> dict[str, Any]:
     return backend(cfg.cluster).resources(cfg)
 
 
-__all__ = ["Backend", "backend", "backend_class", "backends", "LocalBackend", "SlurmBackend", "RESOURCES",
+__all__ = ["after_requeue", "Backend", "backend", "backend_class", "backends", "LocalBackend", "SlurmBackend", "RESOURCES",
            "job_folder", "job_name", "largest", "share", "time_limit_message", "make_executor", "submitted",
            "job_resources", "killed_by", "active_slurm_jobs", "array_ids", "ended_jobs", "refusal", "sbatch_directives",
            "sbatch_test", "scheduler_state", "signal_delay", "with_user_names"]

@@ -27,7 +27,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .. import ui
-from ..cluster import time_limit_message
+from ..cluster import backend, time_limit_message
 from ..config import effective_batch, input_identity, peft_method, processes, run_changes
 from ..records import (ActionLog, Retry, RunStanding, RunState, RunStatus, complete_epochs, epoch_summary,
                        finish_manifest, layout, liveness, other_config, read_jsonl, record_finished, run_standing,
@@ -291,7 +291,7 @@ def memory_hint(cfg: DictConfig, first: list[str] | None = None) -> str:
     if peft_method(cfg) == "none":
         ways.append("LoRA (peft=lora) instead of full fine-tuning")
     ways.append(f"more GPUs (training.nproc={gpus}"
-                + (f", cluster.gpus_per_node={gpus})" if cfg.cluster.get("executor") == "slurm" else ")"))
+                + (f", cluster.gpus_per_node={gpus})" if backend(cfg.cluster).queued else ")"))
     ways.append("GPUs with more memory")
     ways.append(f"shorter sequences (model.tokenizer.max_seq_len, {cfg.model.tokenizer.max_seq_len} now)")
     name = cfg.model.get("name") or "the model"

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import submitit
 from omegaconf import OmegaConf
 
+from .. import cluster
 from ..cluster import signal_delay
 from ..plan.timing import SLACK, START_S, attempt_timing, limit_minutes
 from ..records import ActionLog, Retry, RunState, complete_epochs, layout, slurm_job_id
@@ -111,20 +112,16 @@ def job_minutes(job_id: str) -> int | None:
 
 def after_requeue(action: Callable[[], None]) -> None:
     """Run ``action`` in this job right after submitit's ``scontrol requeue`` (the last thing its
-    signal handler does before the job exits); submitit has no hook there, so its SLURM job
-    environment's requeue is wrapped, in this process only."""
-    from submitit.slurm.slurm import SlurmJobEnvironment
+    signal handler does before the job exits): the job is requeued whatever ``action`` does; an
+    error of it only loses the new limit, and says so."""
 
-    requeue_job = SlurmJobEnvironment._requeue
-
-    def _requeue(env: Any, countdown: int) -> None:
-        requeue_job(env, countdown)
+    def guarded() -> None:
         try:
             action()
         except Exception as e:  # the job is requeued; only its new limit is lost
             say(f"cruijff: time limit not changed: {type(e).__name__}: {e}")
 
-    SlurmJobEnvironment._requeue = _requeue
+    cluster.after_requeue(guarded)
 
 
 def apply(limit: Limit) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -98,11 +100,11 @@ def test_the_same_content_twice_is_one_copy_and_an_edit_is_another(tmp_path):
 
 def test_the_hash_covers_every_byte_and_path_and_not_mtimes(tmp_path):
     files = {"tasks/a.py": b"x = 1\n", "conf/b.yaml": b"k: v\n"}
-    base = snapshot.content_hash(files, {"data": "/p/data"})
-    assert snapshot.content_hash(dict(reversed(files.items())), {"data": "/p/data"}) == base
-    assert snapshot.content_hash({**files, "tasks/a.py": b"x = 2\n"}, {"data": "/p/data"}) != base
-    assert snapshot.content_hash({"tasks/A.py": b"x = 1\n", "conf/b.yaml": b"k: v\n"}, {"data": "/p/data"}) != base
-    assert snapshot.content_hash(files, {"data": "/q/data"}) != base
+    base = snapshot.content_hash(files, "/p")
+    assert snapshot.content_hash(dict(reversed(files.items())), "/p") == base
+    assert snapshot.content_hash({**files, "tasks/a.py": b"x = 2\n"}, "/p") != base
+    assert snapshot.content_hash({"tasks/A.py": b"x = 1\n", "conf/b.yaml": b"k: v\n"}, "/p") != base
+    assert snapshot.content_hash(files, "/q") != base  # its links point elsewhere
     root = _project(tmp_path / "p")
     first = _take(root, "tasks/probe.py@probe")
     os.utime(root / "tasks" / "probe.py", (1, 1))
@@ -128,13 +130,141 @@ def test_in_a_git_repo_the_tracked_tree_is_copied_with_its_uncommitted_changes(t
 
 
 def test_a_copy_killed_while_written_leaves_nothing_under_a_hash(tmp_path):
+    """A temporary copy is removed when its launch ran on this host and is gone, or when it is old;
+    a recent one of another host (a login node sharing the filesystem) may still be written: kept."""
     root = _project(tmp_path / "p")
     code = root / "outputs" / "x" / ".code"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (code / f"{snapshot.TMP_PREFIX}{dead.pid}-0000").mkdir(parents=True)  # a launch killed mid-copy
+    here = socket.gethostname()
+    (code / f"{snapshot.TMP_PREFIX}{here}-{dead.pid}-0000").mkdir(parents=True)  # a launch killed mid-copy
+    elsewhere = code / f"{snapshot.TMP_PREFIX}other-node-{dead.pid}-0001"
+    elsewhere.mkdir()
+    old = code / f"{snapshot.TMP_PREFIX}other-node-{dead.pid}-0002"
+    old.mkdir()
+    os.utime(old, (time.time() - snapshot.ABANDONED_S - 60,) * 2)
     snap = _take(root, "tasks/probe.py@probe")
-    assert [p.name for p in code.iterdir()] == [snap.digest]
+    assert sorted(p.name for p in code.iterdir()) == sorted([snap.digest, elsewhere.name])
+
+
+def test_a_new_untracked_file_is_no_new_copy_and_is_read_live(tmp_path):
+    root = _project(tmp_path / "p")
+    first = _take(root, "tasks/probe.py@probe")
+    (root / "notes.txt").write_text("new\n")
+    (root / "tasks" / "extra.json").write_text("{}\n")
+    again = _take(root, "tasks/probe.py@probe")
+    assert again.digest == first.digest and not again.written
+    assert (first.root / "tasks" / "extra.json").read_text() == "{}\n"  # linked into the copy there is
+
+
+def test_a_job_whose_copy_is_gone_fails_naming_it_and_never_runs_live_code(tmp_path, monkeypatch):
+    from cruijff.errors import CruijffError
+
+    root = _project(tmp_path / "p")
+    snap = _take(root, "tasks/probe.py@probe")
+    monkeypatch.chdir(root)
+    job = snapshot.InSnapshot(lambda: "ran", str(snap.root), snap.digest, ["tasks/probe.py"])
+    shutil.rmtree(snap.root)
+    with pytest.raises(CruijffError, match=f"frozen code .* is missing: {snap.root} "):
+        job()
+    assert active.active_digest() is None
+
+
+SCORING_TASK = '''\
+from inspect_ai import Task, task
+from inspect_ai.dataset import MemoryDataset, Sample
+
+from scoring import VERDICT
+
+
+@task
+def probe():
+    return Task(dataset=MemoryDataset([Sample(id=1, input="x", target=VERDICT)]))
+'''
+
+
+def _scoring_project(root: Path, beside: str | None = None) -> Path:
+    """A task importing ``scoring`` (the project dir's; another beside the task file when given)."""
+    (root / "tasks").mkdir(parents=True)
+    (root / "tasks" / "probe.py").write_text(SCORING_TASK)
+    (root / "scoring.py").write_text('VERDICT = "INCORRECT"\n')
+    if beside is not None:
+        (root / "tasks" / "scoring.py").write_text(f"VERDICT = {beside!r}\n")
+    return root
+
+
+def _identity_and_targets(root: Path, snap: snapshot.Snapshot | None = None) -> tuple[dict, list[str]]:
+    """The task's part of an eval cell's key and the targets of its samples, as a single run (the
+    project dir) or a sweep's launch and jobs (``snap``, its frozen copy) see them."""
+    from cruijff.config import TaskSpec
+    from cruijff.evaluate import check_tasks_load, task_identity
+    from cruijff.evaluate.backend import build_task
+    from cruijff.evaluate.tasks import importable_beside
+
+    for name in [n for n in sys.modules if n == "scoring" or n.startswith("cruijff_user_tasks_")]:
+        sys.modules.pop(name)  # each launch and job is a new process: it imports them anew
+    spec = TaskSpec("tasks/probe.py@probe")
+    data = root / "data" / "none.json"
+    try:
+        if snap is not None:
+            snapshot.use(snap)
+        check_tasks_load([spec], data, "input", "output")
+        with importable_beside(spec):
+            targets = [str(s.target) for s in build_task(spec, data, "input", "output").dataset]
+            return task_identity(spec, data, "input", "output"), targets
+    finally:
+        active.deactivate()
+        sys.modules.pop("scoring", None)
+
+
+def test_an_edited_module_a_task_imports_is_a_new_cell_key_the_same_live_and_frozen(tmp_path, monkeypatch):
+    root = _scoring_project(tmp_path / "p")
+    monkeypatch.chdir(root)
+    live, _ = _identity_and_targets(root)
+    snap = _take(root, "tasks/probe.py@probe")
+    frozen, _ = _identity_and_targets(root, snap)
+    assert live == frozen and list(live["modules"]) == ["scoring.py"]
+    (root / "scoring.py").write_text('VERDICT = "CORRECT"\n')
+    edited, _ = _identity_and_targets(root)
+    assert edited["modules"] != live["modules"]
+    assert _identity_and_targets(root, _take(root, "tasks/probe.py@probe"))[0] == edited
+
+
+def test_a_module_beside_the_task_wins_over_the_project_dirs_in_a_run_and_in_a_sweep(tmp_path, monkeypatch):
+    """As Python runs a script: the task file's dir comes first, in the copy, its jobs and the key."""
+    root = _scoring_project(tmp_path / "p", beside="CORRECT")
+    monkeypatch.chdir(root)
+    snap = _take(root, "tasks/probe.py@probe")
+    assert "tasks/scoring.py" in _files(snap)
+    live, live_targets = _identity_and_targets(root)
+    frozen, frozen_targets = _identity_and_targets(root, snap)
+    assert live_targets == frozen_targets == ["CORRECT"]
+    assert live == frozen and list(live["modules"]) == ["tasks/scoring.py"]
+
+
+def test_a_namespace_package_submodules_and_relative_imports_are_frozen(tmp_path, monkeypatch):
+    root = _scoring_project(tmp_path / "p")
+    (root / "tasks" / "probe.py").write_text(SCORING_TASK.replace(
+        "from scoring import VERDICT", "from utils.scoring import VERDICT\nfrom utils import helpers"))
+    (root / "utils" / "sub").mkdir(parents=True)  # no __init__.py: a namespace package
+    (root / "utils" / "scoring.py").write_text("from .sub import consts\nVERDICT = consts.VERDICT\n")
+    (root / "utils" / "helpers.py").write_text("")
+    (root / "utils" / "sub" / "consts.py").write_text('VERDICT = "INCORRECT"\n')
+    (root / "utils" / "unused.py").write_text("")
+    snap = _take(root, "tasks/probe.py@probe")
+    assert sorted(_files(snap)) == ["tasks/probe.py", "utils/helpers.py", "utils/scoring.py",
+                                    "utils/sub/consts.py"]
+    assert not (snap.root / "utils").is_symlink() and (snap.root / "utils" / "unused.py").is_symlink()
+    (root / "utils" / "sub" / "consts.py").write_text('VERDICT = "CORRECT"\n')  # edited after submit
+    for name in ("utils", "utils.scoring", "utils.sub", "utils.sub.consts", "utils.helpers"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.chdir(root)
+    frozen, targets = _identity_and_targets(root, snap)
+    assert targets == ["INCORRECT"]  # the job scores with the code of its launch
+    assert list(frozen["modules"]) == ["utils/helpers.py", "utils/scoring.py", "utils/sub/consts.py"]
+    for name in ("utils", "utils.scoring", "utils.sub", "utils.sub.consts", "utils.helpers"):
+        sys.modules.pop(name, None)
+    assert _identity_and_targets(root)[0]["modules"] != frozen["modules"]  # the next launch: a new cell
 
 
 def test_a_task_resolves_into_the_copy_a_process_runs_from(tmp_path, monkeypatch):

@@ -5,7 +5,8 @@ A cell's key hashes
   adapter, that and the adapter's content hash; for full weights, the id written with the
   checkpoint's completion marker (a retrained epoch is a new checkpoint);
 - each task: a built-in one by its name, version, arguments and the content of the data it reads;
-  one of a file by the file's content, the function, its arguments and the content of the samples
+  one of a file by the file's content and that of the local modules it imports
+  (:func:`cruijff.records.snapshot.module_hashes`), the function, its arguments and the content of the samples
   it builds (ids, inputs, targets: whatever data file it reads); and the label its scores go under;
 - the generation and prompt settings: ``max_tokens``, greedy decoding, the template text, ``limit``,
   the backend.
@@ -23,7 +24,7 @@ from typing import Any
 
 from ..config import TaskSpec, file_sha256, model_content_id
 from ..config.chat import eval_template
-from ..records import layout
+from ..records import layout, snapshot
 
 KEY_VERSION = 1
 # built-in tasks: bump a version when the task's code changes what it scores
@@ -40,11 +41,12 @@ def task_identity(spec: TaskSpec, data_file: Path, input_key: str, output_key: s
                 "data": file_sha256(data_file), "fields": [input_key, output_key]}
     path, fn = spec.name.rsplit("@", 1)
     file = file_sha256(Path(path))
+    modules = snapshot.module_hashes(path, snapshot.code_root())
     memo = {} if memo is None else memo
-    key = (spec.name, json.dumps(base["args"], sort_keys=True, default=str), file)
+    key = (spec.name, json.dumps(base["args"], sort_keys=True, default=str), file, json.dumps(modules))
     if key not in memo:
         memo[key] = task_samples(spec)
-    return {**base, "file": file, "function": fn, "samples": memo[key]}
+    return {**base, "file": file, "function": fn, "samples": memo[key], **({"modules": modules} if modules else {})}
 
 
 def task_samples(spec: TaskSpec) -> str:

@@ -96,7 +96,7 @@ def importable_beside(spec: TaskSpec) -> Iterator[None]:
     """While a task file is imported, the modules beside it and the project's own can be imported
     by it: the working dir's, or in a sweep's launch and jobs, the frozen copy's."""
     dirs = [str(Path(spec.name.rsplit("@", 1)[0]).absolute().parent), str(snapshot.code_root())]
-    added = [d for d in dirs if d not in sys.path]
+    added = list(dict.fromkeys(dirs))  # first, even when already further down
     sys.path[:0] = added
     try:
         yield

@@ -4,7 +4,8 @@ runs from that copy, however long it waits in a queue while the project is edite
 
 The copy mirrors the project dir (the launch's working dir). It holds
 - the task files ``eval.tasks`` names (``path/to/file.py@task``) and the local modules they import
-  (found by reading their ``import`` lines, beside the task file or in the project dir),
+  (found by reading their ``import`` lines as Python would import them: beside the task file
+  first, then in the project dir; namespace packages, submodules and relative imports included),
 - the project's ``conf/``, which the jobs compose their configs from,
 - in a git repo, the tracked files as they are in the working tree (uncommitted changes included;
   untracked files are not copied unless a task imports them),
@@ -13,19 +14,22 @@ data a task finds beside itself (``Path(__file__).parent / "data"``) is read as 
 copied: ``outputs/``, the sweep dir, ``.git``, and files over :data:`SIZE_LIMIT` (besides task
 files and ``conf/``), which are linked instead; a launch says in one line what it left out.
 
-Its name is the hash of its content (each copied file's path and bytes, each link's path and
-target): the same code launched twice is one copy, written once. It is written to a temporary dir
-and renamed into place, so a launch killed while copying leaves no half copy under a hash.
+Its name is the hash of what it copies (each copied file's path and bytes, and the project dir its
+links point into): the same code launched twice is one copy, written once (a new untracked file
+gets a link in it, not a new copy). It is written to a temporary dir and renamed into place, so a
+launch killed while copying leaves no half copy under a hash. A job whose copy is gone fails with
+one line naming it; it never runs the live code instead.
 """
 
 from __future__ import annotations
 
-import ast
 import copy
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +43,8 @@ from ..ui import say
 
 SIZE_LIMIT = 1 << 20  # bytes: a tracked file larger than this is linked, not copied
 NEVER = (".git",)     # entries of any dir never copied nor linked
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = ".tmp-"  # then the host, the process id and a random part
+ABANDONED_S = 3600    # a temporary copy older than this is removed, whoever wrote it
 
 
 @dataclass
@@ -83,22 +88,23 @@ def take(config: DictConfig, sweep_dir: Path, origin: Path | None = None) -> Sna
         elif data is not None:
             files[rel] = data
     links = _links(origin, set(files), exclude)
-    digest = content_hash(files, links)
+    digest = content_hash(files, str(origin))
     root = layout.code_snapshot(sweep_dir, digest)
     written = False
     if not root.is_dir():
         written = _write(root, files, links)
+    else:
+        _add_links(root, links)
     return Snapshot(digest, root, len(files), written, skipped, outside, tasks)
 
 
-def content_hash(files: dict[str, bytes], links: dict[str, str]) -> str:
-    """The name of a copy: sha256 over each file's path and bytes and each link's path and target,
-    in path order (mtimes and modes play no part)."""
-    digest = hashlib.sha256()
+def content_hash(files: dict[str, bytes], origin: str) -> str:
+    """The name of a copy: sha256 over each copied file's path and bytes, in path order, and the
+    project dir its links point into (mtimes, modes and the names of what is linked play no part:
+    a new untracked file is no new copy)."""
+    digest = hashlib.sha256(b"O\0" + origin.encode() + b"\0")
     for rel in sorted(files):
         digest.update(b"F\0" + rel.encode() + b"\0" + hashlib.sha256(files[rel]).digest())
-    for rel in sorted(links):
-        digest.update(b"L\0" + rel.encode() + b"\0" + links[rel].encode() + b"\0")
     return digest.hexdigest()[:16]
 
 
@@ -152,7 +158,7 @@ def frozen(fn: Callable, sweep_dir: Path) -> Callable:
         return fn
     root = layout.code_snapshot(Path(sweep_dir).absolute(), plan.code_snapshot)
     if not root.is_dir():
-        return fn
+        snapshot.activate(root, plan.code_snapshot)  # one line naming the missing copy
     tasks = [s.path for s in task_specs((plan.eval or {}).get("tasks")) if s.path]
     return InSnapshot(fn, str(root), plan.code_snapshot, tasks)
 
@@ -205,71 +211,22 @@ def _is_excluded(rel: str, exclude: list[str]) -> bool:
 
 
 def _task_files(tasks: list[str], origin: Path, exclude: list[str]) -> tuple[list[str], list[str]]:
-    """The task files (relative to the project dir) and the local modules they import, in turn;
-    and the task files outside the project dir."""
-    outside, todo, found = [], [], []
+    """The task files (relative to the project dir) and the local modules they import, found as
+    Python imports them (:func:`cruijff.records.snapshot.task_modules`); and the task files outside
+    the project dir."""
+    outside, found = [], []
     for t in tasks:
         rel = snapshot.relative_in(t, origin)
         if rel is None:
             outside.append(t)
-        elif (origin / rel).is_file():
-            todo.append(rel)
-    search = [origin] + [(origin / rel).parent for rel in todo]
-    seen: set[str] = set()
-    while todo:
-        rel = todo.pop()
-        if rel in seen or _is_excluded(rel, exclude):
             continue
-        seen.add(rel)
-        found.append(rel)
-        for path in _imported(origin / rel, search):
+        if not (origin / rel).is_file():
+            continue
+        for path in [origin / rel, *snapshot.task_modules(origin / rel, origin)]:
             r = snapshot.relative_in(path, origin)
-            if r is not None and r not in seen:
-                todo.append(r)
+            if r is not None and not _is_excluded(r, exclude) and r not in found:
+                found.append(r)
     return found, outside
-
-
-def _imported(path: Path, search: list[Path]) -> Iterable[Path]:
-    """The files of the local modules a Python file imports: packages' ``__init__.py`` and modules
-    found in ``search`` (or, for a relative import, its own package)."""
-    try:
-        tree = ast.parse(path.read_bytes())
-    except (OSError, SyntaxError, ValueError):
-        return []
-    out: list[Path] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                out += _module_files(alias.name.split("."), search)
-        elif isinstance(node, ast.ImportFrom):
-            base = ([path.parent.parents[node.level - 2] if node.level > 1 else path.parent]
-                    if node.level else search)
-            parts = node.module.split(".") if node.module else []
-            for alias in node.names:
-                out += _module_files(parts + [alias.name], base, relative=bool(node.level))
-            out += _module_files(parts, base, relative=bool(node.level)) if parts else []
-    return out
-
-
-def _module_files(parts: list[str], search: Iterable[Path], relative: bool = False) -> list[Path]:
-    """Files that make up module ``a.b.c`` in the first of ``search`` that holds ``a``."""
-    for d in search:
-        out: list[Path] = []
-        here = d
-        for i, part in enumerate(parts):
-            if part == "*":
-                break
-            if (here / part / "__init__.py").is_file():
-                out.append(here / part / "__init__.py")
-                here = here / part
-            elif (here / f"{part}.py").is_file():
-                out.append(here / f"{part}.py")
-                break
-            else:
-                break
-        if out or relative:
-            return out
-    return []
 
 
 def _git_files(origin: Path) -> list[str]:
@@ -330,7 +287,7 @@ def _write(root: Path, files: dict[str, bytes], links: dict[str, str]) -> bool:
     parent = root.parent
     parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(parent)
-    tmp = parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = parent / f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         for rel, data in files.items():
             dest = tmp / rel
@@ -353,9 +310,30 @@ def _write(root: Path, files: dict[str, bytes], links: dict[str, str]) -> bool:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _add_links(root: Path, links: dict[str, str]) -> None:
+    """Links for what the project holds now and the copy of the same code does not (a file made
+    since it was written): read live, as in a new copy."""
+    for rel, target in links.items():
+        dest = root / rel
+        if not os.path.lexists(dest) and dest.parent.is_dir():
+            try:
+                os.symlink(target, dest)
+            except OSError:
+                pass
+
+
 def _remove_abandoned(parent: Path) -> None:
-    """Temporary dirs a launch killed while copying left (its process is gone)."""
+    """Temporary dirs a launch killed while copying left: one of this host whose process is gone, or
+    any untouched for :data:`ABANDONED_S` (another host's launch may still be writing a newer one)."""
+    host = socket.gethostname()
     for d in parent.glob(f"{TMP_PREFIX}*"):
-        pid = d.name[len(TMP_PREFIX):].split("-")[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        name, pid = d.name[len(TMP_PREFIX):].rsplit("-", 2), ""
+        if len(name) == 3:
+            pid = name[1]
+        dead_here = len(name) == 3 and name[0] == host and pid.isdigit() and not Path(f"/proc/{pid}").exists()
+        try:
+            old = time.time() - d.stat().st_mtime > ABANDONED_S
+        except OSError:
+            continue
+        if dead_here or old:
             shutil.rmtree(d, ignore_errors=True)

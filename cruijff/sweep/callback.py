@@ -18,6 +18,7 @@ from ..records import ActionLog, acquire_lock, layout, release_lock
 from ..ui import console
 from .evals import evaluate_runs
 from .finish import finish
+from ..plan.table import SUMMARY_ROWS
 from .table import table as status_table
 
 
@@ -82,7 +83,8 @@ def finish_sweep(config: DictConfig, sweep_dir: Path, act: ActionLog, t0: float)
     """Evaluate what does not count yet (eval jobs), report if anything changed, summarise; returns failures."""
     summary, failed = finish(sweep_dir, config.eval, backend(config.cluster).queued, act, t0,
                              evaluate=lambda todo: evaluate_runs(config, sweep_dir, todo, act))
-    console().print(status_table(sweep_dir, "sweep done"))
+    console().print(status_table(sweep_dir, "sweep done",  # a big grid: the running and failed runs first
+                                 limit=None if config.get("full_table", False) else SUMMARY_ROWS))
     print(f"cruijff: {summary}")
     print(f"cruijff: report {layout.summary(sweep_dir)}")
     return failed

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from ..cluster import array_ids, backend, job_folder, job_name, largest
 from ..config import run_name
+from ..plan.table import ENDS, shown_rows
 from ..ui import say
 from ..errors import ConfigError, CruijffError
 from ..records import ActionLog, PlannedRunRecord, Retry, RunState, SweepPlan, layout
@@ -228,8 +229,10 @@ def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_j
         "Submit fine-tune", ", ".join(names),
         f"{where.name} job ids " + ", ".join(ids.values())
         + (f" (array{'s' if len(arrays) > 1 else ''} {', '.join(arrays)})" if where.queued else ""))
-    for n in names:
-        print(f"cruijff: {n}: submitted as {where.name} job {ids[n]}")
+    for i in shown_rows(len(names)):  # a big grid: its first and last runs, and how many between
+        print(f"cruijff: {names[i]}: submitted as {where.name} job {ids[names[i]]}" if i is not None else
+              f"cruijff: … {len(names) - 2 * ENDS} more runs submitted"
+              + (f" in array{'s' if len(arrays) > 1 else ''} {', '.join(arrays)}" if where.queued else ""))
     return names, jobs
 
 
@@ -271,7 +274,8 @@ def with_learned_memory(sweep_dir: Path, names: list[str], planned: dict[str, di
     """The resources each run's job asks for: its plan's, with the memory an earlier job of the run
     was resubmitted with after running out of it, where that is more (``sweep.json`` says so too)."""
     out, grown = dict(planned), {}
-    for name in names:
+    present = set(os.listdir(sweep_dir)) if sweep_dir.is_dir() else set()
+    for name in (n for n in names if n in present):  # a run dir not there holds no record
         res, mem = planned.get(name) or {}, learned_memory(sweep_dir / name)
         if "mem_gb" in res and mem is not None and mem > float(res["mem_gb"]):
             out[name] = grown[name] = {**res, "mem_gb": mem}

@@ -14,9 +14,10 @@ import subprocess
 
 import pytest
 
-from conftest import launch
+from conftest import compose_config, launch
+from cruijff.cluster import backend
+from cruijff.errors import ConfigError
 
-pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 ARGS = ["cluster=slurm", "cluster.gpus_per_node=0", "cluster.cpus_per_task=1", "training.epochs=1",
         "training.max_steps_per_epoch=5", "eval=none", "peft.lora_rank=8", "optimizer.lr=1e-3"]
@@ -29,6 +30,8 @@ def _sacct(job: str, field: str) -> str:
     return out.strip().splitlines()[0]
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_a_job_over_its_memory_is_resubmitted_with_more_and_finishes(slurm, tmp_path, tiny_model_dir):
     proc = launch("-m", "experiment.name=hostoom", *ARGS, "cluster.mem_gb=0.25", "cluster.max_mem_gb=2",
                   cwd=tmp_path, timeout=600)
@@ -55,6 +58,8 @@ def test_a_job_over_its_memory_is_resubmitted_with_more_and_finishes(slurm, tmp_
     assert _sacct(last, "ReqMem") == f"{int(mem * 1024)}M"  # what SLURM was asked for
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_at_the_cap_the_run_fails_naming_the_key(slurm, tmp_path, tiny_model_dir):
     proc = launch("-m", "experiment.name=hostcap", *ARGS, "cluster.mem_gb=0.1", "cluster.max_mem_gb=0.12",
                   cwd=tmp_path, timeout=600)
@@ -73,6 +78,8 @@ def test_at_the_cap_the_run_fails_naming_the_key(slurm, tmp_path, tiny_model_dir
     assert "ACTION: Ask more memory" in (tmp_path / "outputs" / "hostcap" / "run-experiment.log").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_a_cap_below_the_first_request_is_one_line_before_anything_is_submitted(slurm, tmp_path):
     proc = launch("-m", "experiment.name=lowcap", *ARGS, "cluster.mem_gb=0.1", "cluster.max_mem_gb=0.05",
                   cwd=tmp_path, timeout=300)
@@ -80,3 +87,19 @@ def test_a_cap_below_the_first_request_is_one_line_before_anything_is_submitted(
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "cruijff: error: cluster.max_mem_gb=0.05: at least the memory a run's job asks for first (cluster.mem_gb=0.1)")
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("flag", ["mem", "mem-per-cpu", "mem-per-gpu"])
+def test_a_preset_sbatch_memory_flag_refuses_more_memory_instead_of_asking_the_same(tmp_path, flag):
+    """sbatch takes cluster.sbatch's memory flag over submitit's --mem: a resubmission with more
+    memory would get the same; it is one line naming the flag instead. The preset's own memory
+    is asked for as the flag says."""
+    cfg = compose_config("cluster=slurm", "cluster.gpus_per_node=0", "cluster.mem_gb=1", f"+cluster.sbatch.{flag}=1G")
+    where = backend(cfg.cluster)
+    script = where.array_script(where.executor(tmp_path / "%j", name="x", resources={"mem_gb": 1.0}), 1)
+    assert f"#SBATCH --{flag}=1G" in script
+    with pytest.raises(ConfigError, match=f"cluster.sbatch.{flag}='1G': sets the job's memory.*cluster.mem_gb"):
+        where.executor(tmp_path / "%j", name="x", resources={"mem_gb": 1.5})
+    plain = backend(compose_config("cluster=slurm", "cluster.gpus_per_node=0", "cluster.mem_gb=1").cluster)
+    assert "#SBATCH --mem=1536MB" in plain.array_script(
+        plain.executor(tmp_path / "%j", name="x", resources={"mem_gb": 1.5}), 1)

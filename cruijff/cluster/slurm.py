@@ -74,6 +74,17 @@ FLAGS_OF = {"gpus_per_node": ("gres", "gpus", "gpus-per-node", "gpus-per-task"),
             "mem_gb": ("mem", "mem-per-cpu", "mem-per-gpu"), "cpus_per_task": ("cpus-per-task",)}
 
 
+def fixed_memory(cluster: DictConfig, mem_gb: float) -> None:
+    """Raise the one line of a job asked to have other memory than ``cluster.mem_gb`` (a run
+    resubmitted for running out of it) where ``cluster.sbatch`` sets the job's memory: sbatch
+    takes that flag over submitit's ``--mem``, so the job would get the same memory again."""
+    flag = next((f for f in FLAGS_OF["mem_gb"] if f in extra_flags(cluster)), None)
+    if flag and cluster.get("mem_gb") is not None and mem_gb != float(cluster.mem_gb):
+        raise ConfigError(f"cluster.sbatch.{flag}", extra_flags(cluster)[flag],
+                          f"sets the job's memory, so a job cannot be given {mem_gb:g} GB; a run resubmitted for "
+                          "running out of memory needs cluster.mem_gb instead (remove the flag)")
+
+
 def sbatch_words(stderr: str) -> str:
     """sbatch's refusal in one line: its distinct messages without their ``sbatch: error:`` prefixes."""
     out: list[str] = []
@@ -331,6 +342,7 @@ class SlurmBackend(Backend):
         executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm",
                                          slurm_max_num_timeout=int(cluster.max_requeue))
         extra = extra_flags(cluster)
+        fixed_memory(cluster, float(res["mem_gb"]))
         if dependency:
             extra["dependency"] = dependency
         params: dict[str, Any] = dict(

@@ -252,8 +252,8 @@ def more_memory(launcher: Any, job: Any, name: str, overrides: list[str], job_nu
     if after is None:
         return at_memory_cap(job.job_id, before, cap, why)
     res = {**asked, "mem_gb": after}
-    executor = where.executor(job_folder(config), name=job_name(config.experiment.name, "train"), resources=res)
     try:
+        executor = where.executor(job_folder(config), name=job_name(config.experiment.name, "train"), resources=res)
         new = where.submitted(lambda: executor.submit(launcher.shared_runner, list(overrides), job_num), res)
     except CruijffError as e:
         return (f"SLURM job {job.job_id} ran out of its memory ({before:g} GB: {why}); resubmitting it with "

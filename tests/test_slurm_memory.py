@@ -11,12 +11,16 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 
 import pytest
 
 from conftest import compose_config, launch
 from cruijff.cluster import backend
+from cruijff.config import SCHEMA, check_value
 from cruijff.errors import ConfigError
+from cruijff.records import Retry, RunState, RunStatus
+from cruijff.sweep.launcher import grown_memory, with_learned_memory
 
 
 ARGS = ["cluster=slurm", "cluster.gpus_per_node=0", "cluster.cpus_per_task=1", "training.epochs=1",
@@ -103,3 +107,24 @@ def test_a_preset_sbatch_memory_flag_refuses_more_memory_instead_of_asking_the_s
     plain = backend(compose_config("cluster=slurm", "cluster.gpus_per_node=0", "cluster.mem_gb=1").cluster)
     assert "#SBATCH --mem=1536MB" in plain.array_script(
         plain.executor(tmp_path / "%j", name="x", resources={"mem_gb": 1.5}), 1)
+
+
+def test_tiny_memory_grows_at_least_a_megabyte_and_under_one_is_refused():
+    assert grown_memory(0.0001, 0.0004) == 0.0004 and grown_memory(0.0004, 0.0004) is None  # never 0, ends at the cap
+    assert grown_memory(0.001, 1) == 0.002 and grown_memory(0.25, 2) == 0.375
+    with pytest.raises(ConfigError, match=r"cluster.mem_gb=0.0001: must be a number >= 0.001"):
+        check_value("cluster.mem_gb", 0.0001, "number>=0.001")
+    assert SCHEMA["cluster.mem_gb"] == "number>=0.001"  # 1 MB: SLURM reads --mem=0 as the whole node
+
+
+def test_a_relaunch_asks_for_learned_memory_at_most_a_lowered_cap(tmp_path):
+    """run.json says a job was resubmitted with 8 GB; cluster.max_mem_gb is now 4."""
+    (tmp_path / "r").mkdir()
+    RunState(RunStatus.FAILED, name="r", retries=[Retry("host_oom", "job 1", {"mem_gb": 4.0}, {"mem_gb": 8.0},
+                                                        time.time(), "OUT_OF_MEMORY")]).save(tmp_path / "r")
+    cluster = compose_config("cluster=slurm", "cluster.mem_gb=2", "cluster.max_mem_gb=4").cluster
+    planned = {"r": {"mem_gb": 2.0, "timeout_min": 60}}
+    assert with_learned_memory(tmp_path, ["r"], planned, cluster)["r"] == {"mem_gb": 4.0, "timeout_min": 60}
+    assert "held to cluster.max_mem_gb=4" in (tmp_path / "run-experiment.log").read_text()
+    cluster.max_mem_gb = 16
+    assert with_learned_memory(tmp_path, ["r"], planned, cluster)["r"]["mem_gb"] == 8.0

@@ -80,7 +80,7 @@ SCHEMA = {
     "cluster.cpus_per_gpu": "int>=1",
     "cluster.cpus_per_task": "int>=1",
     "cluster.gpus_per_node": "int>=0",
-    "cluster.mem_gb": "number>0",
+    "cluster.mem_gb": "number>=0.001",
     "cluster.max_mem_gb": "number>0|null",
     "cluster.max_array_size": "int>=1|auto",
     "cluster.max_requeue": "int>=0",

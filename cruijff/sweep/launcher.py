@@ -213,7 +213,7 @@ def submit_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_j
     idx = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
     runner = freeze_jobs(launcher, runner, sweep_dir)  # the jobs import the launch's frozen code
     shared = SharedRunner.save(runner, Singleton.get_state(), job_folder(config).parent)
-    resources = with_learned_memory(sweep_dir, names, getattr(launcher, "run_resources", None) or {})
+    resources = with_learned_memory(sweep_dir, names, getattr(launcher, "run_resources", None) or {}, config.cluster)
     launcher.shared_runner, launcher.asked_resources = shared, resources  # what a resubmission reuses
     jobs: list = [None] * len(names)
     for executor, members in train_arrays(config, names, resources):
@@ -248,7 +248,7 @@ def more_memory(launcher: Any, job: Any, name: str, overrides: list[str], job_nu
     planned = (getattr(launcher, "run_resources", None) or {}).get(name) or where.resources(config)
     asked = launcher.asked_resources.get(name) or planned
     before, cap = float(asked["mem_gb"]), memory_cap(config.cluster, float(planned["mem_gb"]))
-    after = next_memory(before, cap)
+    after = grown_memory(before, cap)
     if after is None:
         return at_memory_cap(job.job_id, before, cap, why)
     res = {**asked, "mem_gb": after}
@@ -270,17 +270,34 @@ def more_memory(launcher: Any, job: Any, name: str, overrides: list[str], job_nu
     return new
 
 
-def with_learned_memory(sweep_dir: Path, names: list[str], planned: dict[str, dict]) -> dict[str, dict]:
+MB_GB = 1 / 1024  # the smallest step of a job's memory, and the least memory SLURM is asked for
+
+
+def grown_memory(asked_gb: float, cap_gb: float) -> float | None:
+    """The memory (GB) a job ended for exceeding ``asked_gb`` asks for next: 1.5 x, at least 1 MB
+    more, at most the cap; None where it asked for the cap already."""
+    after = next_memory(asked_gb, cap_gb)
+    return None if after is None else min(max(after, round(asked_gb + MB_GB, 3)), cap_gb)
+
+
+def with_learned_memory(sweep_dir: Path, names: list[str], planned: dict[str, dict],
+                        cluster: DictConfig) -> dict[str, dict]:
     """The resources each run's job asks for: its plan's, with the memory an earlier job of the run
-    was resubmitted with after running out of it, where that is more (``sweep.json`` says so too)."""
+    was resubmitted with after running out of it, where that is more, at most ``cluster.max_mem_gb``
+    (``sweep.json`` says so too)."""
     out, grown = dict(planned), {}
     present = set(os.listdir(sweep_dir)) if sweep_dir.is_dir() else set()
     for name in (n for n in names if n in present):  # a run dir not there holds no record
         res, mem = planned.get(name) or {}, learned_memory(sweep_dir / name)
-        if "mem_gb" in res and mem is not None and mem > float(res["mem_gb"]):
+        if "mem_gb" not in res or mem is None:
+            continue
+        cap = memory_cap(cluster, float(res["mem_gb"]))
+        held = f", held to cluster.max_mem_gb={cap:g}" if mem > cap else ""
+        mem = min(mem, cap)
+        if mem > float(res["mem_gb"]):
             out[name] = grown[name] = {**res, "mem_gb": mem}
             ActionLog(layout.action_log(sweep_dir))("Ask more memory", name, f"mem_gb {res['mem_gb']} -> {mem:g}: "
-                                                    "an earlier job of the run ran out of memory")
+                                                    f"an earlier job of the run ran out of memory{held}")
     if grown:
         plan_resources(sweep_dir, grown)
     return out

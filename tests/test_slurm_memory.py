@@ -20,7 +20,8 @@ from cruijff.cluster import backend
 from cruijff.config import SCHEMA, check_value
 from cruijff.errors import ConfigError
 from cruijff.records import Retry, RunState, RunStatus
-from cruijff.sweep.launcher import grown_memory, with_learned_memory
+from cruijff.sweep.deaths import next_memory
+from cruijff.sweep.launcher import with_learned_memory
 
 
 ARGS = ["cluster=slurm", "cluster.gpus_per_node=0", "cluster.cpus_per_task=1", "training.epochs=1",
@@ -110,8 +111,8 @@ def test_a_preset_sbatch_memory_flag_refuses_more_memory_instead_of_asking_the_s
 
 
 def test_tiny_memory_grows_at_least_a_megabyte_and_under_one_is_refused():
-    assert grown_memory(0.0001, 0.0004) == 0.0004 and grown_memory(0.0004, 0.0004) is None  # never 0, ends at the cap
-    assert grown_memory(0.001, 1) == 0.002 and grown_memory(0.25, 2) == 0.375
+    assert next_memory(0.0001, 0.0004) == 0.0004 and next_memory(0.0004, 0.0004) is None  # never 0, ends at the cap
+    assert next_memory(0.001, 1) == 0.002 and next_memory(0.25, 2) == 0.375
     with pytest.raises(ConfigError, match=r"cluster.mem_gb=0.0001: must be a number >= 0.001"):
         check_value("cluster.mem_gb", 0.0001, "number>=0.001")
     assert SCHEMA["cluster.mem_gb"] == "number>=0.001"  # 1 MB: SLURM reads --mem=0 as the whole node

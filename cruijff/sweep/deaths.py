@@ -124,12 +124,15 @@ def memory_cap(cluster: Any, planned_mem_gb: float) -> float:
     return float(value) if value is not None else 4 * float(planned_mem_gb)
 
 
+MB_GB = 1 / 1024  # the smallest step of a job's memory, and the least memory SLURM is asked for
+
+
 def next_memory(asked_gb: float, cap_gb: float) -> float | None:
-    """The memory (GB) a job ended for exceeding ``asked_gb`` asks for next: 1.5 x, at most the
-    cap; None where it asked for the cap already."""
+    """The memory (GB) a job ended for exceeding ``asked_gb`` asks for next: 1.5 x, at least 1 MB
+    more, at most the cap; None where it asked for the cap already."""
     if asked_gb >= cap_gb:
         return None
-    return min(round(asked_gb * GROWTH, 3), cap_gb)
+    return min(max(round(asked_gb * GROWTH, 3), round(asked_gb + MB_GB, 3)), cap_gb)
 
 
 def at_memory_cap(job_id: str, asked_gb: float, cap_gb: float, why: str) -> str:

@@ -248,7 +248,7 @@ def more_memory(launcher: Any, job: Any, name: str, overrides: list[str], job_nu
     planned = (getattr(launcher, "run_resources", None) or {}).get(name) or where.resources(config)
     asked = launcher.asked_resources.get(name) or planned
     before, cap = float(asked["mem_gb"]), memory_cap(config.cluster, float(planned["mem_gb"]))
-    after = grown_memory(before, cap)
+    after = next_memory(before, cap)
     if after is None:
         return at_memory_cap(job.job_id, before, cap, why)
     res = {**asked, "mem_gb": after}
@@ -268,16 +268,6 @@ def more_memory(launcher: Any, job: Any, name: str, overrides: list[str], job_nu
     say(f"cruijff: {name}: job {job.job_id} ran out of memory ({before:g} GB): resubmitted as {where.name} job "
         f"{new.job_id} with {after:g} GB")
     return new
-
-
-MB_GB = 1 / 1024  # the smallest step of a job's memory, and the least memory SLURM is asked for
-
-
-def grown_memory(asked_gb: float, cap_gb: float) -> float | None:
-    """The memory (GB) a job ended for exceeding ``asked_gb`` asks for next: 1.5 x, at least 1 MB
-    more, at most the cap; None where it asked for the cap already."""
-    after = next_memory(asked_gb, cap_gb)
-    return None if after is None else min(max(after, round(asked_gb + MB_GB, 3)), cap_gb)
 
 
 def with_learned_memory(sweep_dir: Path, names: list[str], planned: dict[str, dict],

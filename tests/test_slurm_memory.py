@@ -32,7 +32,7 @@ RUN = "rank8_lr1e-3_epochs1_steps5"
 def _sacct(job: str, field: str) -> str:
     out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", field, "-j", job],
                          capture_output=True, text=True, check=True).stdout
-    return out.strip().splitlines()[0]
+    return out.strip().splitlines()[-1]  # the newest: a restarted test cluster may reuse an id its accounting knows
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,16 @@ def launch(*args: str, cwd: Path, check: bool = False, timeout: int = 600) -> su
     if check and proc.returncode != 0:
         raise AssertionError(f"launch.py {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.5) -> None:
+    """Poll ``predicate`` until it holds; after ``timeout`` seconds fail, naming ``what`` was awaited."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def fake_model_dir(path: Path, cfg) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import LAUNCH, launch
+from conftest import LAUNCH, launch, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -36,15 +36,6 @@ def _sacct(*job_ids: str) -> dict[str, str]:
     out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
                          capture_output=True, text=True, check=True).stdout
     return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
-
-
-def _wait(predicate, timeout: float, what: str, every: float = 0.5) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +107,7 @@ def test_detached_sweep_returns_at_once_and_its_eval_job_finishes_it(slurm, tmp_
     status = subprocess.run([sys.executable, "-m", "cruijff", "status", str(sweep_dir)],
                             capture_output=True, text=True)
     assert status.returncode == 0 and "no launch running" in status.stdout
-    _wait(lambda: _sacct(finish).get(finish) in ("COMPLETED", "FAILED", "CANCELLED"), 600, "the eval+report job")
+    wait_for(lambda: _sacct(finish).get(finish) in ("COMPLETED", "FAILED", "CANCELLED"), 600, "the eval+report job")
     assert _sacct(finish)[finish] == "COMPLETED"
     assert "2/2 runs finished" in (sweep_dir / "summary.md").read_text()
     df = pd.read_csv(sweep_dir / "summary.csv")
@@ -177,7 +168,7 @@ def test_cancelled_and_killed_jobs_are_recorded_and_the_third_run_finishes(slurm
         steps = list((sweep_dir / name / "logs").glob("log_*.txt"))
         return state if state.get("status") == "running" and steps and "loss" in steps[0].read_text() else {}
 
-    _wait(lambda: training(cancelled) and training(killed), 300, "two runs training")
+    wait_for(lambda: training(cancelled) and training(killed), 300, "two runs training")
     job = json.loads((sweep_dir / "sweep.json").read_text())["jobs"][cancelled]
     subprocess.run(["scancel", job], check=True)
     os.kill(training(killed)["pid"], signal.SIGKILL)
@@ -219,7 +210,7 @@ def test_launcher_killed_mid_sweep_then_reruns_complete_only_what_is_missing(slu
     env = {**os.environ, "INSPECT_DISPLAY": "none"}
     proc = subprocess.Popen([sys.executable, str(LAUNCH), *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait(lambda: (sweep_dir / "sweep.json").exists()
+    wait_for(lambda: (sweep_dir / "sweep.json").exists()
           and len(json.loads((sweep_dir / "sweep.json").read_text()).get("jobs", {})) == 2, 120, "submission")
     proc.kill()  # the launcher dies; its SLURM jobs do not
     proc.communicate()
@@ -235,7 +226,7 @@ def test_launcher_killed_mid_sweep_then_reruns_complete_only_what_is_missing(slu
         states = _sacct(*jobs.values())
         return len(states) == 2 and all(s in ("COMPLETED", "FAILED") for s in states.values())
 
-    _wait(orphans_ended, 300, "the orphaned jobs to end")
+    wait_for(orphans_ended, 300, "the orphaned jobs to end")
     final = launch(*args, cwd=tmp_path)
     assert final.returncode == 0, final.stderr[-2000:]
     assert "submitted as slurm job" not in final.stdout and "2/2 runs finished" in final.stdout
@@ -253,7 +244,7 @@ def test_requeued_job_resumes_after_its_last_epoch_not_from_scratch(slurm, tmp_p
     env = {**os.environ, "INSPECT_DISPLAY": "none"}
     proc = subprocess.Popen([sys.executable, str(LAUNCH), *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait(lambda: (run_dir / "epoch_1" / "adapter_config.json").exists(), 300, "two epochs")
+    wait_for(lambda: (run_dir / "epoch_1" / "adapter_config.json").exists(), 300, "two epochs")
     job = json.loads((run_dir.parent / "sweep.json").read_text())["jobs"][run_dir.name]
     subprocess.run(["scontrol", "requeue", job], check=True)
 
@@ -261,7 +252,7 @@ def test_requeued_job_resumes_after_its_last_epoch_not_from_scratch(slurm, tmp_p
         subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True)
         return json.loads((run_dir / "run.json").read_text()).get("attempts") == 2
 
-    _wait(running_again, 300, "the requeued job to start")
+    wait_for(running_again, 300, "the requeued job to start")
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-2000:]
     state = json.loads((run_dir / "run.json").read_text())
@@ -365,7 +356,7 @@ def test_a_job_cancelled_after_its_last_save_is_finished_and_says_so(slurm, tmp_
                              "eval=none", "peft.lora_rank=8", "optimizer.lr=1e-3"], cwd=tmp_path,
                             env={**os.environ, "INSPECT_DISPLAY": "none"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    _wait(lambda: list(sweep_dir.glob("*/epoch_1/.complete")), 600, "the last epoch saved", every=0.02)
+    wait_for(lambda: list(sweep_dir.glob("*/epoch_1/.complete")), 600, "the last epoch saved", every=0.02)
     job = _one_job(sweep_dir)
     subprocess.run(["scancel", job], check=True)
     out, err = proc.communicate(timeout=600)
@@ -387,12 +378,12 @@ def test_status_of_a_detached_sweep_reads_the_scheduler_not_a_heartbeat(slurm, t
     run_file = sweep_dir / "rank8_lr1e-3_epochs10" / "run.json"
     finish = json.loads((sweep_dir / "sweep.json").read_text())["detached"]["finish_job"]
     try:
-        _wait(lambda: run_file.exists() and json.loads(run_file.read_text())["status"] == "running", 300, "training")
+        wait_for(lambda: run_file.exists() and json.loads(run_file.read_text())["status"] == "running", 300, "training")
     finally:
         subprocess.run(["scancel", finish], check=False)
     job = _one_job(sweep_dir)
     subprocess.run(["scancel", job], check=True)
-    _wait(lambda: _sacct(job).get(job, "").startswith("CANCELLED"), 60, "sacct to say cancelled")
+    wait_for(lambda: _sacct(job).get(job, "").startswith("CANCELLED"), 60, "sacct to say cancelled")
     status = subprocess.run([sys.executable, "-m", "cruijff", "status", str(sweep_dir)], capture_output=True,
                             text=True, env={**os.environ, "COLUMNS": "250"})
     assert status.returncode == 1

@@ -11,11 +11,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import LAUNCH, launch
+from conftest import LAUNCH, launch, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -23,15 +22,6 @@ EXP = "measured"
 ARGS = ["cluster=slurm", "cluster.gpus_per_node=0", "cluster.cpus_per_task=1", "cluster.mem_gb=2", "eval=none",
         "training.epochs=3", "training.max_steps_per_epoch=4", "peft.lora_rank=8"]
 PRESET_MIN = 5  # the first launch's cluster.timeout_min
-
-
-def _wait(predicate, timeout: float, what: str, every: float = 0.5) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _limit(text: str) -> int:
@@ -55,7 +45,7 @@ def requeued(slurm, tmp_path_factory, tiny_model_dir):
                              f"cluster.timeout_min={PRESET_MIN}", "cluster.signal_delay_s=30"],
                             cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait(lambda: any((d / "epoch_0" / ".complete").exists() for d in sweep_dir.glob("*/")), 300, "epoch_0")
+        wait_for(lambda: any((d / "epoch_0" / ".complete").exists() for d in sweep_dir.glob("*/")), 300, "epoch_0")
         (name, job), = json.loads((sweep_dir / "sweep.json").read_text())["jobs"].items()
         subprocess.run(["scancel", "--signal=USR2", job], check=True)
 
@@ -63,7 +53,7 @@ def requeued(slurm, tmp_path_factory, tiny_model_dir):
             subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True)
             return json.loads((sweep_dir / name / "run.json").read_text()).get("attempts") == 2
 
-        _wait(running_again, 300, "the requeued job to start")
+        wait_for(running_again, 300, "the requeued job to start")
         out, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
@@ -88,7 +78,7 @@ def test_a_run_requeued_at_its_time_limit_gets_the_limit_its_epochs_left_need(re
                              capture_output=True, text=True, check=True).stdout
         return [r.split("|") for r in out.strip().splitlines() if r.startswith(job + "|")]
 
-    _wait(lambda: attempts()[-1][1] == "COMPLETED", 60, "sacct to record the requeued job's end")
+    wait_for(lambda: attempts()[-1][1] == "COMPLETED", 60, "sacct to record the requeued job's end")
     rows = attempts()
     assert [state for _, state, _ in rows] == ["REQUEUED", "COMPLETED"] and _limit(rows[-1][2]) == new, rows
     log = (sweep_dir / "run-experiment.log").read_text()

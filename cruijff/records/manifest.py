@@ -127,10 +127,8 @@ def write_manifest(run_dir: Path, *, seed: int, config_hash: str, extra: dict | 
 
 
 def finish_manifest(run_dir: Path) -> None:
-    path = run_dir / layout.MANIFEST_FILE
-    manifest = read_json(path) or {}
-    manifest["end"] = stamp()
-    write_json(path, manifest)
+    """Record the run's end time in its manifest."""
+    update_manifest(run_dir, end=stamp())
 
 
 def update_manifest(run_dir: Path, **fields: Any) -> None:

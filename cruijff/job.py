@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .cluster import backend, time_limit_message
-from .config import (TaskSpec, check_name, config_hash, data_keys, mark_smoke, prepare_job, resolve_paths, run_changes,
+from .config import (TaskSpec, early_stop, check_name, config_hash, data_keys, mark_smoke, prepare_job, resolve_paths, run_changes,
                      validate)
 from .errors import ConfigError, CruijffError, first_line, omegaconf_message
 from .evaluate import check_tasks_load, evaluate_run
@@ -65,6 +65,9 @@ def main(cfg: DictConfig) -> int | float:
             if fresh:
                 _remove_empty(run_dir)
             return code
+        if not sweep and early_stop.method(cfg) == "halving":
+            raise ConfigError("early_stop", "halving", "stops the losing runs of a grid sweep: python launch.py -m "
+                              "with values to sweep; a single run trains all its epochs (early_stop=none)")
         mode = "epochs" if optimizing else "none" if sweep else "all"
         code = run(cfg, run_dir, overrides=list(hc.overrides.task), evaluate=mode, claim=not sweep)
     except (CruijffError, OmegaConfBaseException) as e:

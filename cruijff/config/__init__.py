@@ -2,7 +2,7 @@
 task checks, chat templates. Everything here runs before any job starts and writes nothing."""
 
 from ..errors import ConfigError, CruijffError
-from . import chat
+from . import chat, early_stop
 from .compose import (CONF_DIR, GROUPS, SMOKE_KEYS, apply_smoke, check_group_overrides, chosen_smoke, conf_dirs,
                       eval_config, mark_smoke,
                       job_minutes, leaf_keys, load_run, looked_in, override_identity, parse_override, PROJECT_MARKER,
@@ -18,7 +18,7 @@ from .schema import SCHEMA, check_value, selected_epochs, stock_configs, validat
 from .tasks import BUILTIN_TASKS, TaskSpec, check_task, check_tasks, task_specs
 
 __all__ = [
-    "ConfigError", "CruijffError", "chat",
+    "ConfigError", "CruijffError", "chat", "early_stop",
     "CONF_DIR", "GROUPS", "SMOKE_KEYS", "apply_smoke", "chosen_smoke", "mark_smoke", "check_group_overrides",
     "conf_dirs", "eval_config",
     "job_minutes", "leaf_keys", "load_run", "looked_in", "override_identity", "parse_override", "PROJECT_MARKER", "project_conf", "project_root",

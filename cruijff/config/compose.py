@@ -59,7 +59,7 @@ def conf_dirs() -> list[Path]:
     return [d for d in (project_conf(), CONF_DIR) if d is not None]
 
 # Config groups a user picks from on the command line (`group=option`).
-GROUPS = ("model", "dataset", "peft", "optimizer", "training", "eval", "cluster", "experiment")
+GROUPS = ("model", "dataset", "peft", "optimizer", "training", "eval", "cluster", "early_stop", "experiment")
 
 
 def job_minutes(epoch_min: float, epochs: int) -> int:

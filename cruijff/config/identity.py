@@ -39,7 +39,7 @@ ABBREVIATIONS = {
     "max_steps_per_epoch": "steps",
 }
 # Overrides that do not change what a run computes, so they do not change its directory.
-NOT_IN_RUN_NAME = re.compile(r"^(hydra|eval|experiment|overwrite|cluster|dry_run|full_table|detach|scaffold|verbose|training\.metric_logger|training\.tracking|training\.oom_retries)([./=]|$)")
+NOT_IN_RUN_NAME = re.compile(r"^(hydra|eval|experiment|overwrite|cluster|dry_run|full_table|detach|scaffold|verbose|early_stop|training\.metric_logger|training\.tracking|training\.oom_retries)([./=]|$)")
 
 
 def changes_finetune(override: str) -> bool:

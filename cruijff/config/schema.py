@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from .. import assets
 from ..cluster import backend_class
 from ..errors import ConfigError, did_you_mean
-from . import chat
+from . import chat, early_stop
 from .compose import apply_smoke
 from .data import data_keys, dataset_file, has_system_turns, is_chat, one_list
 from .identity import check_name
@@ -86,6 +86,9 @@ SCHEMA = {
     "cluster.max_requeue": "int>=0",
     "cluster.preflight": "bool",
     "cluster.signal_delay_s": "int>=0",
+    "early_stop.eta": "int>=2",
+    "early_stop.min_epochs": "int>=1",
+    "early_stop.metric": "str|null",
 }
 _SPEC = re.compile(r"^(int|number|bool|str)(?:(>=|>)(-?[\d.]+))?(?:(<=)(-?[\d.]+))?((?:\|\w+)*)$")
 _KINDS = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string"}
@@ -274,6 +277,7 @@ def validate(cfg: DictConfig, keys: Iterable[str] | None = None) -> list[TaskSpe
     if cfg.eval.enabled and not specs:
         raise ConfigError("eval.tasks", [], "no task to evaluate the checkpoints on: name one, or fine-tune "
                                             "only with eval=none")
+    early_stop.halving(cfg, specs)
     return specs
 
 

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from ..records import layout
-from .recipe import (MemoryWatch, _clone_before_merge, _load_recipe_module, _LossTap, continue_schedule,
-                     epochs_as_configured, fix_gemma2, watch_saves)
+from .recipe import (MemoryWatch, ReachedRung, _clone_before_merge, _load_recipe_module, _LossTap,
+                     continue_schedule, epochs_as_configured, fix_gemma2, watch_saves)
 from .render import recipe_class, recipe_name
 
 
@@ -58,8 +58,11 @@ def main(argv: list[str]) -> None:
 
             recipe._metric_logger = _LossTap(recipe._metric_logger, recipe, on_step)
         memory.training()
-        with memory.reported():
-            recipe.train()
+        try:
+            with memory.reported():
+                recipe.train()
+        except ReachedRung:  # every rank saved the rung's epoch: a clean end
+            pass
         recipe.cleanup()
     except BaseException as e:
         layout.rank_error_file(loss_file.parent.parent, rank).write_text(

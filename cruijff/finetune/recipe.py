@@ -326,6 +326,10 @@ def watch_saves(recipe, cfg) -> None:
                 (output_dir / RECIPE_STATE).parent.rmdir()
         _crash_for_test("after-marker", epoch)
 
+    def saved_all(epoch: int) -> None:
+        after_save(epoch)
+        stop_at_rung(recipe, cfg, epoch)
+
     client = getattr(recipe, "_checkpoint_client", None)
     if client is not None:
         client_save = client.save_checkpoint
@@ -333,7 +337,7 @@ def watch_saves(recipe, cfg) -> None:
         def client_saved(*args, **kwargs):
             before_save()
             client_save(*args, **kwargs)
-            after_save(int(recipe.epochs_run) - 1)
+            saved_all(int(recipe.epochs_run) - 1)
 
         client.save_checkpoint = client_saved
     else:
@@ -342,9 +346,36 @@ def watch_saves(recipe, cfg) -> None:
         def saved(epoch: int, *args, **kwargs):
             before_save()
             save(epoch, *args, **kwargs)
-            after_save(epoch)
+            saved_all(epoch)
 
         recipe.save_checkpoint = saved
+
+
+STOP_AFTER_EPOCHS = "stop_after_epochs"  # finetune.yaml: the epochs a run of a halving sweep may train now
+
+
+class ReachedRung(Exception):
+    """A run of a successive-halving sweep trained the epochs it may train now (``stop_after_epochs``
+    in ``finetune.yaml``) and saved the last of them, with torchtune's recipe state to resume from."""
+
+    def __init__(self, epochs: int):
+        super().__init__(f"trained {epochs} epochs, its rung")
+        self.epochs = epochs
+
+
+def stop_at_rung(recipe, cfg, epoch: int) -> None:
+    """After epoch ``epoch``'s save (complete on disk) on every process: training stops there when
+    the run may train no further now. The learning-rate schedule stays the full run's: a run that
+    goes on resumes after this epoch as if it had never stopped. On several processes they all
+    wait for rank 0's completion marker first."""
+    stop = cfg.get(STOP_AFTER_EPOCHS)
+    if stop is None or epoch + 1 < int(stop) or epoch + 1 >= int(recipe.total_epochs):
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    raise ReachedRung(epoch + 1)
 
 
 def continue_schedule(recipe, cfg) -> None:
@@ -431,5 +462,7 @@ def run(finetune_yaml: Path, on_step: Callable[[dict], None] | None = None, meth
         memory.training()
         try:
             recipe.train()
+        except ReachedRung:  # saved the epoch it may train up to: a clean end
+            pass
         finally:
             recipe.cleanup()

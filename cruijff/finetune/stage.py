@@ -28,10 +28,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import ui
 from ..cluster import backend, time_limit_message
-from ..config import effective_batch, input_identity, peft_method, processes, run_changes
+from ..config import early_stop, effective_batch, input_identity, peft_method, processes, run_changes
 from ..records import (ActionLog, Retry, RunStanding, RunState, RunStatus, complete_epochs, epoch_summary,
                        finish_manifest, layout, liveness, other_config, read_jsonl, record_finished, run_standing,
                        slurm_job_id, write_jsonl, write_manifest)
+from ..records import halving
 from ..records.manifest import update_manifest
 from . import distributed, recipe
 from .render import RESUME_ADAPTER, recipe_name, render, smaller_batch_note, write_config
@@ -43,6 +44,7 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     complete: :func:`cruijff.records.run_standing`); True when it is finished. Out of GPU memory,
     it is retried from its last complete epoch with half the micro-batch (:func:`retry_smaller`)."""
     epochs = int(cfg.training.epochs)
+    limit = rung_limit(cfg, run_dir, epochs)
     standing, previous = run_standing(run_dir, chash, epochs)
     if standing is RunStanding.OTHER_CONFIG:  # the job replaces it (overwrite=true) or refuses before this
         raise other_config(run_dir, previous.config_hash if previous else None, chash,
@@ -54,11 +56,14 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
             + ("" if recorded else "; run.json brought up to date (the job ended before it said so)"))
         ui.say(f"cruijff: {run_dir.name}: fine-tuning finished earlier; skipped")
         return True
+    if limit is not None and previous is not None and complete_epochs(run_dir) >= limit:
+        stopped_earlier(run_dir, previous, limit, act)
+        return True
 
     nproc = processes(cfg)
     method = peft_method(cfg)
     batch = MicroBatch.start(cfg, previous)
-    resume, conf = _configure(cfg, run_dir, model_dir, data_file, previous, batch)
+    resume, conf = _configure(cfg, run_dir, model_dir, data_file, previous, batch, limit)
     write_manifest(run_dir, seed=int(cfg.seed), config_hash=chash,
                    extra={"model_dir": str(model_dir), "data_file": str(data_file),
                           "inputs": input_identity(cfg, model_dir, data_file), **batch.fields(),
@@ -73,7 +78,8 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     state.save(run_dir)
     act("Fine-tune", f"{run_dir.name}: {recipe_name(nproc, method)}"
         + (f" on {nproc} processes" if nproc > 1 else "")
-        + f", {epochs} epochs, device {conf['device']}, attempt {state.attempts}"
+        + f", {epochs} epochs" + (f" (up to epoch {limit} now: its rung)" if limit is not None else "")
+        + f", device {conf['device']}, attempt {state.attempts}"
         + (f", micro-batch {batch.size} x gradient accumulation {batch.accumulation}" if batch.smaller else ""))
     if batch.smaller:
         ui.say(f"cruijff: {run_dir.name}: training with micro-batch {batch.size} x gradient accumulation "
@@ -85,7 +91,7 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
         status, error, rows, oom = _train(cfg, run_dir, conf, rows, nproc, method, epochs, resume)
         if oom is None:
             break
-        if complete_epochs(run_dir) >= epochs:  # it struck after the last save: nothing is lost
+        if complete_epochs(run_dir) >= (limit or epochs):  # it struck after the last save: nothing is lost
             status, error = RunStatus.FINISHED, None
             state.note = f"out of GPU memory at {oom[0]}, after every epoch was saved"
             act("Out of GPU memory after the last save", run_dir.name, oom[1])
@@ -100,13 +106,16 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
         batch, left = smaller, left - 1
         tried.append(batch.size)
         free_gpu_memory()
-        resume, conf = _configure(cfg, run_dir, model_dir, data_file, state, batch)
+        resume, conf = _configure(cfg, run_dir, model_dir, data_file, state, batch, limit)
         state.resumed_from = resume
         state.save(run_dir)
     if status is RunStatus.FINISHED and any(r["loss"] != r["loss"] for r in rows):  # NaN
         status, error = RunStatus.FAILED, "loss became NaN"
     if status is RunStatus.FINISHED:  # an earlier attempt's traceback is not this run's
         layout.error_file(run_dir).unlink(missing_ok=True)
+        if limit is not None and complete_epochs(run_dir) < epochs:  # at its rung: the sweep decides
+            status, state.stopped_at = RunStatus.STOPPED, complete_epochs(run_dir)
+            state.note = f"trained up to its rung, epoch {state.stopped_at}: the sweep decides whether it goes on"
     state.status, state.error = status, error
     state.ended = time.time()
     state.duration_s = round(time.time() - t0, 1)
@@ -117,7 +126,27 @@ def finetune_run(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Pat
     act("Fine-tune done", f"{run_dir.name}", f"{status} in {state.duration_s} s" + (f": {error}" if error else ""))
     if error:
         print(f"cruijff: {run_dir.name}: fine-tuning failed: {error}", file=sys.stderr)
-    return status is RunStatus.FINISHED
+    return status in (RunStatus.FINISHED, RunStatus.STOPPED)
+
+
+def rung_limit(cfg: DictConfig, run_dir: Path, epochs: int) -> int | None:
+    """In a successive-halving sweep (``early_stop=halving``), the epochs the run may train now: its
+    next rung, as the sweep's ``halving.json`` says (None: all of them)."""
+    if early_stop.method(cfg) != "halving":
+        return None
+    limit = halving.budget(run_dir)
+    return limit if limit is not None and limit < epochs else None
+
+
+def stopped_earlier(run_dir: Path, state: RunState, limit: int, act: ActionLog) -> None:
+    """A run that already trained the epochs it may train now: recorded stopped at its rung."""
+    kept = complete_epochs(run_dir)
+    if state.status is not RunStatus.STOPPED or state.stopped_at != kept:
+        state.status, state.stopped_at, state.error = RunStatus.STOPPED, kept, None
+        state.checkpoints = [d.name for d in layout.checkpoints(run_dir)]
+        state.save(run_dir)
+    act("Skip fine-tune", f"{run_dir.name}: {kept} epochs trained, its rung is {limit}")
+    ui.say(f"cruijff: {run_dir.name}: trained {kept} epochs earlier, up to its rung; skipped")
 
 
 @dataclass(frozen=True)
@@ -155,9 +184,9 @@ class MicroBatch:
 
 
 def _configure(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path, record: RunState | None,
-               batch: MicroBatch) -> tuple[str | None, dict]:
+               batch: MicroBatch, limit: int | None = None) -> tuple[str | None, dict]:
     """The checkpoint the run resumes after (if any) and its torchtune config with ``batch``,
-    written to ``finetune.yaml``."""
+    written to ``finetune.yaml``; ``limit``: the epochs it may train now (a rung of a halving sweep)."""
     nproc, method = processes(cfg), peft_method(cfg)
     resume = resume_point(record, run_dir, int(cfg.training.epochs), method)
     conf = render(cfg, run_dir, model_dir, data_file)
@@ -171,6 +200,8 @@ def _configure(cfg: DictConfig, run_dir: Path, model_dir: Path, data_file: Path,
             conf["checkpointer"]["checkpoint_files"] = [f"{resume}/{shard.name}" for shard in _shards(run_dir / resume)]
         else:  # the adapter: an adapter-only run keeps it in recipe_state/ (relative to output_dir)
             conf["checkpointer"]["adapter_checkpoint"] = str(resume_adapter(run_dir, resume).relative_to(run_dir))
+    if limit is not None:  # the schedule stays the full run's; training stops after this epoch's save
+        conf[recipe.STOP_AFTER_EPOCHS] = limit
     note = smaller_batch_note((int(cfg.training.batch_size), int(cfg.training.gradient_accumulation_steps)),
                               (batch.size, batch.accumulation))
     write_config(conf, layout.finetune_config(run_dir), run_dir.name, nproc, cfg.get("base_recipe"), method, note)

@@ -13,6 +13,7 @@ from .manifest import ENTRY_ENV, entry, finish_manifest, launcher_argv, slurm_jo
 from .standing import RunStanding, complete_epochs, epoch_summary, other_config, record_finished, run_standing
 from .cells import (CellResults, CellStanding, EvalPlan, ExpectedCell, TaskResult, cell_standing, current_cell,
                     expected_cells, headline_metric, log_path, unscored)
+from .halving import HalvingRecord, Rung
 from .state import EpochLoss, PlannedRunRecord, Retry, RunState, RunStatus, SweepPlan, mark_failed, run_state, sweep_runs
 
 __all__ = [
@@ -22,5 +23,5 @@ __all__ = [
     "CellResults", "CellStanding", "EpochLoss", "EvalPlan", "ExpectedCell", "PlannedRunRecord", "Retry", "RunState",
     "RunStatus", "SweepPlan", "TaskResult", "cell_standing", "current_cell", "expected_cells",
     "RunStanding", "complete_epochs", "epoch_summary", "other_config", "record_finished", "run_standing",
-    "headline_metric", "log_path", "mark_failed", "run_state", "sweep_runs", "unscored",
+    "HalvingRecord", "Rung", "headline_metric", "log_path", "mark_failed", "run_state", "sweep_runs", "unscored",
 ]

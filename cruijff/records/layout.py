@@ -39,6 +39,11 @@ def sweep_file(sweep_dir: Path) -> Path:
     return sweep_dir / SWEEP_FILE
 
 
+def halving_file(sweep_dir: Path) -> Path:
+    """The successive-halving record of a sweep (``early_stop=halving``): rungs, scores, decisions."""
+    return sweep_dir / "halving.json"
+
+
 def action_log(sweep_dir: Path) -> Path:
     return sweep_dir / ACTION_LOG
 

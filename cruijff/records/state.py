@@ -29,6 +29,7 @@ class RunStatus(str, enum.Enum):
     RUNNING = "running"
     FINISHED = "finished"
     FAILED = "failed"
+    STOPPED = "stopped"    # early stopping (early_stop=halving) ended it at a rung: not failed
 
     def __str__(self) -> str:
         return self.value
@@ -130,6 +131,7 @@ class RunState(Record):
     checkpoints: list[str] = field(default_factory=list)
     epochs: list[EpochLoss] = field(default_factory=list)
     retries: list[Retry] = field(default_factory=list)  # with other resources (out of memory, time limit)
+    stopped_at: int | None = None   # stopped: the epochs it trained, the rung it stopped at (early_stop=halving)
     version: int = 1
 
     @classmethod
@@ -147,6 +149,11 @@ class RunState(Record):
     @property
     def finished(self) -> bool:
         return self.status is RunStatus.FINISHED
+
+    @property
+    def stopped(self) -> bool:
+        """Stopped at a rung by early stopping: its checkpoints count like a finished run's."""
+        return self.status is RunStatus.STOPPED
 
     @classmethod
     def of(cls, run_dir: Path) -> "RunState | None":

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from ..config import changes_finetune
-from ..records import (PlannedRunRecord, RunState, current_cell, expected_cells, layout, log_path,
+from ..records import (HalvingRecord, PlannedRunRecord, RunState, current_cell, expected_cells, layout, log_path,
                        read_jsonl, sweep_runs, unscored)
 from .format import markdown_table, p_clause, p_value
 from .analysis import (SEED_KEY, Finding, Scored, findings, over_seeds, seed_groups, selected_checkpoints,
@@ -45,7 +45,7 @@ def collect(sweep_dir: Path, plan: list[PlannedRunRecord]) -> tuple[pd.DataFrame
     for r in plan:
         run_dir = sweep_dir / r.name
         state = RunState.of(run_dir)
-        if state is None or not state.finished:
+        if state is None or not (state.finished or state.stopped):  # stopped at a rung: its cells count
             failures[r.name] = (state.error or state.status.value) if state else "did not start"
             continue
         params = _hyperparameters(r.overrides)
@@ -170,7 +170,7 @@ def _model_of_base(dir_name: str) -> str:
 def _report_inputs(sweep_dir: Path, plan: list[PlannedRunRecord]) -> str:
     """Fingerprint of everything the report reads (run states, cell summaries, the run list)."""
     paths = ([layout.run_file(sweep_dir / r.name) for r in plan] + [layout.eval_plan_file(sweep_dir / r.name) for r in plan]
-             + layout.cell_files(sweep_dir))
+             + layout.cell_files(sweep_dir) + [layout.halving_file(sweep_dir)])
     parts = [",".join(r.name for r in plan)]
     for p in paths:
         try:
@@ -215,7 +215,7 @@ def report_sweep(sweep_dir: Path, plan: list[PlannedRunRecord] | None = None) ->
         _findings_table(chosen).to_csv(layout.summary(sweep_dir, "findings.csv"), index=False)
     finished = [r.name for r in plan if r.name not in failures]
     notes = {"resumed": _resumed(sweep_dir, [r.name for r in plan]), "retried": _retried(sweep_dir, [r.name for r in plan]),
-             "unscored": unscored(sweep_dir, finished),
+             "unscored": unscored(sweep_dir, finished), "halving": _halving(sweep_dir, plan),
              "mixed": _mixed(scores), "no_cluster": [(t, scored.clusters[t]) for t in scored.no_cluster]}
     plots = layout.plots_dir(sweep_dir)
     plots.mkdir(exist_ok=True)
@@ -242,9 +242,15 @@ def _write_markdown(sweep_dir: Path, scored: Scored, failures: dict[str, str], p
     lines = [f"# {sweep_dir.name}", ""]
     runs = sorted(set(scores["run"]) - {"base"}) if not scores.empty else []
     total = planned or len(runs) + len(failures)
+    halving = notes.get("halving") or {}
     if chosen:
         lines += ["## Findings", ""] + [f"- {finding(f)}" for f in chosen] + [""]
-    lines.append(f"{total - len(failures)}/{total} runs finished" +
+        if halving:
+            lines += [f"Early stopping was used ({halving['how']}): the losing runs stopped at a rung, with fewer "
+                      "checkpoints; each pick is made among every evaluated checkpoint.", ""]
+    stopped = len(halving.get("stopped", []))
+    lines.append(f"{total - len(failures) - stopped}/{total} runs finished" +
+                 (f", {stopped} stopped early" if stopped else "") +
                  (f", {len(failures)} failed" if failures else "") +
                  (f"; {len(unscored_cells)} eval cell{'s' if len(unscored_cells) > 1 else ''} without a score"
                   if unscored_cells else "") + ".")
@@ -255,6 +261,10 @@ def _write_markdown(sweep_dir: Path, scored: Scored, failures: dict[str, str], p
     for task, key in notes.get("no_cluster") or []:
         lines += [f"**{task}** names the cluster field `{key}`, which none of its samples' metadata has: its samples "
                   "are taken as independent.", ""]
+    if halving:
+        lines += ["## Early stopping", "", f"{halving['how'][0].upper()}{halving['how'][1:]}: at each rung only the "
+                  "best runs by the validation score went on; the rest stopped there (their checkpoints are evaluated "
+                  "like any other).", ""] + [f"- {r}" for r in halving["rungs"]] + ["", halving["epochs"], ""]
     if resumed:
         lines += ["Resumed after an interruption, from their last complete epoch: " + ", ".join(resumed) + ".", ""]
     if notes.get("retried"):
@@ -363,11 +373,32 @@ def _n_text(n, of, clusters, key: str | None = None) -> str:
     return text
 
 
+def _halving(sweep_dir: Path, plan: list[PlannedRunRecord]) -> dict:
+    """A halving sweep's decisions for the report: how (metric, eta), a line per rung, the runs
+    stopped, and the epochs trained of the full grid's; empty for a sweep without early stopping."""
+    record = HalvingRecord.of(sweep_dir)
+    if record is None or not record.rungs:
+        return {}
+    names = [r.name for r in plan]
+    states = {n: RunState.of(sweep_dir / n) for n in names}
+    stopped = [n for n, st in states.items() if st is not None and st.stopped]
+    trained = sum(len(layout.checkpoints(sweep_dir / n)) for n in names)
+    full = record.epochs * len(names)
+    rungs = [r.line(record.metric) + (f"; stopped: {', '.join(f'`{n}`' for n in r.stopped)}" if r.stopped else "")
+             for r in record.rungs]
+    return {"how": f"successive halving on {record.metric}, eta {record.eta}", "rungs": rungs, "stopped": stopped,
+            "epochs": f"Epochs trained: {trained} of the full grid's {full} ({trained / full:.0%})." if full else ""}
+
+
 def _resumed(sweep_dir: Path, names: list[str]) -> list[str]:
     """``run`` after epoch_N (attempt K), for each run whose last attempt resumed an earlier one."""
     out = []
+    record = HalvingRecord.of(sweep_dir)
     for name in names:
         state = RunState.of(sweep_dir / name)
+        if record is not None and state is not None and state.resumed_from and any(
+                name in r.went_on and r.epochs == (layout.epoch_of(state.resumed_from) or 0) + 1 for r in record.rungs):
+            continue  # went on after a rung of early stopping: not an interruption
         if state is not None and state.resumed_from:
             out.append(f"`{name}` after {state.resumed_from} (attempt {state.attempts})")
     return out

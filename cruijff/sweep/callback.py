@@ -13,6 +13,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from ..cluster import backend
+from ..config import early_stop
 from ..errors import CruijffError
 from ..records import ActionLog, acquire_lock, layout, release_lock
 from ..ui import console
@@ -36,6 +37,10 @@ class SweepCallback(Callback):
         SweepCallback._active = (self, config)
         if config.get("dry_run", False) or _grid_sweeper(config):
             return  # the grid sweeper plans first, then takes the lock itself
+        if early_stop.method(config) == "halving":
+            print("cruijff: error: early_stop='halving': stops the losing runs of a grid sweep; an optimizing "
+                  "sweeper (hydra/sweeper=optuna) prunes none: early_stop=none", file=sys.stderr)
+            sys.exit(2)
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             acquire_lock(sweep_dir)

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from ..records import ActionLog, layout, sweep_runs, unscored
+from ..records import ActionLog, RunState, layout, sweep_runs, unscored
 from ..report import report_is_current, report_sweep
 from .evals import eval_todo, evaluate_in_turn
 from .settle import settle, summary_line
@@ -48,6 +48,7 @@ def finish(sweep_dir: Path, eval_cfg: DictConfig | dict | None, slurm: bool, act
         act("Report", layout.relative(layout.summary(sweep_dir), sweep_dir))
     else:
         act("Skip report", "summary.md is current (no run or eval changed)")
-    summary = summary_line(len(runs), finished, active, failed, cells_failed)
+    stopped = [n for n in finished if (st := RunState.of(sweep_dir / n)) is not None and st.stopped]
+    summary = summary_line(len(runs), finished, active, failed, cells_failed, stopped)
     act(done, f"{time.time() - t0:.1f} s", summary)
     return summary, {**failed, **{f"eval {k}": v for k, v in cells_failed.items()}}

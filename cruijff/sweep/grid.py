@@ -18,6 +18,8 @@ from ..plan import ACTIVE, FINISHED, OVERWRITE, PlannedRun, Planner, print_plan
 from ..records import ActionLog, SweepPlan, acquire_lock, layout, record_finished
 from .deaths import may_be_at_work
 from .detach import detach
+from .halving import Waves
+from .halving import settings as halving_settings
 from .launcher import say_ended, test_submission
 from .orphans import record_dead, wait_for_orphans
 from .plan_file import write_plan
@@ -66,6 +68,7 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
 
     planner = Planner(config, sweep_dir, compose)
     runs = planner.plan(jobs, estimate=dry or scaffold, each=render_run if scaffold else None)
+    halving = halving_settings(config, planner.job_config, runs)
     previous = SweepPlan.of(sweep_dir)
     if backend(config.cluster).queued and previous is not None:
         _skip_runs_at_work(runs, previous.jobs)
@@ -78,6 +81,8 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
         print_plan(runs, f"{config.experiment.name}: {len(runs)} runs, {len(todo)} to run "
                          f"(dry run: nothing written, nothing submitted)", base_cells, full)
         print(f"cruijff: planned {len(runs)} runs in {time.time() - t0:.2f} s")
+        if halving is not None:
+            print(f"cruijff: early stopping: {halving.describe()}; the plan's hours are for every epoch of every run")
         test_submission(config, [r.name for r in todo], {r.name: r.resources for r in todo})
         return []
     test_submission(config, [r.name for r in todo], {r.name: r.resources for r in todo})
@@ -126,6 +131,9 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
         print(f"cruijff: all {len(runs)} runs finished earlier; nothing to submit" if not active else
               f"cruijff: nothing to submit; {len(active)} runs still run in earlier jobs: {', '.join(active)}")
         return []
+    if halving is not None:  # waves: each run up to a rung, then only the best go on
+        return Waves(config, sweep_dir, halving, runs,
+                     lambda batch: sweeper.launcher.launch(batch, initial_job_idx=0)).run()
     size = int(sweeper.max_batch_size or len(todo))
     returns, idx = [], 0
     for i in range(0, len(todo), size):

@@ -102,7 +102,10 @@ def say_ended(name: str, state: RunState | None) -> None:
     """One line as a run's job ends: finished (its last loss, its time) or failed (why)."""
     if state is None:
         return
-    if state.finished:
+    if state.stopped:
+        loss = f", loss {state.epochs[-1].final_loss:.4f}" if state.epochs else ""
+        say(f"cruijff: {name}: trained up to its rung (epoch {state.stopped_at}) in {state.duration_s or 0:.0f} s{loss}")
+    elif state.finished:
         loss = f", loss {state.epochs[-1].final_loss:.4f}" if state.epochs else ""
         note = f" ({state.note})" if state.note else ""
         say(f"cruijff: {name}: fine-tuning finished in {state.duration_s or 0:.0f} s{loss}{note}")

@@ -44,15 +44,20 @@ def settle(sweep_dir: Path, slurm: bool, act: ActionLog) -> tuple[list[str], set
             active.add(name)
         elif liveness.gone(st):
             dead[name] = liveness.death(st)
-    finished = [n for n, st in states.items() if st is not None and st.finished]
+    # a run stopped at a rung (early_stop=halving) ended as planned: evaluated like a finished one
+    finished = [n for n, st in states.items() if st is not None and (st.finished or st.stopped)]
     failed = {n: ((dead.get(n) or st.error or st.status.value) if st is not None else "did not start")
-              for n, st in states.items() if (st is None or not st.finished) and n not in active}
+              for n, st in states.items() if n not in finished and n not in active}
     return finished, active, failed
 
 
 def summary_line(total: int, finished: list[str], active: set[str], failed: dict[str, str],
-                 cells_failed: dict[str, str] | None = None) -> str:
-    summary = f"{len(finished)}/{total} runs finished"
+                 cells_failed: dict[str, str] | None = None, stopped: list[str] | None = None) -> str:
+    """``finished``: the runs that ended as planned, ``stopped`` (early stopping) among them."""
+    stopped = stopped or []
+    summary = f"{len(finished) - len(stopped)}/{total} runs finished"
+    if stopped:
+        summary += f", {len(stopped)} stopped early"
     if active:
         summary += f", {len(active)} still running in earlier jobs ({', '.join(sorted(active))})"
     if failed:

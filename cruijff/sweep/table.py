@@ -232,7 +232,7 @@ def table(sweep_dir: Path, note: str, limit: int | None = None, scheduler: bool 
     if limit is not None and len(table_rows) > limit:
         table_rows = sorted(table_rows, key=lambda r: ORDER.get(r["state"], 3))
         left, table_rows = len(table_rows) - limit, table_rows[:limit]
-    colors = {"finished": "green", "evaluated": "green", "failed": "red", "died": "red", "running": "yellow", "stale": "magenta"}
+    colors = {"finished": "green", "evaluated": "green", "stopped": "cyan", "failed": "red", "died": "red", "running": "yellow", "stale": "magenta"}
     out = Table(title=title, caption=f"… {left} more" if left else None)
     for c in ("run", "state", "epochs", "mean loss", "attempts", "job", "duration", "evals", "note"):
         out.add_column(c, justify="right" if c in ("epochs", "mean loss", "attempts", "evals") else "left")

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import compose_config, launch
+from conftest import compose_config, launch, wait_for
 from cruijff.cluster import backend
 from cruijff.config import SCHEMA, check_value
 from cruijff.errors import ConfigError
@@ -29,15 +29,29 @@ ARGS = ["cluster=slurm", "cluster.gpus_per_node=0", "cluster.cpus_per_task=1", "
 RUN = "rank8_lr1e-3_epochs1_steps5"
 
 
-def _sacct(job: str, field: str) -> str:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", field, "-j", job],
-                         capture_output=True, text=True, check=True).stdout
-    return out.strip().splitlines()[-1]  # the newest: a restarted test cluster may reuse an id its accounting knows
+def _requested_memory(job: str, experiment: str, since: float) -> str:
+    """sacct's ReqMem (``122M``) of the training job ``job`` of ``experiment`` submitted after ``since``.
+
+    SLURM's accounting gets a job's record in parts: for a few seconds, even after the job has
+    ended, its ReqTRES can be empty and ReqMem reads ``16?``; this waits until the record names
+    the memory asked for."""
+    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 1))
+
+    def record() -> list[str] | None:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-S", start, "-o", "JobID,JobName,ReqTRES,ReqMem", "-j", job],
+                             capture_output=True, text=True, check=True).stdout
+        return next((row for row in (line.split("|") for line in out.splitlines()) if row[0] == job), None)
+
+    wait_for(lambda: "mem=" in (record() or ["", "", ""])[2], 120, f"sacct's record of job {job} with its memory")
+    _, name, _, mem = record()
+    assert name == f"cruijff-train-{experiment}"
+    return mem
 
 
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_a_job_over_its_memory_is_resubmitted_with_more_and_finishes(slurm, tmp_path, tiny_model_dir):
+    began = time.time()
     proc = launch("-m", "experiment.name=hostoom", *ARGS, "cluster.mem_gb=0.25", "cluster.max_mem_gb=2",
                   cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -60,7 +74,7 @@ def test_a_job_over_its_memory_is_resubmitted_with_more_and_finishes(slurm, tmp_
     assert plan["runs"][0]["resources"]["mem_gb"] == mem  # a later launch asks for it at once
     last = plan["jobs"][RUN]
     assert state["job_id"] == last and last not in [r["at"].split()[1] for r in retries]
-    assert _sacct(last, "ReqMem") == f"{int(mem * 1024)}M"  # what SLURM was asked for
+    assert _requested_memory(last, "hostoom", began) == f"{int(mem * 1024)}M"  # what SLURM was asked for
 
 
 @pytest.mark.slow
@@ -75,11 +89,12 @@ def test_at_the_cap_the_run_fails_naming_the_key(slurm, tmp_path, tiny_model_dir
     assert "ran out of memory with 0.12 GB" in state["error"]
     assert "cluster.max_mem_gb=0.12 allows no more" in state["error"]
     assert "cluster.max_mem_gb=0.12 allows no more" in proc.stderr
+    began = time.time()
     again = launch("-m", "experiment.name=hostcap", *ARGS, "cluster.mem_gb=0.1", "cluster.max_mem_gb=0.12",
                    cwd=tmp_path, timeout=600)
     assert again.returncode == 1
     job = re.search(r"submitted as slurm job (\S+)", again.stdout).group(1)
-    assert _sacct(job, "ReqMem") == "122M"  # a later launch asks at once for what the run was last given
+    assert _requested_memory(job, "hostcap", began) == "122M"  # at once what the run was last given
     assert "ACTION: Ask more memory" in (tmp_path / "outputs" / "hostcap" / "run-experiment.log").read_text()
 
 

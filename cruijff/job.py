@@ -60,14 +60,14 @@ def main(cfg: DictConfig) -> int | float:
         if cfg.get("scaffold", False):  # the grid sweeper scaffolds before any job; a job never should
             raise ConfigError("scaffold", True, "renders a grid sweep's files: python launch.py -m ... scaffold=true "
                                                 "(with the grid sweeper)")
+        if not sweep and early_stop.method(cfg) == "halving":
+            raise ConfigError("early_stop", "halving", "stops the losing runs of a grid sweep: python launch.py -m "
+                              "with values to sweep; a single run trains all its epochs (early_stop=none)")
         if cfg.get("dry_run", False):
             code = dry_run(cfg, run_dir, list(hc.overrides.task))
             if fresh:
                 _remove_empty(run_dir)
             return code
-        if not sweep and early_stop.method(cfg) == "halving":
-            raise ConfigError("early_stop", "halving", "stops the losing runs of a grid sweep: python launch.py -m "
-                              "with values to sweep; a single run trains all its epochs (early_stop=none)")
         mode = "epochs" if optimizing else "none" if sweep else "all"
         code = run(cfg, run_dir, overrides=list(hc.overrides.task), evaluate=mode, claim=not sweep)
     except (CruijffError, OmegaConfBaseException) as e:

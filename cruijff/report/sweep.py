@@ -382,7 +382,10 @@ def _halving(sweep_dir: Path, plan: list[PlannedRunRecord]) -> dict:
     names = [r.name for r in plan]
     states = {n: RunState.of(sweep_dir / n) for n in names}
     stopped = [n for n, st in states.items() if st is not None and st.stopped]
-    trained = sum(len(layout.checkpoints(sweep_dir / n)) for n in names)
+    kept = [len(layout.checkpoints(sweep_dir / n)) for n in names]
+    if not stopped and any(k > record.budgets.get(n, record.epochs) for n, k in zip(names, kept)):
+        return {}  # a later launch without early stopping trained its runs on
+    trained = sum(kept)
     full = record.epochs * len(names)
     rungs = [r.line(record.metric) + (f"; stopped: {', '.join(f'`{n}`' for n in r.stopped)}" if r.stopped else "")
              for r in record.rungs]

@@ -50,7 +50,7 @@ def test_a_terminal_shows_live_progress_then_the_results_table(tmp_path, tiny_mo
     session = f"cruijff-test-{os.getpid()}"
     done = tmp_path / "exit-code"
     command = (f"cd {shlex.quote(str(tmp_path))} && INSPECT_DISPLAY=none {shlex.quote(sys.executable)} "
-               f"{shlex.quote(str(LAUNCH))} eval.limit=20; echo $? > {shlex.quote(str(done))}")
+               f"{shlex.quote(str(LAUNCH))} training.max_steps_per_epoch=60 eval.limit=5; echo $? > {shlex.quote(str(done))}")
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "40"], check=True)
     try:
         subprocess.run(["tmux", "send-keys", "-t", session, command, "Enter"], check=True)
@@ -59,7 +59,7 @@ def test_a_terminal_shows_live_progress_then_the_results_table(tmp_path, tiny_mo
             screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
                                     text=True).stdout
             live += [line for line in screen.splitlines()
-                     if re.search(r"default fine-tuning .*epoch [12]/2 · step \d+/125 · loss \d", line)]
+                     if re.search(r"steps60 fine-tuning .*epoch [12]/2 · step \d+/60 · loss \d", line)]
             time.sleep(0.2)
         assert done.exists() and done.read_text().strip() == "0", screen
         screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session, "-S", "-100"], capture_output=True,
@@ -69,5 +69,5 @@ def test_a_terminal_shows_live_progress_then_the_results_table(tmp_path, tiny_mo
     assert live, screen  # the live line while training: epoch, step/total, loss
     assert any(re.search(r"[\d.]+ steps/s · \d+:\d\d:\d\d", line) for line in live), live  # its rate and ETA
     assert len(set(live)) > 1  # redrawn as training goes
-    assert "demo / default — finished" in screen and "│ epoch_1    │" in screen
+    assert "demo / steps60 — finished" in screen and "│ epoch_1    │" in screen
     assert "Loss:" not in screen and "Running lora_finetune_single_device" not in screen

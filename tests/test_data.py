@@ -18,7 +18,8 @@ FIELDS = ["dataset=file", "dataset.fields.input=text", "dataset.fields.output=la
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
     """The embedded capitalization data, as a user might hold it: one table with a split column in
-    each format, one JSONL file per split, a save_to_disk dir, and chats of two turns with a system prompt."""
+    each format (a save_to_disk dir too), one JSONL file per split, a save_to_disk dir of the splits, and chats
+    of two turns with a system prompt."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from datasets import Dataset, DatasetDict
@@ -41,6 +42,7 @@ def files(tmp_path_factory) -> Path:
                                                   for r in v))
     DatasetDict({k: Dataset.from_list([{"text": r["input"], "label": r["output"]} for r in v])
                  for k, v in data.items()}).save_to_disk(str(d / "saved"))
+    Dataset.from_list(rows).save_to_disk(str(d / "saved_table"))  # one table with the split column
     chats = [{"messages": [{"role": "system", "content": "Capitalize the word."},
                            {"role": "user", "content": "paris"}, {"role": "assistant", "content": "Paris"},
                            {"role": "user", "content": r["input"]}, {"role": "assistant", "content": r["output"]}],
@@ -61,7 +63,7 @@ def test_every_format_and_split_source_gives_the_same_records(files):
     truth = {k: [{"text": r["input"], "label": r["output"]} for r in v]
              for k, v in json.loads(assets.capitalization_file().read_text()).items()}
     by_column = ["dataset.split_column=part"]
-    for name in ("all.jsonl", "all.json", "all.csv", "all.tsv", "all.parquet"):
+    for name in ("all.jsonl", "all.json", "all.csv", "all.tsv", "all.parquet", "saved_table"):
         assert _records(*FIELDS, f"dataset.path={files / name}", *by_column) == truth, name
     assert _records(*FIELDS, f"dataset.path={files / 'saved'}") == truth
     assert _records(*FIELDS, f"dataset.path={files / 'train.jsonl'}", f"dataset.validation={files / 'validation.jsonl'}",
@@ -200,19 +202,16 @@ def test_each_format_trains_and_evaluates_end_to_end_with_the_same_scores(files,
     """One sweep over the same records as JSONL, CSV, Parquet and a save_to_disk dir: every run
     of the same data trains and scores alike; a chat of two turns with a system prompt (JSONL) trains
     and is evaluated on its last turn."""
+    formats = ("all.jsonl", "all.csv", "all.parquet", "saved_table")
     proc = launch("-m", "experiment.name=formats", "training=smoke", "peft.lora_rank=8", "optimizer.lr=1e-3", *FIELDS,
-                  "dataset.split_column=part",
-                  "dataset.path=" + ",".join(str(files / n) for n in ("all.jsonl", "all.csv", "all.parquet")),
+                  "dataset.split_column=part", "dataset.path=" + ",".join(str(files / n) for n in formats),
                   cwd=tmp_path, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    saved = launch("experiment.name=formats", "training=smoke", "peft.lora_rank=8", "optimizer.lr=1e-3", *FIELDS,
-                   f"dataset.path={files / 'saved'}", cwd=tmp_path, timeout=1200)
-    assert saved.returncode == 0, saved.stderr[-3000:]
     summary = pd.read_csv(tmp_path / "outputs" / "formats" / "summary.csv")
     tuned = summary[summary["run"] != "base"]
-    assert len(tuned) == 3 and tuned["score"].nunique() == 1, tuned
+    assert len(tuned) == 4 and tuned["score"].nunique() == 1, tuned
     assert (summary["run"] == "base").sum() == 1  # the same records: one base control
-    (saved_cell,) = (tmp_path / "outputs" / "formats").glob("*path-saved/eval/epoch_0/results.json")
+    (saved_cell,) = (tmp_path / "outputs" / "formats").glob("*path-saved-table/eval/epoch_0/results.json")
     assert json.loads(saved_cell.read_text())["tasks"]["exact_match"]["value"] == tuned["score"].iloc[0]
     losses = [json.loads(p.read_text())["epochs"][0]["mean_loss"]
               for p in (tmp_path / "outputs" / "formats").glob("*/run.json")]

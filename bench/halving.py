@@ -62,6 +62,9 @@ def main() -> None:
     print(f"early_stop=halving (eta {a.eta}): {half_n} epochs trained, {half_s:.0f} s; "
           + "; ".join(f"after epoch {r['epochs']}: {len(r['went_on'])} of {len(r['scores'])} went on" for r in rungs))
     print(f"epochs trained: {full_n / half_n:.2f}x fewer (goal >= 2x); wall time: {full_s / half_s:.2f}x")
+    for r in rungs:
+        ranked = sorted(r["scores"].items(), key=lambda kv: -(kv[1] if kv[1] is not None else -1))
+        print(f"  val after epoch {r['epochs']}: " + ", ".join(f"{n.split('_epochs')[0]} {v:.2f}" for n, v in ranked))
 
     def said(p: dict) -> str:
         return (f"{p['config']} {p['checkpoint']} {float(p['score']):.3f} [{float(p['ci_low']):.3f}, "

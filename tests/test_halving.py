@@ -106,10 +106,20 @@ def test_a_rerun_keeps_stopped_runs_stopped_and_early_stop_none_resumes_them(hal
     shutil.copytree(root / "outputs", tmp_path / "outputs", symlinks=True)  # a moved sweep dir
     sweep_dir = tmp_path / "outputs" / "halved"
     before = _json(sweep_dir / SLOW / "run.json")
+    # a run that went on, then failed in its last wave (its node died before epoch 1 was saved)
+    winner = "rank8_lr0.01_epochs2_steps8"
+    shutil.rmtree(sweep_dir / winner / "epoch_1")
+    state = _json(sweep_dir / winner / "run.json")
+    state.update(status="failed", error="node died", checkpoints=["epoch_0"])
+    (sweep_dir / winner / "run.json").write_text(json.dumps(state))
     again = launch("-m", "experiment.name=halved", *GRID, cwd=tmp_path, timeout=1200)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "submitted as" not in again.stdout
-    assert "after epoch 1: 2 of 3 went on" in again.stdout
+    assert "after epoch 1: 2 of 3 went on" in again.stdout  # it is still compared at the rung it reached
+    assert again.stdout.count("submitted as") == 1 and f"{winner}: submitted as local job" in again.stdout
+    assert _json(sweep_dir / winner / "run.json")["checkpoints"] == ["epoch_0", "epoch_1"]
+    assert _json(sweep_dir / SLOW / "run.json")["status"] == "stopped"
+    noop = launch("-m", "experiment.name=halved", *GRID, cwd=tmp_path, timeout=1200)
+    assert noop.returncode == 0 and "submitted as" not in noop.stdout
     assert _json(sweep_dir / SLOW / "run.json")["status"] == "stopped"
     grid = [a for a in GRID if not a.startswith("early_stop")]
     full = launch("-m", "experiment.name=halved", "early_stop=none", *grid, cwd=tmp_path, timeout=1200)
@@ -155,6 +165,9 @@ def test_the_top_third_go_on_and_ties_at_the_cut_go_on_too():
     assert decide({"a": 0.0, "b": 0.0}, 2) == (["a", "b"], [], 0.0)
     assert decide({"a": 0.4, "b": None}, 3) == (["a"], ["b"], 0.4)  # no score: stopped
     assert decide({"a": None}, 3) == ([], ["a"], None)
+    nan = float("nan")  # a metric of no samples: no score, whichever order the runs come in
+    assert decide({"a": 0.9, "b": nan, "c": 0.1, "d": 0.2}, 2) == (["a", "d"], ["b", "c"], 0.2)
+    assert decide({"b": nan, "a": 0.9, "c": 0.1, "d": 0.2}, 2) == (["a", "d"], ["b", "c"], 0.2)
 
 
 def test_a_single_run_is_refused(tmp_path, tiny_model_dir):

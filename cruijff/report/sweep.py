@@ -385,12 +385,17 @@ def _halving(sweep_dir: Path, plan: list[PlannedRunRecord]) -> dict:
     kept = [len(layout.checkpoints(sweep_dir / n)) for n in names]
     if not stopped and any(k > record.budgets.get(n, record.epochs) for n, k in zip(names, kept)):
         return {}  # a later launch without early stopping trained its runs on
-    trained = sum(kept)
+    total = sum(kept)
     full = record.epochs * len(names)
-    rungs = [r.line(record.metric) + (f"; stopped: {', '.join(f'`{n}`' for n in r.stopped)}" if r.stopped else "")
-             for r in record.rungs]
+    trained = dict(zip(names, kept))
+    rungs = []
+    for r in record.rungs:
+        there = [n for n in r.stopped if trained.get(n, 0) <= r.epochs]  # an earlier launch may have trained one on
+        on = [n for n in r.stopped if n not in there]
+        rungs.append(r.line(record.metric) + (f"; stopped: {', '.join(f'`{n}`' for n in there)}" if there else "")
+                     + (f"; trained on by an earlier launch: {', '.join(f'`{n}`' for n in on)}" if on else ""))
     return {"how": f"successive halving on {record.metric}, eta {record.eta}", "rungs": rungs, "stopped": stopped,
-            "epochs": f"Epochs trained: {trained} of the full grid's {full} ({trained / full:.0%})." if full else ""}
+            "epochs": f"Epochs trained: {total} of the full grid's {full} ({total / full:.0%})." if full else ""}
 
 
 def _resumed(sweep_dir: Path, names: list[str]) -> list[str]:
@@ -400,8 +405,9 @@ def _resumed(sweep_dir: Path, names: list[str]) -> list[str]:
     for name in names:
         state = RunState.of(sweep_dir / name)
         if record is not None and state is not None and state.resumed_from and any(
-                name in r.went_on and r.epochs == (layout.epoch_of(state.resumed_from) or 0) + 1 for r in record.rungs):
-            continue  # went on after a rung of early stopping: not an interruption
+                name in r.went_on + r.stopped and r.epochs == (layout.epoch_of(state.resumed_from) or 0) + 1
+                for r in record.rungs):
+            continue  # trained on after a rung of early stopping: not an interruption
         if state is not None and state.resumed_from:
             out.append(f"`{name}` after {state.resumed_from} (attempt {state.attempts})")
     return out

@@ -132,8 +132,10 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list:
               f"cruijff: nothing to submit; {len(active)} runs still run in earlier jobs: {', '.join(active)}")
         return []
     if halving is not None:  # waves: each run up to a rung, then only the best go on
-        return Waves(config, sweep_dir, halving, runs,
-                     lambda batch: sweeper.launcher.launch(batch, initial_job_idx=0)).run()
+        sweeper.launcher.run_resources = {r.name: r.resources for r in runs}  # any of them may train on
+        waves = Waves(config, sweep_dir, halving, runs, lambda batch: sweeper.launcher.launch(batch, initial_job_idx=0))
+        waves.wait_for([r.name for r in runs if r.state == ACTIVE], previous.jobs if previous else {})
+        return waves.run()
     size = int(sweeper.max_batch_size or len(todo))
     returns, idx = [], 0
     for i in range(0, len(todo), size):

@@ -27,7 +27,8 @@ from omegaconf import DictConfig
 from ..config import early_stop, task_specs
 from ..config.early_stop import Halving
 from ..errors import ConfigError, CruijffError
-from ..plan import ACTIVE, PlannedRun
+from ..cluster import active_slurm_jobs
+from ..plan import PlannedRun
 from ..records import (ActionLog, HalvingRecord, RunState, RunStatus, Rung, complete_epochs, current_cell,
                        expected_cells, layout)
 from ..ui import say
@@ -54,8 +55,8 @@ def settings(config: DictConfig, job_config: Callable[[list[str]], DictConfig],
 def decide(scores: dict[str, float | None], eta: int) -> tuple[list[str], list[str], float | None]:
     """(went on, stopped, the cut): the top ``ceil(n / eta)`` of the ``n`` runs with a score go on,
     and so does every run tied with the last of them (which to drop would be a coin toss); a run
-    without a score stops."""
-    scored = sorted(((v, n) for n, v in scores.items() if v is not None), key=lambda t: (-t[0], t[1]))
+    without a score (None, or NaN: a metric of nothing) stops."""
+    scored = sorted(((v, n) for n, v in scores.items() if _scored(v)), key=lambda t: (-t[0], t[1]))
     if not scored:
         return [], sorted(scores), None
     cut = scored[math.ceil(len(scored) / eta) - 1][0]
@@ -63,12 +64,17 @@ def decide(scores: dict[str, float | None], eta: int) -> tuple[list[str], list[s
     return went_on, sorted(n for n in scores if n not in went_on), cut
 
 
+def _scored(value: float | None) -> bool:
+    return value is not None and not math.isnan(value)
+
+
 def score_at(sweep_dir: Path, run: str, epochs: int, metric: str) -> float | None:
     """A run's score on ``metric`` at the checkpoint of its ``epochs``-th epoch, from its cell if it
-    counts under the key expected now (None: no such score)."""
+    counts under the key expected now (None: no such score, or NaN)."""
     where = expected_cells(sweep_dir / run).get(f"epoch_{epochs - 1}")
     cell = current_cell(*where) if where else None
-    return cell.scores().get(metric) if cell else None
+    value = cell.scores().get(metric) if cell else None
+    return value if _scored(value) else None
 
 
 class Waves:
@@ -84,12 +90,25 @@ class Waves:
         self.record = HalvingRecord(halving.metric, halving.eta, halving.epochs, list(halving.rungs),
                                     dict(old.budgets) if old else {})
 
+    def wait_for(self, active: list[str], jobs: dict[str, str]) -> None:
+        """Runs an earlier launch's SLURM jobs still train: every rung decides on all the runs that
+        reach it, so the waves wait for those jobs to end first."""
+        if not active:
+            return
+        ids = [jobs[n] for n in active if n in jobs]
+        self.act("Wait", f"{len(active)} runs still trained by jobs of an earlier launch", ", ".join(ids))
+        say(f"cruijff: early stopping: waiting for {len(active)} run{'s' if len(active) > 1 else ''} still trained "
+            f"by jobs of an earlier launch ({', '.join(ids)}): every rung decides on all the runs")
+        while active_slurm_jobs(ids):
+            time.sleep(10)
+
     def run(self) -> list:
         """Every wave, then the winners' last one; returns the launcher's results."""
         h, returns = self.h, []
-        alive = [n for n, r in self.runs.items() if r.state != ACTIVE]
+        alive = list(self.runs)
         self.act("Early stopping", h.describe(), f"{len(alive)} runs")
-        say(f"cruijff: early stopping: {h.describe()}")
+        say(f"cruijff: early stopping: {h.describe()}"
+            + ("" if h.rungs else f"; no rung below training.epochs={h.epochs}: every run trains all its epochs"))
         for rung in h.rungs:
             returns += self.wave(alive, rung)
             alive = self.rung(alive, rung)
@@ -116,7 +135,8 @@ class Waves:
         reached = [n for n in names if _reached(self.sweep_dir / n, epochs)]
         failed = sorted(set(names) - set(reached))
         if failed:
-            self.act("Rung", f"after epoch {epochs}: {len(failed)} runs did not reach it (failed)", ", ".join(failed))
+            self.act("Rung", f"after epoch {epochs}: {len(failed)} runs did not reach it (failed before its save)",
+                     ", ".join(failed))
         todo = eval_todo(self.sweep_dir, reached, self.config.eval)
         if todo:
             evaluate_runs(self.config, self.sweep_dir, todo, self.act)
@@ -141,12 +161,13 @@ class Waves:
 
 
 def _reached(run_dir: Path, epochs: int) -> bool:
-    """Whether a run trained at least ``epochs`` epochs and its record says it ended well."""
+    """Whether a run has a complete checkpoint of its ``epochs``-th epoch (whatever happened to it
+    after: a run that went on and then failed is compared there, and trains on if it wins)."""
     try:
         state = RunState.of(run_dir)
     except CruijffError:
         return False
-    return state is not None and (state.finished or state.stopped) and complete_epochs(run_dir) >= epochs
+    return state is not None and complete_epochs(run_dir) >= epochs
 
 
 def stop_note(name: str, rung: Rung, h: Halving) -> str:

@@ -192,6 +192,8 @@ def rows(sweep_dir: Path, scheduler: bool = False) -> list[dict]:
         wanted = _selected((plan.eval if plan else None) or own_eval, epochs)
         if wanted is None:
             wanted = [c for c in ckpts if c in expected] if layout.eval_plan_file(run_dir).exists() else ckpts
+        elif st is not None and st.stopped:  # stopped at a rung: the epochs it never trained have no cell to wait for
+            wanted = [c for c in wanted if c in ckpts]
         done, stale, total = _cells(expected, wanted)
         out.append({
             "run": name, "state": status, "epochs": f"{len(ckpts)}/{epochs if epochs is not None else '?'}",

@@ -49,7 +49,8 @@ def test_the_losing_run_stops_at_its_rung_and_the_best_trains_every_epoch(halved
     (rung,) = record["rungs"]
     scores = rung["scores"]
     assert rung["epochs"] == 1 and len(scores) == 3
-    assert (rung["went_on"], rung["stopped"], rung["cut"]) == (*decide(scores, 2),)  # the rule, on the scores recorded
+    assert (rung["went_on"], rung["stopped"], rung["cut"]) == (*decide(scores, 2, rung["losses"]),)  # the rule, on them
+    assert all(loss > 0 for loss in rung["losses"].values())
     assert rung["stopped"] == [SLOW]  # it learned nothing in its first epoch
     best = max(scores, key=scores.get)
     for name in rung["went_on"]:
@@ -162,6 +163,8 @@ def test_rungs_default_to_every_epoch_from_min_epochs():
 def test_the_top_third_go_on_and_ties_at_the_cut_go_on_too():
     assert decide({"a": 0.9, "b": 0.5, "c": 0.1, "d": 0.7, "e": 0.2, "f": 0.3}, 3) == (["a", "d"], ["b", "c", "e", "f"], 0.7)
     assert decide({"a": 0.5, "b": 0.5, "c": 0.1}, 3) == (["a", "b"], ["c"], 0.5)  # which of a, b: a coin toss
+    assert decide({"a": 0.5, "b": 0.5, "c": 0.1}, 3, {"a": 0.9, "b": 0.4}) == (["b"], ["a", "c"], 0.5)  # b fits better
+    assert decide({"a": 0.5, "b": 0.5, "c": 0.1}, 3, {"a": 0.4, "b": 0.4}) == (["a", "b"], ["c"], 0.5)
     assert decide({"a": 0.0, "b": 0.0}, 2) == (["a", "b"], [], 0.0)
     assert decide({"a": 0.4, "b": None}, 3) == (["a"], ["b"], 0.4)  # no score: stopped
     assert decide({"a": None}, 3) == ([], ["a"], None)

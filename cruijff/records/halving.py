@@ -22,14 +22,18 @@ class Rung:
     stopped: list[str] = field(default_factory=list)
     cut: float | None = None                     # the lowest score that went on
     time: float | None = None                    # unix time it was decided
+    losses: dict[str, float | None] = field(default_factory=dict)  # the epoch's mean train loss: equal scores' order
 
     def line(self, metric: str) -> str:
         """``after epoch 1: 3 of 9 went on (val >= 0.600)``; where runs tied at the cut, it says so."""
         n = len(self.went_on) + len(self.stopped)
         if self.cut is None:
             return f"after epoch {self.epochs}: none of {n} has a score on {metric}"
-        tied = [v for v in self.scores.values() if v == self.cut]
-        how = f"{metric} >= {self.cut:.3f}" + (f"; {len(tied)} tied at the cut went on" if len(tied) > 1 else "")
+        tied = [n for n, v in self.scores.items() if v == self.cut]
+        kept = [n for n in tied if n in self.went_on]
+        how = f"{metric} >= {self.cut:.3f}" + (
+            "" if len(tied) < 2 else f"; {len(tied)} tied at the cut, {len(kept)} went on"
+            + (" (lower train loss)" if len(kept) < len(tied) else ""))
         return f"after epoch {self.epochs}: {len(self.went_on)} of {n} went on ({how})"
 
 

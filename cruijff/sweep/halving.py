@@ -30,7 +30,7 @@ from ..errors import ConfigError, CruijffError
 from ..cluster import active_slurm_jobs
 from ..plan import PlannedRun
 from ..records import (ActionLog, HalvingRecord, RunState, RunStatus, Rung, complete_epochs, current_cell,
-                       expected_cells, layout)
+                       epoch_summary, expected_cells, layout, read_jsonl)
 from ..ui import say
 from .evals import eval_todo, evaluate_runs
 
@@ -52,16 +52,25 @@ def settings(config: DictConfig, job_config: Callable[[list[str]], DictConfig],
     return early_stop.halving(first, task_specs(first.eval.tasks))
 
 
-def decide(scores: dict[str, float | None], eta: int) -> tuple[list[str], list[str], float | None]:
-    """(went on, stopped, the cut): the top ``ceil(n / eta)`` of the ``n`` runs with a score go on,
-    and so does every run tied with the last of them (which to drop would be a coin toss); a run
-    without a score (None, or NaN: a metric of nothing) stops."""
-    scored = sorted(((v, n) for n, v in scores.items() if _scored(v)), key=lambda t: (-t[0], t[1]))
-    if not scored:
+def decide(scores: dict[str, float | None], eta: int,
+           losses: dict[str, float | None] | None = None) -> tuple[list[str], list[str], float | None]:
+    """(went on, stopped, the cut): the top ``ceil(n / eta)`` of the ``n`` runs with a score go on.
+    Equal scores at the cut are told apart by the rung epoch's mean training loss (``losses``: the
+    lower goes on; the training data, never the test set); runs equal in both all go on (which to
+    drop would be a coin toss). A run without a score (None, or NaN: a metric of nothing) stops."""
+    losses = losses or {}
+
+    def loss(name: str) -> float:
+        value = losses.get(name)
+        return value if _scored(value) else math.inf
+
+    ranked = sorted((n for n, v in scores.items() if _scored(v)), key=lambda n: (-scores[n], loss(n), n))
+    if not ranked:
         return [], sorted(scores), None
-    cut = scored[math.ceil(len(scored) / eta) - 1][0]
-    went_on = [n for v, n in scored if v >= cut]
-    return went_on, sorted(n for n in scores if n not in went_on), cut
+    last = ranked[math.ceil(len(ranked) / eta) - 1]
+    cut = (-scores[last], loss(last))
+    went_on = [n for n in ranked if (-scores[n], loss(n)) <= cut]
+    return went_on, sorted(n for n in scores if n not in went_on), scores[last]
 
 
 def _scored(value: float | None) -> bool:
@@ -145,8 +154,9 @@ class Waves:
             raise CruijffError(f"early stopping: no run has a score on {self.h.metric} after epoch {epochs} (its eval "
                                f"failed: see the log, {layout.action_log(self.sweep_dir)}); fix it and launch again: "
                                f"the runs go on from their epoch")
-        went_on, stopped, cut = decide(scores, self.h.eta)
-        decision = Rung(epochs, scores, went_on, stopped, cut, time.time())
+        losses = {n: epoch_loss(self.sweep_dir / n, epochs - 1) for n in reached}
+        went_on, stopped, cut = decide(scores, self.h.eta, losses)
+        decision = Rung(epochs, scores, went_on, stopped, cut, time.time(), losses)
         self.record.rungs = [r for r in self.record.rungs if r.epochs != epochs] + [decision]
         self.record.rungs.sort(key=lambda r: r.epochs)
         for n in stopped:
@@ -158,6 +168,12 @@ class Waves:
         self.act("Rung", line, "stopped: " + (", ".join(stopped) or "none") + "; went on: " + ", ".join(went_on))
         say(f"cruijff: early stopping: {line}" + (f"; stopped {', '.join(stopped)}" if stopped else ""))
         return went_on
+
+
+def epoch_loss(run_dir: Path, epoch: int) -> float | None:
+    """The mean training loss of a run's epoch, from its ``logs/loss.jsonl`` (None: not there)."""
+    summary = {e.epoch: e for e in epoch_summary(read_jsonl(layout.loss_file(run_dir)))}
+    return summary[epoch].mean_loss if epoch in summary else None
 
 
 def _reached(run_dir: Path, epochs: int) -> bool:

@@ -4,7 +4,11 @@ locally. Prints the epochs trained by each (the GPU-hours proxy; the anchor is t
 their wall times, and whether the halving sweep's validation pick is the full grid's (the same run
 and checkpoint, or a score within the full grid's pick's 95% interval).
 
-    python bench/halving.py [--steps 8] [--limit 20] [--eta 3]
+    python bench/halving.py [--steps 16] [--limit 100] [--eta 3]
+
+The defaults score every validation and test sample (eval.limit=100) after 16 steps an epoch: at 8
+steps an epoch, 1e-2 leads after the first epoch and 3e-3 only later, and halving keeps the
+early leader (its pick is another run, 0.94 against the full grid's 0.99 on 100 samples).
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ def pick(sweep_dir: Path, task: str = "exact_match") -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=8, help="training.max_steps_per_epoch")
-    ap.add_argument("--limit", type=int, default=20, help="eval.limit: samples per task")
+    ap.add_argument("--steps", type=int, default=16, help="training.max_steps_per_epoch")
+    ap.add_argument("--limit", type=int, default=100, help="eval.limit: samples per task")
     ap.add_argument("--eta", type=int, default=3)
     a = ap.parse_args()
     grid = ["optimizer.lr=1e-6,3e-3,1e-2", "peft.lora_rank=4,8,16", "training.epochs=3",

@@ -136,7 +136,7 @@ class Waves:
             return []
         upto = "every epoch" if epochs >= self.h.epochs else f"epoch {epochs}"
         self.act("Wave", f"{len(need)} runs train up to {upto}", ", ".join(need))
-        say(f"cruijff: early stopping: {len(need)} run{'s' if len(need) > 1 else ''} train up to {upto}")
+        say(f"cruijff: early stopping: {len(need)} run{'s train' if len(need) > 1 else ' trains'} up to {upto}")
         return [self.launch([list(self.runs[n].overrides) for n in need])]
 
     def rung(self, names: list[str], epochs: int) -> list[str]:

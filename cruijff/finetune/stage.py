@@ -30,7 +30,7 @@ from .. import ui
 from ..cluster import backend, time_limit_message
 from ..config import early_stop, effective_batch, input_identity, peft_method, processes, run_changes
 from ..records import (ActionLog, Retry, RunStanding, RunState, RunStatus, complete_epochs, epoch_summary,
-                       finish_manifest, layout, liveness, other_config, read_jsonl, record_finished, run_standing,
+                       finish_manifest, layout, liveness, mark_stopped, other_config, read_jsonl, record_finished, run_standing,
                        slurm_job_id, write_jsonl, write_manifest)
 from ..records import halving
 from ..records.manifest import update_manifest
@@ -140,11 +140,8 @@ def rung_limit(cfg: DictConfig, run_dir: Path, epochs: int) -> int | None:
 
 def stopped_earlier(run_dir: Path, state: RunState, limit: int, act: ActionLog) -> None:
     """A run that already trained the epochs it may train now: recorded stopped at its rung."""
-    kept = complete_epochs(run_dir)
-    if state.status is not RunStatus.STOPPED or state.stopped_at != kept:
-        state.status, state.stopped_at, state.error = RunStatus.STOPPED, kept, None
-        state.checkpoints = [d.name for d in layout.checkpoints(run_dir)]
-        state.save(run_dir)
+    mark_stopped(run_dir, state)
+    kept = state.stopped_at
     act("Skip fine-tune", f"{run_dir.name}: {kept} epochs trained, its rung is {limit}")
     ui.say(f"cruijff: {run_dir.name}: trained {kept} epochs earlier, up to its rung; skipped")
 

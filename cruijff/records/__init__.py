@@ -10,7 +10,8 @@ from .lock import holder as lock_holder
 from .lock import release as release_lock
 from .log import ActionLog, stamp
 from .manifest import ENTRY_ENV, entry, finish_manifest, launcher_argv, slurm_job_id, write_manifest
-from .standing import RunStanding, complete_epochs, epoch_summary, other_config, record_finished, run_standing
+from .standing import (RunStanding, complete_epochs, epoch_summary, mark_stopped, other_config, record_finished,
+                       run_standing)
 from .cells import (CellResults, CellStanding, EvalPlan, ExpectedCell, TaskResult, cell_standing, current_cell,
                     expected_cells, headline_metric, log_path, unscored)
 from .halving import HalvingRecord, Rung
@@ -22,6 +23,6 @@ __all__ = [
     "ActionLog", "stamp", "ENTRY_ENV", "entry", "finish_manifest", "launcher_argv", "slurm_job_id", "write_manifest",
     "CellResults", "CellStanding", "EpochLoss", "EvalPlan", "ExpectedCell", "PlannedRunRecord", "Retry", "RunState",
     "RunStatus", "SweepPlan", "TaskResult", "cell_standing", "current_cell", "expected_cells",
-    "RunStanding", "complete_epochs", "epoch_summary", "other_config", "record_finished", "run_standing",
+    "RunStanding", "complete_epochs", "epoch_summary", "mark_stopped", "other_config", "record_finished", "run_standing",
     "HalvingRecord", "Rung", "headline_metric", "log_path", "mark_failed", "run_state", "sweep_runs", "unscored",
 ]

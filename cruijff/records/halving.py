@@ -62,19 +62,6 @@ class HalvingRecord(Record):
     def save(self, sweep_dir: Path) -> None:
         self.write(layout.halving_file(sweep_dir))
 
-    def rung(self, epochs: int) -> Rung | None:
-        return next((r for r in self.rungs if r.epochs == epochs), None)
-
-    def stopped_at(self, run: str) -> int | None:
-        """The rung a run was last stopped at (None: it was not stopped)."""
-        last = None
-        for r in sorted(self.rungs, key=lambda r: r.epochs):
-            if run in r.stopped:
-                last = r.epochs
-            elif run in r.went_on:
-                last = None
-        return last
-
 
 def budget(run_dir: Path) -> int | None:
     """The epochs the run in ``run_dir`` may train now, by its sweep's halving record (None: no

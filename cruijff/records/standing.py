@@ -79,6 +79,19 @@ def epoch_summary(rows: list[dict]) -> list[EpochLoss]:
             for e, v in sorted(out.items())]
 
 
+def mark_stopped(run_dir: Path, state: RunState, note: str | None = None) -> None:
+    """Record a run stopped at a rung by early stopping (``early_stop=halving``): status stopped, the
+    epochs it trained (its complete checkpoints, from disk) and, when given, why (``note``). A record
+    already saying so is left alone."""
+    kept, names = complete_epochs(run_dir), [d.name for d in layout.checkpoints(run_dir)]
+    note = state.note if note is None else note
+    if (state.status, state.stopped_at, state.note, state.error, state.checkpoints) == (
+            RunStatus.STOPPED, kept, note, None, names):
+        return
+    state.status, state.stopped_at, state.note, state.error, state.checkpoints = RunStatus.STOPPED, kept, note, None, names
+    state.save(run_dir)
+
+
 def record_finished(run_dir: Path, state: RunState | None = None) -> RunState | None:
     """Bring the ``run.json`` of a run found finished on disk up to date, if it is not: status
     finished, its checkpoints, the losses per epoch from ``logs/loss.jsonl``, and as its end the

@@ -29,8 +29,8 @@ from ..config.early_stop import Halving
 from ..errors import ConfigError, CruijffError
 from ..cluster import active_slurm_jobs
 from ..plan import PlannedRun
-from ..records import (ActionLog, HalvingRecord, RunState, RunStatus, Rung, complete_epochs, current_cell,
-                       epoch_summary, expected_cells, layout, read_jsonl)
+from ..records import (ActionLog, HalvingRecord, RunState, Rung, complete_epochs, current_cell, epoch_summary,
+                       expected_cells, layout, mark_stopped, read_jsonl)
 from ..ui import say
 from .evals import eval_todo, evaluate_runs
 
@@ -163,7 +163,7 @@ class Waves:
             self.record.budgets[n] = max(epochs, complete_epochs(self.sweep_dir / n))
         self.record.save(self.sweep_dir)
         for n in stopped:
-            mark_stopped(self.sweep_dir / n, stop_note(n, decision, self.h))
+            stay_stopped(self.sweep_dir / n, stop_note(n, decision, self.h))
         line = decision.line(self.h.metric)
         self.act("Rung", line, "stopped: " + (", ".join(stopped) or "none") + "; went on: " + ", ".join(went_on))
         say(f"cruijff: early stopping: {line}" + (f"; stopped {', '.join(stopped)}" if stopped else ""))
@@ -195,12 +195,9 @@ def stop_note(name: str, rung: Rung, h: Halving) -> str:
     return f"halving: stopped at epoch {rung.epochs}/{h.epochs}: {how}"
 
 
-def mark_stopped(run_dir: Path, note: str) -> None:
+def stay_stopped(run_dir: Path, note: str) -> None:
     """A run that stays at its rung: ``run.json`` says stopped, with the epochs it trained and why.
     A run that trained every epoch (in an earlier launch) stays finished."""
     state = RunState.of(run_dir)
-    if state is None or state.finished:
-        return
-    state.status, state.stopped_at, state.note, state.error = RunStatus.STOPPED, complete_epochs(run_dir), note, None
-    state.checkpoints = [d.name for d in layout.checkpoints(run_dir)]
-    state.save(run_dir)
+    if state is not None and not state.finished:
+        mark_stopped(run_dir, state, note)
